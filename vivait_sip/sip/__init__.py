@@ -1,0 +1,1 @@
+"""Sans-I/O SIP protocol core."""
