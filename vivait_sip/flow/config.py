@@ -71,4 +71,3 @@ class MdflowConfig(BaseModel):
     def flow(self, name: str) -> FlowConfig | None:
         """The flow called ``name``, or None."""
         return next((f for f in self.flows if f.flujo == name), None)
-

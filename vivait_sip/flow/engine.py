@@ -346,7 +346,9 @@ class MdflowEngine:
             self._finish(f, call, DESBORDA, now)
             events.append(call)
 
-    def _release(self, f: _Flow, now: float, earliest_slot: float, events: list[QueuedCall]) -> None:
+    def _release(
+        self, f: _Flow, now: float, earliest_slot: float, events: list[QueuedCall]
+    ) -> None:
         """Release due slots round-robin over the DNIS queues within the 1 s output cap."""
         slot_end = max(f.tat, earliest_slot) + f.slot
         outputs = f.outputs
@@ -439,9 +441,7 @@ class MdflowEngine:
                     totals=totals,
                 )
             )
-        return MdflowSnapshot(
-            at=now, interval_s=span, complete=self._complete, flows=tuple(flows)
-        )
+        return MdflowSnapshot(at=now, interval_s=span, complete=self._complete, flows=tuple(flows))
 
     # -- reload --------------------------------------------------------------------
 

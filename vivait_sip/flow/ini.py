@@ -96,7 +96,9 @@ def _read(text: str) -> configparser.RawConfigParser:
     except configparser.DuplicateSectionError as exc:
         raise MdflowIniError(exc.section, "", f"duplicate section (line {exc.lineno})") from None
     except configparser.DuplicateOptionError as exc:
-        raise MdflowIniError(exc.section, exc.option, f"duplicate key (line {exc.lineno})") from None
+        raise MdflowIniError(
+            exc.section, exc.option, f"duplicate key (line {exc.lineno})"
+        ) from None
     except configparser.ParsingError as exc:
         lines = ", ".join(str(lineno) for lineno, _ in exc.errors)
         raise MdflowIniError("", "", f"unparsable line(s) {lines}") from None
@@ -138,7 +140,9 @@ def parse_mdflow_ini(text: str) -> MdflowConfig:
                 raise MdflowIniError(section, key, "missing")
         name = str(values["flujo"])
         if name in seen:
-            raise MdflowIniError(section, "flujo", f"duplicate flow name {name!r} (also in [{seen[name]}])")
+            raise MdflowIniError(
+                section, "flujo", f"duplicate flow name {name!r} (also in [{seen[name]}])"
+            )
         seen[name] = section
         flows.append(FlowConfig.model_validate(values))
     return MdflowConfig.model_validate({**general, "flows": flows})

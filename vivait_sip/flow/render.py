@@ -58,10 +58,18 @@ def render_stats(snapshot: MdflowSnapshot) -> str:
 
 _GAUGES: tuple[tuple[str, str, str], ...] = (
     ("in_rate", "in_rate", "Incoming calls per second over the last statistics interval."),
-    ("admitted_rate", "admitted_rate", "Admitted calls per second over the last statistics interval."),
+    (
+        "admitted_rate",
+        "admitted_rate",
+        "Admitted calls per second over the last statistics interval.",
+    ),
     ("queued_calls", "queued", "Calls waiting in the flow's DNIS queues now."),
     ("oldest_wait_seconds", "oldest_wait_s", "Wait so far of the oldest queued call."),
-    ("max_wait_seconds", "max_wait_s", "Longest queue wait of a call that left during the last interval."),
+    (
+        "max_wait_seconds",
+        "max_wait_s",
+        "Longest queue wait of a call that left during the last interval.",
+    ),
     ("dnis_queues", "dnis_queues", "DNIS queues in use now."),
 )
 

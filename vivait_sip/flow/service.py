@@ -1,0 +1,174 @@
+"""asyncio wrapper around :class:`MdflowEngine` owned by the server.
+
+One task ticks every flow (never a task or timer per call); callers of
+:meth:`MdflowService.admit` park on a future stored in the queued call's
+``userdata`` and are woken by the tick that gives the call its outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+
+from vivait_sip.flow.config import MdflowConfig
+from vivait_sip.flow.engine import AGUJERO, OK, MdflowEngine, MdflowSnapshot, QueuedCall
+from vivait_sip.flow.render import render_config, render_prometheus, render_stats
+
+
+class MdflowService:
+    """Holds the engine, runs its tick loop and resolves waiting callers."""
+
+    def __init__(self, config: MdflowConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._engine = MdflowEngine(config, clock())
+        self._task: asyncio.Task[None] | None = None
+        self._interval_seen = self._engine.interval_start
+        self._debug_queues: set[asyncio.Queue[str]] = set()
+
+    @property
+    def engine(self) -> MdflowEngine:
+        """The engine (for tests and introspection; mutate it only through the service)."""
+        return self._engine
+
+    @property
+    def config(self) -> MdflowConfig:
+        """The configuration in force."""
+        return self._engine.config
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the tick loop (idempotent)."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="mdflow-tick")
+
+    async def stop(self) -> None:
+        """Stop the tick loop; queued callers keep waiting until a later start()."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            next_at += self._engine.tick_s
+            delay = next_at - loop.time()
+            if delay < 0:
+                # Overrun: skip the missed ticks; the engine catches up on elapsed time.
+                next_at = loop.time()
+                delay = 0.0
+            await asyncio.sleep(delay)
+            self.step()
+
+    def step(self) -> int:
+        """Run one tick now and wake the callers concerned; return how many calls ended."""
+        events = self._engine.tick(self._clock())
+        self._resolve(events)
+        self._notify_interval()
+        return len(events)
+
+    def _resolve(self, events: Iterable[QueuedCall]) -> None:
+        for call in events:
+            waiter = call.userdata
+            if isinstance(waiter, asyncio.Future):
+                if not waiter.done():
+                    waiter.set_result(call.outcome)
+            elif isinstance(waiter, asyncio.TimerHandle):
+                waiter.cancel()
+
+    def _notify_interval(self) -> None:
+        """Feed ``mdflow debug`` watchers once per closed statistics interval."""
+        start = self._engine.interval_start
+        if start == self._interval_seen:
+            return
+        self._interval_seen = start
+        if self._debug_queues:
+            text = self.stats_text()
+            for queue in self._debug_queues:
+                queue.put_nowait(text)
+
+    # -- calls -----------------------------------------------------------------------
+
+    async def admit(self, flow: str, dnis: str) -> str:
+        """Admission for one call: returns ``ok``, ``agujero`` or ``desborda``.
+
+        Waits while the call is queued. If the awaiting task is cancelled (the caller
+        hung up) the call is withdrawn and counted as abandoned. Raises
+        :class:`UnknownFlowError` for a flow that is not configured.
+        """
+        admission = self._engine.offer(flow, dnis, self._clock())
+        call = admission.call
+        if call is None:
+            assert admission.outcome is not None
+            return admission.outcome
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        call.userdata = future
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self._engine.withdraw(call, self._clock())
+            raise
+
+    def simulate(self, flow: str, calls: Iterable[tuple[str, float]]) -> dict[str, int]:
+        """Offer synthetic calls ``(dnis, patience_s)``; return immediate outcome counts.
+
+        Queued synthetic calls wait for the tick loop like real ones; a positive
+        patience withdraws (abandons) the call if it is still queued after that many
+        seconds, 0 waits for release or ``desborda``.
+        """
+        counts = {OK: 0, AGUJERO: 0, "queued": 0}
+        loop = asyncio.get_running_loop()
+        engine = self._engine
+        for dnis, patience in calls:
+            admission = engine.offer(flow, dnis, self._clock())
+            call = admission.call
+            if call is None:
+                assert admission.outcome is not None
+                counts[admission.outcome] += 1
+                continue
+            counts["queued"] += 1
+            if patience > 0:
+                call.userdata = loop.call_later(patience, self._abandon, call)
+        return counts
+
+    def _abandon(self, call: QueuedCall) -> None:
+        self._engine.withdraw(call, self._clock())
+
+    # -- admin -----------------------------------------------------------------------
+
+    def reload(self, config: MdflowConfig) -> int:
+        """Apply a new configuration live; return how many queued calls it released."""
+        events = self._engine.reload(config, self._clock())
+        self._resolve(events)
+        return len(events)
+
+    def snapshot(self) -> MdflowSnapshot:
+        """Current statistics snapshot."""
+        return self._engine.snapshot(self._clock())
+
+    def stats_text(self) -> str:
+        """``mdflow show stats`` text."""
+        return render_stats(self.snapshot())
+
+    def config_text(self) -> str:
+        """``mdflow show config`` text."""
+        return render_config(self._engine.config)
+
+    def prometheus_text(self) -> str:
+        """Prometheus exposition of the current snapshot."""
+        return render_prometheus(self.snapshot())
+
+    async def debug_stream(self) -> AsyncIterator[str]:
+        """``mdflow debug``: yield the stats text each time an interval closes."""
+        queue: asyncio.Queue[str] = asyncio.Queue()
+        self._debug_queues.add(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._debug_queues.discard(queue)
