@@ -1,0 +1,1 @@
+"""SIP registrar: authentication and location service."""

@@ -1,0 +1,584 @@
+"""HTTP Digest authentication for SIP (RFC 3261 §22, RFC 8760, RFC 7616).
+
+Pure: no I/O, the clock and randomness are injected.  Nonces are stateless
+(issue time + random + HMAC) so any worker sharing the secret can validate
+them; the only state is a bounded table of the highest nonce-count seen per
+nonce, which is what stops replays of captured requests.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+import struct
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum, StrEnum
+
+__all__ = [
+    "Algorithm",
+    "AuthOutcome",
+    "Authenticator",
+    "DigestChallenge",
+    "DigestCredentials",
+    "DigestParseError",
+    "NonceManager",
+    "NonceStatus",
+    "build_challenge",
+    "build_challenges",
+    "client_response",
+    "ha1",
+    "parse_challenge",
+    "parse_credentials",
+    "verify",
+]
+
+
+class DigestParseError(ValueError):
+    """A Digest header value is malformed."""
+
+
+class Algorithm(StrEnum):
+    """Supported digest algorithms, spelled as on the wire."""
+
+    MD5 = "MD5"
+    SHA256 = "SHA-256"
+
+    @classmethod
+    def parse(cls, value: str) -> Algorithm | None:
+        """Case-insensitive lookup (RFC 7616 §3.3); None if unsupported."""
+        for algorithm in cls:
+            if algorithm.value.lower() == value.lower():
+                return algorithm
+        return None
+
+
+_HASH_NAMES = {Algorithm.MD5: "md5", Algorithm.SHA256: "sha256"}
+
+
+def _encode(text: str) -> bytes:
+    # surrogateescape maps back bytes a transport decoded leniently.
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _hash(algorithm: Algorithm, text: str) -> str:
+    return hashlib.new(_HASH_NAMES[algorithm], _encode(text)).hexdigest()
+
+
+def ha1(algorithm: Algorithm, username: str, realm: str, password: str) -> str:
+    """H(username:realm:password) as lowercase hex; what a user store keeps."""
+    return _hash(algorithm, f"{username}:{realm}:{password}")
+
+
+def _response(
+    algorithm: Algorithm,
+    ha1_hex: str,
+    method: str,
+    uri: str,
+    nonce: str,
+    qop: str | None,
+    nc: str | None,
+    cnonce: str | None,
+) -> str:
+    """Request-digest for qop=auth, or the RFC 2069 form when qop is absent."""
+    ha2 = _hash(algorithm, f"{method}:{uri}")
+    if qop is None:
+        return _hash(algorithm, f"{ha1_hex.lower()}:{nonce}:{ha2}")
+    return _hash(algorithm, f"{ha1_hex.lower()}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}")
+
+
+# --- header parsing --------------------------------------------------------
+
+_TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+_WS = " \t"
+_NC_RE = re.compile(r"[0-9a-fA-F]{8}")
+
+
+@dataclass(frozen=True)
+class DigestCredentials:
+    """Parsed ``Authorization``/``Proxy-Authorization`` Digest credentials."""
+
+    username: str
+    realm: str
+    nonce: str
+    uri: str
+    response: str
+    algorithm: str = "MD5"
+    cnonce: str | None = None
+    qop: str | None = None
+    nc: str | None = None
+    opaque: str | None = None
+    params: dict[str, str] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class DigestChallenge:
+    """Parsed ``WWW-Authenticate``/``Proxy-Authenticate`` Digest challenge."""
+
+    realm: str
+    nonce: str
+    algorithm: str = "MD5"
+    qop: tuple[str, ...] = ()
+    opaque: str | None = None
+    stale: bool = False
+    params: dict[str, str] = field(default_factory=dict, compare=False)
+
+
+def _skip_ws(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in _WS:
+        pos += 1
+    return pos
+
+
+def _read_token(text: str, pos: int, what: str) -> tuple[str, int]:
+    match = _TOKEN_RE.match(text, pos)
+    if match is None:
+        raise DigestParseError(f"expected {what} at offset {pos}")
+    return match.group(), match.end()
+
+
+def _read_quoted(text: str, pos: int) -> tuple[str, int]:
+    """Read a quoted-string starting at the opening quote; unescape pairs."""
+    out: list[str] = []
+    pos += 1
+    while pos < len(text):
+        char = text[pos]
+        if char == '"':
+            return "".join(out), pos + 1
+        if char == "\\":
+            pos += 1
+            if pos == len(text):
+                break
+            char = text[pos]
+        out.append(char)
+        pos += 1
+    raise DigestParseError("unterminated quoted-string")
+
+
+def _parse_params(value: str) -> dict[str, str]:
+    """Parse ``Digest k=v, k="v", ...`` into lower-cased names -> values."""
+    if any(c in value for c in "\r\n\x00"):
+        raise DigestParseError("header value contains CR, LF or NUL")
+    try:
+        _encode(value)
+    except UnicodeEncodeError as exc:
+        raise DigestParseError("header value is not encodable as UTF-8") from exc
+    pos = _skip_ws(value, 0)
+    scheme, pos = _read_token(value, pos, "auth scheme")
+    if scheme.lower() != "digest":
+        raise DigestParseError(f"unsupported auth scheme {scheme!r}")
+    if pos < len(value) and value[pos] not in _WS:
+        raise DigestParseError("auth scheme must be followed by whitespace")
+    params: dict[str, str] = {}
+    while True:
+        pos = _skip_ws(value, pos)
+        if pos == len(value):
+            break
+        if value[pos] == ",":  # empty list elements are allowed (RFC 7230 §7)
+            pos += 1
+            continue
+        name, pos = _read_token(value, pos, "parameter name")
+        pos = _skip_ws(value, pos)
+        if pos == len(value) or value[pos] != "=":
+            raise DigestParseError(f"expected '=' after {name!r}")
+        pos = _skip_ws(value, pos + 1)
+        if pos < len(value) and value[pos] == '"':
+            param, pos = _read_quoted(value, pos)
+        else:
+            param, pos = _read_token(value, pos, f"value for {name!r}")
+        key = name.lower()
+        if key in params:
+            raise DigestParseError(f"duplicate parameter {key!r}")
+        params[key] = param
+        pos = _skip_ws(value, pos)
+        if pos < len(value) and value[pos] != ",":
+            raise DigestParseError(f"expected ',' at offset {pos}")
+    if not params:
+        raise DigestParseError("Digest without parameters")
+    return params
+
+
+def _require(params: dict[str, str], *names: str) -> list[str]:
+    missing = [name for name in names if name not in params]
+    if missing:
+        raise DigestParseError(f"missing parameter(s): {', '.join(missing)}")
+    return [params[name] for name in names]
+
+
+def parse_credentials(value: str) -> DigestCredentials:
+    """Parse an ``Authorization``/``Proxy-Authorization`` header value."""
+    params = _parse_params(value)
+    username, realm, nonce, uri, response = _require(
+        params, "username", "realm", "nonce", "uri", "response"
+    )
+    qop = params.get("qop")
+    nc = params.get("nc")
+    cnonce = params.get("cnonce")
+    if qop is not None and (nc is None or cnonce is None):
+        raise DigestParseError("qop requires both nc and cnonce (RFC 7616 §3.4)")
+    if nc is not None and not _NC_RE.fullmatch(nc):
+        raise DigestParseError(f"nc must be 8 hex digits, got {nc!r}")
+    return DigestCredentials(
+        username=username,
+        realm=realm,
+        nonce=nonce,
+        uri=uri,
+        response=response,
+        algorithm=params.get("algorithm", "MD5"),
+        cnonce=cnonce,
+        qop=qop,
+        nc=nc,
+        opaque=params.get("opaque"),
+        params=params,
+    )
+
+
+def parse_challenge(value: str) -> DigestChallenge:
+    """Parse a ``WWW-Authenticate``/``Proxy-Authenticate`` header value."""
+    params = _parse_params(value)
+    realm, nonce = _require(params, "realm", "nonce")
+    qop = tuple(q.strip() for q in params.get("qop", "").split(",") if q.strip())
+    return DigestChallenge(
+        realm=realm,
+        nonce=nonce,
+        algorithm=params.get("algorithm", "MD5"),
+        qop=qop,
+        opaque=params.get("opaque"),
+        stale=params.get("stale", "").lower() == "true",
+        params=params,
+    )
+
+
+def _quote(value: str) -> str:
+    if any(c in value for c in "\r\n\x00"):
+        raise ValueError("header parameter contains CR, LF or NUL")
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+# --- challenges and responses ----------------------------------------------
+
+
+def build_challenge(
+    realm: str,
+    nonce: str,
+    algorithm: Algorithm,
+    stale: bool = False,
+    opaque: str | None = None,
+    qop: str | None = "auth",
+) -> str:
+    """One ``WWW-Authenticate`` value; ``qop=None`` issues an RFC 2069 challenge."""
+    parts = [f"realm={_quote(realm)}", f"nonce={_quote(nonce)}", f"algorithm={algorithm}"]
+    if qop is not None:
+        parts.append(f"qop={_quote(qop)}")
+    if opaque is not None:
+        parts.append(f"opaque={_quote(opaque)}")
+    if stale:
+        parts.append("stale=true")
+    return "Digest " + ", ".join(parts)
+
+
+def build_challenges(
+    realm: str,
+    nonce: str,
+    *,
+    stale: bool = False,
+    opaque: str | None = None,
+    qop: str | None = "auth",
+    algorithms: Sequence[Algorithm] = (Algorithm.SHA256, Algorithm.MD5),
+) -> list[str]:
+    """One header value per algorithm, strongest first (RFC 8760 §2.4)."""
+    return [build_challenge(realm, nonce, alg, stale, opaque, qop) for alg in algorithms]
+
+
+def verify(
+    credentials: DigestCredentials, method: str, stored_ha1: str, algorithm: Algorithm
+) -> bool:
+    """Check the response for qop=auth or legacy no-qop, in constant time."""
+    if credentials.qop is not None and credentials.qop.lower() != "auth":
+        return False
+    expected = _response(
+        algorithm,
+        stored_ha1,
+        method,
+        credentials.uri,
+        credentials.nonce,
+        credentials.qop,
+        credentials.nc,
+        credentials.cnonce,
+    )
+    return hmac.compare_digest(expected.encode(), _encode(credentials.response.lower()))
+
+
+def client_response(
+    challenge: DigestChallenge,
+    method: str,
+    uri: str,
+    username: str,
+    password: str,
+    *,
+    cnonce: str | None = None,
+    nc: int = 1,
+) -> str:
+    """Build the ``Authorization`` value a UA would send for ``challenge``.
+
+    Uses qop=auth when offered, else the RFC 2069 form.  Raises ValueError
+    for an algorithm or qop we cannot answer.
+    """
+    algorithm = Algorithm.parse(challenge.algorithm)
+    if algorithm is None:
+        raise ValueError(f"unsupported algorithm {challenge.algorithm!r}")
+    if challenge.qop and "auth" not in challenge.qop:
+        raise ValueError(f"unsupported qop {challenge.qop!r}")
+    qop = "auth" if challenge.qop else None
+    nc_text = f"{nc:08x}" if qop else None
+    cnonce = (cnonce or secrets.token_hex(8)) if qop else None
+    response = _response(
+        algorithm,
+        ha1(algorithm, username, challenge.realm, password),
+        method,
+        uri,
+        challenge.nonce,
+        qop,
+        nc_text,
+        cnonce,
+    )
+    parts = [
+        f"username={_quote(username)}",
+        f"realm={_quote(challenge.realm)}",
+        f"nonce={_quote(challenge.nonce)}",
+        f"uri={_quote(uri)}",
+        f"response={_quote(response)}",
+        f"algorithm={algorithm}",
+    ]
+    if qop is not None and cnonce is not None:
+        parts += [f"cnonce={_quote(cnonce)}", f"qop={qop}", f"nc={nc_text}"]
+    if challenge.opaque is not None:
+        parts.append(f"opaque={_quote(challenge.opaque)}")
+    return "Digest " + ", ".join(parts)
+
+
+# --- nonces ----------------------------------------------------------------
+
+
+class NonceStatus(Enum):
+    """Result of checking a nonce (or a nonce-count against it)."""
+
+    VALID = "valid"
+    STALE = "stale"  # genuine but no longer usable: re-challenge with stale=true
+    INVALID = "invalid"  # forged, corrupt, or a replayed nonce-count
+
+
+_NONCE_CONTEXT = b"vivait-sip digest nonce v1"
+_TIME = struct.Struct(">q")
+_RANDOM_BYTES = 16
+_MAC_BYTES = 16
+_NONCE_BYTES = _TIME.size + _RANDOM_BYTES + _MAC_BYTES
+_NONCE_RE = re.compile(r"[A-Za-z0-9_-]+")
+
+
+class NonceManager:
+    """Issues and validates stateless HMAC-signed nonces; tracks nonce-counts.
+
+    A nonce is base64url(issue time in ms | 16 random bytes | truncated
+    HMAC-SHA256).  The nonce-count table holds at most ``max_tracked``
+    nonces; when full, the oldest is forgotten and every unseen nonce issued
+    no later than it is treated as stale, so forgetting can never re-open a
+    replay window.
+    """
+
+    def __init__(
+        self,
+        secret: bytes,
+        lifetime_s: float,
+        clock: Callable[[], float],
+        *,
+        max_tracked: int = 100_000,
+        random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+    ) -> None:
+        if len(secret) < 16:
+            raise ValueError("nonce secret must be at least 16 bytes")
+        if lifetime_s <= 0 or max_tracked <= 0:
+            raise ValueError("lifetime_s and max_tracked must be positive")
+        self._secret = secret
+        self._lifetime_ms = int(lifetime_s * 1000)
+        self._clock = clock
+        self._max_tracked = max_tracked
+        self._random_bytes = random_bytes
+        # nonce payload -> (highest nc seen, expiry in ms); insertion ordered.
+        self._counts: OrderedDict[bytes, tuple[int, int]] = OrderedDict()
+        self._forgotten_up_to_ms: int | None = None
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    def _mac(self, payload: bytes) -> bytes:
+        return hmac.new(self._secret, _NONCE_CONTEXT + payload, hashlib.sha256).digest()[
+            :_MAC_BYTES
+        ]
+
+    def issue(self) -> str:
+        """A fresh nonce bound to the current time."""
+        payload = _TIME.pack(self._now_ms()) + self._random_bytes(_RANDOM_BYTES)
+        raw = payload + self._mac(payload)
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+    def _decode(self, nonce: str) -> bytes | None:
+        """Payload of a genuine nonce in canonical encoding, else None."""
+        if not _NONCE_RE.fullmatch(nonce):
+            return None
+        try:
+            raw = base64.urlsafe_b64decode(nonce + "=" * (-len(nonce) % 4))
+        except ValueError:
+            return None
+        if len(raw) != _NONCE_BYTES:
+            return None
+        if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != nonce:
+            return None  # reject the alternative spellings of the same bytes
+        payload, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
+        return payload if hmac.compare_digest(mac, self._mac(payload)) else None
+
+    def _issued_ms(self, payload: bytes) -> int:
+        issued_ms: int = _TIME.unpack_from(payload)[0]
+        return issued_ms
+
+    def validate(self, nonce: str) -> NonceStatus:
+        """VALID if ours and within its lifetime, STALE if ours but expired."""
+        payload = self._decode(nonce)
+        if payload is None:
+            return NonceStatus.INVALID
+        age_ms = self._now_ms() - self._issued_ms(payload)
+        # A nonce from "the future" means our clock stepped back: re-challenge.
+        return NonceStatus.VALID if 0 <= age_ms <= self._lifetime_ms else NonceStatus.STALE
+
+    def check_nc(self, nonce: str, nc: int) -> NonceStatus:
+        """Record ``nc`` for a valid nonce; INVALID if not above the last one seen.
+
+        Call only after the request's digest has verified, so that forged
+        requests cannot advance the count and lock out the real client.
+        """
+        payload = self._decode(nonce)
+        if payload is None:
+            return NonceStatus.INVALID
+        now_ms = self._now_ms()
+        self._purge_expired(now_ms)
+        entry = self._counts.get(payload)
+        if entry is None:
+            issued_ms = self._issued_ms(payload)
+            if self._forgotten_up_to_ms is not None and issued_ms <= self._forgotten_up_to_ms:
+                return NonceStatus.STALE
+            self._counts[payload] = (nc, issued_ms + self._lifetime_ms)
+            self._evict_over_capacity()
+            return NonceStatus.VALID
+        last_nc, expires_ms = entry
+        if nc <= last_nc:
+            return NonceStatus.INVALID
+        self._counts[payload] = (nc, expires_ms)
+        return NonceStatus.VALID
+
+    def _purge_expired(self, now_ms: int) -> None:
+        while self._counts:
+            payload, (_, expires_ms) = next(iter(self._counts.items()))
+            if expires_ms >= now_ms:
+                return
+            del self._counts[payload]
+
+    def _evict_over_capacity(self) -> None:
+        while len(self._counts) > self._max_tracked:
+            payload, _ = self._counts.popitem(last=False)
+            issued_ms = self._issued_ms(payload)
+            if self._forgotten_up_to_ms is None or issued_ms > self._forgotten_up_to_ms:
+                self._forgotten_up_to_ms = issued_ms
+
+    @property
+    def tracked(self) -> int:
+        """Number of nonces whose nonce-count is currently remembered."""
+        return len(self._counts)
+
+
+# --- server-side policy ----------------------------------------------------
+
+
+class AuthOutcome(Enum):
+    """What a registrar/proxy should do with a request's credentials."""
+
+    OK = "ok"
+    STALE = "stale"  # right password, old nonce: re-challenge with stale=true
+    FAILED = "failed"  # anything else: re-challenge (or 403) without saying why
+
+
+HA1Lookup = Callable[[str, str, Algorithm], str | None]
+
+
+class Authenticator:
+    """Checks Digest credentials against a user store without leaking which users exist.
+
+    ``ha1_lookup(username, realm, algorithm)`` returns the stored HA1 hex for
+    that algorithm, or None for an unknown user.  Unknown users are verified
+    against a random dummy HA1 so the work done, and the outcome, match a
+    wrong password.
+    """
+
+    def __init__(
+        self,
+        realm: str,
+        nonces: NonceManager,
+        ha1_lookup: HA1Lookup,
+        *,
+        algorithms: Sequence[Algorithm] = (Algorithm.SHA256, Algorithm.MD5),
+        opaque: str | None = None,
+        allow_no_qop: bool = False,
+    ) -> None:
+        self.realm = realm
+        self.nonces = nonces
+        self._ha1_lookup = ha1_lookup
+        self.algorithms = tuple(algorithms)
+        self.opaque = opaque
+        self.allow_no_qop = allow_no_qop
+        dummy_password = secrets.token_hex(16)
+        self._dummy_ha1 = {alg: ha1(alg, "", realm, dummy_password) for alg in Algorithm}
+
+    def challenges(self, *, stale: bool = False) -> list[str]:
+        """Fresh ``WWW-Authenticate`` values (one per algorithm, strongest first)."""
+        return build_challenges(
+            self.realm,
+            self.nonces.issue(),
+            stale=stale,
+            opaque=self.opaque,
+            algorithms=self.algorithms,
+        )
+
+    def authenticate(
+        self, method: str, credentials: DigestCredentials, *, request_uri: str | None = None
+    ) -> AuthOutcome:
+        """Decide OK / STALE / FAILED; ``request_uri`` if given must equal ``uri=``."""
+        algorithm = Algorithm.parse(credentials.algorithm)
+        if (
+            algorithm is None
+            or algorithm not in self.algorithms
+            or credentials.realm != self.realm
+            or (request_uri is not None and credentials.uri != request_uri)
+            or (self.opaque is not None and credentials.opaque != self.opaque)
+            or (credentials.qop is None and not self.allow_no_qop)
+        ):
+            return AuthOutcome.FAILED
+        nonce_status = self.nonces.validate(credentials.nonce)
+        if nonce_status is NonceStatus.INVALID:
+            return AuthOutcome.FAILED
+        stored = self._ha1_lookup(credentials.username, credentials.realm, algorithm)
+        matched = verify(credentials, method, stored or self._dummy_ha1[algorithm], algorithm)
+        if not matched or stored is None:
+            return AuthOutcome.FAILED
+        if nonce_status is NonceStatus.STALE:
+            return AuthOutcome.STALE
+        if credentials.qop is None:
+            return AuthOutcome.OK  # legacy RFC 2069 form: no nonce-count to check
+        if credentials.nc is None:
+            return AuthOutcome.FAILED
+        nc_status = self.nonces.check_nc(credentials.nonce, int(credentials.nc, 16))
+        if nc_status is NonceStatus.STALE:
+            return AuthOutcome.STALE
+        return AuthOutcome.OK if nc_status is NonceStatus.VALID else AuthOutcome.FAILED
