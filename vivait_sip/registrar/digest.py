@@ -441,7 +441,8 @@ class NonceManager:
         payload, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
         return payload if hmac.compare_digest(mac, self._mac(payload)) else None
 
-    def _issued_ms(self, payload: bytes) -> int:
+    @staticmethod
+    def _issued_ms(payload: bytes) -> int:
         issued_ms: int = _TIME.unpack_from(payload)[0]
         return issued_ms
 

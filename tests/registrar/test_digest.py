@@ -1,0 +1,484 @@
+"""Tests for SIP Digest authentication."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from vivait_sip.registrar.digest import (
+    Algorithm,
+    Authenticator,
+    AuthOutcome,
+    DigestChallenge,
+    DigestCredentials,
+    DigestParseError,
+    NonceManager,
+    NonceStatus,
+    build_challenge,
+    build_challenges,
+    client_response,
+    ha1,
+    parse_challenge,
+    parse_credentials,
+    verify,
+)
+
+SECRET = b"0123456789abcdef0123456789abcdef"
+REALM = "sip.example.com"
+URI = "sip:sip.example.com"
+LIFETIME = 300.0
+
+
+class FakeClock:
+    """Manually advanced clock so expiry is deterministic."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_nonces(clock: FakeClock, max_tracked: int = 100_000) -> NonceManager:
+    return NonceManager(SECRET, LIFETIME, clock, max_tracked=max_tracked)
+
+
+# RFC 7616 §3.9.1
+RFC7616_CHALLENGE = (
+    'Digest realm="http-auth@example.org", qop="auth, auth-int", algorithm={alg}, '
+    'nonce="7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v", '
+    'opaque="FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS"'
+)
+RFC7616_CNONCE = "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ"
+
+
+class TestWorkedExamples:
+    @pytest.mark.parametrize(
+        ("algorithm", "expected"),
+        [
+            (Algorithm.MD5, "8ca523f5e9506fed4657c9700eebdbec"),
+            (
+                Algorithm.SHA256,
+                "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1",
+            ),
+        ],
+    )
+    def test_rfc7616_example(self, algorithm: Algorithm, expected: str) -> None:
+        challenge = parse_challenge(RFC7616_CHALLENGE.format(alg=algorithm))
+        header = client_response(
+            challenge, "GET", "/dir/index.html", "Mufasa", "Circle of Life", cnonce=RFC7616_CNONCE
+        )
+        credentials = parse_credentials(header)
+        assert credentials.response == expected
+        assert credentials.nc == "00000001"
+        assert credentials.qop == "auth"
+        assert credentials.opaque == challenge.opaque
+        stored = ha1(algorithm, "Mufasa", "http-auth@example.org", "Circle of Life")
+        assert verify(credentials, "GET", stored, algorithm)
+        assert not verify(credentials, "POST", stored, algorithm)
+
+    def test_rfc2617_example(self) -> None:
+        credentials = parse_credentials(
+            'Digest username="Mufasa", realm="testrealm@host.com", '
+            'nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093", uri="/dir/index.html", '
+            'qop=auth, nc=00000001, cnonce="0a4f113b", '
+            'response="6629fae49393a05397450978507c4ef1", '
+            'opaque="5ccc069c403ebaf9f0171e9517f40e41"'
+        )
+        stored = ha1(Algorithm.MD5, "Mufasa", "testrealm@host.com", "Circle Of Life")
+        assert verify(credentials, "GET", stored, Algorithm.MD5)
+        wrong = ha1(Algorithm.MD5, "Mufasa", "testrealm@host.com", "circle of life")
+        assert not verify(credentials, "GET", wrong, Algorithm.MD5)
+
+    def test_ha1_values(self) -> None:
+        assert ha1(Algorithm.MD5, "Mufasa", "testrealm@host.com", "Circle Of Life") == (
+            "939e7578ed9e3c518a452acee763bce9"
+        )
+        assert len(ha1(Algorithm.SHA256, "a", "b", "c")) == 64
+
+    def test_legacy_rfc2069_response(self) -> None:
+        challenge = DigestChallenge(realm=REALM, nonce="abc")
+        credentials = parse_credentials(client_response(challenge, "REGISTER", URI, "bob", "pw"))
+        assert credentials.qop is None and credentials.nc is None and credentials.cnonce is None
+        assert verify(
+            credentials, "REGISTER", ha1(Algorithm.MD5, "bob", REALM, "pw"), Algorithm.MD5
+        )
+
+    def test_uppercase_hex_response_accepted(self) -> None:
+        challenge = DigestChallenge(realm=REALM, nonce="abc", qop=("auth",))
+        credentials = parse_credentials(client_response(challenge, "REGISTER", URI, "bob", "pw"))
+        shouted = dataclasses.replace(credentials, response=credentials.response.upper())
+        assert verify(shouted, "REGISTER", ha1(Algorithm.MD5, "bob", REALM, "pw"), Algorithm.MD5)
+
+    def test_auth_int_is_not_verified(self) -> None:
+        challenge = DigestChallenge(realm=REALM, nonce="abc", qop=("auth",))
+        credentials = parse_credentials(client_response(challenge, "REGISTER", URI, "bob", "pw"))
+        auth_int = dataclasses.replace(credentials, qop="auth-int")
+        assert not verify(
+            auth_int, "REGISTER", ha1(Algorithm.MD5, "bob", REALM, "pw"), Algorithm.MD5
+        )
+
+    def test_client_rejects_unsupported_challenge(self) -> None:
+        with pytest.raises(ValueError, match="algorithm"):
+            client_response(
+                DigestChallenge(REALM, "n", algorithm="SHA-512-256"), "R", URI, "u", "p"
+            )
+        with pytest.raises(ValueError, match="qop"):
+            client_response(DigestChallenge(REALM, "n", qop=("auth-int",)), "R", URI, "u", "p")
+
+
+class TestParsing:
+    def test_credentials_with_odd_spacing_case_and_escapes(self) -> None:
+        credentials = parse_credentials(
+            '  digest USERNAME = "al\\"ice" ,Realm="sip.example.com",,'
+            '\tnonce="n1",uri="sip:x@y;transport=tcp", response="ABCDEF",'
+            ' algorithm="sha-256", qop=auth, NC=0000000a, cnonce="c,n", opaque="",'
+            " x-extra=token"
+        )
+        assert credentials.username == 'al"ice'
+        assert credentials.realm == REALM
+        assert credentials.uri == "sip:x@y;transport=tcp"
+        assert credentials.algorithm == "sha-256"
+        assert Algorithm.parse(credentials.algorithm) is Algorithm.SHA256
+        assert credentials.nc == "0000000a"
+        assert credentials.cnonce == "c,n"
+        assert credentials.opaque == ""
+        assert credentials.params["x-extra"] == "token"
+
+    def test_algorithm_defaults_to_md5(self) -> None:
+        credentials = parse_credentials(
+            'Digest username="a", realm="r", nonce="n", uri="u", response="x"'
+        )
+        assert credentials.algorithm == "MD5"
+        assert credentials.qop is None
+
+    def test_challenge(self) -> None:
+        challenge = parse_challenge(
+            'Digest realm="r", nonce="n", algorithm=SHA-256, qop="auth,auth-int", '
+            'stale=TRUE, opaque="o"'
+        )
+        assert challenge == DigestChallenge(
+            realm="r",
+            nonce="n",
+            algorithm="SHA-256",
+            qop=("auth", "auth-int"),
+            opaque="o",
+            stale=True,
+        )
+
+    def test_built_challenges_parse_back(self) -> None:
+        values = build_challenges(
+            'we"ird\\realm', "nonce", stale=True, opaque="op", algorithms=list(Algorithm)
+        )
+        assert [parse_challenge(v).algorithm for v in values] == ["MD5", "SHA-256"]
+        parsed = parse_challenge(values[0])
+        assert parsed.realm == 'we"ird\\realm'
+        assert parsed.stale and parsed.opaque == "op" and parsed.qop == ("auth",)
+
+    def test_default_challenges_offer_sha256_first(self) -> None:
+        values = build_challenges(REALM, "n")
+        assert [parse_challenge(v).algorithm for v in values] == ["SHA-256", "MD5"]
+        assert "stale" not in values[0]
+
+    def test_challenge_without_qop(self) -> None:
+        value = build_challenge(REALM, "n", Algorithm.MD5, qop=None)
+        assert parse_challenge(value).qop == ()
+
+    def test_challenge_refuses_header_injection(self) -> None:
+        with pytest.raises(ValueError, match="CR, LF"):
+            build_challenge("evil\r\nVia: x", "n", Algorithm.MD5)
+
+    @pytest.mark.parametrize(
+        ("value", "message"),
+        [
+            ("", "auth scheme"),
+            ("Basic dXNlcjpwYXNz", "unsupported auth scheme"),
+            ("Digest", "without parameters"),
+            ("Digestusername=x", "unsupported auth scheme"),
+            ('Digest username="a", username="b"', "duplicate parameter 'username'"),
+            ('Digest Username="a", USERNAME="b"', "duplicate parameter"),
+            ('Digest username="a', "unterminated"),
+            ("Digest username", "expected '='"),
+            ("Digest username=", "expected value"),
+            ('Digest username="a" realm="r"', "expected ','"),
+            ("Digest =x", "parameter name"),
+            ('Digest username="a"\r\n, realm="r"', "CR, LF"),
+            ('Digest realm="r", nonce="n", uri="u", response="x"', "missing parameter.*username"),
+            (
+                'Digest username="a", realm="r", nonce="n", uri="u", response="x", qop=auth',
+                "qop requires",
+            ),
+            (
+                'Digest username="a", realm="r", nonce="n", uri="u", response="x", '
+                'qop=auth, cnonce="c", nc=1',
+                "nc must be 8 hex",
+            ),
+        ],
+    )
+    def test_malformed_credentials(self, value: str, message: str) -> None:
+        with pytest.raises(DigestParseError, match=message):
+            parse_credentials(value)
+
+    def test_challenge_requires_realm_and_nonce(self) -> None:
+        with pytest.raises(DigestParseError, match="nonce"):
+            parse_challenge('Digest realm="r"')
+
+    @given(st.text(max_size=200))
+    def test_arbitrary_text_raises_only_parse_error(self, value: str) -> None:
+        for parser in (parse_credentials, parse_challenge):
+            with contextlib.suppress(DigestParseError):
+                parser(value)
+
+    @given(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["username", "realm", "nonce", "uri", "response", "qop", "nc"]),
+                st.text(max_size=20),
+            ),
+            max_size=8,
+        )
+    )
+    def test_arbitrary_parameter_lists_raise_only_parse_error(
+        self, params: list[tuple[str, str]]
+    ) -> None:
+        value = "Digest " + ", ".join(f'{k}="{v}"' for k, v in params)
+        with contextlib.suppress(DigestParseError):
+            parse_credentials(value)
+
+
+class TestNonceManager:
+    def test_fresh_nonce_is_valid_and_unique(self) -> None:
+        nonces = make_nonces(FakeClock())
+        first, second = nonces.issue(), nonces.issue()
+        assert first != second
+        assert nonces.validate(first) is NonceStatus.VALID
+
+    def test_expired_nonce_is_stale(self) -> None:
+        clock = FakeClock()
+        nonces = make_nonces(clock)
+        nonce = nonces.issue()
+        clock.now += LIFETIME
+        assert nonces.validate(nonce) is NonceStatus.VALID
+        clock.now += 0.01
+        assert nonces.validate(nonce) is NonceStatus.STALE
+
+    def test_clock_stepping_back_makes_nonce_stale(self) -> None:
+        clock = FakeClock()
+        nonces = make_nonces(clock)
+        nonce = nonces.issue()
+        clock.now -= 10
+        assert nonces.validate(nonce) is NonceStatus.STALE
+
+    def test_nonce_from_other_secret_is_invalid(self) -> None:
+        clock = FakeClock()
+        other = NonceManager(b"another-secret-of-16+bytes", LIFETIME, clock)
+        assert make_nonces(clock).validate(other.issue()) is NonceStatus.INVALID
+
+    @pytest.mark.parametrize("position", [0, 5, 20, 40, -1])
+    def test_tampered_nonce_is_invalid(self, position: int) -> None:
+        nonces = make_nonces(FakeClock())
+        nonce = nonces.issue()
+        chars = list(nonce)
+        chars[position] = "A" if chars[position] != "A" else "B"
+        assert nonces.validate("".join(chars)) is NonceStatus.INVALID
+
+    @pytest.mark.parametrize("garbage", ["", "abc", "!!!!", "a" * 54, "é" * 54, "a" * 1000])
+    def test_garbage_nonce_is_invalid(self, garbage: str) -> None:
+        assert make_nonces(FakeClock()).validate(garbage) is NonceStatus.INVALID
+
+    def test_rejects_weak_configuration(self) -> None:
+        with pytest.raises(ValueError, match="16 bytes"):
+            NonceManager(b"short", LIFETIME, FakeClock())
+        with pytest.raises(ValueError, match="positive"):
+            NonceManager(SECRET, 0, FakeClock())
+
+    def test_nc_must_increase(self) -> None:
+        nonces = make_nonces(FakeClock())
+        nonce = nonces.issue()
+        assert nonces.check_nc(nonce, 1) is NonceStatus.VALID
+        assert nonces.check_nc(nonce, 1) is NonceStatus.INVALID
+        assert nonces.check_nc(nonce, 3) is NonceStatus.VALID
+        assert nonces.check_nc(nonce, 2) is NonceStatus.INVALID
+        assert nonces.check_nc(nonce, 4) is NonceStatus.VALID
+
+    def test_nc_tracked_independently_per_nonce(self) -> None:
+        nonces = make_nonces(FakeClock())
+        a, b = nonces.issue(), nonces.issue()
+        assert nonces.check_nc(a, 1) is NonceStatus.VALID
+        assert nonces.check_nc(b, 1) is NonceStatus.VALID
+
+    def test_expired_entries_are_purged(self) -> None:
+        clock = FakeClock()
+        nonces = make_nonces(clock)
+        nonces.check_nc(nonces.issue(), 1)
+        clock.now += LIFETIME + 1
+        nonces.check_nc(nonces.issue(), 1)
+        assert nonces.tracked == 1
+
+    def test_capacity_eviction_never_reopens_replay(self) -> None:
+        clock = FakeClock()
+        nonces = make_nonces(clock, max_tracked=2)
+        unseen_older = nonces.issue()
+        clock.now += 1
+        old = nonces.issue()
+        assert nonces.check_nc(old, 1) is NonceStatus.VALID
+        for _ in range(2):
+            clock.now += 1
+            assert nonces.check_nc(nonces.issue(), 1) is NonceStatus.VALID
+        assert nonces.tracked == 2
+        # Forgotten (and older unseen) nonces cannot be counted again: re-challenge.
+        assert nonces.check_nc(old, 1) is NonceStatus.STALE
+        assert nonces.check_nc(unseen_older, 1) is NonceStatus.STALE
+        clock.now += 1
+        assert nonces.check_nc(nonces.issue(), 1) is NonceStatus.VALID
+
+
+USERS = {"alice": "correct horse"}
+
+
+def lookup(username: str, realm: str, algorithm: Algorithm) -> str | None:
+    password = USERS.get(username)
+    return None if password is None else ha1(algorithm, username, realm, password)
+
+
+class TestAuthenticator:
+    @pytest.fixture
+    def clock(self) -> FakeClock:
+        return FakeClock()
+
+    @pytest.fixture
+    def auth(self, clock: FakeClock) -> Authenticator:
+        return Authenticator(REALM, make_nonces(clock), lookup)
+
+    def login(
+        self,
+        auth: Authenticator,
+        username: str = "alice",
+        password: str = "correct horse",
+        *,
+        which: int = 0,
+        nc: int = 1,
+        challenge: DigestChallenge | None = None,
+        uri: str = URI,
+    ) -> DigestCredentials:
+        challenge = challenge or parse_challenge(auth.challenges()[which])
+        header = client_response(challenge, "REGISTER", uri, username, password, nc=nc)
+        return parse_credentials(header)
+
+    @pytest.mark.parametrize("which", [0, 1])
+    def test_correct_password_ok_for_both_algorithms(self, auth: Authenticator, which: int) -> None:
+        credentials = self.login(auth, which=which)
+        assert credentials.algorithm == ["SHA-256", "MD5"][which]
+        assert auth.authenticate("REGISTER", credentials, request_uri=URI) is AuthOutcome.OK
+
+    def test_wrong_password_and_unknown_user_are_indistinguishable(
+        self, auth: Authenticator
+    ) -> None:
+        calls: list[str] = []
+
+        def recording_lookup(username: str, realm: str, algorithm: Algorithm) -> str | None:
+            calls.append(username)
+            return lookup(username, realm, algorithm)
+
+        auth = Authenticator(REALM, auth.nonces, recording_lookup)
+        wrong = auth.authenticate("REGISTER", self.login(auth, password="nope"))
+        unknown = auth.authenticate("REGISTER", self.login(auth, username="mallory"))
+        assert wrong is unknown is AuthOutcome.FAILED
+        assert calls == ["alice", "mallory"]
+
+    def test_unknown_user_fails_even_with_dummy_like_input(self, auth: Authenticator) -> None:
+        assert auth.authenticate("REGISTER", self.login(auth, username="")) is AuthOutcome.FAILED
+
+    def test_stale_nonce_with_right_password_is_stale(
+        self, auth: Authenticator, clock: FakeClock
+    ) -> None:
+        credentials = self.login(auth)
+        clock.now += LIFETIME + 1
+        assert auth.authenticate("REGISTER", credentials) is AuthOutcome.STALE
+        assert parse_challenge(auth.challenges(stale=True)[0]).stale
+
+    def test_stale_nonce_with_wrong_password_fails(
+        self, auth: Authenticator, clock: FakeClock
+    ) -> None:
+        credentials = self.login(auth, password="nope")
+        clock.now += LIFETIME + 1
+        assert auth.authenticate("REGISTER", credentials) is AuthOutcome.FAILED
+
+    def test_forged_nonce_fails(self, auth: Authenticator) -> None:
+        challenge = DigestChallenge(REALM, "forged-nonce", algorithm="SHA-256", qop=("auth",))
+        credentials = self.login(auth, challenge=challenge)
+        assert auth.authenticate("REGISTER", credentials) is AuthOutcome.FAILED
+
+    def test_replayed_request_fails(self, auth: Authenticator) -> None:
+        credentials = self.login(auth)
+        assert auth.authenticate("REGISTER", credentials) is AuthOutcome.OK
+        assert auth.authenticate("REGISTER", credentials) is AuthOutcome.FAILED
+
+    def test_increasing_nc_on_same_nonce_ok(self, auth: Authenticator) -> None:
+        challenge = parse_challenge(auth.challenges()[0])
+        for nc in (1, 2, 5):
+            credentials = self.login(auth, challenge=challenge, nc=nc)
+            assert auth.authenticate("REGISTER", credentials) is AuthOutcome.OK
+
+    def test_failed_attempt_does_not_consume_nc(self, auth: Authenticator) -> None:
+        challenge = parse_challenge(auth.challenges()[0])
+        forged = self.login(auth, challenge=challenge, password="nope", nc=9)
+        assert auth.authenticate("REGISTER", forged) is AuthOutcome.FAILED
+        good = self.login(auth, challenge=challenge, nc=1)
+        assert auth.authenticate("REGISTER", good) is AuthOutcome.OK
+
+    def test_uri_mismatch_fails(self, auth: Authenticator) -> None:
+        credentials = self.login(auth, uri="sip:other.example.com")
+        assert auth.authenticate("REGISTER", credentials, request_uri=URI) is AuthOutcome.FAILED
+
+    def test_wrong_method_fails(self, auth: Authenticator) -> None:
+        assert auth.authenticate("INVITE", self.login(auth)) is AuthOutcome.FAILED
+
+    def test_other_realm_fails(self, auth: Authenticator) -> None:
+        challenge = parse_challenge(auth.challenges()[0])
+        other = dataclasses.replace(challenge, realm="other.example.com")
+        assert (
+            auth.authenticate("REGISTER", self.login(auth, challenge=other)) is AuthOutcome.FAILED
+        )
+
+    def test_algorithm_not_offered_fails(self, clock: FakeClock) -> None:
+        auth = Authenticator(REALM, make_nonces(clock), lookup, algorithms=[Algorithm.SHA256])
+        assert len(auth.challenges()) == 1
+        challenge = dataclasses.replace(parse_challenge(auth.challenges()[0]), algorithm="MD5")
+        assert auth.authenticate("REGISTER", self.login(auth, challenge=challenge)) is (
+            AuthOutcome.FAILED
+        )
+
+    def test_opaque_must_round_trip(self, clock: FakeClock) -> None:
+        auth = Authenticator(REALM, make_nonces(clock), lookup, opaque="op-1")
+        credentials = self.login(auth)
+        assert credentials.opaque == "op-1"
+        assert auth.authenticate("REGISTER", credentials) is AuthOutcome.OK
+        stripped = dataclasses.replace(self.login(auth), opaque=None)
+        assert auth.authenticate("REGISTER", stripped) is AuthOutcome.FAILED
+
+    def test_legacy_no_qop_only_when_allowed(self, clock: FakeClock) -> None:
+        nonces = make_nonces(clock)
+        strict = Authenticator(REALM, nonces, lookup)
+        lenient = Authenticator(REALM, nonces, lookup, allow_no_qop=True)
+        challenge = dataclasses.replace(parse_challenge(strict.challenges()[0]), qop=())
+        credentials = self.login(strict, challenge=challenge)
+        assert strict.authenticate("REGISTER", credentials) is AuthOutcome.FAILED
+        assert lenient.authenticate("REGISTER", credentials) is AuthOutcome.OK
+
+    def test_qop_without_nc_fails(self, auth: Authenticator) -> None:
+        credentials = dataclasses.replace(self.login(auth), nc=None)
+        assert auth.authenticate("REGISTER", credentials) is AuthOutcome.FAILED
+
+    def test_forgotten_nonce_is_rechallenged_as_stale(self, clock: FakeClock) -> None:
+        auth = Authenticator(REALM, make_nonces(clock, max_tracked=1), lookup)
+        first = parse_challenge(auth.challenges()[0])
+        assert auth.authenticate("REGISTER", self.login(auth, challenge=first)) is AuthOutcome.OK
+        clock.now += 1
+        assert auth.authenticate("REGISTER", self.login(auth)) is AuthOutcome.OK
+        again = self.login(auth, challenge=first, nc=2)
+        assert auth.authenticate("REGISTER", again) is AuthOutcome.STALE
