@@ -319,7 +319,6 @@ class MdflowEngine:
         if now >= self._interval_end:
             self._roll(now)
         events: list[QueuedCall] = []
-        earliest_slot = now - 2 * self._tick_s
         for f in self._flows.values():
             if f.live == 0:
                 if f.fifo:
@@ -328,7 +327,7 @@ class MdflowEngine:
                 continue
             self._expire(f, now, events)
             if f.live:
-                self._release(f, now, earliest_slot, events)
+                self._release(f, now, events)
         return events
 
     def _expire(self, f: _Flow, now: float, events: list[QueuedCall]) -> None:
@@ -346,16 +345,21 @@ class MdflowEngine:
             self._finish(f, call, DESBORDA, now)
             events.append(call)
 
-    def _release(
-        self, f: _Flow, now: float, earliest_slot: float, events: list[QueuedCall]
-    ) -> None:
-        """Release due slots round-robin over the DNIS queues within the 1 s output cap."""
-        slot_end = max(f.tat, earliest_slot) + f.slot
+    def _release(self, f: _Flow, now: float, events: list[QueuedCall]) -> None:
+        """Release due slots round-robin over the DNIS queues within the 1 s output cap.
+
+        A slot overdue by more than two ticks (a stalled loop) is moved up so no burst
+        of saved credit follows; time spent blocked by the output cap earns no credit
+        either: the next tick releases one tick's worth (at least one call).
+        """
+        tick_s = self._tick_s
+        slot_end = max(f.tat + f.slot, now - 2 * tick_s)
         outputs = f.outputs
         rr = f.rr
         deadline = now + _EPS
         while f.live and slot_end <= deadline:
             if len(outputs) >= f.out_cap and now - outputs[0] < _WINDOW - _EPS:
+                f.tat = max(f.tat, now - max(0.0, f.slot - tick_s))
                 break
             queue = rr.popleft()
             if queue.live == 0:
