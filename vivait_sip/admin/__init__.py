@@ -1,0 +1,79 @@
+"""Admin API (JSON over HTTP, loopback by default) and the Prometheus /metrics endpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from ..config import load_config
+from ..flow.admin import add_routes as add_mdflow_routes
+from ..flow.config import MdflowConfig
+
+if TYPE_CHECKING:
+    from ..app import Application
+
+# Features register extra routes here: fn(aiohttp_app, application).
+route_hooks: list[Callable[[web.Application, Application], None]] = []
+
+
+
+
+def build_admin_app(application: Application) -> web.Application:
+    app = web.Application(client_max_size=4 * 1024 * 1024)
+
+    async def status(request: web.Request) -> web.Response:
+        return web.json_response(application.status())
+
+    async def reload(request: web.Request) -> web.Response:
+        errors = application.reload()
+        if errors:
+            return web.json_response({"ok": False, "errors": errors}, status=400)
+        return web.json_response({"ok": True})
+
+    async def metrics(request: web.Request) -> web.Response:
+        text = core_metrics(application) + application.mdflow.prometheus_text()
+        return web.Response(body=text.encode(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    app.router.add_get("/api/status", status)
+    app.router.add_post("/api/reload", reload)
+    app.router.add_get("/metrics", metrics)
+
+    def reload_mdflow() -> MdflowConfig:
+        if application.config_path is None:
+            return application.config.mdflow
+        return load_config(application.config_path).mdflow
+
+    add_mdflow_routes(app, application.mdflow, reload_source=reload_mdflow)
+    for hook in route_hooks:
+        hook(app, application)
+    return app
+
+
+def core_metrics(application: Application) -> str:
+    """Core counters as Prometheus text (counters are monotonic since start)."""
+    core = application.core
+    lines = [
+        "# HELP vivait_uptime_seconds Seconds since the server started.",
+        "# TYPE vivait_uptime_seconds gauge",
+        f"vivait_uptime_seconds {core.status()['uptime_s']}",
+        "# HELP vivait_sip_transactions Live SIP transactions.",
+        "# TYPE vivait_sip_transactions gauge",
+        f"vivait_sip_transactions {len(core.tl)}",
+        "# HELP vivait_connections Open TCP/TLS/WebSocket connections.",
+        "# TYPE vivait_connections gauge",
+        f"vivait_connections {application.transports.connection_count}",
+        "# HELP vivait_sip_events_total SIP core counters by event.",
+        "# TYPE vivait_sip_events_total counter",
+    ]
+    for name, value in sorted(core.counters.items()):
+        lines.append(f'vivait_sip_events_total{{event="{name}"}} {value}')
+    stats = application.transports.stats
+    lines += [
+        "# HELP vivait_transport_messages_total Messages received and sent by the transports.",
+        "# TYPE vivait_transport_messages_total counter",
+        f'vivait_transport_messages_total{{direction="in"}} {stats.received}',
+        f'vivait_transport_messages_total{{direction="out"}} {stats.sent}',
+    ]
+    return "\n".join(lines) + "\n"

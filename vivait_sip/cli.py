@@ -1,0 +1,258 @@
+"""`vivait-sip` command line: serve, check-config, ctl, flow import (and feature commands)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+from . import __version__
+from .config import Config, ConfigError, Listener, load_config, parse_hostport
+
+EXIT_CONFIG = 2
+
+# Features add their subcommands here: fn(subparsers, ctl_subparsers).
+command_hooks: list[Callable[[Any, Any], None]] = []
+
+
+def _load_features() -> None:
+    """Import feature packages so they register CLI commands and app starters."""
+    from importlib import import_module
+
+    for name in FEATURE_MODULES:
+        import_module(name)
+
+
+FEATURE_MODULES: list[str] = []
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vivait-sip", description="SIP registrar, B2BUA and WebRTC gateway.")
+    parser.add_argument("--version", action="version", version=f"vivait-sip {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser(
+        "serve",
+        help="run the server",
+        description="Run the server. Without --config: the embedded demo (loopback only, SQLite "
+        "under ./var, demo users, self-signed certificate made on first start).",
+    )
+    serve.add_argument("--config", metavar="FILE", help="JSON config file (see docs/config.md)")
+    serve.add_argument(
+        "--listen",
+        metavar="TRANSPORT:HOST:PORT",
+        action="append",
+        help="SIP listener, repeatable; replaces the config's list. TRANSPORT is udp, tcp, tls, ws or wss "
+        "(ws/wss are served on the --http port at /sip). Example: --listen udp:127.0.0.1:5070",
+    )
+    serve.add_argument("--http", metavar="HOST:PORT", help="HTTPS server: webfon, REST, SIP over WSS on /sip")
+    serve.add_argument("--no-http", action="store_true", help="do not start the HTTP(S) server")
+    serve.add_argument("--admin", metavar="HOST:PORT", help="admin API and /metrics (default 127.0.0.1:8081)")
+    serve.add_argument("--data-dir", metavar="DIR", help="store, recordings and certs (default ./var)")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-format", choices=["kv", "json"], help="key=value lines or JSON lines")
+    serve.set_defaults(func=cmd_serve)
+
+    check = sub.add_parser("check-config", help="validate a config file: exit 0, or list errors and exit 2")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_check_config)
+
+    ctl = sub.add_parser("ctl", help="talk to a running server's admin API")
+    ctl.add_argument("--admin", metavar="HOST:PORT", default="127.0.0.1:8081", help="admin API address")
+    ctl_sub = ctl.add_subparsers(dest="ctl_command", required=True)
+    ctl_status = ctl_sub.add_parser("status", help="uptime, listeners and counters")
+    ctl_status.add_argument("--json", action="store_true", help="raw JSON")
+    ctl_status.set_defaults(func=cmd_ctl_status)
+    ctl_reload = ctl_sub.add_parser("reload", help="re-read the config file (like SIGHUP)")
+    ctl_reload.set_defaults(func=lambda a: _print_json(admin_request(a.admin, "POST", "/api/reload")))
+    mdflow = ctl_sub.add_parser("mdflow", help="mdflow admission control")
+    md_sub = mdflow.add_subparsers(dest="mdflow_command", required=True)
+    show = md_sub.add_parser("show", help="show config | show stats")
+    show.add_argument("what", choices=["config", "stats"])
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_mdflow_show)
+    md_reload = md_sub.add_parser("reload", help="apply the config file's mdflow section live")
+    md_reload.set_defaults(func=lambda a: _print_json(admin_request(a.admin, "POST", "/api/mdflow/reload")))
+    md_debug = md_sub.add_parser("debug", help="print the stats every interval until interrupted")
+    md_debug.set_defaults(func=cmd_mdflow_debug)
+
+    flow = sub.add_parser("flow", help="mdflow configuration tools")
+    flow_sub = flow.add_subparsers(dest="flow_command", required=True)
+    flow_import = flow_sub.add_parser("import", help="convert the deck's MDflow.conf (INI) to the JSON form")
+    flow_import.add_argument("file")
+    flow_import.set_defaults(func=cmd_flow_import)
+
+    for hook in command_hooks:
+        hook(sub, ctl_sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _load_features()
+    args = build_parser().parse_args(argv)
+    try:
+        result: int | None = args.func(args)
+    except AdminError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return result or 0
+
+
+# ---- serve ----------------------------------------------------------------------------------
+def apply_overrides(config: Config, args: argparse.Namespace) -> Config:
+    update: dict[str, Any] = {}
+    if args.listen:
+        update["listen"] = [str(Listener.parse(item)) for item in args.listen]
+    if args.http:
+        host, port = parse_hostport(args.http, "--http")
+        update["http"] = config.http.model_copy(update={"host": host, "port": port})
+    if args.no_http:
+        update["http"] = config.http.model_copy(update={"enabled": False})
+    if args.admin:
+        host, port = parse_hostport(args.admin, "--admin")
+        update["admin"] = config.admin.model_copy(update={"host": host, "port": port})
+    if args.data_dir:
+        update["data_dir"] = args.data_dir
+    log_update = {k: v for k, v in (("level", args.log_level), ("format", args.log_format)) if v}
+    if log_update:
+        update["log"] = config.log.model_copy(update=log_update)
+    return config.model_copy(update=update)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .app import Application, StartupError
+    from .logs import setup_logging
+
+    try:
+        config = load_config(args.config) if args.config else Config()
+        config = apply_overrides(config, args)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(f"config error: {line}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(config.log.level, config.log.format)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+
+    async def run() -> int:
+        app = Application(config, args.config, demo=args.config is None)
+        try:
+            await app.start()
+        except StartupError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            await app.stop()
+            return 1
+        for opened in app.opened:
+            print(f"listening {opened}", flush=True)
+        for line in app.banner:
+            print(line, flush=True)
+        print("ready", flush=True)
+        app.install_signal_handlers()
+        await app.run_forever()
+        return 0
+
+    return asyncio.run(run())
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        load_config(args.file)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        print(f"{args.file}: {len(exc.errors)} error(s)", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"{args.file}: ok")
+    return 0
+
+
+# ---- ctl ------------------------------------------------------------------------------------
+class AdminError(Exception):
+    pass
+
+
+def admin_request(address: str, method: str, path: str, body: Any = None, raw: bool = False) -> Any:
+    host, port = parse_hostport(address, "--admin")
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(f"http://{host}:{port}{path}", data=data, method=method)
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            payload = resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace").strip()
+        raise AdminError(f"{method} {path}: HTTP {exc.code}: {detail}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise AdminError(f"cannot reach the admin API at {host}:{port} ({reason}); is the server running?") from None
+    return payload if raw else json.loads(payload)
+
+
+def _print_json(data: Any) -> int:
+    print(json.dumps(data, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_ctl_status(args: argparse.Namespace) -> int:
+    status = admin_request(args.admin, "GET", "/api/status")
+    if args.json:
+        return _print_json(status)
+    print(f"version: {status.get('version')}")
+    print(f"uptime: {status.get('uptime_s')} s")
+    print("transports:")
+    for item in status.get("listeners", []):
+        print(f"  {item}")
+    print(f"connections: {status.get('connections')}")
+    print(f"transactions: {status.get('transactions')}")
+    for key in sorted(k for k in status if k not in ("version", "uptime_s", "listeners", "connections", "transactions", "counters", "transport")):
+        print(f"{key}: {status[key]}")
+    print("counters:")
+    merged = {**{f"transport_{k}": v for k, v in status.get("transport", {}).items()}, **status.get("counters", {})}
+    for key, value in sorted(merged.items()):
+        print(f"  {key} {value}")
+    return 0
+
+
+def cmd_mdflow_show(args: argparse.Namespace) -> int:
+    path = f"/api/mdflow/{args.what}"
+    if args.json:
+        return _print_json(admin_request(args.admin, "GET", path + "?format=json"))
+    sys.stdout.write(admin_request(args.admin, "GET", path, raw=True))
+    return 0
+
+
+def cmd_mdflow_debug(args: argparse.Namespace) -> int:
+    host, port = parse_hostport(args.admin, "--admin")
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/api/mdflow/debug", timeout=3600) as resp:
+            for line in resp:
+                sys.stdout.write(line.decode())
+                sys.stdout.flush()
+    except (urllib.error.URLError, OSError) as exc:
+        raise AdminError(f"cannot reach the admin API at {host}:{port} ({exc})") from None
+    return 0
+
+
+def cmd_flow_import(args: argparse.Namespace) -> int:
+    from .flow.ini import main_import
+
+    return main_import(args.file)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,354 @@
+"""The SIP core: bytes from the transports in, transactions, dispatch to the features.
+
+It is the thin asyncio-facing layer between `transport/` and the sans-I/O
+`sip/transaction.py`: it parses, rejects bad input with the right status, applies
+RFC 3581 received/rport, runs the transaction layer and hands new requests to the
+handler registered for their method (registrar, later the B2BUA).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from .sip.errors import SipParseError
+from .sip.message import (
+    Limits,
+    Request,
+    Response,
+    canonical_header_name,
+    header_key,
+    make_response,
+    new_tag,
+    parse_message,
+    validate_request,
+    validate_response,
+)
+from .sip.peer import Peer
+from .sip.transaction import (
+    AckReceived,
+    CancelReceived,
+    Overloaded,
+    RequestReceived,
+    ResponseReceived,
+    ServerTransaction,
+    State,
+    StrayResponse,
+    TimerConfig,
+    TransactionLayer,
+    TransactionTimeout,
+)
+
+log = logging.getLogger("vivait_sip.core")
+
+ALLOWED_METHODS = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "MESSAGE", "SUBSCRIBE", "NOTIFY", "REFER", "INFO", "UPDATE", "PRACK")
+KNOWN_METHODS = frozenset((*ALLOWED_METHODS, "PUBLISH"))
+SUPPORTED_OPTIONS = ("path", "outbound")
+ACCEPTED_TYPES = ("application/sdp",)
+
+
+@dataclass
+class Incoming:
+    """A new request as handlers see it: the request, its transaction, where it came from."""
+
+    request: Request
+    tx: ServerTransaction
+    peer: Peer
+    core: SipCore
+    to_tag: str = field(default_factory=new_tag)
+
+    def respond(
+        self,
+        status: int,
+        reason: str | None = None,
+        headers: Iterable[tuple[str, str]] = (),
+        body: bytes = b"",
+    ) -> Response:
+        resp = make_response(self.request, status, reason, to_tag=self.to_tag, headers=headers, body=body)
+        self.core.send_response(self.tx, resp)
+        return resp
+
+
+Handler = Callable[[Incoming], None]
+
+
+class SipCore:
+    def __init__(
+        self,
+        *,
+        send: Callable[[bytes, Peer], None],
+        timers: TimerConfig,
+        limits: Limits,
+        domains: Iterable[str] = (),
+        user_agent: str = "vivait-sip",
+        max_transactions: int = 100000,
+        retry_after_s: int = 5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._send = send
+        self.limits = limits
+        self.clock = clock
+        self.user_agent = user_agent
+        self.retry_after_s = retry_after_s
+        self.tl = TransactionLayer(timers, max_transactions=max_transactions)
+        self.handlers: dict[str, Handler] = {}
+        self.local_domains: set[str] = {d.lower() for d in domains} | {"localhost"}
+        self.local_addresses: set[tuple[str, int]] = set()
+        self.counters: Counter[str] = Counter()
+        self.started = time.time()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self.on_ack: Callable[[Request, Peer], None] = lambda req, peer: None
+        self.on_response: Callable[[ResponseReceived | TransactionTimeout], None] = lambda event: None
+
+    # ---- identity --------------------------------------------------------------------
+    def add_local_address(self, host: str, port: int) -> None:
+        self.local_addresses.add((host.lower(), port))
+        self.local_domains.add(host.lower())
+        try:
+            if ipaddress.ip_address(host).is_loopback:
+                self.local_domains.update(("127.0.0.1", "localhost"))
+        except ValueError:
+            pass
+
+    def is_local_domain(self, host: str) -> bool:
+        return host.lower() in self.local_domains
+
+    def register(self, method: str, handler: Handler) -> None:
+        self.handlers[method] = handler
+
+    # ---- input -----------------------------------------------------------------------
+    def on_message(self, data: bytes, peer: Peer) -> None:
+        """Entry point for every received message; never raises."""
+        try:
+            self._on_message(data, peer)
+        except Exception:
+            self.counters["internal_errors"] += 1
+            log.exception("event=internal_error peer=%s", peer)
+
+    def _on_message(self, data: bytes, peer: Peer) -> None:
+        datagram = peer.transport in ("udp", "ws", "wss")
+        try:
+            msg = parse_message(data, datagram=datagram, limits=self.limits)
+            if isinstance(msg, Request):
+                validate_request(msg)
+            else:
+                validate_response(msg)
+        except SipParseError as exc:
+            self.counters["parse_errors"] += 1
+            if data.lstrip(b"\r\n").startswith(b"SIP/"):
+                return  # RFC 3261 §18.1.2: malformed responses are discarded silently.
+            self._reject_malformed(data, peer, exc)
+            return
+        now = self.clock()
+        if isinstance(msg, Response):
+            self.counters["responses_in"] += 1
+            self.tl.receive_response(msg, peer, now)
+        else:
+            self.counters["requests_in"] += 1
+            self._stamp_via(msg, peer)
+            self.tl.receive_request(msg, peer, now)
+        self._drain()
+
+    def _stamp_via(self, req: Request, peer: Peer) -> None:
+        """RFC 3261 §18.2.1 `received` and RFC 3581 `rport` on the top Via."""
+        via = req.top_via
+        changed = False
+        if via.host != peer.host:
+            via.set_param("received", peer.host)
+            changed = True
+        if via.has_param("rport") and not via.param("rport"):
+            via.set_param("rport", str(peer.port))
+            if not changed:
+                via.set_param("received", peer.host)
+            changed = True
+        if changed:
+            req.headers.pop_first_value("via")
+            req.headers.add("Via", str(via), first=True)
+            req.invalidate()
+
+    def _reject_malformed(self, data: bytes, peer: Peer, exc: SipParseError) -> None:
+        """Answer a malformed request statelessly when enough of it is readable to route a reply."""
+        resp = stateless_error(data, exc.status, _reason_for(exc))
+        if resp is None:
+            log.debug("event=malformed_dropped peer=%s reason=%r", peer, exc.reason)
+            return
+        log.info("event=malformed_request peer=%s status=%d reason=%r", peer, exc.status, exc.reason)
+        self._send_raw(resp, peer)
+
+    # ---- transaction events -------------------------------------------------------------
+    def _drain(self) -> None:
+        tl = self.tl
+        while True:
+            for out in tl.messages_to_send():
+                self._send_raw(out.data, out.peer, out.tx_id)
+            event = tl.next_event()
+            if event is None:
+                break
+            if isinstance(event, RequestReceived):
+                self._dispatch(Incoming(event.request, event.tx, event.peer, self))
+            elif isinstance(event, AckReceived):
+                self.on_ack(event.request, event.peer)
+            elif isinstance(event, CancelReceived):
+                self._on_cancel(event)
+            elif isinstance(event, (ResponseReceived, TransactionTimeout)):
+                self.on_response(event)
+            elif isinstance(event, StrayResponse):
+                self.counters["stray_responses"] += 1
+            elif isinstance(event, Overloaded):
+                self.counters["overload_rejections"] += 1
+                resp = make_response(
+                    event.request, 503, headers=[("Retry-After", str(self.retry_after_s))], to_tag=new_tag()
+                )
+                tl.send_stateless(resp, event.peer)
+        self._arm_timer()
+
+    def _send_raw(self, data: bytes, peer: Peer, tx_id: int | None = None) -> None:
+        try:
+            self._send(data, peer)
+            self.counters["messages_out"] += 1
+        except Exception as exc:
+            self.counters["send_errors"] += 1
+            log.info("event=send_failed peer=%s error=%r", peer, str(exc))
+            if tx_id is not None:
+                self.tl.transport_failed(tx_id, self.clock())
+
+    def send_response(self, tx: ServerTransaction, resp: Response) -> None:
+        if self.user_agent and "server" not in resp.headers:
+            resp.headers.add("Server", self.user_agent)
+        self.counters[f"responses_out_{resp.status // 100}xx"] += 1
+        self.tl.send_response(tx, resp, self.clock())
+        self._drain()
+
+    def _arm_timer(self) -> None:
+        deadline = self.tl.next_deadline()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        delay = max(0.0, deadline - self.clock())
+        self._timer = loop.call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        try:
+            self.tl.handle_timers(self.clock())
+            self._drain()
+        except Exception:
+            self.counters["internal_errors"] += 1
+            log.exception("event=timer_error")
+
+    # ---- dispatch ----------------------------------------------------------------------
+    def _dispatch(self, inc: Incoming) -> None:
+        req = inc.request
+        method = req.method
+        self.counters[f"requests_{method.lower()}" if method in KNOWN_METHODS else "requests_other"] += 1
+        uri = req.uri
+        if not uri.is_sip:
+            inc.respond(416)
+            return
+        if method not in ("ACK", "CANCEL"):
+            unsupported = [t for t in (*req.option_tags("require"), *req.option_tags("proxy-require")) if t not in SUPPORTED_OPTIONS]
+            if unsupported:
+                inc.respond(420, headers=[("Unsupported", ", ".join(dict.fromkeys(unsupported)))])
+                return
+        if req.max_forwards == 0 and method not in ("OPTIONS", "REGISTER"):
+            inc.respond(483)
+            return
+        if method == "OPTIONS":
+            self._options(inc)
+            return
+        handler = self.handlers.get(method)
+        if handler is not None:
+            handler(inc)
+            return
+        if not self.is_local_domain(uri.host):
+            inc.respond(403, "Forbidden (relaying not allowed)")
+        elif method in KNOWN_METHODS:
+            inc.respond(405, headers=[("Allow", ", ".join(self.allowed_methods()))])
+        else:
+            inc.respond(501, headers=[("Allow", ", ".join(self.allowed_methods()))])
+
+    def allowed_methods(self) -> list[str]:
+        return ["OPTIONS", *(m for m in ALLOWED_METHODS if m in self.handlers), "ACK", "CANCEL"]
+
+    def capability_headers(self) -> list[tuple[str, str]]:
+        return [
+            ("Allow", ", ".join(dict.fromkeys(self.allowed_methods()))),
+            ("Accept", ", ".join(ACCEPTED_TYPES)),
+            ("Supported", ", ".join(SUPPORTED_OPTIONS)),
+        ]
+
+    def _options(self, inc: Incoming) -> None:
+        req = inc.request
+        if not self.is_local_domain(req.uri.host) and "OPTIONS" not in self.handlers:
+            inc.respond(403, "Forbidden (relaying not allowed)")
+            return
+        inc.respond(200, headers=self.capability_headers())
+
+    def _on_cancel(self, event: CancelReceived) -> None:
+        resp = make_response(event.request, 200 if event.invite_tx is not None else 481, to_tag=new_tag())
+        self.tl.send_response(event.tx, resp, self.clock())
+        if event.invite_tx is not None and event.invite_tx.state is State.PROCEEDING:
+            inv = event.invite_tx.request
+            self.tl.send_response(event.invite_tx, make_response(inv, 487, to_tag=new_tag()), self.clock())
+
+    # ---- status --------------------------------------------------------------------------
+    def status(self) -> dict[str, object]:
+        return {
+            "uptime_s": round(time.time() - self.started, 1),
+            "transactions": len(self.tl),
+            "counters": dict(sorted(self.counters.items())),
+        }
+
+
+def _reason_for(exc: SipParseError) -> str:
+    if exc.status != 400:
+        return exc.reason
+    text = exc.reason.replace("\r", " ").replace("\n", " ")
+    return f"Bad Request ({text[:120]})"
+
+
+_STATELESS_COPY = ("via", "from", "to", "call-id", "cseq")
+
+
+def stateless_error(data: bytes, status: int, reason: str) -> bytes | None:
+    """A best-effort error response for a request too malformed to parse fully.
+
+    Copies the raw Via/From/To/Call-ID/CSeq lines it can find.  Without a Via there is no
+    way to route a reply, so it returns None and the request is dropped.
+    """
+    head = data[:16384].split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
+    lines = head.replace("\r\n", "\n").split("\n")
+    copied: list[str] = []
+    for line in lines[1:]:
+        if not line or line[0] in " \t":
+            if copied and line and copied[-1].split(":", 1)[0].lower() in _STATELESS_COPY:
+                copied[-1] += " " + line.strip()
+            continue
+        name, colon, value = line.partition(":")
+        key = header_key(name.strip())
+        if colon and key in _STATELESS_COPY:
+            value = value.strip()
+            if key == "to" and "tag=" not in value.lower():
+                value += f";tag={new_tag()}"
+            copied.append(f"{canonical_header_name(key)}: {value}")
+    if not any(c.lower().startswith("via:") for c in copied):
+        return None
+    safe_reason = "".join(ch for ch in reason if ch.isprintable())
+    out = [f"SIP/2.0 {status} {safe_reason}", *copied, "Content-Length: 0", "", ""]
+    return "\r\n".join(out).encode("utf-8")

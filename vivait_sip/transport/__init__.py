@@ -1,0 +1,1 @@
+"""Asyncio adapters that move SIP bytes between sockets and the sans-I/O core."""

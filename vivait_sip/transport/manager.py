@@ -1,0 +1,340 @@
+"""Sockets for every SIP transport behind one `send(data, peer)` / `on_message` pair.
+
+UDP datagrams are handed over as they arrive; TCP, TLS and WebSocket connections are
+framed into messages first.  Each connection gets an id so responses and RFC 5626 flows
+go back over the connection a request arrived on (RFC 3261 §18.2.2).  Limits: a cap on
+connections per source IP and in all, an idle timeout, a cap on buffered bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol, cast
+
+from ..config import Listener
+from ..sip.errors import SipParseError
+from ..sip.message import DEFAULT_LIMITS, Limits, StreamFramer
+from ..sip.peer import Peer
+
+log = logging.getLogger("vivait_sip.transport")
+
+MessageHandler = Callable[[bytes, Peer], None]
+_CRLF = b"\r\n"
+
+
+class Connection(Protocol):
+    """What the manager needs from a TCP/TLS/WS connection."""
+
+    conn_id: int
+    peer: Peer
+    last_activity: float
+
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class TransportStats:
+    received: int = 0
+    sent: int = 0
+    parse_errors: int = 0
+    send_errors: int = 0
+    connections_refused: int = 0
+    by_transport: dict[str, int] = field(default_factory=dict)
+
+
+class TransportError(Exception):
+    """A message could not be sent (no connection, connect failure)."""
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, manager: TransportManager, listener: Listener) -> None:
+        self.manager = manager
+        self.listener = listener
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int] | tuple[str, int, int, int]) -> None:
+        manager = self.manager
+        manager.stats.received += 1
+        if data == _CRLF * 2 or data == _CRLF:
+            # RFC 5626 §4.4.1 STUN is not supported; a bare CRLF keep-alive needs no answer.
+            return
+        manager.on_message(data, Peer("udp", addr[0], addr[1]))
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("event=udp_error error=%s", exc)
+
+
+class _StreamProtocol(asyncio.Protocol):
+    """One TCP or TLS connection, accepted or opened by us."""
+
+    def __init__(self, manager: TransportManager, transport_name: str) -> None:
+        self.manager = manager
+        self.transport_name = transport_name
+        self.conn_id = next(manager._ids)
+        self.framer = StreamFramer(manager.limits)
+        self.transport: asyncio.Transport | None = None
+        self.peer = Peer(transport_name, "", 0, self.conn_id)
+        self.last_activity = time.monotonic()
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        addr = self.transport.get_extra_info("peername")
+        self.peer = Peer(self.transport_name, addr[0], addr[1], self.conn_id)
+        if not self.manager._admit(self):
+            self.transport.abort()
+            return
+        self.manager._register(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_activity = time.monotonic()
+        try:
+            messages = self.framer.feed(data)
+        except SipParseError as exc:
+            # RFC 3261 §18.3: a framing error on a stream is unrecoverable.
+            self.manager.stats.parse_errors += 1
+            log.info("event=stream_framing_error peer=%s reason=%r", self.peer, exc.reason)
+            self.manager.on_framing_error(exc, self.peer)
+            self.close()
+            return
+        for msg in messages:
+            if msg == StreamFramer.PING:
+                self.write(_CRLF)  # RFC 5626 §3.5.1 pong
+                continue
+            self.manager.stats.received += 1
+            self.manager.on_message(msg, self.peer)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            raise TransportError(f"connection {self.conn_id} is closed")
+        self.last_activity = time.monotonic()
+        self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.manager._unregister(self)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+class TransportManager:
+    """Owns the listening sockets and live connections; the core sees only bytes and Peers."""
+
+    def __init__(
+        self,
+        on_message: MessageHandler,
+        *,
+        limits: Limits = DEFAULT_LIMITS,
+        ssl_server: ssl.SSLContext | None = None,
+        ssl_client: ssl.SSLContext | None = None,
+        max_connections_per_ip: int = 64,
+        max_connections: int = 10000,
+        idle_timeout_s: float = 300.0,
+    ) -> None:
+        self.on_message = on_message
+        self.on_framing_error: Callable[[SipParseError, Peer], None] = lambda exc, peer: None
+        self.on_connection_lost: Callable[[Peer], None] = lambda peer: None
+        self.limits = limits
+        self.ssl_server = ssl_server
+        self.ssl_client = ssl_client
+        self.max_connections_per_ip = max_connections_per_ip
+        self.max_connections = max_connections
+        self.idle_timeout_s = idle_timeout_s
+        self.stats = TransportStats()
+        self._ids = itertools.count(1)
+        self._udp: dict[tuple[str, int], _UdpProtocol] = {}
+        self._default_udp: _UdpProtocol | None = None
+        self._servers: list[asyncio.AbstractServer] = []
+        self._connections: dict[int, Connection] = {}
+        self._by_addr: dict[tuple[str, str, int], int] = {}
+        self._per_ip: dict[str, int] = {}
+        self._connecting: dict[tuple[str, str, int], asyncio.Future[Connection]] = {}
+        self.listeners: list[Listener] = []
+        self._reaper: asyncio.Task[None] | None = None
+
+    # ---- listening ----------------------------------------------------------------
+    async def listen(self, listener: Listener) -> Listener:
+        """Open one listener; returns it with the real port (useful for port 0)."""
+        loop = asyncio.get_running_loop()
+        if listener.transport == "udp":
+            transport, proto = await loop.create_datagram_endpoint(
+                lambda: _UdpProtocol(self, listener), local_addr=(listener.host, listener.port)
+            )
+            port = transport.get_extra_info("sockname")[1]
+            self._udp[(listener.host, port)] = proto
+            if self._default_udp is None:
+                self._default_udp = proto
+        elif listener.transport in ("tcp", "tls"):
+            context = None
+            if listener.transport == "tls":
+                if self.ssl_server is None:
+                    raise TransportError("a tls listener needs a certificate")
+                context = self.ssl_server
+            name = listener.transport
+            server = await loop.create_server(
+                lambda: _StreamProtocol(self, name), listener.host, listener.port, ssl=context,
+                reuse_address=True,
+            )
+            self._servers.append(server)
+            port = server.sockets[0].getsockname()[1]
+        else:
+            raise TransportError(f"{listener.transport} listens on the HTTP port (/sip)")
+        real = listener.model_copy(update={"port": port})
+        self.listeners.append(real)
+        if self._reaper is None:
+            self._reaper = asyncio.get_running_loop().create_task(self._reap_idle())
+        return real
+
+    def add_listener_record(self, listener: Listener) -> None:
+        """Record a listener served elsewhere (ws/wss on the HTTP server)."""
+        self.listeners.append(listener)
+
+    # ---- connections --------------------------------------------------------------
+    def _admit(self, conn: Connection) -> bool:
+        ip = conn.peer.host
+        if len(self._connections) >= self.max_connections or self._per_ip.get(ip, 0) >= self.max_connections_per_ip:
+            self.stats.connections_refused += 1
+            log.warning("event=connection_refused peer=%s reason=limit", conn.peer)
+            return False
+        return True
+
+    def _register(self, conn: Connection) -> None:
+        peer = conn.peer
+        self._connections[conn.conn_id] = conn
+        self._by_addr[(peer.transport, peer.host, peer.port)] = conn.conn_id
+        self._per_ip[peer.host] = self._per_ip.get(peer.host, 0) + 1
+
+    def _unregister(self, conn: Connection) -> None:
+        if self._connections.pop(conn.conn_id, None) is None:
+            return
+        peer = conn.peer
+        key = (peer.transport, peer.host, peer.port)
+        if self._by_addr.get(key) == conn.conn_id:
+            del self._by_addr[key]
+        left = self._per_ip.get(peer.host, 1) - 1
+        if left > 0:
+            self._per_ip[peer.host] = left
+        else:
+            self._per_ip.pop(peer.host, None)
+        self.on_connection_lost(peer)
+
+    def admit_external(self, conn: Connection) -> bool:
+        """Register a connection owned by another server (WebSocket); False = refused."""
+        if not self._admit(conn):
+            return False
+        self._register(conn)
+        return True
+
+    def release_external(self, conn: Connection) -> None:
+        self._unregister(conn)
+
+    def new_conn_id(self) -> int:
+        return next(self._ids)
+
+    def connection(self, conn_id: int) -> Connection | None:
+        return self._connections.get(conn_id)
+
+    def has_flow(self, peer: Peer) -> bool:
+        return peer.conn_id is not None and peer.conn_id in self._connections
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    async def _reap_idle(self) -> None:
+        while True:
+            await asyncio.sleep(min(5.0, self.idle_timeout_s))
+            cutoff = time.monotonic() - self.idle_timeout_s
+            for conn in list(self._connections.values()):
+                if conn.last_activity < cutoff:
+                    log.info("event=connection_idle_closed peer=%s", conn.peer)
+                    conn.close()
+
+    # ---- sending ------------------------------------------------------------------
+    def send(self, data: bytes, peer: Peer) -> None:
+        """Send now when possible; a stream peer without a live connection is connected first."""
+        if peer.transport == "udp":
+            proto = self._default_udp
+            if proto is None or proto.transport is None:
+                raise TransportError("no UDP listener to send from")
+            proto.transport.sendto(data, (peer.host, peer.port))
+            self.stats.sent += 1
+            return
+        conn = None
+        if peer.conn_id is not None:
+            conn = self._connections.get(peer.conn_id)
+        if conn is None:
+            conn_id = self._by_addr.get((peer.transport, peer.host, peer.port))
+            conn = self._connections.get(conn_id) if conn_id is not None else None
+        if conn is not None:
+            conn.write(data)
+            self.stats.sent += 1
+            return
+        if peer.transport in ("ws", "wss"):
+            raise TransportError(f"no WebSocket connection to {peer}")
+        asyncio.get_running_loop().create_task(self._connect_and_send(data, peer))
+
+    async def _connect_and_send(self, data: bytes, peer: Peer) -> None:
+        try:
+            conn = await self.connect(peer)
+            conn.write(data)
+            self.stats.sent += 1
+        except (OSError, TransportError) as exc:
+            self.stats.send_errors += 1
+            log.info("event=send_failed peer=%s error=%r", peer, str(exc))
+
+    async def connect(self, peer: Peer) -> Connection:
+        """Open (or reuse) an outgoing TCP/TLS connection (RFC 3261 §18.1.1)."""
+        key = (peer.transport, peer.host, peer.port)
+        conn_id = self._by_addr.get(key)
+        if conn_id is not None and conn_id in self._connections:
+            return self._connections[conn_id]
+        pending = self._connecting.get(key)
+        if pending is not None:
+            return await pending
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Connection] = loop.create_future()
+        self._connecting[key] = future
+        try:
+            context = self.ssl_client if peer.transport == "tls" else None
+            if peer.transport == "tls" and context is None:
+                raise TransportError("no TLS client context")
+            _, proto = await asyncio.wait_for(
+                loop.create_connection(lambda: _StreamProtocol(self, peer.transport), peer.host, peer.port, ssl=context),
+                timeout=10,
+            )
+            future.set_result(proto)
+            return proto
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()
+            raise
+        finally:
+            del self._connecting[key]
+
+    async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+        for server in self._servers:
+            server.close()
+        for proto in self._udp.values():
+            if proto.transport is not None:
+                proto.transport.close()
+        for conn in list(self._connections.values()):
+            conn.close()
+        for server in self._servers:
+            await server.wait_closed()
