@@ -1,19 +1,35 @@
 """SIP messages (RFC 3261 §7, §20, §25): parse, inspect lazily, modify and serialise.
 
 A parsed message keeps every header line exactly as it arrived.  Only the headers a
-decision needs are decoded, on first use, and cached; a header that nobody changes is
-re-emitted byte for byte.  Bodies (SDP, multipart with NULs, anything) stay opaque bytes.
+decision needs are decoded, on first use, and cached until the headers change; a header
+that nobody changes is re-emitted byte for byte, and a message nobody changed is
+re-emitted as the very bytes it was parsed from.  Bodies (SDP, multipart with NULs,
+anything) stay opaque bytes.
 """
 
 from __future__ import annotations
 
+import re
 import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import cast
 
 from .errors import SipParseError
-from .uri import NameAddr, SipUri, _read_quoted, _split_hostport, _split_params, parse_name_addr, parse_uri
+from .uri import (
+    NameAddr,
+    SipUri,
+    _read_quoted,
+    _split_hostport,
+    _split_params,
+    bare_host,
+    is_token,
+    parse_digits,
+    parse_name_addr,
+    parse_uri,
+    valid_host,
+)
 
 COMPACT_FORMS: dict[str, str] = {
     "i": "call-id",
@@ -59,11 +75,14 @@ LIST_HEADERS = frozenset(
     )
 )
 
-# Headers that must appear at most once (RFC 4475 §3.4.1 multi01).
+# Headers that must appear at most once (RFC 4475 §3.3.8 multi01).
 SINGLE_HEADERS = ("call-id", "cseq", "from", "to", "max-forwards", "content-length")
 
 SUPPORTED_VERSION = "SIP/2.0"
-_TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
+_VERSION_RE = re.compile(r"SIP/[0-9]+\.[0-9]+", re.IGNORECASE)
+_CSEQ_RE = re.compile(r"[ \t]*([0-9]+)[ \t]+([^ \t]+)[ \t]*")
+_MAX_CSEQ = 0xFFFFFFFF
+_LWS = " \t"
 
 
 def canonical_header_name(key: str) -> str:
@@ -111,13 +130,9 @@ def split_list(value: str) -> list[str]:
     return items
 
 
-def _is_token(text: str) -> bool:
-    return bool(text) and all(c in _TOKEN_CHARS for c in text)
-
-
 @dataclass(slots=True)
 class Via:
-    """One Via value."""
+    """One Via value (§20.42) with the RFC 3581 `rport` and §18.2 `received`/`maddr` helpers."""
 
     transport: str
     host: str
@@ -146,8 +161,55 @@ class Via:
         return self.param("branch")
 
     @property
+    def is_rfc3261_branch(self) -> bool:
+        """Branch carries the magic cookie, so it alone identifies the transaction (§17.2.3)."""
+        branch = self.param("branch")
+        return branch is not None and branch.startswith("z9hG4bK") and len(branch) > 7
+
+    @property
+    def received(self) -> str | None:
+        return self.param("received") or None
+
+    @property
+    def maddr(self) -> str | None:
+        return self.param("maddr") or None
+
+    @property
+    def rport(self) -> int | None:
+        """Filled-in rport value; None when absent or requested but still empty."""
+        value = self.param("rport")
+        if not value:
+            return None
+        port = parse_digits(value, "Via rport")
+        if port > 65535:
+            raise SipParseError("Via rport out of range")
+        return port
+
+    @property
+    def wants_rport(self) -> bool:
+        """The client asked for symmetric response routing (RFC 3581 §3)."""
+        return self.has_param("rport")
+
+    @property
     def sent_by(self) -> str:
         return self.host if self.port is None else f"{self.host}:{self.port}"
+
+    def stamp(self, source_host: str, source_port: int) -> None:
+        """Server side of §18.2.1 and RFC 3581 §4: record where the request really came from."""
+        if self.wants_rport:
+            self.set_param("received", source_host)
+            self.set_param("rport", str(source_port))
+        elif bare_host(self.host) != source_host:
+            self.set_param("received", source_host)
+
+    def response_address(self, default_port: int = 5060) -> tuple[str, int]:
+        """Host (no IPv6 brackets) and port a response goes to (§18.2.2, RFC 3581 §4)."""
+        maddr = self.maddr
+        if maddr:
+            return bare_host(maddr), self.port or default_port
+        rport = self.rport
+        host = self.received or self.host
+        return bare_host(host), rport or self.port or default_port
 
     def __str__(self) -> str:
         text = f"{self.protocol}/{self.transport} {self.sent_by}"
@@ -155,44 +217,119 @@ class Via:
 
 
 def parse_via(value: str) -> Via:
+    """Parse one via-parm (already split from its list); LWS around '/' and ':' is allowed."""
     proto, _, rest = value.strip(" \t").partition("/")
     version, _, rest = rest.partition("/")
-    transport, sep, rest = rest.strip(" \t").partition(" ")
-    if not sep:
-        # "SIP/2.0/UDP\thost" or folded whitespace
-        transport, sep, rest = transport.partition("\t")
-    if not sep or proto.strip(" \t").upper() != "SIP" or version.strip(" \t") != "2.0":
-        raise SipParseError(f"malformed Via {value!r}")
+    rest = rest.strip(" \t")
+    cut = 0
+    while cut < len(rest) and rest[cut] not in " \t":
+        cut += 1
+    transport, rest = rest[:cut], rest[cut:]
+    if (
+        not rest
+        or proto.strip(" \t").upper() != "SIP"
+        or version.strip(" \t") != "2.0"
+        or not is_token(transport)
+    ):
+        raise SipParseError("Malformed Via")
     sent_by, _, params = rest.strip(" \t").partition(";")
-    sent_by = sent_by.strip(" \t")
-    if " " in sent_by or "\t" in sent_by:
-        sent_by = sent_by.replace(" ", "").replace("\t", "")
+    sent_by = sent_by.replace(" ", "").replace("\t", "")
     host, port = _split_hostport(sent_by)
-    if not host:
-        raise SipParseError("Via without sent-by host")
-    return Via(transport=transport.strip(" \t").upper(), host=host, port=port, params=_split_params(params))
+    if not valid_host(host):
+        raise SipParseError("Malformed Via sent-by")
+    parsed = _split_params(params) if params else []
+    if any(not is_token(name) for name, _ in parsed):
+        raise SipParseError("Malformed Via parameter")
+    return Via(transport=transport.upper(), host=host, port=port, params=parsed)
 
 
-@dataclass(slots=True)
 class Header:
-    """A header line.  `raw` is the original text (folding included) until `value` changes."""
+    """One header line.
 
-    key: str
-    name: str
-    value: str
-    raw: str | None = None
+    `raw` is the line exactly as received (folding included); setting `name` or `value`
+    drops it, so only untouched headers are re-emitted byte for byte.  Any change is
+    reported to the owning `Headers`, which forgets decoded values.
+    """
+
+    __slots__ = ("_name", "_owner", "_raw", "_value", "key")
+
+    def __init__(
+        self, key: str, name: str, value: str, raw: str | None = None, owner: Headers | None = None
+    ) -> None:
+        self.key = key
+        self._name = name
+        self._value = value
+        self._raw = raw
+        self._owner = owner
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @name.setter
+    def name(self, name: str) -> None:
+        self._name = name
+        self.key = header_key(name)
+        self._raw = None
+        if self._owner is not None:
+            self._owner._changed()
+
+    @property
+    def value(self) -> str:
+        return self._value
+
+    @value.setter
+    def value(self, value: str) -> None:
+        self._value = value
+        self._raw = None
+        if self._owner is not None:
+            self._owner._changed()
+
+    @property
+    def raw(self) -> str | None:
+        return self._raw
 
     def line(self) -> str:
-        return self.raw if self.raw is not None else f"{self.name}: {self.value}"
+        return self._raw if self._raw is not None else f"{self._name}: {self._value}"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Header):
+            return NotImplemented
+        return (self.key, self._name, self._value, self._raw) == (
+            other.key, other._name, other._value, other._raw,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Header({self.key!r}, {self._name!r}, {self._value!r}, {self._raw!r})"
 
 
 class Headers:
-    """Ordered header list with case- and compact-form-insensitive lookup."""
+    """Ordered header list with case- and compact-form-insensitive lookup.
 
-    __slots__ = ("_items",)
+    Every mutation (here or through a `Header` setter) bumps `version` and clears the
+    decoded-value cache, so lazy properties never go stale and the unchanged-message
+    fast path of `to_bytes` knows when it no longer applies.
+    """
+
+    __slots__ = ("_cache", "_items", "version")
 
     def __init__(self, items: Iterable[Header] = ()) -> None:
-        self._items: list[Header] = list(items)
+        self._items: list[Header] = []
+        self._items = [self._adopt(h) for h in items]
+        self.version = 0
+        self._cache: dict[str, object] = {}
+
+    def _changed(self) -> None:
+        self.version += 1
+        self._cache.clear()
+
+    def _adopt(self, header: Header) -> Header:
+        if header._owner is not None and header._owner is not self:
+            header = Header(header.key, header._name, header._value, header._raw)
+        header._owner = self
+        return header
 
     def __iter__(self) -> Iterator[Header]:
         return iter(self._items)
@@ -200,17 +337,24 @@ class Headers:
     def __len__(self) -> int:
         return len(self._items)
 
+    def first(self, name: str) -> Header | None:
+        key = header_key(name)
+        for h in self._items:
+            if h.key == key:
+                return h
+        return None
+
     def get(self, name: str) -> str | None:
         key = header_key(name)
         for h in self._items:
             if h.key == key:
-                return h.value
+                return h._value
         return None
 
     def get_all(self, name: str) -> list[str]:
         """Every value of `name`, list headers split at top-level commas."""
         key = header_key(name)
-        values = [h.value for h in self._items if h.key == key]
+        values = [h._value for h in self._items if h.key == key]
         if key in LIST_HEADERS:
             return [item for v in values for item in split_list(v)]
         return values
@@ -224,42 +368,65 @@ class Headers:
         return any(h.key == key for h in self._items)
 
     def add(self, name: str, value: str, *, first: bool = False) -> None:
+        """Append (or, with `first`, prepend) a header; lower-case names are canonicalised."""
         key = header_key(name)
-        header = Header(key, canonical_header_name(key) if name.islower() else name, value)
+        header = Header(key, canonical_header_name(key) if name.islower() else name, value, None, self)
         if first:
             self._items.insert(0, header)
         else:
             self._items.append(header)
+        self._changed()
+
+    def append(self, header: Header) -> None:
+        """Append a Header object (copied if another Headers owns it)."""
+        self._items.append(self._adopt(header))
+        self._changed()
 
     def set(self, name: str, value: str) -> None:
         """Replace every occurrence of `name` by one header at the first one's position."""
         key = header_key(name)
         for i, h in enumerate(self._items):
             if h.key == key:
-                self._items[i] = Header(key, h.name if h.raw is None else canonical_header_name(key), value)
+                self._items[i] = Header(key, h._name if h._raw is None else canonical_header_name(key), value, None, self)
                 self._items[i + 1 :] = [x for x in self._items[i + 1 :] if x.key != key]
+                self._changed()
                 return
         self.add(canonical_header_name(key), value)
 
     def remove(self, name: str) -> None:
         key = header_key(name)
-        self._items = [h for h in self._items if h.key != key]
+        kept = [h for h in self._items if h.key != key]
+        if len(kept) != len(self._items):
+            self._items = kept
+            self._changed()
 
     def pop_first_value(self, name: str) -> str | None:
         """Remove and return the first value of a list header (e.g. the top Via)."""
         key = header_key(name)
         for i, h in enumerate(self._items):
             if h.key == key:
-                values = split_list(h.value)
+                values = split_list(h._value)
                 if len(values) <= 1:
                     del self._items[i]
+                    self._changed()
                     return values[0] if values else None
-                self._items[i] = Header(key, h.name, ", ".join(values[1:]))
+                self._items[i] = Header(key, h._name, ", ".join(values[1:]), None, self)
+                self._changed()
                 return values[0]
         return None
 
+    def replace_first_value(self, name: str, value: str) -> None:
+        """Replace the first value of a list header, keeping the others (e.g. stamp the top Via)."""
+        key = header_key(name)
+        for h in self._items:
+            if h.key == key:
+                values = split_list(h._value)
+                h.value = ", ".join([value, *values[1:]])
+                return
+        self.add(canonical_header_name(key), value)
+
     def copy(self) -> Headers:
-        return Headers(Header(h.key, h.name, h.value, h.raw) for h in self._items)
+        return Headers(Header(h.key, h._name, h._value, h._raw) for h in self._items)
 
 
 @dataclass(slots=True)
@@ -271,70 +438,81 @@ class CSeq:
         return f"{self.number} {self.method}"
 
 
+def parse_cseq(value: str) -> CSeq:
+    """`1*DIGIT LWS Method`, the number below 2**32 (§20.16, RFC 4475 §3.1.2.4)."""
+    m = _CSEQ_RE.fullmatch(value)
+    if m is None or not is_token(m.group(2)):
+        raise SipParseError("Malformed CSeq")
+    digits = m.group(1)
+    if len(digits) > 10 or int(digits) > _MAX_CSEQ:
+        raise SipParseError("CSeq number out of range")
+    return CSeq(int(digits), m.group(2))
+
+
+# (original bytes, Headers they were parsed into, its version, body object, start line)
+_Wire = tuple[bytes, Headers, int, bytes, str]
+
+
 @dataclass(eq=False)
 class Message(ABC):
-    """Common part of requests and responses."""
+    """Common part of requests and responses.
+
+    Decoded header values (vias, cseq, from_, ...) are views: change a header through
+    `headers` (or the helpers below), not by mutating the decoded object.
+    """
 
     headers: Headers = field(default_factory=Headers)
     body: bytes = b""
-    _cache: dict[str, object] = field(default_factory=dict, repr=False)
+    _wire: _Wire | None = field(default=None, repr=False)
 
     # ---- lazily decoded headers -------------------------------------------------
-    def _cached(self, key: str) -> object:
-        return self._cache.get(key, _MISSING)
-
     def invalidate(self) -> None:
-        """Forget decoded values after headers were changed."""
-        self._cache.clear()
+        """Forget decoded values (they are also forgotten on every header change)."""
+        self.headers._cache.clear()
 
     @property
     def vias(self) -> list[Via]:
-        cached = self._cached("via")
-        if cached is _MISSING:
+        cache = self.headers._cache
+        cached = cache.get("via")
+        if cached is None:
             cached = [parse_via(v) for v in self.headers.get_all("via")]
-            self._cache["via"] = cached
-        return cached  # type: ignore[return-value]
+            cache["via"] = cached
+        return cast(list[Via], cached)
 
     @property
     def top_via(self) -> Via:
         vias = self.vias
         if not vias:
-            raise SipParseError("missing Via")
+            raise SipParseError("Missing Via")
         return vias[0]
 
     @property
     def call_id(self) -> str:
         value = self.headers.get("call-id")
         if value is None:
-            raise SipParseError("missing Call-ID")
+            raise SipParseError("Missing Call-ID")
         return value.strip(" \t")
 
     @property
     def cseq(self) -> CSeq:
-        cached = self._cached("cseq")
-        if cached is _MISSING:
+        cache = self.headers._cache
+        cached = cache.get("cseq")
+        if cached is None:
             value = self.headers.get("cseq")
             if value is None:
-                raise SipParseError("missing CSeq")
-            number, _, method = value.strip(" \t").partition(" ")
-            method = method.strip(" \t")
-            if not number.isdigit() or len(number) > 10 or int(number) > 0xFFFFFFFF:
-                raise SipParseError("CSeq number out of range")
-            if not _is_token(method):
-                raise SipParseError("malformed CSeq method")
-            cached = CSeq(int(number), method)
-            self._cache["cseq"] = cached
-        return cached  # type: ignore[return-value]
+                raise SipParseError("Missing CSeq")
+            cached = cache["cseq"] = parse_cseq(value)
+        return cast(CSeq, cached)
 
     def _name_addr(self, key: str) -> NameAddr:
-        cached = self._cached(key)
-        if cached is _MISSING:
+        cache = self.headers._cache
+        cached = cache.get(key)
+        if cached is None:
             value = self.headers.get(key)
             if value is None:
-                raise SipParseError(f"missing {canonical_header_name(key)}")
-            cached = parse_name_addr(value)
-            self._cache[key] = cached
-        return cached  # type: ignore[return-value]
+                raise SipParseError(f"Missing {canonical_header_name(key)}")
+            cached = cache[key] = parse_name_addr(value)
+        return cast(NameAddr, cached)
 
     @property
     def from_(self) -> NameAddr:
@@ -346,15 +524,22 @@ class Message(ABC):
 
     @property
     def contacts(self) -> list[NameAddr] | None:
-        """Parsed Contact values; None for `Contact: *`."""
-        cached = self._cached("contact")
-        if cached is _MISSING:
+        """Parsed Contact values (empty list when absent); None for `Contact: *`."""
+        cache = self.headers._cache
+        if "contact" not in cache:
             values = self.headers.get_all("contact")
-            cached = None if values == ["*"] else [parse_name_addr(v) for v in values]
-            if cached is not None and any(v == "*" for v in values):
-                raise SipParseError("'*' mixed with other contacts")
-            self._cache["contact"] = cached
-        return cached  # type: ignore[return-value]
+            if "*" in values:
+                if len(values) > 1:
+                    raise SipParseError("Contact '*' mixed with other contacts")
+                cache["contact"] = None
+            else:
+                cache["contact"] = [parse_name_addr(v) for v in values]
+        return cast("list[NameAddr] | None", cache["contact"])
+
+    @property
+    def is_wildcard_contact(self) -> bool:
+        """`Contact: *` (only meaningful in a REGISTER with Expires: 0, §10.2.2)."""
+        return self.contacts is None
 
     def name_addrs(self, name: str) -> list[NameAddr]:
         """Route, Record-Route, Path and similar lists."""
@@ -365,20 +550,18 @@ class Message(ABC):
         value = self.headers.get("max-forwards")
         if value is None:
             return None
-        value = value.strip(" \t")
-        if not value.isdigit() or len(value) > 10 or int(value) > 255:
-            raise SipParseError("malformed Max-Forwards")
-        return int(value)
+        hops = parse_digits(value, "Max-Forwards", 256)
+        if hops > 255:
+            raise SipParseError("Max-Forwards out of range")
+        return hops
 
     @property
     def expires(self) -> int | None:
+        """Expires header in seconds, capped at 2**32-1 (RFC 4475 §3.1.2.4)."""
         value = self.headers.get("expires")
         if value is None:
             return None
-        value = value.strip(" \t")
-        if not value.isdigit():
-            raise SipParseError("malformed Expires")
-        return min(int(value), 0xFFFFFFFF)
+        return parse_digits(value, "Expires", 0xFFFFFFFF)
 
     @property
     def content_type(self) -> str | None:
@@ -388,38 +571,79 @@ class Message(ABC):
     def option_tags(self, name: str) -> list[str]:
         return [t.lower() for t in self.headers.get_all(name)]
 
+    # ---- modification helpers ------------------------------------------------------
+    def push_via(self, via: Via | str) -> None:
+        """Add a Via on top (a proxy forwarding a request, §16.6 step 8)."""
+        self.headers.add("Via", str(via), first=True)
+
+    def pop_via(self) -> Via | None:
+        """Remove the top Via (a proxy forwarding a response, §16.7 step 3)."""
+        value = self.headers.pop_first_value("via")
+        return parse_via(value) if value is not None else None
+
+    def set_top_via(self, via: Via) -> None:
+        self.headers.replace_first_value("via", str(via))
+
+    def stamp_via(self, source_host: str, source_port: int) -> Via:
+        """Add `received`/`rport` to the top Via when needed (§18.2.1, RFC 3581 §4)."""
+        via = self.top_via
+        before = str(via)
+        via.stamp(source_host, source_port)
+        text = str(via)
+        if text != before:
+            self.headers.replace_first_value("via", text)
+        return via
+
+    def add_record_route(self, uri: SipUri | str) -> None:
+        """Insert a Record-Route on top (§16.6 step 4); `uri` should carry `;lr`."""
+        self.headers.add("Record-Route", f"<{uri}>", first=True)
+
     # ---- serialisation -----------------------------------------------------------
     @abstractmethod
     def start_line(self) -> str:
         """Request-Line or Status-Line without CRLF."""
 
     def to_bytes(self) -> bytes:
-        """Serialise; Content-Length always matches the body."""
+        """Serialise; Content-Length always matches the body.
+
+        An unmodified parsed message returns the exact bytes it was parsed from.
+        """
+        wire = self._wire
+        if (
+            wire is not None
+            and wire[1] is self.headers
+            and wire[2] == self.headers.version
+            and wire[3] is self.body
+            and wire[4] == self.start_line()
+        ):
+            return wire[0]
+        return self._serialise()
+
+    def _serialise(self) -> bytes:
         lines = [self.start_line()]
         has_length = False
-        for h in self.headers:
+        body_len = len(self.body)
+        for h in self.headers._items:
             if h.key == "content-length":
                 if has_length:
                     continue
                 has_length = True
-                if h.raw is not None and _declared_length(h.value) == len(self.body):
-                    lines.append(h.raw)
+                if h._raw is not None and _declared_length(h._value) == body_len:
+                    lines.append(h._raw)
                 else:
-                    lines.append(f"Content-Length: {len(self.body)}")
+                    lines.append(f"Content-Length: {body_len}")
                 continue
-            lines.append(h.raw if h.raw is not None else f"{h.name}: {h.value}")
+            raw = h._raw
+            lines.append(raw if raw is not None else f"{h._name}: {h._value}")
         if not has_length:
-            lines.append(f"Content-Length: {len(self.body)}")
+            lines.append(f"Content-Length: {body_len}")
         lines.append("\r\n")
         return "\r\n".join(lines).encode("utf-8", "surrogateescape") + self.body
 
 
-_MISSING = object()
-
-
 def _declared_length(value: str) -> int:
     value = value.strip(" \t")
-    return int(value) if value.isdigit() else -1
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 20 else -1
 
 
 @dataclass(eq=False)
@@ -427,18 +651,18 @@ class Request(Message):
     method: str = ""
     uri_text: str = ""
     version: str = SUPPORTED_VERSION
+    _ruri: tuple[str, SipUri] | None = field(default=None, repr=False)
 
     @property
     def uri(self) -> SipUri:
-        cached = self._cached("ruri")
-        if cached is _MISSING:
-            cached = parse_uri(self.uri_text)
-            self._cache["ruri"] = cached
-        return cached  # type: ignore[return-value]
+        """Parsed Request-URI, re-parsed whenever `uri_text` changes."""
+        cached = self._ruri
+        if cached is None or cached[0] is not self.uri_text:
+            cached = self._ruri = (self.uri_text, parse_uri(self.uri_text))
+        return cached[1]
 
     def set_uri(self, uri: SipUri | str) -> None:
         self.uri_text = str(uri)
-        self._cache.pop("ruri", None)
 
     def start_line(self) -> str:
         return f"{self.method} {self.uri_text} {self.version}"
@@ -469,7 +693,7 @@ class Limits:
     max_message_bytes: int = 65536  # 513 Message Too Large
     max_body_bytes: int = 65536  # 413 Request Entity Too Large
     max_headers: int = 128  # 400 Too Many Headers
-    max_line_bytes: int = 8192  # 400 Header Line Too Long
+    max_line_bytes: int = 8192  # 400 Header Line Too Long (characters after decoding)
     max_uri_bytes: int = 2048  # 414 Request-URI Too Long
 
 
@@ -477,14 +701,36 @@ DEFAULT_LIMITS = Limits()
 
 
 def find_header_end(data: bytes | bytearray, start: int = 0) -> tuple[int, int]:
-    """Index of the blank line ending the header block and its length, or (-1, 0)."""
+    """Index of the blank line ending the header block and its length, or (-1, 0).
+
+    CRLF CRLF is the norm; a bare LF LF (or CRLF LF) ending earlier wins, so LF-only
+    senders are understood (be liberal in what you accept).
+    """
     idx = data.find(b"\r\n\r\n", start)
+    lf = data.find(b"\n\n", start, idx + 1 if idx >= 0 else len(data))
+    if lf >= 0:
+        if lf > start and data[lf - 1] == 13:
+            return lf - 1, 3
+        return lf, 2
     if idx >= 0:
         return idx, 4
-    idx = data.find(b"\n\n", start)
-    if idx >= 0:
-        return idx, 2
     return -1, 0
+
+
+# Raw header name (text before ':', trailing LWS included) -> (lookup key, name).
+_NAME_CACHE: dict[str, tuple[str, str]] = {}
+_NAME_CACHE_MAX = 1024
+
+
+def _header_name(raw_name: str) -> tuple[str, str]:
+    name = raw_name.rstrip(" \t")
+    if not is_token(name):
+        raise SipParseError("Malformed header name")
+    key = name.lower()
+    entry = (COMPACT_FORMS.get(key, key), name)
+    if len(_NAME_CACHE) < _NAME_CACHE_MAX:
+        _NAME_CACHE[raw_name] = entry
+    return entry
 
 
 def parse_message(
@@ -496,10 +742,13 @@ def parse_message(
     """Parse one complete message.
 
     For datagrams the body is whatever follows the header block, cut to Content-Length
-    (RFC 3261 §18.3; a shorter body than declared is an error).  For streams the caller
-    frames by Content-Length first (see `StreamFramer`) and passes exactly one message.
-    Raises SipParseError carrying the status a server should answer with.
+    (RFC 3261 §18.3: trailing octets are ignored, a shorter body than declared is an
+    error).  For streams the caller frames by Content-Length first (see `StreamFramer`)
+    and passes exactly one message.  Raises SipParseError carrying the status a server
+    should answer with (a response that fails to parse is dropped, never answered).
     """
+    if type(data) is not bytes:
+        data = bytes(data)
     if len(data) > limits.max_message_bytes:
         raise SipParseError("Message Too Large", 513)
     # RFC 3261 §7.5: ignore CRLFs before the start line.
@@ -508,114 +757,170 @@ def parse_message(
         start += 2
     end, sep_len = find_header_end(data, start)
     if end < 0:
-        head_bytes = data[start:].rstrip(b"\r\n")
-        body = b""
+        head = data[start:].rstrip(b"\r\n").decode("utf-8", "surrogateescape")
+        body_start = len(data)
     else:
-        head_bytes = data[start:end]
-        body = data[end + sep_len :]
-    head = head_bytes.decode("utf-8", "surrogateescape")
-    lines = head.split("\r\n") if "\r\n" in head else head.split("\n")
-    first = lines[0]
-    msg = _parse_start_line(first, limits)
-    headers: list[Header] = []
+        head = data[start:end].decode("utf-8", "surrogateescape")
+        body_start = end + sep_len
+    lines = head.split("\r\n")
+    crlf = sep_len == 4 and head.count("\n") == len(lines) - 1
+    if not crlf and "\n" in head:
+        lines = head.replace("\r\n", "\n").split("\n")
+    msg = _parse_start_line(lines[0], limits)
+    hs = Headers()
+    headers = hs._items
     append = headers.append
     max_line = limits.max_line_bytes
-    for line in lines[1:]:
+    name_cache = _NAME_CACHE
+    length_header: Header | None = None
+    prev: Header | None = None
+    for i in range(1, len(lines)):
+        line = lines[i]
         if len(line) > max_line:
             raise SipParseError("Header Line Too Long")
         if not line:
             continue
         if line[0] in " \t":
-            if not headers:
-                raise SipParseError("continuation line before any header")
-            prev = headers[-1]
-            prev.value = prev.value + " " + line.strip(" \t")
-            prev.raw = f"{prev.raw}\r\n{line}"
+            if prev is None:
+                raise SipParseError("Continuation line before any header")
+            value = line.strip(" \t")
+            if value:
+                prev._value = f"{prev._value} {value}" if prev._value else value
+            prev._raw = f"{prev._raw}\r\n{line}"
             continue
-        name, colon, value = line.partition(":")
+        raw_name, colon, value = line.partition(":")
         if not colon:
-            raise SipParseError(f"malformed header line {line[:40]!r}")
-        name = name.rstrip(" \t")
-        if not _is_token(name):
-            raise SipParseError(f"malformed header name {name[:40]!r}")
-        key = name.lower()
-        key = COMPACT_FORMS.get(key, key)
-        append(Header(key, name, value.strip(" \t"), line))
+            raise SipParseError("Malformed header line")
+        entry = name_cache.get(raw_name)
+        if entry is None:
+            entry = _header_name(raw_name)
+        prev = Header(entry[0], entry[1], value.strip(" \t"), line, hs)
+        append(prev)
+        if entry[0] == "content-length":
+            if length_header is not None:
+                raise SipParseError("Multiple Content-Length headers")
+            length_header = prev
     if len(headers) > limits.max_headers:
         raise SipParseError("Too Many Headers")
-    msg.headers = Headers(headers)
-    length_values = [h.value for h in headers if h.key == "content-length"]
-    if length_values:
-        if len(length_values) > 1:
-            raise SipParseError("multiple Content-Length headers")
-        declared = _declared_length(length_values[0])
+    msg.headers = hs
+    if length_header is not None:
+        declared = _declared_length(length_header._value)
         if declared < 0:
-            raise SipParseError("malformed Content-Length")
+            raise SipParseError("Malformed Content-Length")
         if declared > limits.max_body_bytes:
             raise SipParseError("Request Entity Too Large", 413)
-        if declared > len(body):
-            raise SipParseError("Content-Length larger than the message body")
-        body = body[:declared]
-    elif not datagram:
-        raise SipParseError("missing Content-Length on a stream transport")
+        body_end = body_start + declared
+        if body_end > len(data):
+            raise SipParseError("Content-Length exceeds the message body")
+        body = data[body_start:body_end]
+        msg.body = body
+        if crlf:
+            wire = data if start == 0 and body_end == len(data) else data[start:body_end]
+            msg._wire = (wire, hs, 0, body, msg.start_line())
+        return msg
+    if not datagram:
+        raise SipParseError("Missing Content-Length on a stream transport")
+    body = data[body_start:]
     if len(body) > limits.max_body_bytes:
         raise SipParseError("Request Entity Too Large", 413)
-    msg.body = bytes(body)
+    msg.body = body
     return msg
 
 
 def _parse_start_line(first: str, limits: Limits) -> Request | Response:
-    if first.startswith("SIP/"):
+    if first[:4].upper() == "SIP/":
         version, _, rest = first.partition(" ")
         code, _, reason = rest.partition(" ")
-        if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
-            raise SipParseError(f"bad status code {code!r}")
-        if version != SUPPORTED_VERSION:
+        if len(code) != 3 or not code.isascii() or not code.isdigit() or not 100 <= int(code) <= 699:
+            raise SipParseError("Bad status code")
+        if version.upper() != SUPPORTED_VERSION:
+            if _VERSION_RE.fullmatch(version) is None:
+                raise SipParseError("Malformed Status-Line")
             raise SipParseError("Version Not Supported", 505)
         return Response(status=int(code), reason=reason, version=version)
     parts = first.split(" ")
     if len(parts) != 3:
-        raise SipParseError("malformed Request-Line")
+        if len(first) > limits.max_uri_bytes and len(parts) > 1 and len(parts[1]) > limits.max_uri_bytes:
+            raise SipParseError("Request-URI Too Long", 414)
+        raise SipParseError("Malformed Request-Line")
     method, uri_text, version = parts
-    if not _is_token(method):
-        raise SipParseError("malformed method")
+    if not is_token(method):
+        raise SipParseError("Malformed method")
     if len(uri_text) > limits.max_uri_bytes:
         raise SipParseError("Request-URI Too Long", 414)
     if not uri_text or "<" in uri_text or ">" in uri_text:
-        raise SipParseError("malformed Request-URI")
-    if not version.startswith("SIP/"):
-        raise SipParseError("malformed Request-Line version")
-    if version != SUPPORTED_VERSION:
+        raise SipParseError("Malformed Request-URI")
+    if version.upper() != SUPPORTED_VERSION:
+        if _VERSION_RE.fullmatch(version) is None:
+            raise SipParseError("Malformed Request-Line version")
         raise SipParseError("Version Not Supported", 505)
     return Request(method=method, uri_text=uri_text, version=version)
 
 
+def salvage_request(data: bytes) -> Request | None:
+    """Best-effort header split of a request that failed to parse, to build its error reply.
+
+    Returns None when the data is not recognisably a request (responses and garbage are
+    dropped, never answered).  Header values are kept raw so Via/From/To/Call-ID/CSeq can
+    be copied into the 4xx/5xx verbatim (§8.2.6).
+    """
+    text = bytes(data[:DEFAULT_LIMITS.max_message_bytes]).lstrip(b"\r\n")
+    end, _ = find_header_end(text)
+    head = (text[:end] if end >= 0 else text).decode("utf-8", "surrogateescape")
+    lines = head.replace("\r\n", "\n").split("\n")
+    parts = lines[0].split()
+    if len(parts) < 2 or not is_token(parts[0]) or parts[0][:4].upper() == "SIP/":
+        return None
+    req = Request(method=parts[0], uri_text=parts[1], version=SUPPORTED_VERSION)
+    hs = req.headers
+    prev: Header | None = None
+    for line in lines[1:]:
+        if line[:1] in (" ", "\t") and prev is not None:
+            prev._value = prev._value + " " + line.strip(_LWS)
+            prev._raw = f"{prev._raw}\r\n{line}"
+            continue
+        raw_name, colon, value = line.partition(":")
+        name = raw_name.strip(" \t")
+        if not colon or not is_token(name) or "\r" in line:
+            prev = None
+            continue
+        prev = Header(header_key(name), name, value.strip(" \t"), line, hs)
+        hs._items.append(prev)
+    return req
+
+
 def validate_request(req: Request) -> None:
-    """Checks a server makes before a request reaches the transaction layer (RFC 3261 §8.2)."""
+    """Checks a server makes before a request reaches the transaction layer (§8.2, §16.3).
+
+    The order puts the RFC 4475 "fault to name" first (e.g. the CSeq overflow of
+    scalar02 before its Max-Forwards).
+    """
+    headers = req.headers
     for key in SINGLE_HEADERS:
-        if req.headers.count(key) > 1 and not (key == "content-length"):
-            raise SipParseError(f"multiple {canonical_header_name(key)} headers")
+        if headers.count(key) > 1:
+            raise SipParseError(f"Multiple {canonical_header_name(key)} headers")
     for key in ("call-id", "from", "to", "cseq"):
-        if key not in req.headers:
-            raise SipParseError(f"missing {canonical_header_name(key)}")
+        if key not in headers:
+            raise SipParseError(f"Missing {canonical_header_name(key)}")
     if not req.vias:
-        raise SipParseError("missing Via")
+        raise SipParseError("Missing Via")
     req.uri  # noqa: B018  (parse for syntax)
     req.from_  # noqa: B018
     req.to  # noqa: B018
-    req.max_forwards  # noqa: B018
     cseq = req.cseq
     if cseq.method != req.method:
         raise SipParseError("CSeq method does not match the Request-Line")
+    req.max_forwards  # noqa: B018
     call_id = req.call_id
-    if not call_id or any(c in call_id for c in " \t"):
-        raise SipParseError("malformed Call-ID")
+    if not call_id or " " in call_id or "\t" in call_id:
+        raise SipParseError("Malformed Call-ID")
+    req.contacts  # noqa: B018
 
 
 def validate_response(resp: Response) -> None:
     """Minimal checks before a response is matched to a client transaction."""
     if not resp.vias:
-        raise SipParseError("missing Via")
+        raise SipParseError("Missing Via")
     resp.cseq  # noqa: B018
     resp.call_id  # noqa: B018
 
@@ -629,10 +934,11 @@ class StreamFramer:
 
     PING = b"\r\n\r\n"
 
-    __slots__ = ("_buf", "limits")
+    __slots__ = ("_buf", "_scanned", "limits")
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self._buf = bytearray()
+        self._scanned = 0
         self.limits = limits
 
     def feed(self, data: bytes) -> list[bytes]:
@@ -641,8 +947,9 @@ class StreamFramer:
         buf = self._buf
         buf += data
         out: list[bytes] = []
+        limits = self.limits
         while buf:
-            if buf[:1] in (b"\r", b"\n"):
+            if buf[0] in (13, 10):
                 if buf.startswith(b"\r\n\r\n"):
                     del buf[:4]
                     out.append(self.PING)
@@ -650,25 +957,29 @@ class StreamFramer:
                 if buf.startswith(b"\r\n") and len(buf) > 2:
                     del buf[:2]
                     continue
-                if buf.startswith(b"\n") or (buf.startswith(b"\r") and len(buf) > 1 and buf[1:2] != b"\n"):
+                if buf[0] == 10 or (len(buf) > 1 and buf[1] != 10):
                     del buf[:1]
                     continue
                 break
-            end, sep_len = find_header_end(buf)
+            # Resume the blank-line search a little before where the last one stopped.
+            end, sep_len = find_header_end(buf, max(0, self._scanned - 3))
             if end < 0:
-                if len(buf) > self.limits.max_message_bytes:
+                self._scanned = len(buf)
+                if len(buf) > limits.max_message_bytes:
                     raise SipParseError("Message Too Large", 513)
                 break
             length = _stream_content_length(bytes(buf[:end]))
-            if length > self.limits.max_body_bytes:
+            if length > limits.max_body_bytes:
                 raise SipParseError("Request Entity Too Large", 413)
             total = end + sep_len + length
-            if total > self.limits.max_message_bytes:
+            if total > limits.max_message_bytes:
                 raise SipParseError("Message Too Large", 513)
             if len(buf) < total:
+                self._scanned = end
                 break
             out.append(bytes(buf[:total]))
             del buf[:total]
+            self._scanned = 0
         return out
 
     @property
@@ -680,19 +991,21 @@ def _stream_content_length(head: bytes) -> int:
     """Content-Length from a raw header block; missing or malformed is a framing error."""
     found = -1
     for line in head.split(b"\n"):
+        if line[:1] in (b" ", b"\t"):
+            continue
         name, colon, value = line.partition(b":")
         if not colon:
             continue
         key = name.strip().lower()
         if key in (b"content-length", b"l"):
             text = value.strip()
-            if not text.isdigit():
-                raise SipParseError("malformed Content-Length")
+            if not text.isdigit() or len(text) > 19:
+                raise SipParseError("Malformed Content-Length")
             if found >= 0:
-                raise SipParseError("multiple Content-Length headers")
+                raise SipParseError("Multiple Content-Length headers")
             found = int(text)
     if found < 0:
-        raise SipParseError("missing Content-Length on a stream transport")
+        raise SipParseError("Missing Content-Length on a stream transport")
     return found
 
 
@@ -735,19 +1048,23 @@ def make_response(
     headers: Iterable[tuple[str, str]] = (),
     body: bytes = b"",
 ) -> Response:
-    """Build a response per RFC 3261 §8.2.6: Via/From/Call-ID/CSeq copied, To tagged."""
-    resp = Response(status=status, reason=reason or REASON_PHRASES.get(status, "Unknown"))
+    """Build a response per RFC 3261 §8.2.6: Via/From/Call-ID/CSeq copied, To tagged.
+
+    The reason phrase loses any CR/LF, since it may name a parse fault."""
+    phrase = reason or REASON_PHRASES.get(status, "Unknown")
+    phrase = phrase.replace("\r", " ").replace("\n", " ")
+    resp = Response(status=status, reason=phrase)
     out = resp.headers
+    items = out._items
     for h in req.headers:
         if h.key in _RESPONSE_COPIED:
-            out._items.append(Header(h.key, h.name, h.value, h.raw))
+            items.append(Header(h.key, h._name, h._value, h._raw, out))
         elif h.key == "to":
-            value = h.value
+            value = h._value
             if to_tag and status > 100 and ";tag=" not in value.replace(" ", "").lower():
-                value = f"{value};tag={to_tag}"
-                out._items.append(Header("to", h.name, value))
+                items.append(Header("to", h._name, f"{value};tag={to_tag}", None, out))
             else:
-                out._items.append(Header(h.key, h.name, h.value, h.raw))
+                items.append(Header(h.key, h._name, h._value, h._raw, out))
     if status == 100 and "timestamp" in req.headers:
         out.add("Timestamp", req.headers.get("timestamp") or "")
     for name, value in headers:
@@ -770,8 +1087,9 @@ def parse_auth_params(value: str) -> tuple[str, dict[str, str]]:
 
 
 __all__ = [
-    "CSeq",
     "DEFAULT_LIMITS",
+    "REASON_PHRASES",
+    "CSeq",
     "Header",
     "Headers",
     "Limits",
@@ -784,9 +1102,18 @@ __all__ = [
     "StreamFramer",
     "Via",
     "canonical_header_name",
+    "find_header_end",
     "header_key",
+    "make_response",
+    "new_branch",
+    "new_tag",
+    "parse_auth_params",
+    "parse_cseq",
     "parse_message",
+    "parse_name_addr",
+    "parse_uri",
     "parse_via",
+    "salvage_request",
     "split_list",
     "validate_request",
     "validate_response",
