@@ -66,7 +66,6 @@ def outgoing_request(method: str = "INVITE") -> Request:
     """A request as the TU builds it: no Via yet."""
     req = request(method)
     req.headers.remove("via")
-    req.invalidate()
     push_via(req, "10.0.0.1", 5060, "udp", branch=f"z9hG4bKout{method}")
     return req
 

@@ -294,7 +294,17 @@ class UasInviteResponder:
     It retransmits on reliable transports too: the 2xx crosses proxies end to end and a
     later hop may be UDP."""
 
-    __slots__ = ("_data", "_give_up_at", "_interval", "_next_at", "_t2", "acked", "cseq", "peer", "timed_out")
+    __slots__ = (
+        "_data",
+        "_give_up_at",
+        "_interval",
+        "_next_at",
+        "_t2",
+        "acked",
+        "cseq",
+        "peer",
+        "timed_out",
+    )
 
     def __init__(
         self, response: Response, peer: Peer, now: float, config: TimerConfig | None = None

@@ -11,10 +11,10 @@ the next timer deadline.  Driving it follows aioquic's style:
   `next_event()` pops one `Event` at a time (None when empty);
 * timers: `next_deadline()` says when `handle_timers(now)` must be called next.
 
-After any input, drain both queues (messages first, so a transport failure reported through
-`transport_failed` is attributed before the TU reacts) and re-arm the wake-up for
-`next_deadline()`.  A TU reaction (e.g. `send_response`) queues more output, so the adapter
-loops until `next_event()` returns None.
+After any input the adapter sends what `messages_to_send()` returns (reporting failed sends
+with `transport_failed(tx_id, now)`), hands each event to the TU, repeats while the TU's
+reactions queue more, and re-arms its wake-up for `next_deadline()`.  docs/transactions.md
+has the loop and the timer table.
 
 Choices worth knowing:
 
@@ -38,7 +38,7 @@ from collections import deque
 from dataclasses import dataclass
 from enum import StrEnum
 
-from .message import Header, Message, Request, Response, Via, make_response, new_branch
+from .message import Message, Request, Response, Via, make_response, new_branch
 from .peer import Peer
 
 MAGIC_COOKIE = "z9hG4bK"
@@ -208,7 +208,6 @@ def push_via(
     if rport:
         value += ";rport"
     req.headers.add("Via", value, first=True)
-    req.invalidate()
     return branch
 
 
@@ -218,9 +217,11 @@ def too_many_hops(req: Request) -> bool:
 
 
 def _copy(dst: Request, src: Message, key: str) -> None:
+    """Copy every `key` header line unchanged (raw text kept)."""
+    append = dst.headers.append
     for h in src.headers:
         if h.key == key:
-            dst.headers._items.append(Header(h.key, h.name, h.value, h.raw))
+            append(h)
 
 
 def _hop_request(invite: Request, method: str) -> Request:
@@ -281,7 +282,13 @@ class Transaction:
     is_invite = False
 
     def __init__(
-        self, layer: TransactionLayer, tx_id: int, key: TxKey, request: Request, peer: Peer, state: State
+        self,
+        layer: TransactionLayer,
+        tx_id: int,
+        key: TxKey,
+        request: Request,
+        peer: Peer,
+        state: State,
     ) -> None:
         self._layer = layer
         self.id = tx_id
@@ -342,7 +349,13 @@ class ClientTransaction(Transaction, ABC):
     __slots__ = ("_data",)
 
     def __init__(
-        self, layer: TransactionLayer, tx_id: int, key: TxKey, request: Request, peer: Peer, state: State
+        self,
+        layer: TransactionLayer,
+        tx_id: int,
+        key: TxKey,
+        request: Request,
+        peer: Peer,
+        state: State,
     ) -> None:
         super().__init__(layer, tx_id, key, request, peer, state)
         self._data = request.to_bytes()
@@ -455,7 +468,13 @@ class ServerTransaction(Transaction, ABC):
     is_server = True
 
     def __init__(
-        self, layer: TransactionLayer, tx_id: int, key: TxKey, request: Request, peer: Peer, state: State
+        self,
+        layer: TransactionLayer,
+        tx_id: int,
+        key: TxKey,
+        request: Request,
+        peer: Peer,
+        state: State,
     ) -> None:
         super().__init__(layer, tx_id, key, request, peer, state)
         self._provisional: bytes | None = None
@@ -581,7 +600,9 @@ class TransactionLayer:
         "max_transactions",
     )
 
-    def __init__(self, config: TimerConfig | None = None, *, max_transactions: int = 100_000) -> None:
+    def __init__(
+        self, config: TimerConfig | None = None, *, max_transactions: int = 100_000
+    ) -> None:
         self.config = config or TimerConfig()
         self.max_transactions = max_transactions
         self._server: dict[TxKey, ServerTransaction] = {}
