@@ -69,6 +69,16 @@ def test_congestion_starts_when_incoming_rate_exceeds_limit() -> None:
     assert third.queued and third.call is not None and third.call.waiting
 
 
+def test_rate_below_one_per_second_is_judged_over_one_over_rate_seconds() -> None:
+    engine = MdflowEngine(config(flow(tasa_sal_seg=0.5, to_desborda_seg=10)), now=0.0)
+    assert engine.offer("F", "1", 0.0).outcome == OK
+    call = engine.offer("F", "1", 1.5).call
+    assert call is not None
+    run_ticks(engine, 0.0, 3.0)
+    assert call.outcome == OK and call.finished_at == pytest.approx(2.0)
+    assert engine.offer("F", "1", 4.5).outcome == OK
+
+
 def test_dnis_beyond_dnis_max_gets_agujero() -> None:
     engine = MdflowEngine(config(flow(tasa_sal_seg=2, dnis_max=2)), now=0.0)
     engine.offer("F", "a", 0.0)

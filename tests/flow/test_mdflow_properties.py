@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -34,7 +35,7 @@ limits = st.fixed_dictionaries(
 @settings(max_examples=150, deadline=None)
 @given(steps=steps, limits=limits, jitter=st.integers(0, 3))
 def test_every_call_ends_once_and_rate_is_never_exceeded(
-    steps: list[tuple[int, int, int]], limits: dict[str, float], jitter: int
+    steps: list[tuple[int, int, int]], limits: dict[str, Any], jitter: int
 ) -> None:
     tasa = limits["tasa_sal_seg"]
     engine = MdflowEngine(config(flow(**limits), interval=1), now=0.0)

@@ -104,11 +104,15 @@ def add_routes(
         return web.json_response(counts)
 
     async def get_debug(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
-        await response.prepare(request)
-        async for text in service.debug_stream():
-            await response.write(text.encode() + b"\n")
-        return response
+        queue = service.debug_subscribe()
+        try:
+            response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+            await response.prepare(request)
+            while True:
+                text = await queue.get()
+                await response.write(text.encode() + b"\n")
+        finally:
+            service.debug_unsubscribe(queue)
 
     app.router.add_get("/api/mdflow/config", get_config)
     app.router.add_get("/api/mdflow/stats", get_stats)

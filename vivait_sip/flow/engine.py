@@ -6,14 +6,15 @@ asyncio service drives it with ``time.monotonic``.
 
 Decisions (see docs/mdflow.md for the reasoning):
 
-* Congestion is judged on sliding 1-second windows (rates are per second): a flow in
-  control mode is congested while any of its DNIS queues holds a call, while more
-  than ``tasa_sal_seg`` calls arrived in the last second, or while ``ceil(tasa_sal_seg)``
-  calls already left in the last second. A new call never overtakes queued ones.
+* Congestion is judged on sliding 1-second windows (rates are per second; the window
+  is 1/tasa_sal_seg seconds when that is longer): a flow in control mode is congested
+  while any of its DNIS queues holds a call, while more than ``tasa_sal_seg`` calls
+  arrived in the last window, or while ``ceil(tasa_sal_seg)`` calls already left in it.
+  A new call never overtakes queued ones.
 * Queued calls leave on ticks, paced by a virtual schedule of one slot every
   ``1/tasa_sal_seg`` seconds (at most two ticks of lateness are caught up), round-robin
-  over the DNIS queues, and never more than ``ceil(tasa_sal_seg)`` in any 1-second
-  window counting immediate admissions too.
+  over the DNIS queues, and never more than ``ceil(tasa_sal_seg)`` in any window,
+  counting immediate admissions too.
 * On each tick, timeouts (``desborda``) are applied before releases.
 """
 
@@ -33,7 +34,6 @@ OUTCOMES = (OK, AGUJERO, DESBORDA, ABANDONED)
 
 #: Tolerance for float time comparisons (ticks computed as k * tick_s drift by ~1e-15).
 _EPS = 1e-9
-_WINDOW = 1.0
 
 
 class UnknownFlowError(KeyError):
@@ -165,6 +165,7 @@ class _Flow:
         "timeout",
         "totals",
         "umbral",
+        "window",
     )
 
     def __init__(self, cfg: FlowConfig) -> None:
@@ -189,9 +190,13 @@ class _Flow:
         self.umbral = cfg.dnis_umbral_masivo
         self.timeout = cfg.to_desborda_seg
         self.slot = 1.0 / cfg.tasa_sal_seg
-        # More than tasa arrivals in a second means at least floor(tasa)+1 of them.
-        self.arr_cap = math.floor(cfg.tasa_sal_seg) + 1
-        self.out_cap = max(1, math.ceil(cfg.tasa_sal_seg - _EPS))
+        # Rates are judged over one second, or over 1/tasa seconds when tasa < 1 so
+        # that a single call is not already "above the rate".
+        self.window = max(1.0, self.slot) - _EPS
+        per_window = cfg.tasa_sal_seg * max(1.0, self.slot)
+        # More than per_window arrivals means at least floor(per_window)+1 of them.
+        self.arr_cap = math.floor(per_window + _EPS) + 1
+        self.out_cap = max(1, math.ceil(per_window - _EPS))
         # deque(maxlen=...) keeps the most recent entries, so windows survive a reload.
         self.arrivals = deque(self.arrivals, maxlen=self.arr_cap)
         self.outputs = deque(self.outputs, maxlen=self.out_cap)
@@ -277,9 +282,9 @@ class MdflowEngine:
             return ADMITTED
         arrivals = f.arrivals
         arrivals.append(now)
-        if f.live == 0 and (len(arrivals) < f.arr_cap or now - arrivals[0] >= _WINDOW - _EPS):
+        if f.live == 0 and (len(arrivals) < f.arr_cap or now - arrivals[0] >= f.window):
             outputs = f.outputs
-            if len(outputs) < f.out_cap or now - outputs[0] >= _WINDOW - _EPS:
+            if len(outputs) < f.out_cap or now - outputs[0] >= f.window:
                 outputs.append(now)
                 cur.ok += 1
                 return ADMITTED
@@ -291,8 +296,9 @@ class MdflowEngine:
             queue = f.queues[dnis] = _DnisQueue(dnis)
             f.rr.append(queue)
         if f.live == 0:
-            # Congestion starts: the release schedule starts now, with no saved credit.
-            f.tat = max(f.tat, now)
+            # Congestion starts: one slot is due at once (the output cap still applies),
+            # with no credit saved from before.
+            f.tat = max(f.tat, now - f.slot)
         call = QueuedCall(flow, dnis, now, queue)
         queue.calls.append(call)
         queue.live += 1
@@ -358,7 +364,7 @@ class MdflowEngine:
         rr = f.rr
         deadline = now + _EPS
         while f.live and slot_end <= deadline:
-            if len(outputs) >= f.out_cap and now - outputs[0] < _WINDOW - _EPS:
+            if len(outputs) >= f.out_cap and now - outputs[0] < f.window:
                 f.tat = max(f.tat, now - max(0.0, f.slot - tick_s))
                 break
             queue = rr.popleft()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from vivait_sip.flow.config import MdflowConfig
 from vivait_sip.flow.engine import AGUJERO, OK, MdflowEngine, MdflowSnapshot, QueuedCall
@@ -163,12 +163,13 @@ class MdflowService:
         """Prometheus exposition of the current snapshot."""
         return render_prometheus(self.snapshot())
 
-    async def debug_stream(self) -> AsyncIterator[str]:
-        """``mdflow debug``: yield the stats text each time an interval closes."""
+    def debug_subscribe(self) -> asyncio.Queue[str]:
+        """``mdflow debug``: a queue that receives the stats text each time an interval
+        closes. Subscribing before the first await means no interval is missed."""
         queue: asyncio.Queue[str] = asyncio.Queue()
         self._debug_queues.add(queue)
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            self._debug_queues.discard(queue)
+        return queue
+
+    def debug_unsubscribe(self, queue: asyncio.Queue[str]) -> None:
+        """Stop feeding a queue from :meth:`debug_subscribe`."""
+        self._debug_queues.discard(queue)
