@@ -214,6 +214,10 @@ class Application:
 
     def status(self) -> dict[str, object]:
         out = self.core.status()
+        counters = out["counters"]
+        assert isinstance(counters, dict)
+        for transport, count in self.transports.stats.by_transport.items():
+            counters[f"connections_{transport}"] = count
         out["version"] = __version__
         out["listeners"] = [str(o) for o in self.opened]
         out["connections"] = self.transports.connection_count

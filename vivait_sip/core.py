@@ -151,18 +151,20 @@ class SipCore:
             self.tl.receive_response(msg, peer, now)
         else:
             self.counters["requests_in"] += 1
-            self._stamp_via(msg, peer)
-            self.tl.receive_request(msg, peer, now)
+            self.tl.receive_request(msg, self._stamp_via(msg, peer), now)
         self._drain()
 
-    def _stamp_via(self, req: Request, peer: Peer) -> None:
-        """RFC 3261 §18.2.1 `received` and RFC 3581 `rport` on the top Via."""
+    def _stamp_via(self, req: Request, peer: Peer) -> Peer:
+        """Add `received`/`rport` to the top Via (RFC 3261 §18.2.1, RFC 3581) and return
+        where responses go (§18.2.2): the arrival connection for streams, the source
+        address with rport, else the source IP and the sent-by port."""
         via = req.top_via
         changed = False
         if via.host != peer.host:
             via.set_param("received", peer.host)
             changed = True
-        if via.has_param("rport") and not via.param("rport"):
+        rport = via.has_param("rport")
+        if rport and not via.param("rport"):
             via.set_param("rport", str(peer.port))
             if not changed:
                 via.set_param("received", peer.host)
@@ -170,7 +172,9 @@ class SipCore:
         if changed:
             req.headers.pop_first_value("via")
             req.headers.add("Via", str(via), first=True)
-            req.invalidate()
+        if peer.transport == "udp" and not rport and via.port != peer.port:
+            return Peer("udp", peer.host, via.port or 5060)
+        return peer
 
     def _reject_malformed(self, data: bytes, peer: Peer, exc: SipParseError) -> None:
         """Answer a malformed request statelessly when enough of it is readable to route a reply."""

@@ -47,7 +47,7 @@ class TransportStats:
     parse_errors: int = 0
     send_errors: int = 0
     connections_refused: int = 0
-    by_transport: dict[str, int] = field(default_factory=dict)
+    by_transport: dict[str, int] = field(default_factory=dict)  # connections accepted/opened
 
 
 class TransportError(Exception):
@@ -214,6 +214,8 @@ class TransportManager:
 
     def _register(self, conn: Connection) -> None:
         peer = conn.peer
+        by = self.stats.by_transport
+        by[peer.transport] = by.get(peer.transport, 0) + 1
         self._connections[conn.conn_id] = conn
         self._by_addr[(peer.transport, peer.host, peer.port)] = conn.conn_id
         self._per_ip[peer.host] = self._per_ip.get(peer.host, 0) + 1
