@@ -248,6 +248,8 @@ async def _index(request: web.Request) -> web.Response:
 
 
 def _bind_message(what: str, exc: OSError) -> str:
+    if exc.errno is None and isinstance(exc.__cause__, OSError):
+        exc = exc.__cause__  # uvloop wraps the errno-carrying error
     if exc.errno == errno.EADDRINUSE:
         return f"cannot listen on {what}: address already in use (is another server running?)"
     if exc.errno == errno.EACCES:
