@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import dns.asyncresolver
 import dns.exception
@@ -89,7 +90,7 @@ class Resolver:
         transport = transport or "udp"
         return [Target(transport, ip, DEFAULT_PORTS[transport]) for ip in await self._addresses(host)]
 
-    async def _query(self, name: str, rdtype: str) -> list[object]:
+    async def _query(self, name: str, rdtype: str) -> list[Any]:
         try:
             answer = await self._dns.resolve(name, rdtype, raise_on_no_answer=False)
         except (dns.resolver.NXDOMAIN, dns.resolver.NoNameservers, dns.exception.Timeout, dns.resolver.NoAnswer):
@@ -100,10 +101,10 @@ class Resolver:
         records = await self._query(host, "NAPTR")
         usable = []
         for rec in records:
-            service = rec.service.decode().upper()  # type: ignore[attr-defined]
+            service = rec.service.decode().upper()
             transport = _NAPTR_SERVICES.get(service)
-            if transport in self.supported and rec.flags.decode().lower() == "s":  # type: ignore[attr-defined]
-                usable.append((rec.order, rec.preference, transport, rec.replacement.to_text(omit_final_dot=True)))  # type: ignore[attr-defined]
+            if transport in self.supported and rec.flags.decode().lower() == "s":
+                usable.append((rec.order, rec.preference, transport, rec.replacement.to_text(omit_final_dot=True)))
         if not usable:
             return None, None
         usable.sort(key=lambda item: (item[0], item[1]))
@@ -113,7 +114,7 @@ class Resolver:
     async def _srv(self, name: str, transport: str) -> list[Target]:
         records = await self._query(name, "SRV")
         ordered = self._order_srv(
-            [(r.priority, r.weight, r.target.to_text(omit_final_dot=True), r.port) for r in records]  # type: ignore[attr-defined]
+            [(r.priority, r.weight, r.target.to_text(omit_final_dot=True), r.port) for r in records]
         )
         targets: list[Target] = []
         for _, _, target, port in ordered:
