@@ -67,7 +67,3 @@ class MdflowConfig(BaseModel):
                 )
             first[flow.flujo] = index
         return self
-
-    def flow(self, name: str) -> FlowConfig | None:
-        """The flow called ``name``, or None."""
-        return next((f for f in self.flows if f.flujo == name), None)
