@@ -449,8 +449,9 @@ def parse_cseq(value: str) -> CSeq:
     return CSeq(int(digits), m.group(2))
 
 
-# (original bytes, Headers they were parsed into, its version, body object, start line)
-_Wire = tuple[bytes, Headers, int, bytes, str]
+# (original bytes, Headers they were parsed into, its version and length, body, start line);
+# the length also catches code that edits `Headers._items` directly.
+_Wire = tuple[bytes, Headers, int, int, bytes, str]
 
 
 @dataclass(eq=False)
@@ -613,8 +614,9 @@ class Message(ABC):
             wire is not None
             and wire[1] is self.headers
             and wire[2] == self.headers.version
-            and wire[3] is self.body
-            and wire[4] == self.start_line()
+            and wire[3] == len(self.headers._items)
+            and wire[4] is self.body
+            and wire[5] == self.start_line()
         ):
             return wire[0]
         return self._serialise()
@@ -816,7 +818,7 @@ def parse_message(
         msg.body = body
         if crlf:
             wire = data if start == 0 and body_end == len(data) else data[start:body_end]
-            msg._wire = (wire, hs, 0, body, msg.start_line())
+            msg._wire = (wire, hs, 0, len(headers), body, msg.start_line())
         return msg
     if not datagram:
         raise SipParseError("Missing Content-Length on a stream transport")
@@ -855,38 +857,6 @@ def _parse_start_line(first: str, limits: Limits) -> Request | Response:
             raise SipParseError("Malformed Request-Line version")
         raise SipParseError("Version Not Supported", 505)
     return Request(method=method, uri_text=uri_text, version=version)
-
-
-def salvage_request(data: bytes) -> Request | None:
-    """Best-effort header split of a request that failed to parse, to build its error reply.
-
-    Returns None when the data is not recognisably a request (responses and garbage are
-    dropped, never answered).  Header values are kept raw so Via/From/To/Call-ID/CSeq can
-    be copied into the 4xx/5xx verbatim (§8.2.6).
-    """
-    text = bytes(data[:DEFAULT_LIMITS.max_message_bytes]).lstrip(b"\r\n")
-    end, _ = find_header_end(text)
-    head = (text[:end] if end >= 0 else text).decode("utf-8", "surrogateescape")
-    lines = head.replace("\r\n", "\n").split("\n")
-    parts = lines[0].split()
-    if len(parts) < 2 or not is_token(parts[0]) or parts[0][:4].upper() == "SIP/":
-        return None
-    req = Request(method=parts[0], uri_text=parts[1], version=SUPPORTED_VERSION)
-    hs = req.headers
-    prev: Header | None = None
-    for line in lines[1:]:
-        if line[:1] in (" ", "\t") and prev is not None:
-            prev._value = prev._value + " " + line.strip(_LWS)
-            prev._raw = f"{prev._raw}\r\n{line}"
-            continue
-        raw_name, colon, value = line.partition(":")
-        name = raw_name.strip(" \t")
-        if not colon or not is_token(name) or "\r" in line:
-            prev = None
-            continue
-        prev = Header(header_key(name), name, value.strip(" \t"), line, hs)
-        hs._items.append(prev)
-    return req
 
 
 def validate_request(req: Request) -> None:
@@ -1113,7 +1083,6 @@ __all__ = [
     "parse_name_addr",
     "parse_uri",
     "parse_via",
-    "salvage_request",
     "split_list",
     "validate_request",
     "validate_response",
