@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Install everything the tests need (Debian packages included) and run the whole suite:
+# lint, type check, then pytest. A skipped test fails the run (tests/conftest.py).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+# Real peers: SIPp (sip-tester), baresip + sox (softphone, audio), socat (TLS bridge for SIPp,
+# which Debian builds without OpenSSL).
+PACKAGES="sip-tester baresip sox socat python3-venv"
+missing=""
+for pkg in $PACKAGES; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
+done
+if [ -n "$missing" ]; then
+    $SUDO apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing
+fi
+EXTRAS=test ./scripts/install.sh
+.venv/bin/ruff check vivait_sip tests bench
+.venv/bin/mypy
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
