@@ -1,0 +1,56 @@
+"""Authentication of INVITE, SUBSCRIBE, MESSAGE and REFER (407 Proxy-Authenticate).
+
+Until the B2BUA exists, an authenticated request gets the answer a PBX gives for a
+call it cannot place: 480 for a local user (registered or not), 404 for an unknown
+local target, 403 for a foreign domain (no open relay).  The domain check comes
+first; the target lookup only after authentication, so unauthenticated callers see
+the same 407 for existing and missing extensions.
+"""
+
+from __future__ import annotations
+
+from ..core import Incoming, SipCore
+from ..sip.errors import SipParseError
+from .security import AuthGate
+from .users import UserDirectory
+
+GUARDED_METHODS = ("INVITE", "SUBSCRIBE", "MESSAGE", "REFER")
+
+
+class CallGuard:
+    """Handler for the guarded methods; registered per method with `SipCore.register`."""
+
+    def __init__(self, core: SipCore, gate: AuthGate, users: UserDirectory) -> None:
+        self.core = core
+        self.gate = gate
+        self.users = users
+
+    def register(self) -> None:
+        for method in GUARDED_METHODS:
+            self.core.register(method, self.handle)
+
+    def handle(self, inc: Incoming) -> None:
+        try:
+            self._handle(inc)
+        except SipParseError as exc:
+            inc.respond(400, f"Bad Request ({exc.reason})")
+
+    def _handle(self, inc: Incoming) -> None:
+        req = inc.request
+        uri = req.uri
+        if not self.core.is_local_domain(uri.host):
+            inc.respond(403, "Forbidden (relaying not allowed)")
+            return
+        if self.gate.trunk_for(inc.peer.host) is None and self.gate.check(inc, proxy=True) is None:
+            return
+        if req.to.tag is not None:
+            inc.respond(481)  # no dialogs exist yet: nothing is ever answered with 2xx
+            return
+        target = uri.user_unescaped
+        user = None
+        if target is not None:
+            user = self.users.by_extension(target) or self.users.by_number(target)
+        if user is None:
+            inc.respond(404)
+            return
+        inc.respond(480, "Temporarily Unavailable (calls not yet routed)")

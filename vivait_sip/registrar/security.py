@@ -1,0 +1,218 @@
+"""Authentication failure counters and fail2ban-like source bans.
+
+Policy (docs/registrar.md, "Security"):
+
+* Every failed digest attempt (credentials present but wrong: unknown user, wrong
+  password, forged or replayed nonce) counts against the source IP and against the
+  username it claimed.  A request without credentials is not a failure: it is the
+  normal first leg of a challenge.
+* `ban_failures` failures from one source IP within `ban_window_s` ban that IP for
+  `ban_duration_s`.  A banned source gets `403 Forbidden` for every request: a final
+  response stops the retransmissions that silence would cause, and costs one datagram.
+  The ban is logged once as `event=auth_ban source=IP failures=N until=ISO8601`.
+* Sources inside `security.trusted_networks` are never banned (they are still
+  authenticated: trust here only means "cannot be locked out").
+* Per-user counters are only logged and exposed in `status()`; they never lock the
+  user out, because a global per-user lockout would let anyone disable any phone by
+  sending bad passwords in its name.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+
+from ..config import SecurityConfig
+from ..core import Incoming
+from .digest import Authenticator, AuthOutcome, DigestParseError, NonceStatus, parse_credentials
+
+log = logging.getLogger("vivait_sip.registrar.security")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(items: Iterable[str]) -> list[Network]:
+    """CIDR, ip/mask or bare addresses, as the config accepts them."""
+    return [ipaddress.ip_network(item.replace(" ", ""), strict=False) for item in items]
+
+
+class NetworkSet:
+    """Membership test for a list of networks, cached per address (sources repeat)."""
+
+    def __init__(self, networks: Iterable[str]) -> None:
+        self.networks = parse_networks(networks)
+        self._cache: dict[str, bool] = {}
+
+    def __contains__(self, host: str) -> bool:
+        hit = self._cache.get(host)
+        if hit is None:
+            try:
+                addr = ipaddress.ip_address(host.strip("[]"))
+            except ValueError:
+                hit = False
+            else:
+                hit = any(addr in net for net in self.networks)
+            if len(self._cache) > 65536:
+                self._cache.clear()
+            self._cache[host] = hit
+        return hit
+
+    def __bool__(self) -> bool:
+        return bool(self.networks)
+
+
+class SecurityMonitor:
+    """Counts failures, bans sources, answers "is this source banned?" in O(1)."""
+
+    def __init__(self, config: SecurityConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._ip_failures: dict[str, deque[float]] = {}
+        self._user_failures: dict[str, int] = {}
+        self._bans: dict[str, float] = {}  # ip -> monotonic end of ban
+        self.bans_total = 0
+        self.failures_total = 0
+        self.reconfigure(config)
+
+    def reconfigure(self, config: SecurityConfig) -> None:
+        """Apply new thresholds and trusted networks (reload); running bans stay."""
+        self.config = config
+        self.trusted = NetworkSet(config.trusted_networks)
+        for ip in [ip for ip in self._bans if ip in self.trusted]:
+            del self._bans[ip]
+
+    def is_banned(self, ip: str) -> bool:
+        if not self._bans:
+            return False
+        until = self._bans.get(ip)
+        if until is None:
+            return False
+        if until <= self._clock():
+            del self._bans[ip]
+            log.info("event=auth_unban source=%s", ip)
+            return False
+        return True
+
+    def record_failure(self, ip: str, username: str | None) -> None:
+        """One failed authentication from `ip` claiming `username`."""
+        now = self._clock()
+        self.failures_total += 1
+        if username:
+            count = self._user_failures.get(username, 0) + 1
+            if len(self._user_failures) >= 100_000 and username not in self._user_failures:
+                self._user_failures.clear()  # bounded: attackers can invent usernames
+            self._user_failures[username] = count
+            log.info("event=auth_failure source=%s user=%s user_failures=%d", ip, username, count)
+        if ip in self.trusted:
+            return
+        window = self._ip_failures.get(ip)
+        if window is None:
+            if len(self._ip_failures) >= 100_000:
+                self._prune(now)
+            window = self._ip_failures[ip] = deque()
+        window.append(now)
+        cutoff = now - self.config.ban_window_s
+        while window and window[0] < cutoff:
+            window.popleft()
+        if len(window) >= self.config.ban_failures and ip not in self._bans:
+            until = now + self.config.ban_duration_s
+            self._bans[ip] = until
+            self.bans_total += 1
+            wall_until = datetime.fromtimestamp(time.time() + self.config.ban_duration_s, UTC)
+            log.warning(
+                "event=auth_ban source=%s failures=%d until=%s",
+                ip,
+                len(window),
+                wall_until.isoformat(timespec="seconds"),
+            )
+            del self._ip_failures[ip]
+
+    def _prune(self, now: float) -> None:
+        cutoff = now - self.config.ban_window_s
+        for ip in [ip for ip, w in self._ip_failures.items() if not w or w[-1] < cutoff]:
+            del self._ip_failures[ip]
+
+    def unban(self, ip: str) -> bool:
+        return self._bans.pop(ip, None) is not None
+
+    def banned(self) -> dict[str, float]:
+        """Banned sources and the seconds each ban has left."""
+        now = self._clock()
+        return {ip: round(until - now, 1) for ip, until in self._bans.items() if until > now}
+
+    def user_failures(self) -> dict[str, int]:
+        return dict(self._user_failures)
+
+    def status(self) -> dict[str, object]:
+        return {
+            "auth_failures": self.failures_total,
+            "bans_total": self.bans_total,
+            "banned_sources": self.banned(),
+        }
+
+
+class AuthGate:
+    """Digest challenge/verify for one request, shared by REGISTER (401) and the guards (407).
+
+    Returns the authenticated identity, or None after having answered the request.
+    Every failure answer is a fresh challenge built the same way whatever went wrong,
+    so a response never says whether the user exists (enumeration).
+    """
+
+    def __init__(self, authenticator: Authenticator, monitor: SecurityMonitor) -> None:
+        self.authenticator = authenticator
+        self.monitor = monitor
+        self.trunks: list[tuple[str, NetworkSet]] = []
+
+    def set_trunks(self, trunks: Iterable[tuple[str, Iterable[str]]]) -> None:
+        self.trunks = [(name, NetworkSet(nets)) for name, nets in trunks]
+
+    def trunk_for(self, host: str) -> str | None:
+        """Name of the trunk whose networks contain `host`: trusted without digest."""
+        for name, nets in self.trunks:
+            if host in nets:
+                return name
+        return None
+
+    def check(self, inc: Incoming, *, proxy: bool) -> str | None:
+        """The username the request proved it is, or None (already answered)."""
+        req = inc.request
+        values = req.headers.get_all("proxy-authorization" if proxy else "authorization")
+        realm = self.authenticator.realm
+        credentials = None
+        for value in values:
+            try:
+                parsed = parse_credentials(value)
+            except DigestParseError:
+                continue
+            if parsed.realm == realm:
+                credentials = parsed
+                break
+        if credentials is None:
+            if values:
+                # Credentials for another realm or unparsable: a failed attempt.
+                self.monitor.record_failure(inc.peer.host, None)
+            self._challenge(inc, proxy, stale=False)
+            return None
+        if self.authenticator.nonces.validate(credentials.nonce) is NonceStatus.INVALID:
+            # Not our nonce (e.g. issued before a restart): the password was never tested,
+            # so this is no guess and does not count towards a ban.
+            self._challenge(inc, proxy, stale=False)
+            return None
+        outcome = self.authenticator.authenticate(req.method, credentials)
+        if outcome is AuthOutcome.OK:
+            return credentials.username
+        if outcome is AuthOutcome.STALE:
+            self._challenge(inc, proxy, stale=True)
+            return None
+        self.monitor.record_failure(inc.peer.host, credentials.username)
+        self._challenge(inc, proxy, stale=False)
+        return None
+
+    def _challenge(self, inc: Incoming, proxy: bool, *, stale: bool) -> None:
+        name = "Proxy-Authenticate" if proxy else "WWW-Authenticate"
+        headers = [(name, value) for value in self.authenticator.challenges(stale=stale)]
+        inc.respond(407 if proxy else 401, headers=headers)
