@@ -28,7 +28,7 @@ def _load_features() -> None:
         import_module(name)
 
 
-FEATURE_MODULES: list[str] = []
+FEATURE_MODULES: list[str] = ["vivait_sip.registrar.feature"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -217,4 +217,4 @@ def registrations(server: Server, aor: str | None = None) -> list[dict[str, Any]
     out = ctl(server, "registrations", *([aor] if aor else []), "--json")
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
-    return data["bindings"] if isinstance(data, dict) else data
+    return list(data["registrations"])
