@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .flow.config import MdflowConfig
+from .registrar.config import RegistrarConfig
 
 TRANSPORTS = ("udp", "tcp", "tls", "ws", "wss")
 
@@ -160,6 +161,7 @@ class Config(Strict):
     sip: SipConfig = Field(default_factory=SipConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
     mdflow: MdflowConfig = Field(default_factory=MdflowConfig)
+    registrar: RegistrarConfig = Field(default_factory=RegistrarConfig)
 
     @field_validator("listen")
     @classmethod

@@ -1,0 +1,98 @@
+"""Admin API routes for registrations and users (JSON).
+
+GET    /api/registrations[?aor=]  bindings, all or of one AOR
+DELETE /api/registrations?aor=    remove an AOR's bindings → {"removed": n}
+GET    /api/users                 users without digests
+POST   /api/users/reload          re-read users (config + store) → {"ok": true, "users": n}
+
+`aor` is a full AOR (`sip:6140@example.com`, normalised like REGISTER does) or a bare
+user part (`6140`) matching that user in every domain, which is what an operator types.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from aiohttp import web
+
+from ..sip.errors import SipParseError
+from ..sip.uri import parse_uri
+from ..store import Store
+from .location import Binding, LocationService
+from .users import UserDirectory
+
+
+class RegistrarLike(Protocol):
+    """What the routes need from the registrar feature."""
+
+    location: LocationService
+    users: UserDirectory
+    store: Store
+
+    def reload_users(self) -> int: ...
+
+
+def _matching_aors(location: LocationService, aor: str) -> list[str]:
+    if ":" not in aor and "@" not in aor:
+        return [a for a in location.all_aors() if a.startswith(f"sip:{aor}@")]
+    return [parse_uri(aor).aor]
+
+
+def binding_json(binding: Binding, now: float) -> dict[str, object]:
+    host = f"[{binding.source_host}]" if ":" in binding.source_host else binding.source_host
+    return {
+        "aor": binding.aor,
+        "contact": binding.contact,
+        "transport": binding.transport,
+        "source": f"{host}:{binding.source_port}",
+        "expires_in": binding.expires_in(now),
+        "user_agent": binding.user_agent,
+        "instance": binding.instance,
+        "reg_id": binding.reg_id,
+        "q": binding.q,
+        "path": binding.path,
+    }
+
+
+def add_routes(app: web.Application, registrar: RegistrarLike) -> None:
+    """Register the registrar's admin routes on `app`."""
+
+    def aors(request: web.Request, required: bool) -> list[str] | None:
+        aor = request.query.get("aor", "").strip()
+        if not aor:
+            if required:
+                raise web.HTTPBadRequest(
+                    text='{"error": "aor is required"}', content_type="application/json"
+                )
+            return None
+        try:
+            return _matching_aors(registrar.location, aor)
+        except SipParseError:
+            raise web.HTTPBadRequest(
+                text='{"error": "aor is not a SIP URI"}', content_type="application/json"
+            ) from None
+
+    async def list_registrations(request: web.Request) -> web.Response:
+        location = registrar.location
+        now = location.clock()
+        selected = aors(request, required=False)
+        names = sorted(location.all_aors()) if selected is None else sorted(selected)
+        out = [binding_json(b, now) for aor in names for b in location.bindings(aor, now)]
+        return web.json_response({"registrations": out, "count": len(out)})
+
+    async def unregister(request: web.Request) -> web.Response:
+        selected = aors(request, required=True) or []
+        removed = sum(registrar.location.remove_aor(aor) for aor in selected)
+        return web.json_response({"removed": removed})
+
+    async def list_users(request: web.Request) -> web.Response:
+        users = [u.public() for u in registrar.users.all()]
+        return web.json_response({"users": users, "count": len(users)})
+
+    async def reload_users(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "users": registrar.reload_users()})
+
+    app.router.add_get("/api/registrations", list_registrations)
+    app.router.add_delete("/api/registrations", unregister)
+    app.router.add_get("/api/users", list_users)
+    app.router.add_post("/api/users/reload", reload_users)

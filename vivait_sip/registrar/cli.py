@@ -1,0 +1,355 @@
+"""`vivait-sip user ...` and `vivait-sip ctl registrations|unregister` commands.
+
+User commands edit DATA_DIR/vivait.db directly, so they work with no server running;
+then they ask a running server (if any) to reload its users through the admin API.
+Passwords are hashed here with the realm, which must be the server's realm
+(`Config.effective_realm()`): pass `--realm` or `--config`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
+from urllib.parse import quote
+
+from pydantic import ValidationError
+
+from .. import cli
+from ..config import ConfigError, load_config, validation_errors
+from ..store import Store, StoreError
+from .config import UserConfig
+from .users import UserRecord, find_conflicts, make_user
+
+DEFAULT_REALM = "vivait"
+EXIT_INVALID = 2
+CSV_COLUMNS = ("number", "password", "name", "extension", "web_extension", "class_of_service")
+CSV_REQUIRED = ("number", "password")
+
+
+def add_commands(sub: Any, ctl_sub: Any) -> None:
+    """The `command_hooks` entry: adds `user` and two `ctl` subcommands."""
+    user = sub.add_parser(
+        "user", help="manage users in the store (works with or without a running server)"
+    )
+    user_sub = user.add_subparsers(dest="user_command", required=True)
+
+    add = user_sub.add_parser("add", help="add or replace a user")
+    add.add_argument("number", help="the user's number, e.g. 6140 (also the digest username)")
+    add.add_argument("--password", required=True, help="stored only as MD5 and SHA-256 HA1 digests")
+    add.add_argument("--name", default="", help="display name")
+    add.add_argument("--extension", help="hard extension (default: the number itself)")
+    add.add_argument("--web-extension", help="fixed web extension for the webfon")
+    add.add_argument("--class-of-service", choices=["open", "closed"], default="open")
+    _common(add, realm=True)
+    add.set_defaults(func=cmd_user_add)
+
+    remove = user_sub.add_parser("remove", help="remove a user")
+    remove.add_argument("number")
+    _common(remove, realm=False)
+    remove.set_defaults(func=cmd_user_remove)
+
+    lst = user_sub.add_parser("list", help="list users (no digests)")
+    lst.add_argument("--json", action="store_true", help="JSON output")
+    lst.add_argument(
+        "--data-dir", default="./var", metavar="DIR", help="store directory (default ./var)"
+    )
+    lst.set_defaults(func=cmd_user_list)
+
+    imp = user_sub.add_parser(
+        "import",
+        help="add or replace users from a CSV file",
+        description="CSV with a header row; columns: "
+        + ",".join(CSV_COLUMNS)
+        + " (number and password required, others optional). All rows are checked first: "
+        "one bad row imports nothing.",
+    )
+    imp.add_argument("file", help="CSV file (UTF-8)")
+    _common(imp, realm=True)
+    imp.set_defaults(func=cmd_user_import)
+
+    regs = ctl_sub.add_parser("registrations", help="list registered contacts (all, or one AOR)")
+    regs.add_argument("aor", nargs="?", help="sip:6140@example.com, or just 6140 for any domain")
+    regs.add_argument("--json", action="store_true", help="raw JSON")
+    regs.set_defaults(func=cmd_ctl_registrations)
+
+    unreg = ctl_sub.add_parser("unregister", help="remove every binding of an AOR")
+    unreg.add_argument("aor", help="sip:6140@example.com, or just 6140 for any domain")
+    unreg.set_defaults(func=cmd_ctl_unregister)
+
+
+def _common(parser: argparse.ArgumentParser, *, realm: bool) -> None:
+    parser.add_argument(
+        "--data-dir", default="./var", metavar="DIR", help="store directory (default ./var)"
+    )
+    parser.add_argument(
+        "--admin",
+        default="127.0.0.1:8081",
+        metavar="HOST:PORT",
+        help="admin API of a running server to notify",
+    )
+    if realm:
+        group = parser.add_mutually_exclusive_group()
+        group.add_argument("--realm", help=f"digest realm (default {DEFAULT_REALM!r}, the demo's)")
+        group.add_argument("--config", metavar="FILE", help="take the realm from this config file")
+
+
+def _realm(args: argparse.Namespace) -> str:
+    if args.config:
+        return load_config(args.config).effective_realm()
+    return str(args.realm or DEFAULT_REALM)
+
+
+def _open_store(args: argparse.Namespace) -> Store:
+    return Store.open(args.data_dir)
+
+
+def _notify(admin: str) -> None:
+    """Tell a running server to reload its users; say whether one answered."""
+    try:
+        reply = cli.admin_request(admin, "POST", "/api/users/reload")
+    except cli.AdminError as exc:
+        print(f"no running server notified ({exc}); a server loads the store when it starts")
+        return
+    print(f"running server at {admin} notified: {reply.get('users')} users loaded")
+
+
+def _record(config: UserConfig, realm: str) -> UserRecord:
+    assert config.password is not None
+    return make_user(
+        config.number,
+        config.password,
+        realm,
+        name=config.name,
+        extension=config.extension,
+        web_extension=config.web_extension,
+        class_of_service=config.class_of_service,
+    )
+
+
+def _save(args: argparse.Namespace, records: list[UserRecord]) -> int:
+    store = _open_store(args)
+    try:
+        problems = find_conflicts(store.list_users(), records)
+        if problems:
+            for line in problems:
+                print(f"error: {line}", file=sys.stderr)
+            return EXIT_INVALID
+        store.upsert_users(records)
+    finally:
+        store.close()
+    return 0
+
+
+def _run(fn: Any, args: argparse.Namespace) -> int:
+    """Turn store and config problems into one error line and exit code 2."""
+    try:
+        return int(fn(args))
+    except (StoreError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(f"config error: {line}", file=sys.stderr)
+    return EXIT_INVALID
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    return _run(_user_add, args)
+
+
+def _user_add(args: argparse.Namespace) -> int:
+    try:
+        config = UserConfig(
+            number=args.number,
+            password=args.password,
+            name=args.name,
+            extension=args.extension,
+            web_extension=args.web_extension,
+            class_of_service=args.class_of_service,
+        )
+    except ValidationError as exc:
+        for line in validation_errors(exc):
+            print(f"error: {line}", file=sys.stderr)
+        return EXIT_INVALID
+    realm = _realm(args)
+    status = _save(args, [_record(config, realm)])
+    if status:
+        return status
+    print(f"user {config.number} saved (extension {config.hard_extension}, realm {realm!r})")
+    _notify(args.admin)
+    return 0
+
+
+def cmd_user_remove(args: argparse.Namespace) -> int:
+    return _run(_user_remove, args)
+
+
+def _user_remove(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    try:
+        removed = store.remove_user(args.number)
+    finally:
+        store.close()
+    if not removed:
+        print(f"error: no user {args.number}", file=sys.stderr)
+        return 1
+    print(f"user {args.number} removed")
+    _notify(args.admin)
+    return 0
+
+
+def cmd_user_list(args: argparse.Namespace) -> int:
+    return _run(_user_list, args)
+
+
+def _user_list(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    try:
+        users = store.list_users()
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps([u.public() for u in users], indent=2))
+        return 0
+    rows = [("NUMBER", "EXTENSION", "WEB", "COS", "REALM", "ORIGIN", "NAME")]
+    rows += [
+        (
+            u.number,
+            u.extension,
+            u.web_extension or u.web_pool or "-",
+            u.class_of_service,
+            u.realm,
+            u.origin,
+            u.name,
+        )
+        for u in users
+    ]
+    _table(rows)
+    print(f"{len(users)} user(s)")
+    return 0
+
+
+def _table(rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+
+
+def cmd_user_import(args: argparse.Namespace) -> int:
+    return _run(_user_import, args)
+
+
+def read_users_csv(path: str) -> tuple[list[UserConfig], list[str]]:
+    """Validate every row; returns the users and `line N: ...` errors."""
+    users: list[UserConfig] = []
+    errors: list[str] = []
+    seen: dict[str, int] = {}
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None:
+            return [], ["line 1: empty file; expected a header row: " + ",".join(CSV_COLUMNS)]
+        columns = [h.strip().lower() for h in header]
+        unknown = [c for c in columns if c not in CSV_COLUMNS]
+        missing = [c for c in CSV_REQUIRED if c not in columns]
+        if unknown or missing or len(set(columns)) != len(columns):
+            detail = "; ".join(
+                part
+                for part in (
+                    f"unknown column(s) {', '.join(unknown)}" if unknown else "",
+                    f"missing column(s) {', '.join(missing)}" if missing else "",
+                    "a column is repeated" if len(set(columns)) != len(columns) else "",
+                )
+                if part
+            )
+            return [], [f"line 1: bad header ({detail}); columns are {','.join(CSV_COLUMNS)}"]
+        for row in _rows(reader):
+            line, cells = row
+            if len(cells) != len(columns):
+                errors.append(f"line {line}: {len(cells)} fields, the header has {len(columns)}")
+                continue
+            data = {c: v.strip() for c, v in zip(columns, cells, strict=True) if v.strip()}
+            try:
+                user = UserConfig.model_validate(data)
+            except ValidationError as exc:
+                errors += [f"line {line}: {msg}" for msg in validation_errors(exc)]
+                continue
+            if user.number in seen:
+                errors.append(
+                    f"line {line}: user {user.number} already on line {seen[user.number]}"
+                )
+                continue
+            seen[user.number] = line
+            users.append(user)
+    return users, errors
+
+
+def _rows(reader: Any) -> Iterator[tuple[int, list[str]]]:
+    """(line number where the row starts, cells), skipping blank lines."""
+    while True:
+        line = reader.line_num + 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        if any(c.strip() for c in cells):
+            yield line, cells
+
+
+def _user_import(args: argparse.Namespace) -> int:
+    configs, errors = read_users_csv(args.file)
+    if errors:
+        for line in errors:
+            print(f"{args.file}: {line}", file=sys.stderr)
+        print(f"{args.file}: {len(errors)} error(s); nothing imported", file=sys.stderr)
+        return EXIT_INVALID
+    realm = _realm(args)
+    records = [_record(c, realm) for c in configs]
+    status = _save(args, records)
+    if status:
+        return status
+    print(f"{len(records)} user(s) imported (realm {realm!r})")
+    _notify(args.admin)
+    return 0
+
+
+def _aor_query(aor: str | None) -> str:
+    return f"?aor={quote(aor, safe='')}" if aor else ""
+
+
+def cmd_ctl_registrations(args: argparse.Namespace) -> int:
+    reply = cli.admin_request(args.admin, "GET", "/api/registrations" + _aor_query(args.aor))
+    if args.json:
+        print(json.dumps(reply, indent=2, sort_keys=True))
+        return 0
+    rows = [("AOR", "CONTACT", "TRANSPORT", "SOURCE", "EXPIRES", "Q", "USER-AGENT")]
+    rows += [
+        (
+            r["aor"],
+            r["contact"],
+            r["transport"],
+            r["source"],
+            f"{r['expires_in']}s",
+            str(r["q"]),
+            r["user_agent"],
+        )
+        for r in reply["registrations"]
+    ]
+    _table(rows)
+    print(f"{len(reply['registrations'])} binding(s)")
+    return 0
+
+
+def cmd_ctl_unregister(args: argparse.Namespace) -> int:
+    reply = cli.admin_request(args.admin, "DELETE", "/api/registrations" + _aor_query(args.aor))
+    print(f"{reply['removed']} binding(s) removed for {args.aor}")
+    return 0
+
+
+if add_commands not in cli.command_hooks:
+    cli.command_hooks.append(add_commands)
