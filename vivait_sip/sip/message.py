@@ -920,17 +920,15 @@ class StreamFramer:
         limits = self.limits
         while buf:
             if buf[0] in (13, 10):
-                if buf.startswith(b"\r\n\r\n"):
+                if buf.startswith(self.PING):
                     del buf[:4]
                     out.append(self.PING)
                     continue
-                if buf.startswith(b"\r\n") and len(buf) > 2:
-                    del buf[:2]
-                    continue
-                if buf[0] == 10 or (len(buf) > 1 and buf[1] != 10):
-                    del buf[:1]
-                    continue
-                break
+                if len(buf) < 4 and self.PING.startswith(buf):
+                    break  # may still become a ping
+                # Stray line ends between messages are ignored (§7.5).
+                del buf[: 2 if buf.startswith(b"\r\n") else 1]
+                continue
             # Resume the blank-line search a little before where the last one stopped.
             end, sep_len = find_header_end(buf, max(0, self._scanned - 3))
             if end < 0:
