@@ -117,6 +117,11 @@ def _notify(admin: str) -> None:
     print(f"running server at {admin} notified: {reply.get('users')} users loaded")
 
 
+def _messages(exc: ValidationError) -> list[str]:
+    """`field: message`, or just the message for whole-user problems."""
+    return [line.removeprefix("(root): ") for line in validation_errors(exc)]
+
+
 def _record(config: UserConfig, realm: str) -> UserRecord:
     assert config.password is not None
     return make_user(
@@ -171,7 +176,7 @@ def _user_add(args: argparse.Namespace) -> int:
             class_of_service=args.class_of_service,
         )
     except ValidationError as exc:
-        for line in validation_errors(exc):
+        for line in _messages(exc):
             print(f"error: {line}", file=sys.stderr)
         return EXIT_INVALID
     realm = _realm(args)
@@ -277,7 +282,7 @@ def read_users_csv(path: str) -> tuple[list[UserConfig], list[str]]:
             try:
                 user = UserConfig.model_validate(data)
             except ValidationError as exc:
-                errors += [f"line {line}: {msg}" for msg in validation_errors(exc)]
+                errors += [f"line {line}: {msg}" for msg in _messages(exc)]
                 continue
             if user.number in seen:
                 errors.append(
