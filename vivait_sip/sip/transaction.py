@@ -577,6 +577,11 @@ class NonInviteServerTransaction(ServerTransaction):
             return True
         self.state = State.COMPLETED
         self._final = data
+        self._provisional = None
+        # Timer J keeps UDP transactions for 64*T1 only to re-send `_final`: drop the parsed
+        # messages so tens of thousands of waiting transactions don't weigh on the cyclic GC.
+        self.request = Request(method=self.request.method, uri_text=self.request.uri_text)
+        self.last_response = None
         self._start_timeout(now, 0.0 if self.peer.reliable else self._layer.config.timeout)
         return True
 
