@@ -98,15 +98,21 @@ class Store:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         try:
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000)
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            self.db = sqlite_utils.Database(conn, execute_plugins=False)
+            self.conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open {self.path}: {exc}") from None
+        try:
+            self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self.db = sqlite_utils.Database(self.conn, execute_plugins=False)
             self.db.enable_wal()
-            conn.execute("PRAGMA synchronous = NORMAL")
+            self.conn.execute("PRAGMA synchronous = NORMAL")
             self._create()
         except sqlite3.DatabaseError as exc:
+            self.conn.close()
             raise StoreError(f"cannot use {self.path}: {exc}") from None
-        self.conn = conn
+        except StoreError:
+            self.conn.close()
+            raise
 
     @classmethod
     def open(cls, data_dir: Path | str) -> Store:
