@@ -36,6 +36,24 @@ OUTCOMES = (OK, AGUJERO, DESBORDA, ABANDONED)
 _EPS = 1e-9
 
 
+#: Share of the per-second rate a backlog second may lose to the output cap at the
+#: onset of congestion: blocked slots are forgiven at this pace (see ``_keep_share``).
+_FORGIVE_PER_S = 0.005
+
+
+def _keep_share(tick_s: float) -> float:
+    """Share of the slots blocked by the output cap kept as catch-up credit.
+
+    One tick's worth of slots (``tasa * tick_s``) is what the first second of a backlog
+    loses when calls admitted at once just before congestion still fill the output
+    window. Keeping it all would make that gap recur every second (the sliding window
+    remembers it); forgiving it all loses a whole tick in one second (10 % at 100 ms
+    ticks). Forgiving ``_FORGIVE_PER_S / tick_s`` of it per second keeps every second
+    within 0.5 % of the rate and lets the gap fade geometrically.
+    """
+    return max(0.0, 1.0 - _FORGIVE_PER_S / tick_s)
+
+
 class UnknownFlowError(KeyError):
     """An offer named a flow that is not configured."""
 
@@ -149,6 +167,7 @@ class _Flow:
         "arr_cap",
         "arrivals",
         "cfg",
+        "credit",
         "cur",
         "dnis_max",
         "fifo",
@@ -157,6 +176,7 @@ class _Flow:
         "name",
         "out_cap",
         "outputs",
+        "paid_at",
         "paso",
         "queues",
         "rr",
@@ -175,6 +195,8 @@ class _Flow:
         self.fifo: deque[QueuedCall] = deque()
         self.live = 0
         self.tat = -math.inf
+        self.credit = 0.0
+        self.paid_at = -math.inf
         self.arrivals: deque[float] = deque()
         self.outputs: deque[float] = deque()
         self.cur = _Counts()
@@ -240,6 +262,7 @@ class MdflowEngine:
     def __init__(self, config: MdflowConfig, now: float) -> None:
         self._config = config
         self._tick_s = config.tick_ms / 1000.0
+        self._keep = _keep_share(self._tick_s)
         self._interval_s = float(config.estad_interv_seg)
         self._interval_start = now
         self._interval_end = now + self._interval_s
@@ -299,6 +322,7 @@ class MdflowEngine:
             # Congestion starts: one slot is due at once (the output cap still applies),
             # with no credit saved from before.
             f.tat = max(f.tat, now - f.slot)
+            f.credit = 0.0
         call = QueuedCall(flow, dnis, now, queue)
         queue.calls.append(call)
         queue.live += 1
@@ -355,32 +379,69 @@ class MdflowEngine:
         """Release due slots round-robin over the DNIS queues within the 1 s output cap.
 
         A slot overdue by more than two ticks (a stalled loop) is moved up so no burst
-        of saved credit follows; time spent blocked by the output cap earns no credit
-        either: the next tick releases one tick's worth (at least one call).
+        of saved credit follows. Slots that were due but blocked by the output cap are
+        not lost outright: a share ``_keep`` of them (at most one tick's worth in all)
+        becomes catch-up credit, paid back a little on each later tick on top of the
+        schedule, always within the output cap. Blocked time earns no schedule credit
+        itself: the next tick releases one tick's worth (at least one call).
         """
         tick_s = self._tick_s
         slot_end = max(f.tat + f.slot, now - 2 * tick_s)
         outputs = f.outputs
-        rr = f.rr
         deadline = now + _EPS
         while f.live and slot_end <= deadline:
             if len(outputs) >= f.out_cap and now - outputs[0] < f.window:
-                f.tat = max(f.tat, now - max(0.0, f.slot - tick_s))
-                break
-            queue = rr.popleft()
-            if queue.live == 0:
-                continue
-            calls = queue.calls
-            call = calls.popleft()
-            while call.outcome is not None:
-                call = calls.popleft()
-            self._finish(f, call, OK, now)
-            outputs.append(now)
-            events.append(call)
-            if queue.live:
-                rr.append(queue)
+                tat = max(f.tat, now - max(0.0, f.slot - tick_s))
+                if tat >= slot_end - _EPS and self._losing(f, now):
+                    dropped = math.floor((tat - slot_end) / f.slot + _EPS) + 1
+                    per_tick = max(1, math.ceil(f.cfg.tasa_sal_seg * tick_s - _EPS))
+                    f.credit = min(float(per_tick), f.credit + self._keep * dropped)
+                f.tat = tat
+                return
+            self._release_one(f, now, events)
             f.tat = slot_end
             slot_end += f.slot
+        if f.credit >= 1.0 and f.live:
+            # Pay the credit back over about one window's worth of ticks, never in a burst.
+            per_tick = max(1, math.ceil(f.cfg.tasa_sal_seg * tick_s - _EPS))
+            ticks = max(1, round(f.window / tick_s) - 1)
+            extra = min(int(f.credit + _EPS), math.ceil(per_tick / ticks))
+            while extra and f.live:
+                if len(outputs) >= f.out_cap and now - outputs[0] < f.window:
+                    return
+                self._release_one(f, now, events)
+                f.credit -= 1.0
+                f.paid_at = now
+                extra -= 1
+
+    def _losing(self, f: _Flow, now: float) -> bool:
+        """Would slots the output cap blocks now be lost for good?
+
+        Two cases: the window's oldest output leaves it strictly between this tick and
+        the next (outputs off the tick grid: calls admitted at once before congestion),
+        so the next tick cannot use all the room it frees; or catch-up credit was paid
+        within the last window, whose releases now block this tick in turn.
+        """
+        if now - f.paid_at < f.window + self._tick_s:
+            return True
+        frees_at = f.outputs[0] + f.window
+        return now + _EPS < frees_at < now + self._tick_s - _EPS
+
+    def _release_one(self, f: _Flow, now: float, events: list[QueuedCall]) -> None:
+        """Release the next call in round-robin order over the DNIS queues."""
+        rr = f.rr
+        queue = rr.popleft()
+        while queue.live == 0:
+            queue = rr.popleft()
+        calls = queue.calls
+        call = calls.popleft()
+        while call.outcome is not None:
+            call = calls.popleft()
+        self._finish(f, call, OK, now)
+        f.outputs.append(now)
+        events.append(call)
+        if queue.live:
+            rr.append(queue)
 
     def _finish(self, f: _Flow, call: QueuedCall, outcome: str, now: float) -> None:
         """Give a queued call its outcome and update queue bookkeeping and counters."""
@@ -484,6 +545,7 @@ class MdflowEngine:
         self._flows = flows
         self._config = config
         self._tick_s = config.tick_ms / 1000.0
+        self._keep = _keep_share(self._tick_s)
         self._interval_s = float(config.estad_interv_seg)
         self._interval_end = self._interval_start + self._interval_s
         return events
