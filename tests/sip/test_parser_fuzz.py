@@ -20,13 +20,14 @@ from vivait_sip.sip.message import (
     Message,
     Request,
     StreamFramer,
+    _parse_via_general,
     parse_message,
     parse_via,
     split_list,
     validate_request,
     validate_response,
 )
-from vivait_sip.sip.uri import parse_name_addr, parse_uri
+from vivait_sip.sip.uri import _parse_uri_general, parse_name_addr, parse_uri
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -146,3 +147,38 @@ def test_stream_framer(parts: list[bytes], data: st.DataObject) -> None:
             pos += step
     except SipParseError as exc:
         assert exc.status in (400, 413, 513)
+
+
+URI_CHARS = "abcXYZ09-_.!~*'()%&=+$,/;:?@[]"
+uri_like = st.builds(
+    lambda scheme, user, host, rest: f"{scheme}:{user}@{host}{rest}" if user else f"{scheme}:{host}{rest}",
+    st.sampled_from(["sip", "sips"]),
+    st.text(alphabet=URI_CHARS, max_size=12),
+    st.text(alphabet="abc09-._", min_size=1, max_size=12),
+    st.text(alphabet=URI_CHARS, max_size=20),
+)
+via_like = st.builds(
+    lambda transport, host, rest: f"SIP/2.0/{transport} {host}{rest}",
+    st.sampled_from(["UDP", "tcp", "TLS", "WS"]),
+    st.text(alphabet="abc09-._", min_size=1, max_size=12),
+    st.text(alphabet="abc09=;:.-_!%*+`'~", max_size=30),
+)
+
+
+def _outcome(parse: Callable[[str], object], text: str) -> object:
+    try:
+        return parse(text)
+    except SipParseError as exc:
+        return exc.status
+
+
+@FUZZ
+@given(uri_like)
+def test_fast_uri_path_matches_general_path(text: str) -> None:
+    assert _outcome(parse_uri, text) == _outcome(_parse_uri_general, text)
+
+
+@FUZZ
+@given(via_like)
+def test_fast_via_path_matches_general_path(text: str) -> None:
+    assert _outcome(parse_via, text) == _outcome(_parse_via_general, text)

@@ -225,8 +225,26 @@ class Via:
         return text + "".join(f";{k}" if v is None else f";{k}={v}" for k, v in self.params)
 
 
+# The common shape of a via-parm (no LWS inside, IPv4 or hostname, token parameters);
+# anything else takes the general path in parse_via.
+_T = r"[A-Za-z0-9\-.!%*_+`'~]+"
+_FAST_VIA = re.compile(rf"SIP/2\.0/({_T}) ([A-Za-z0-9_\-.]+)(?::([0-9]{{1,5}}))?((?:;{_T}(?:={_T})?)*)")
+
+
 def parse_via(value: str) -> Via:
     """Parse one via-parm (already split from its list); LWS around '/' and ':' is allowed."""
+    fast = _FAST_VIA.fullmatch(value)
+    if fast is not None:
+        transport, host, port_text, param_text = fast.groups()
+        port = int(port_text) if port_text else None
+        if port is not None and port > 65535:
+            raise SipParseError("Malformed Via port")
+        params = _split_params(param_text) if param_text else []
+        return Via(transport.upper(), host.lower(), port, params)
+    return _parse_via_general(value)
+
+
+def _parse_via_general(value: str) -> Via:
     proto, _, rest = value.strip(" \t").partition("/")
     version, _, rest = rest.partition("/")
     rest = rest.strip(" \t")

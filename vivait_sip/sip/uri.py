@@ -22,6 +22,14 @@ _BAD_URI_CHARS = re.compile(r'[\x00-\x20\x7f<>"]')
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*")
 # Liberal hostname: RFC 3261 allows alphanum, '-' and '.'; '_' is common in the wild.
 _HOSTNAME = re.compile(r"[A-Za-z0-9_\-.]+")
+# The common shape of a SIP URI, decoded in one regex call; anything else (IPv6, ';' or
+# '?' in the user part, upper-case scheme, odd characters) takes the general path below.
+_FAST_SIP_URI = re.compile(
+    r"(sips?):(?:([A-Za-z0-9\-_.!~*'()%&=+$,/]+)(?::([A-Za-z0-9\-_.!~*'()%&=+$,]*))?@)?"
+    r"([A-Za-z0-9_\-.]+)(?::([0-9]{1,5}))?"
+    r"((?:;[A-Za-z0-9\-_.!~*'()%\[\]/:&+$=]*)*)"
+    r"(?:\?([A-Za-z0-9\-_.!~*'()%\[\]/?:+$&=]*))?"
+)
 _QVALUE = re.compile(r"0(\.[0-9]{0,3})?|1(\.0{0,3})?")
 _MAX_INT_DIGITS = 40
 
@@ -205,6 +213,20 @@ class SipUri:
 
 def parse_uri(text: str) -> SipUri:
     """Parse an absolute URI; raises SipParseError when malformed."""
+    fast = _FAST_SIP_URI.fullmatch(text)
+    if fast is not None:
+        scheme, user, password, host, port_text, param_text, headers = fast.groups()
+        port = int(port_text) if port_text else None
+        if port is not None and port > 65535:
+            raise SipParseError("Malformed port")
+        return SipUri(
+            scheme, user, password, host.lower(), port,
+            _split_params(param_text) if param_text else [], headers,
+        )
+    return _parse_uri_general(text)
+
+
+def _parse_uri_general(text: str) -> SipUri:
     if not text or _BAD_URI_CHARS.search(text):
         raise SipParseError("Malformed URI")
     scheme, colon, rest = text.partition(":")
