@@ -1,5 +1,12 @@
 """Load generator for the mdflow engine (vivait_sip.flow), driven by a simulated clock.
 
+Without ``--admin`` it drives the pure engine in-process with a simulated clock. With
+``--admin HOST:PORT`` it feeds a running server instead (see ``feed_server``): it posts
+the same arrival processes in real time to ``POST /api/mdflow/calls``, counts the
+immediate outcomes it gets back, waits for the statistics interval to close, reads
+``GET /api/mdflow/stats?format=json`` and prints both side by side; it exits 1 if they
+disagree.
+
 Scenarios:
   steady  Poisson arrivals above the limit, spread over many DNIS.
   burst   N calls inside one second, many distinct DNIS (tests dnis_max, memory).
@@ -10,8 +17,10 @@ counts, the admitted-rate error per second while a backlog exists, and the cost 
 admission decisions (decisions/s, on one core: the engine is single-threaded).
 The burst scenario is run a second time under tracemalloc to report peak memory.
 
-Example:
+Examples:
   python bench/mdflow_load.py --scenario all --rate 1000 --seconds 30
+  python bench/mdflow_load.py --admin 127.0.0.1:8081 --flow Cen_TrunkInternos \
+      --scenario hot --rate 20 --overload 3 --seconds 2 --hold-ms 300 --hold-share 0.5
 """
 
 from __future__ import annotations
@@ -23,8 +32,10 @@ import random
 import sys
 import time
 import tracemalloc
+import urllib.request
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from vivait_sip.flow.config import FlowConfig, MdflowConfig
 from vivait_sip.flow.engine import OK, MdflowEngine
@@ -213,6 +224,163 @@ def decision_microbench(args: argparse.Namespace) -> dict[str, float]:
     return figures
 
 
+# -- feeding a running server through the admin API --------------------------------------
+
+
+def admin_call(address: str, path: str, body: object | None = None) -> Any:
+    """GET (or POST ``body`` as JSON) on the admin API; the decoded JSON answer."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"http://{address}{path}", data=data)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def flow_stats(snapshot: dict[str, Any], flow: str) -> dict[str, Any]:
+    """The stats of ``flow`` in a JSON snapshot."""
+    for stats in snapshot["flows"]:
+        if stats["flow"] == flow:
+            return dict(stats)
+    raise SystemExit(f"flow {flow!r} is not in the server's stats")
+
+
+def compare(generator: dict[str, int], server: dict[str, Any]) -> dict[str, bool]:
+    """Checks of the server's interval counts against the generator's own counts.
+
+    The generator sees immediate outcomes only; a queued call ends later as ok,
+    desborda or abandoned, so its queued count must equal the server's calls that left
+    a queue: ``ok - ok at once + desborda + abandoned``.
+    """
+    from_queue = server["ok"] - generator["ok"] + server["desborda"] + server["abandoned"]
+    return {
+        "offered": server["offered"] == generator["offered"],
+        "agujero": server["agujero"] == generator["agujero"],
+        "ok": server["ok"] >= generator["ok"],
+        "queued": from_queue == generator["queued"],
+        "drained": server["queued"] == 0,
+    }
+
+
+def feed_server(args: argparse.Namespace) -> dict[str, Any]:
+    """Feed one statistics interval of a running server and read its stats back.
+
+    The feed starts just after an interval boundary and lasts at most ``--seconds``,
+    short enough that every queued call ends (release, ``hold_ms`` patience or
+    ``to_desborda_seg``) before the interval closes; then the closed interval holds
+    exactly the generator's calls (if nothing else feeds that flow).
+    """
+    address = args.admin
+    config = admin_call(address, "/api/mdflow/config?format=json")
+    flows = {f["flujo"]: f for f in config["flows"]}
+    if args.flow not in flows:
+        raise SystemExit(f"flow {args.flow!r} is not configured (have: {sorted(flows)})")
+    interval = float(config["estad_interv_seg"])
+    tick_s = config["tick_ms"] / 1000.0
+    timeout = float(flows[args.flow]["to_desborda_seg"])
+    patience = args.hold_ms / 1000.0
+    # Every queued call ends by its patience (all calls have one) or by desborda.
+    all_patient = args.hold_ms > 0 and args.hold_share >= 1.0
+    settle = (min(patience, timeout) if all_patient else timeout) + 2 * tick_s + args.margin
+    feed_s = min(args.seconds, interval - settle - args.margin)
+    if feed_s <= 0:
+        raise SystemExit(
+            f"estad_interv_seg={interval:g} is too short: queued calls need {settle:.2f} s"
+            " to end; lower --hold-ms or to_desborda_seg, or lengthen the interval"
+        )
+    plan = argparse.Namespace(**vars(args))
+    plan.seconds = feed_s
+    rng = random.Random(args.seed)
+    calls = arrivals(plan, rng)
+    if args.scenario == "burst":
+        calls = [(t * min(1.0, feed_s), dnis) for t, dnis in calls]
+    holds = [args.hold_ms if rng.random() < args.hold_share else 0 for _ in calls]
+
+    # Start just after the next interval boundary (server clock, read relative to now).
+    snap = admin_call(address, "/api/mdflow/stats?format=json")
+    boundary = snap["interval_start"] + interval
+    time.sleep(max(0.0, boundary - snap["at"]) + args.margin)
+
+    counts = {"offered": 0, "ok": 0, "agujero": 0, "queued": 0}
+    batch_s = args.batch_ms / 1000.0
+    start = time.monotonic()
+    i = 0
+    batches = 0
+    while i < len(calls):
+        elapsed = time.monotonic() - start
+        j = i
+        while j < len(calls) and calls[j][0] <= elapsed:
+            j += 1
+        if j > i:
+            body = {
+                "flow": args.flow,
+                "calls": [
+                    {"dnis": dnis, "hold_ms": hold}
+                    for (_, dnis), hold in zip(calls[i:j], holds[i:j], strict=True)
+                ],
+            }
+            answer = admin_call(address, "/api/mdflow/calls", body)
+            counts["offered"] += j - i
+            for key in ("ok", "agujero", "queued"):
+                counts[key] += int(answer[key])
+            batches += 1
+            i = j
+        if i < len(calls):
+            time.sleep(max(0.0, min(batch_s, calls[i][0] - (time.monotonic() - start))))
+
+    # Wait for the fed interval to close, then read it.
+    snap = admin_call(address, "/api/mdflow/stats?format=json")
+    if abs(snap["interval_start"] - boundary) < 1e-6:
+        time.sleep(max(0.0, boundary + interval - snap["at"]) + args.margin)
+        snap = admin_call(address, "/api/mdflow/stats?format=json")
+    closed = abs(snap["interval_start"] - (boundary + interval)) < 1e-6
+    server = flow_stats(snap, args.flow)
+    server.pop("totals", None)
+    checks = compare(counts, server)
+    checks["interval"] = closed
+    return {
+        "flow": args.flow,
+        "scenario": args.scenario,
+        "interval_s": interval,
+        "interval_start": boundary,
+        "fed_s": feed_s,
+        "batches": batches,
+        "generator": counts,
+        "server": server,
+        "checks": checks,
+        "agree": all(checks.values()),
+    }
+
+
+def print_feed(report: dict[str, Any]) -> None:
+    """Side-by-side text of :func:`feed_server`'s report."""
+    gen = report["generator"]
+    srv = report["server"]
+    print(
+        f"mdflow feed flow={report['flow']} scenario={report['scenario']}"
+        f" interval_s={report['interval_s']:g} fed_s={report['fed_s']:.2f}"
+        f" batches={report['batches']}"
+    )
+    from_queue = srv["ok"] - gen["ok"] + srv["desborda"] + srv["abandoned"]
+    rows = [
+        ("offered", gen["offered"], srv["offered"]),
+        ("ok", gen["ok"], srv["ok"]),
+        ("agujero", gen["agujero"], srv["agujero"]),
+        ("desborda", "-", srv["desborda"]),
+        ("abandoned", "-", srv["abandoned"]),
+        ("queued", gen["queued"], from_queue),
+        ("queued_now", "-", srv["queued"]),
+    ]
+    print(f"{'count':<11}{'generator':>10}{'server':>10}")
+    for name, mine, theirs in rows:
+        print(f"{name:<11}{mine!s:>10}{theirs!s:>10}")
+    print("(generator ok = admitted at once; server ok also counts calls released from a")
+    print(" queue; queued: generator = queued at once, server = ok released + desborda +")
+    print(" abandoned)")
+    failed = [name for name, good in report["checks"].items() if not good]
+    print("agree: yes" if report["agree"] else f"agree: NO ({', '.join(failed)})")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenario", choices=["steady", "burst", "hot", "all"], default="all")
@@ -230,7 +398,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--micro-calls", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    server = parser.add_argument_group("feeding a running server (--admin)")
+    server.add_argument("--admin", metavar="HOST:PORT", help="feed this server's admin API")
+    server.add_argument("--flow", default="bench", help="flow to feed")
+    server.add_argument("--batch-ms", type=int, default=100, help="post arrivals every N ms")
+    server.add_argument("--hold-ms", type=int, default=0, help="patience of queued calls")
+    server.add_argument(
+        "--hold-share", type=float, default=1.0, help="share of calls with --hold-ms patience"
+    )
+    server.add_argument("--margin", type=float, default=0.15, help="safety margin, seconds")
     args = parser.parse_args(argv)
+
+    if args.admin:
+        if args.scenario == "all":
+            args.scenario = "steady"
+        feed = feed_server(args)
+        if args.json:
+            json.dump(feed, sys.stdout, indent=1)
+            print()
+        else:
+            print_feed(feed)
+        return 0 if feed["agree"] else 1
 
     scenarios = ["steady", "burst", "hot"] if args.scenario == "all" else [args.scenario]
     report: dict[str, object] = {"decisions_per_s": decision_microbench(args)}

@@ -248,12 +248,16 @@ class FlowStats:
 @dataclass(frozen=True, slots=True)
 class MdflowSnapshot:
     """All flows at ``at``; ``interval_s`` is the length of the interval the counts cover
-    and ``complete`` is False until one full interval has elapsed."""
+    and ``complete`` is False until one full interval has elapsed. ``interval_start`` is
+    when the interval being accumulated began (same clock as ``at``): the counts cover
+    ``[interval_start - interval_s, interval_start)`` and the next close is due at
+    ``interval_start + estad_interv_seg``."""
 
     at: float
     interval_s: float
     complete: bool
     flows: tuple[FlowStats, ...]
+    interval_start: float = 0.0
 
 
 class MdflowEngine:
@@ -512,7 +516,13 @@ class MdflowEngine:
                     totals=totals,
                 )
             )
-        return MdflowSnapshot(at=now, interval_s=span, complete=self._complete, flows=tuple(flows))
+        return MdflowSnapshot(
+            at=now,
+            interval_s=span,
+            complete=self._complete,
+            flows=tuple(flows),
+            interval_start=self._interval_start,
+        )
 
     # -- reload --------------------------------------------------------------------
 
