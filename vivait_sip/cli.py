@@ -156,12 +156,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             await app.stop()
             return 1
+        app.install_signal_handlers()
         for opened in app.opened:
             print(f"listening {opened}", flush=True)
         for line in app.banner:
             print(line, flush=True)
         print("ready", flush=True)
-        app.install_signal_handlers()
         await app.run_forever()
         return 0
 
