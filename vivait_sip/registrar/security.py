@@ -3,9 +3,10 @@
 Policy (docs/registrar.md, "Security"):
 
 * Every failed digest attempt (credentials present but wrong: unknown user, wrong
-  password, forged or replayed nonce) counts against the source IP and against the
-  username it claimed.  A request without credentials is not a failure: it is the
-  normal first leg of a challenge.
+  password, replayed nonce-count, another realm) counts against the source IP and
+  against the username it claimed.  A request without credentials is not a failure (it
+  is the normal first leg of a challenge), nor is a nonce we did not issue (no password
+  was tested, e.g. a nonce from before a restart).
 * `ban_failures` failures from one source IP within `ban_window_s` ban that IP for
   `ban_duration_s`.  A banned source gets `403 Forbidden` for every request: a final
   response stops the retransmissions that silence would cause, and costs one datagram.
