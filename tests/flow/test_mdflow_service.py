@@ -198,3 +198,16 @@ async def test_admin_debug_streams_stats_each_interval(admin: Admin) -> None:
     chunk = await asyncio.wait_for(response.content.readuntil(b"\n\n"), timeout=2)
     assert chunk.decode().startswith("flow=A mode=control interval_s=1 complete=1 in_rate=1.00")
     response.close()
+
+
+async def test_stopping_the_service_ends_debug_streams(admin: Admin) -> None:
+    client, service, clock = admin
+    response = await client.get("/api/mdflow/debug")
+    assert response.status == 200
+    await advance(service, clock, 1.0)
+    first = await asyncio.wait_for(response.content.readuntil(b"\n\n"), timeout=2)
+    assert first.startswith(b"flow=A ")
+    await service.stop()
+    # The stream ends (EOF) instead of waiting forever for an interval that cannot close.
+    rest = await asyncio.wait_for(response.content.read(), timeout=2)
+    assert rest == b""

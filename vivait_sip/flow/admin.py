@@ -105,14 +105,17 @@ def add_routes(
 
     async def get_debug(request: web.Request) -> web.StreamResponse:
         queue = service.debug_subscribe()
+        response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
         try:
-            response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
             await response.prepare(request)
-            while True:
-                text = await queue.get()
+            while (text := await queue.get()) is not None:
                 await response.write(text.encode() + b"\n")
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the watcher went away (ctl mdflow debug interrupted)
         finally:
             service.debug_unsubscribe(queue)
+        return response
 
     app.router.add_get("/api/mdflow/config", get_config)
     app.router.add_get("/api/mdflow/stats", get_stats)

@@ -25,7 +25,7 @@ class MdflowService:
         self._engine = MdflowEngine(config, clock())
         self._task: asyncio.Task[None] | None = None
         self._interval_seen = self._engine.interval_start
-        self._debug_queues: set[asyncio.Queue[str]] = set()
+        self._debug_queues: set[asyncio.Queue[str | None]] = set()
 
     @property
     def engine(self) -> MdflowEngine:
@@ -45,7 +45,15 @@ class MdflowService:
             self._task = asyncio.create_task(self._run(), name="mdflow-tick")
 
     async def stop(self) -> None:
-        """Stop the tick loop; queued callers keep waiting until a later start()."""
+        """Stop the tick loop; queued callers keep waiting until a later start().
+
+        ``mdflow debug`` streams are ended (their queues get ``None``): no interval
+        closes without ticks, and a stream left open would hold up the admin server's
+        shutdown.
+        """
+        for queue in self._debug_queues:
+            queue.put_nowait(None)
+        self._debug_queues.clear()
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -163,13 +171,14 @@ class MdflowService:
         """Prometheus exposition of the current snapshot."""
         return render_prometheus(self.snapshot())
 
-    def debug_subscribe(self) -> asyncio.Queue[str]:
+    def debug_subscribe(self) -> asyncio.Queue[str | None]:
         """``mdflow debug``: a queue that receives the stats text each time an interval
-        closes. Subscribing before the first await means no interval is missed."""
-        queue: asyncio.Queue[str] = asyncio.Queue()
+        closes, and ``None`` when the service stops. Subscribing before the first await
+        means no interval is missed."""
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
         self._debug_queues.add(queue)
         return queue
 
-    def debug_unsubscribe(self, queue: asyncio.Queue[str]) -> None:
+    def debug_unsubscribe(self, queue: asyncio.Queue[str | None]) -> None:
         """Stop feeding a queue from :meth:`debug_subscribe`."""
         self._debug_queues.discard(queue)
