@@ -11,6 +11,7 @@ naming another port.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import time
@@ -114,10 +115,8 @@ def collect_udp(case: TortureCase, sockets: list[socket.socket], window: float) 
     while (left := deadline - time.monotonic()) > 0:
         for sock in sockets:
             sock.settimeout(min(left, 0.05))
-            try:
+            with contextlib.suppress(TimeoutError):
                 out.append(sock.recvfrom(65535)[0])
-            except TimeoutError:
-                pass
         out = same_call(case, out)
         if window > 1 and any(not r.startswith(b"SIP/2.0 1") for r in out):
             break
