@@ -169,3 +169,20 @@ def test_serve_help_documents_overrides() -> None:
     for flag in ("--config", "--listen", "--http", "--admin", "--data-dir", "--log-level", "--log-format"):
         assert flag in proc.stdout
     assert "udp:127.0.0.1:5070" in proc.stdout
+
+
+def test_flow_import_output_is_a_valid_config(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "MDflow.conf"
+    proc = run_cli("flow", "import", str(example))
+    assert proc.returncode == 0, proc.stderr
+    converted = json.loads(proc.stdout)
+    names = [flow["flujo"] for flow in converted["mdflow"]["flows"]]
+    assert names == ["Cen_Inicio_SIP", "Cen_TrunkInternos"]
+    path = tmp_path / "flows.json"
+    path.write_text(proc.stdout)
+    assert run_cli("check-config", str(path)).returncode == 0
+    bad = tmp_path / "bad.conf"
+    bad.write_text("[general]\ntick_ms=100\nestad_interv_seg=10\n[flujo_1]\nflujo=X\nen_paso=2\n")
+    proc = run_cli("flow", "import", str(bad))
+    assert proc.returncode == 2
+    assert "[flujo_1]" in proc.stderr and "en_paso" in proc.stderr
