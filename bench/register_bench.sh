@@ -107,12 +107,12 @@ start_kamailio() { # mode port
 }
 
 # one step; prints "ok failed achieved verdict"
-run_sipp() { # scenario port rate count dir csv
-    local scen=$1 port=$2 rate=$3 count=$4 dir=$5 csv=$6
+run_sipp() { # scenario port rate count dir csv [sipp_local_port]
+    local scen=$1 port=$2 rate=$3 count=$4 dir=$5 csv=$6 lport=${7:-$(free_port)}
     mkdir -p "$dir"
     local limit=$(( rate * 2 > 1000 ? rate * 2 : 1000 ))
     ( cd "$dir" && timeout -k 5 $(( STEP_SECS * 3 + 30 )) sipp "127.0.0.1:$port" -sf "$HERE/$scen" \
-        -inf "$csv" -i 127.0.0.1 -p "$(free_port)" -r "$rate" -rp 1000 -m "$count" -l "$limit" \
+        -inf "$csv" -i 127.0.0.1 -p "$lport" -r "$rate" -rp 1000 -m "$count" -l "$limit" \
         -nostdin -buff_size 4194304 -max_log_size 2000000 -trace_err -trace_stat -stf stat.csv \
         -fd 1 -timeout $(( STEP_SECS * 3 + 20 ))s > sipp.out 2>&1 )
     python3 - "$dir/stat.csv" "$count" "$rate" <<'PY'
@@ -183,7 +183,8 @@ for t in $TESTS; do
             make_users_csv 200000 "$MEM_USERS" "$OUT_DIR/users_mem.csv"
             start_vivait noauth "$PORT" "$OUT_DIR/data_mem" 200000 "$MEM_USERS" || continue
             log "memory: RSS with $MEM_USERS users, no bindings: $(ps -o rss= -p "$SERVER_PID") KB"
-            res=$(run_sipp reg_noauth.xml "$PORT" "$STORM_RATE" "$MEM_USERS" "$OUT_DIR/mem_fill" "$OUT_DIR/users_mem.csv")
+            phones_port=$(free_port)  # the same contacts re-register after the restart
+            res=$(run_sipp reg_noauth.xml "$PORT" "$STORM_RATE" "$MEM_USERS" "$OUT_DIR/mem_fill" "$OUT_DIR/users_mem.csv" "$phones_port")
             log "memory: fill $MEM_USERS bindings at $STORM_RATE/s: $res"
             sleep 2
             count=$(vivait-sip ctl --admin "127.0.0.1:$ADMIN_PORT" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["registrar"]["bindings"])')
@@ -193,7 +194,7 @@ for t in $TESTS; do
             start_vivait noauth "$PORT" "$OUT_DIR/data_mem" 200000 "$MEM_USERS" || continue
             count=$(vivait-sip ctl --admin "127.0.0.1:$ADMIN_PORT" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["registrar"]["bindings"])')
             log "memory: after restart bindings $count, RSS $(ps -o rss= -p "$SERVER_PID") KB"
-            res=$(run_sipp reg_noauth.xml "$PORT" "$STORM_RATE" "$MEM_USERS" "$OUT_DIR/mem_storm" "$OUT_DIR/users_mem.csv")
+            res=$(run_sipp reg_noauth.xml "$PORT" "$STORM_RATE" "$MEM_USERS" "$OUT_DIR/mem_storm" "$OUT_DIR/users_mem.csv" "$phones_port")
             log "memory: re-registration storm of $MEM_USERS at $STORM_RATE/s: $res"
             sleep 2
             count=$(vivait-sip ctl --admin "127.0.0.1:$ADMIN_PORT" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["registrar"]["bindings"])')
