@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -47,6 +48,7 @@ from .sip.transaction import (
 log = logging.getLogger("vivait_sip.core")
 
 ALLOWED_METHODS = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "MESSAGE", "SUBSCRIBE", "NOTIFY", "REFER", "INFO", "UPDATE", "PRACK")
+TIMER_GRANULARITY_S = 0.01
 KNOWN_METHODS = frozenset((*ALLOWED_METHODS, "PUBLISH"))
 SUPPORTED_OPTIONS = ("path", "outbound")
 ACCEPTED_TYPES = ("application/sdp",)
@@ -57,7 +59,7 @@ class Incoming:
     """A new request as handlers see it: the request, its transaction, where it came from."""
 
     request: Request
-    tx: ServerTransaction
+    tx: ServerTransaction | None  # None: answered statelessly
     peer: Peer
     core: SipCore
     to_tag: str = field(default_factory=new_tag)
@@ -70,7 +72,7 @@ class Incoming:
         body: bytes = b"",
     ) -> Response:
         resp = make_response(self.request, status, reason, to_tag=self.to_tag, headers=headers, body=body)
-        self.core.send_response(self.tx, resp)
+        self.core.send_response(self.tx, resp, self.peer)
         return resp
 
 
@@ -151,7 +153,13 @@ class SipCore:
             self.tl.receive_response(msg, peer, now)
         else:
             self.counters["requests_in"] += 1
-            self.tl.receive_request(msg, self._stamp_via(msg, peer), now)
+            reply_to = self._stamp_via(msg, peer)
+            if msg.method == "OPTIONS" and "OPTIONS" not in self.handlers:
+                # Answered statelessly (RFC 3261 §8.2.7), as Kamailio's sl does: a
+                # retransmission gets the same answer regenerated, same To tag included.
+                self._dispatch(Incoming(msg, None, reply_to, self, stateless_tag(msg)))
+                return
+            self.tl.receive_request(msg, reply_to, now)
         self._drain()
 
     def _stamp_via(self, req: Request, peer: Peer) -> Peer:
@@ -222,29 +230,39 @@ class SipCore:
             if tx_id is not None:
                 self.tl.transport_failed(tx_id, self.clock())
 
-    def send_response(self, tx: ServerTransaction, resp: Response) -> None:
+    def send_response(self, tx: ServerTransaction | None, resp: Response, peer: Peer) -> None:
+        """Send through the transaction, or straight to `peer` when there is none."""
         if self.user_agent and "server" not in resp.headers:
             resp.headers.add("Server", self.user_agent)
         self.counters[f"responses_out_{resp.status // 100}xx"] += 1
+        if tx is None:
+            self._send_raw(resp.to_bytes(), peer)
+            return
         self.tl.send_response(tx, resp, self.clock())
         self._drain()
 
     def _arm_timer(self) -> None:
+        """Wake up for the next transaction timer, on a TIMER_GRANULARITY_S grid.
+
+        An armed wake-up at or before the deadline is kept (it re-arms when it fires), and
+        the grid makes one wake-up serve every timer due in the same slot: under load
+        thousands of Timer J expiries a second cost a few dozen wake-ups, not thousands.
+        """
         deadline = self.tl.next_deadline()
-        if deadline == self._timer_at:
+        if deadline is None:
+            return
+        if self._timer_at is not None and self._timer_at <= deadline + TIMER_GRANULARITY_S:
             return
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._timer_at = deadline
-        if deadline is None:
-            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        delay = max(0.0, deadline - self.clock())
-        self._timer = loop.call_later(delay, self._on_timer)
+        slot = math.ceil(deadline / TIMER_GRANULARITY_S) * TIMER_GRANULARITY_S
+        self._timer_at = slot
+        self._timer = loop.call_later(max(0.0, slot - self.clock()), self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -318,6 +336,11 @@ class SipCore:
             "transactions": len(self.tl),
             "counters": dict(sorted(self.counters.items())),
         }
+
+
+def stateless_tag(req: Request) -> str:
+    """A To tag that is the same for every retransmission of `req` (same branch, Call-ID)."""
+    return f"s{hash((req.top_via.branch, req.call_id, req.cseq.number)) & 0xFFFFFFFFFFFF:x}"
 
 
 def _reason_for(exc: SipParseError) -> str:

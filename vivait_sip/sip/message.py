@@ -9,6 +9,7 @@ anything) stay opaque bytes.
 
 from __future__ import annotations
 
+import itertools
 import re
 import secrets
 import weakref
@@ -1032,12 +1033,18 @@ REASON_PHRASES: dict[int, str] = {
 _RESPONSE_COPIED = ("via", "from", "call-id", "cseq")
 
 
+# Tags and branches must be unique, and at least 32 bits of them random (RFC 3261 §19.3):
+# a random per-process prefix plus a counter is both, without a syscall per message.
+_UNIQUE_PREFIX = secrets.token_hex(5)
+_unique_counter = itertools.count(1)
+
+
 def new_tag() -> str:
-    return secrets.token_hex(6)
+    return f"{_UNIQUE_PREFIX}{next(_unique_counter):x}"
 
 
 def new_branch() -> str:
-    return "z9hG4bK" + secrets.token_hex(10)
+    return f"z9hG4bK{_UNIQUE_PREFIX}{next(_unique_counter):x}"
 
 
 def make_response(
