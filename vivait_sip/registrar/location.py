@@ -95,12 +95,15 @@ class Binding:
         """RFC 5626 flow identity (instance, reg-id) when both are set, else the contact."""
         if self.instance is not None and self.reg_id is not None:
             return (self.instance, self.reg_id)
-        return normalise_contact(self.contact)
+        return self.key_text()  # the normalised contact, computed once
 
     def key_text(self) -> str:
         """`key` as one string: the dict key in memory and the primary key in the store."""
         if self._key is None:
-            self._key = key_text(self.key)
+            if self.instance is not None and self.reg_id is not None:
+                self._key = key_text((self.instance, self.reg_id))
+            else:
+                self._key = normalise_contact(self.contact)
         return self._key
 
     def expires_in(self, now: float) -> int:
