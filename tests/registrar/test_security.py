@@ -126,3 +126,25 @@ def test_monitor_reload_lifts_bans_on_newly_trusted_sources() -> None:
     assert monitor.is_banned("192.0.2.7")
     monitor.reconfigure(SecurityConfig(trusted_networks=["192.0.2.0/24"], ban_failures=1))
     assert not monitor.is_banned("192.0.2.7")
+
+
+def test_unknown_user_and_wrong_password_take_similar_time(server: Server) -> None:
+    """The digest check runs against a dummy HA1 for unknown users: no timing oracle."""
+    import statistics
+    import time
+
+    port = server.sip_port("udp")
+    timings: dict[str, list[float]] = {"6140": [], "7999": []}
+    # 127.0.0.9 is trusted in this fixture: never banned, however many failures.
+    phones = {user: Phone(port, user, "wrong-password", source="127.0.0.9") for user in timings}
+    try:
+        for _ in range(15):  # interleaved, so machine noise hits both alike
+            for user, phone in phones.items():
+                started = time.perf_counter()
+                assert phone.register(600).status == 401
+                timings[user].append(time.perf_counter() - started)
+    finally:
+        for phone in phones.values():
+            phone.close()
+    known, unknown = (statistics.median(timings[u]) for u in ("6140", "7999"))
+    assert abs(known - unknown) < max(0.002, 0.5 * min(known, unknown)), (known, unknown)

@@ -186,3 +186,28 @@ def test_flow_import_output_is_a_valid_config(tmp_path: Path) -> None:
     proc = run_cli("flow", "import", str(bad))
     assert proc.returncode == 2
     assert "[flujo_1]" in proc.stderr and "en_paso" in proc.stderr
+
+
+def test_full_transaction_table_answers_503_with_retry_after(tmp_path: Path) -> None:
+    config = {"sip": {"limits": {"max_transactions": 100, "retry_after_s": 7}}}
+    srv = Server(tmp_path, config, loopback_args(tls=False, http=False)).start()
+    client = UdpClient()
+    try:
+        port = srv.sip_port("udp")
+        statuses = []
+        for n in range(130):
+            # Each FROBNICATE opens a non-INVITE server transaction that lives 64*T1 on UDP.
+            client.send(options_request(port, call_id=f"fill{n}").replace(b"OPTIONS", b"FROBNICATE"), port)
+            reply = client.recv_final()
+            assert reply is not None
+            statuses.append(status_code(reply))
+            if statuses[-1] == 503:
+                assert b"Retry-After: 7\r\n" in reply
+        assert statuses[:100] == [501] * 100
+        assert set(statuses[100:]) == {503}
+        # stateless OPTIONS keep working while the table is full
+        client.send(options_request(port, call_id="still-there"), port)
+        assert status_code(client.recv_final()) == 200
+    finally:
+        client.close()
+        srv.stop()

@@ -580,10 +580,24 @@ class NonInviteServerTransaction(ServerTransaction):
         self._provisional = None
         # Timer J keeps UDP transactions for 64*T1 only to re-send `_final`: drop the parsed
         # messages so tens of thousands of waiting transactions don't weigh on the cyclic GC.
-        self.request = Request(method=self.request.method, uri_text=self.request.uri_text)
+        self.request = _completed_request(self.request.method)
         self.last_response = None
         self._start_timeout(now, 0.0 if self.peer.reliable else self._layer.config.timeout)
         return True
+
+
+_COMPLETED: dict[str, Request] = {}
+
+
+def _completed_request(method: str) -> Request:
+    """A shared stand-in for the request of a completed transaction: only its method is
+    still read, and tens of thousands of transactions wait out Timer J on UDP."""
+    stand_in = _COMPLETED.get(method)
+    if stand_in is None:
+        stand_in = Request(method=method, uri_text="sip:completed.invalid")
+        if len(_COMPLETED) < 64:
+            _COMPLETED[method] = stand_in
+    return stand_in
 
 
 # ---- the layer ----------------------------------------------------------------------------
