@@ -105,6 +105,11 @@ class SipCore:
         self.started = time.time()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        # Requests a handler answers without keeping state (no transaction, nothing
+        # changed), so a transaction would cost memory for 64*T1 and buy nothing.
+        self.stateless_when: dict[str, Callable[[Request, Peer], bool]] = {
+            "OPTIONS": lambda req, peer: "OPTIONS" not in self.handlers
+        }
         self.on_ack: Callable[[Request, Peer], None] = lambda req, peer: None
         self.on_response: Callable[[ResponseReceived | TransactionTimeout], None] = lambda event: None
 
@@ -154,9 +159,10 @@ class SipCore:
         else:
             self.counters["requests_in"] += 1
             reply_to = self._stamp_via(msg, peer)
-            if msg.method == "OPTIONS" and "OPTIONS" not in self.handlers:
+            stateless = self.stateless_when.get(msg.method)
+            if stateless is not None and stateless(msg, reply_to):
                 # Answered statelessly (RFC 3261 §8.2.7), as Kamailio's sl does: a
-                # retransmission gets the same answer regenerated, same To tag included.
+                # retransmission gets its answer regenerated, same To tag included.
                 self._dispatch(Incoming(msg, None, reply_to, self, stateless_tag(msg)))
                 return
             self.tl.receive_request(msg, reply_to, now)

@@ -106,6 +106,12 @@ class RegistrarFeature:
             self.location.start(settings.flush_interval_ms / 1000, settings.purge_interval_s)
         )
         app.core.register("REGISTER", self.registrar.handle)
+        # A REGISTER without credentials from a non-trunk source can only be answered
+        # (401, or 403/400/423 before that) and changes nothing: no transaction needed.
+        gate = self.gate
+        app.core.stateless_when["REGISTER"] = lambda req, peer: (
+            "authorization" not in req.headers and gate.trunk_for(peer.host) is None
+        )
         self.guard.register()
         app.transports.on_message = self._ban_filter(app.transports.on_message)
         previous_lost = app.transports.on_connection_lost
