@@ -102,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `vivait-sip ctl status | head`: the reader left; not an error worth a traceback.
+        sys.stderr.close()
+        return 0
     return result or 0
 
 
