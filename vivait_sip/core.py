@@ -302,7 +302,11 @@ class SipCore:
             return
         handler = self.handlers.get(method)
         if handler is not None:
-            handler(inc)
+            try:
+                handler(inc)
+            except SipParseError as exc:
+                # A header only this handler decodes (Contact params, credentials…) is bad.
+                inc.respond(400, f"Bad Request ({exc.reason})")
             return
         if not self.is_local_domain(uri.host):
             inc.respond(403, "Forbidden (relaying not allowed)")

@@ -26,6 +26,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = start_server(
         tmp_path_factory.mktemp("srv"),
         {"min_expires": 60, "max_expires": 3600, "default_expires": 1800, "max_contacts_per_aor": 3, "users": USERS,
+         "algorithms": ["SHA-256", "MD5"],
          "trunks": [{"name": "carrier", "networks": ["127.0.0.4/32"]}]},
         domains=["pbx.test"],
     )

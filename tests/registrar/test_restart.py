@@ -19,8 +19,8 @@ def test_bindings_survive_kill_9(tmp_path: Path) -> None:
     config = {"registrar": {"flush_interval_ms": 1000, "users": USERS}}
     server = Server(tmp_path, config, loopback_args(http=False, tls=False)).start()
     try:
-        phones = [Phone(server.sip_port("udp"), u["number"], u["password"]) for u in USERS]
-        tcp = Phone(server.sip_port("tcp"), "6140", "pw-6140", transport="tcp")
+        phones = [Phone(server.sip_port("udp"), u["number"], u["password"], algorithm="MD5") for u in USERS]
+        tcp = Phone(server.sip_port("tcp"), "6140", "pw-6140", transport="tcp", algorithm="MD5")
         try:
             for p in phones:
                 assert p.register(600).status == 200

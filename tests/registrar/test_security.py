@@ -20,7 +20,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     # Loopback is deliberately NOT trusted here (only 127.0.0.9), so 127.0.0.2 can be banned.
     srv = start_server(
         tmp_path_factory.mktemp("srv"),
-        {"users": [{"number": "6140", "password": "pw-6140"}, {"number": "6141", "password": "pw-6141"}]},
+        {"algorithms": ["SHA-256", "MD5"],
+         "users": [{"number": "6140", "password": "pw-6140"}, {"number": "6141", "password": "pw-6141"}]},
         security={"trusted_networks": ["127.0.0.9/32"], "ban_failures": 20, "ban_window_s": 60, "ban_duration_s": 600},
     )
     yield srv

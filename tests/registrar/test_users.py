@@ -33,7 +33,7 @@ def test_defaults_and_embedded_section() -> None:
     cfg = config_from_data({}).registrar
     assert (cfg.min_expires, cfg.default_expires, cfg.max_expires) == (60, 3600, 7200)
     assert cfg.flush_interval_ms == 1000
-    assert cfg.algorithms == ["SHA-256", "MD5"]
+    assert cfg.algorithms == ["MD5"]
     assert cfg.users == [] and cfg.user_ranges == []
 
 

@@ -10,7 +10,6 @@ the same 407 for existing and missing extensions.
 from __future__ import annotations
 
 from ..core import Incoming, SipCore
-from ..sip.errors import SipParseError
 from .security import AuthGate
 from .users import UserDirectory
 
@@ -30,12 +29,7 @@ class CallGuard:
             self.core.register(method, self.handle)
 
     def handle(self, inc: Incoming) -> None:
-        try:
-            self._handle(inc)
-        except SipParseError as exc:
-            inc.respond(400, f"Bad Request ({exc.reason})")
-
-    def _handle(self, inc: Incoming) -> None:
+        """Answer one request; a SipParseError it raises becomes a 400 in the core."""
         req = inc.request
         uri = req.uri
         if not self.core.is_local_domain(uri.host):

@@ -69,12 +69,7 @@ class Registrar:
         self._date = _DateCache()
 
     def handle(self, inc: Incoming) -> None:
-        try:
-            self._handle(inc)
-        except SipParseError as exc:
-            inc.respond(400, f"Bad Request ({exc.reason})")
-
-    def _handle(self, inc: Incoming) -> None:
+        """Answer one request; a SipParseError it raises becomes a 400 in the core."""
         req = inc.request
         core = self.core
         if not core.is_local_domain(req.uri.host):
