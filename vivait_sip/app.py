@@ -25,6 +25,7 @@ from .certs import client_context, ensure_self_signed, server_context
 from .config import Config, ConfigError, Listener, load_config
 from .core import SipCore
 from .flow.service import MdflowService
+from .overload import LagMonitor
 from .sip.message import Limits
 from .sip.transaction import TimerConfig
 from .transport.manager import TransportManager
@@ -88,6 +89,7 @@ class Application:
             retry_after_s=limits.retry_after_s,
         )
         self.mdflow = MdflowService(config.mdflow)
+        self.lag = LagMonitor(limits.overload_lag_ms / 1000, on_change=self.core.set_shedding)
         self.features: list[object] = []
 
     def _on_message(self, data: bytes, peer: object) -> None:
@@ -128,6 +130,7 @@ class Application:
         await self._start_http()
         await self._start_admin()
         await self.mdflow.start()
+        self.lag.start()
         self.core.counters["starts"] += 1
         tune_gc()
 
@@ -205,6 +208,7 @@ class Application:
         while len(self.core.tl) and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
         await self.mdflow.stop()
+        await self.lag.stop()
         for hook in reversed(self.stop_hooks):
             result = hook()
             if asyncio.iscoroutine(result):
@@ -223,6 +227,7 @@ class Application:
         out["version"] = __version__
         out["listeners"] = [str(o) for o in self.opened]
         out["connections"] = self.transports.connection_count
+        out["overload"] = {"shedding": self.lag.overloaded, "lag_ms": round(self.lag.lag_s * 1000, 1), "episodes": self.lag.episodes}
         out["transport"] = {
             "received": self.transports.stats.received,
             "sent": self.transports.stats.sent,

@@ -118,6 +118,7 @@ class LimitsConfig(Strict):
     tcp_idle_timeout_s: float = Field(default=300.0, gt=0)
     max_transactions: int = Field(default=100000, ge=100)
     retry_after_s: int = Field(default=5, ge=1, le=3600)
+    overload_lag_ms: int = Field(default=250, ge=10, le=60000)
 
 
 class SipConfig(Strict):

@@ -161,6 +161,9 @@ class SipCore:
             reply_to = self._stamp_via(msg, peer)
             stateless = self.stateless_when.get(msg.method)
             if stateless is not None and stateless(msg, reply_to):
+                if self.tl.refuse_new:
+                    self._shed(msg, reply_to)
+                    return
                 # Answered statelessly (RFC 3261 §8.2.7), as Kamailio's sl does: a
                 # retransmission gets its answer regenerated, same To tag included.
                 self._dispatch(Incoming(msg, None, reply_to, self, stateless_tag(msg)))
@@ -219,12 +222,20 @@ class SipCore:
             elif isinstance(event, StrayResponse):
                 self.counters["stray_responses"] += 1
             elif isinstance(event, Overloaded):
-                self.counters["overload_rejections"] += 1
-                resp = make_response(
-                    event.request, 503, headers=[("Retry-After", str(self.retry_after_s))], to_tag=new_tag()
-                )
-                tl.send_stateless(resp, event.peer)
+                self._shed(event.request, event.peer)
         self._arm_timer()
+
+    def _shed(self, req: Request, peer: Peer) -> None:
+        """503 + Retry-After, statelessly: the table is full or the loop is lagging."""
+        self.counters["overload_rejections"] += 1
+        if req.method == "ACK":
+            return
+        resp = make_response(req, 503, headers=[("Retry-After", str(self.retry_after_s))], to_tag=new_tag())
+        self._send_raw(resp.to_bytes(), peer)
+
+    def set_shedding(self, on: bool) -> None:
+        """Refuse (True) or accept again (False) requests that need a new transaction."""
+        self.tl.refuse_new = on
 
     def _send_raw(self, data: bytes, peer: Peer, tx_id: int | None = None) -> None:
         try:

@@ -23,7 +23,8 @@ Choices worth knowing:
 * Timers B, F and H report `TransactionTimeout`; the TU acts as if a 408 arrived (client) or
   as if the ACK never came (server, Timer H).  An INVITE client transaction in Proceeding
   has no timer of its own: the TU cancels it (Timer C) when it has waited long enough.
-* The table is bounded (`max_transactions`).  A request that would need a new transaction
+* The table is bounded (`max_transactions`), and the owner can set `refuse_new` while it
+  sheds load.  A request that would need a new transaction
   when the table is full yields `Overloaded` and the TU answers 503 + Retry-After with
   `send_stateless`; `send_request` raises `TransactionTableFull`.
 * Loop/hop checks are the TU's: `too_many_hops(req)` says when a 483 is due.
@@ -617,6 +618,7 @@ class TransactionLayer:
         "_timers",
         "config",
         "max_transactions",
+        "refuse_new",
     )
 
     def __init__(
@@ -624,6 +626,9 @@ class TransactionLayer:
     ) -> None:
         self.config = config or TimerConfig()
         self.max_transactions = max_transactions
+        # Set by the owner while it sheds load: new requests get `Overloaded`, while
+        # retransmissions and ACKs of existing transactions are still handled.
+        self.refuse_new = False
         self._server: dict[TxKey, ServerTransaction] = {}
         self._client: dict[TxKey, ClientTransaction] = {}
         self._by_id: dict[int, Transaction] = {}
@@ -672,7 +677,7 @@ class TransactionLayer:
         if tx is not None:
             tx._on_retransmission()
             return
-        if len(self._by_id) >= self.max_transactions:
+        if self.refuse_new or len(self._by_id) >= self.max_transactions:
             self._events.append(Overloaded(req, peer))
             return
         tx_id = next(self._ids)
