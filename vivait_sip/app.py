@@ -77,6 +77,7 @@ class Application:
             max_connections_per_ip=limits.max_connections_per_ip,
             max_connections=limits.max_connections,
             idle_timeout_s=limits.tcp_idle_timeout_s,
+            ssl_client=client_context(),  # outgoing TLS verifies the peer's certificate
         )
         timers = config.sip.timers
         self.core = SipCore(
@@ -109,7 +110,6 @@ class Application:
             except (OSError, ssl.SSLError) as exc:
                 raise StartupError(f"cannot load TLS certificate {cert} / key {key}: {exc}") from None
             self.transports.ssl_server = self.ssl_server
-            self.transports.ssl_client = client_context(verify=False)
         return self.ssl_server
 
     async def start(self) -> None:
