@@ -125,7 +125,7 @@ class Application:
                 real = await self.transports.listen(listener)
             except OSError as exc:
                 raise StartupError(_bind_message(str(listener), exc)) from None
-            self.core.add_local_address(real.host, real.port)
+            self.core.add_local_address(real.host)
             self.opened.append(OpenedListener("sip", real.transport, real.host, real.port))
         await self._start_http()
         await self._start_admin()
@@ -161,7 +161,7 @@ class Application:
         self.opened.append(OpenedListener("http", "https" if http.tls else "http", http.host, port))
         self.opened.append(OpenedListener("sip", ws_name, http.host, port))
         self.transports.add_listener_record(Listener(transport=ws_name, host=http.host, port=port))
-        self.core.add_local_address(http.host, port)
+        self.core.add_local_address(http.host)
 
     async def _start_admin(self) -> None:
         admin = self.config.admin

@@ -100,7 +100,6 @@ class SipCore:
         self.tl = TransactionLayer(timers, max_transactions=max_transactions)
         self.handlers: dict[str, Handler] = {}
         self.local_domains: set[str] = {d.lower() for d in domains} | {"localhost"}
-        self.local_addresses: set[tuple[str, int]] = set()
         self.counters: Counter[str] = Counter()
         self.started = time.time()
         self._timer: asyncio.TimerHandle | None = None
@@ -114,8 +113,8 @@ class SipCore:
         self.on_response: Callable[[ResponseReceived | TransactionTimeout], None] = lambda event: None
 
     # ---- identity --------------------------------------------------------------------
-    def add_local_address(self, host: str, port: int) -> None:
-        self.local_addresses.add((host.lower(), port))
+    def add_local_address(self, host: str) -> None:
+        """An address we listen on is a domain we are authoritative for."""
         self.local_domains.add(host.lower())
         try:
             if ipaddress.ip_address(host).is_loopback:
@@ -308,10 +307,10 @@ class SipCore:
         if req.max_forwards == 0 and method not in ("OPTIONS", "REGISTER"):
             inc.respond(483)
             return
-        if method == "OPTIONS":
+        handler = self.handlers.get(method)
+        if method == "OPTIONS" and handler is None:
             self._options(inc)
             return
-        handler = self.handlers.get(method)
         if handler is not None:
             try:
                 handler(inc)
@@ -338,7 +337,7 @@ class SipCore:
 
     def _options(self, inc: Incoming) -> None:
         req = inc.request
-        if not self.is_local_domain(req.uri.host) and "OPTIONS" not in self.handlers:
+        if not self.is_local_domain(req.uri.host):
             inc.respond(403, "Forbidden (relaying not allowed)")
             return
         inc.respond(200, headers=self.capability_headers())
