@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from .logs import throttle
 from .sip.errors import SipParseError
 from .sip.message import (
     Limits,
@@ -198,7 +199,7 @@ class SipCore:
         if resp is None:
             log.debug("event=malformed_dropped peer=%s reason=%r", peer, exc.reason)
             return
-        log.info("event=malformed_request peer=%s status=%d reason=%r", peer, exc.status, exc.reason)
+        throttle.log(log, logging.INFO, "malformed_request", "event=malformed_request peer=%s status=%d reason=%r", peer, exc.status, exc.reason)
         self._send_raw(resp, peer)
 
     # ---- transaction events -------------------------------------------------------------
@@ -242,7 +243,7 @@ class SipCore:
             self.counters["messages_out"] += 1
         except Exception as exc:
             self.counters["send_errors"] += 1
-            log.info("event=send_failed peer=%s error=%r", peer, str(exc))
+            throttle.log(log, logging.INFO, "send_failed", "event=send_failed peer=%s error=%r", peer, str(exc))
             if tx_id is not None:
                 self.tl.transport_failed(tx_id, self.clock())
 

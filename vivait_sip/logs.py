@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 
 
 class KeyValueFormatter(logging.Formatter):
@@ -60,3 +61,36 @@ def setup_logging(level: str = "info", fmt: str = "kv") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+class Throttle:
+    """At most `per_second` lines a second per event key; the rest are counted, not written.
+
+    Input-driven events (a malformed packet, a failed login, a refused connection) would
+    otherwise write one line per packet: a flood of bad input becomes a flood of logs.
+    The next line written for that key reports how many were suppressed.
+    """
+
+    def __init__(self, per_second: int = 10, clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_second = per_second
+        self.clock = clock
+        self._window: dict[str, tuple[int, int, int]] = {}  # key -> (second, written, suppressed)
+
+    def log(self, logger: logging.Logger, level: int, key: str, msg: str, *args: object) -> None:
+        if not logger.isEnabledFor(level):
+            return
+        second = int(self.clock())
+        current, written, suppressed = self._window.get(key, (second, 0, 0))
+        if current != second:
+            current, written = second, 0
+        if written >= self.per_second:
+            self._window[key] = (current, written, suppressed + 1)
+            return
+        self._window[key] = (current, written + 1, 0)
+        if suppressed:
+            msg += " suppressed_since_last=%d"
+            args = (*args, suppressed)
+        logger.log(level, msg, *args)
+
+
+throttle = Throttle()

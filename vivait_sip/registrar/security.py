@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 
 from ..config import SecurityConfig
 from ..core import Incoming
+from ..logs import throttle
 from .digest import Authenticator, AuthOutcome, DigestParseError, NonceStatus, parse_credentials
 
 log = logging.getLogger("vivait_sip.registrar.security")
@@ -106,7 +107,7 @@ class SecurityMonitor:
             if len(self._user_failures) >= 100_000 and username not in self._user_failures:
                 self._user_failures.clear()  # bounded: attackers can invent usernames
             self._user_failures[username] = count
-            log.info("event=auth_failure source=%s user=%s user_failures=%d", ip, username, count)
+            throttle.log(log, logging.INFO, "auth_failure", "event=auth_failure source=%s user=%s user_failures=%d", ip, username, count)
         if ip in self.trusted:
             return
         window = self._ip_failures.get(ip)

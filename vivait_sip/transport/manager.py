@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, cast
 
 from ..config import Listener
+from ..logs import throttle
 from ..sip.errors import SipParseError
 from ..sip.message import DEFAULT_LIMITS, Limits, StreamFramer
 from ..sip.peer import Peer
@@ -104,7 +105,7 @@ class _StreamProtocol(asyncio.Protocol):
         except SipParseError as exc:
             # RFC 3261 §18.3: a framing error on a stream is unrecoverable.
             self.manager.stats.parse_errors += 1
-            log.info("event=stream_framing_error peer=%s reason=%r", self.peer, exc.reason)
+            throttle.log(log, logging.INFO, "stream_framing_error", "event=stream_framing_error peer=%s reason=%r", self.peer, exc.reason)
             self.manager.on_framing_error(exc, self.peer)
             self.close()
             return
@@ -208,7 +209,7 @@ class TransportManager:
         ip = conn.peer.host
         if len(self._connections) >= self.max_connections or self._per_ip.get(ip, 0) >= self.max_connections_per_ip:
             self.stats.connections_refused += 1
-            log.warning("event=connection_refused peer=%s reason=limit", conn.peer)
+            throttle.log(log, logging.WARNING, "connection_refused", "event=connection_refused peer=%s reason=limit", conn.peer)
             return False
         return True
 
@@ -297,7 +298,7 @@ class TransportManager:
             self.stats.sent += 1
         except (OSError, TransportError) as exc:
             self.stats.send_errors += 1
-            log.info("event=send_failed peer=%s error=%r", peer, str(exc))
+            throttle.log(log, logging.INFO, "send_failed", "event=send_failed peer=%s error=%r", peer, str(exc))
 
     async def connect(self, peer: Peer) -> Connection:
         """Open (or reuse) an outgoing TCP/TLS connection (RFC 3261 §18.1.1)."""
