@@ -293,6 +293,15 @@ class SipCore:
 
     # ---- dispatch ----------------------------------------------------------------------
     def _dispatch(self, inc: Incoming) -> None:
+        """Route a new request; a header decoded lazily on the way that turns out to be
+        malformed (Require, Contact params, credentials…) is answered 400 naming it."""
+        try:
+            self._route(inc)
+        except SipParseError as exc:
+            self.counters["parse_errors"] += 1
+            inc.respond(400, f"Bad Request ({exc.reason})")
+
+    def _route(self, inc: Incoming) -> None:
         req = inc.request
         method = req.method
         self.counters[f"requests_{method.lower()}" if method in KNOWN_METHODS else "requests_other"] += 1
@@ -313,11 +322,7 @@ class SipCore:
             self._options(inc)
             return
         if handler is not None:
-            try:
-                handler(inc)
-            except SipParseError as exc:
-                # A header only this handler decodes (Contact params, credentials…) is bad.
-                inc.respond(400, f"Bad Request ({exc.reason})")
+            handler(inc)
             return
         if not self.is_local_domain(uri.host):
             inc.respond(403, "Forbidden (relaying not allowed)")
