@@ -22,7 +22,7 @@ from .. import cli
 from ..config import ConfigError, load_config, validation_errors
 from ..store import Store, StoreError
 from .config import UserConfig
-from .users import UserRecord, find_conflicts, make_user
+from .users import UserRecord, find_conflicts, user_from_config
 
 DEFAULT_REALM = "vivait"
 EXIT_INVALID = 2
@@ -122,19 +122,6 @@ def _messages(exc: ValidationError) -> list[str]:
     return [line.removeprefix("(root): ") for line in validation_errors(exc)]
 
 
-def _record(config: UserConfig, realm: str) -> UserRecord:
-    assert config.password is not None
-    return make_user(
-        config.number,
-        config.password,
-        realm,
-        name=config.name,
-        extension=config.extension,
-        web_extension=config.web_extension,
-        class_of_service=config.class_of_service,
-    )
-
-
 def _save(args: argparse.Namespace, records: list[UserRecord]) -> int:
     store = _open_store(args)
     try:
@@ -180,7 +167,7 @@ def _user_add(args: argparse.Namespace) -> int:
             print(f"error: {line}", file=sys.stderr)
         return EXIT_INVALID
     realm = _realm(args)
-    status = _save(args, [_record(config, realm)])
+    status = _save(args, [user_from_config(config, realm, origin="cli")])
     if status:
         return status
     print(f"user {config.number} saved (extension {config.hard_extension}, realm {realm!r})")
@@ -314,7 +301,7 @@ def _user_import(args: argparse.Namespace) -> int:
         print(f"{args.file}: {len(errors)} error(s); nothing imported", file=sys.stderr)
         return EXIT_INVALID
     realm = _realm(args)
-    records = [_record(c, realm) for c in configs]
+    records = [user_from_config(c, realm, origin="cli") for c in configs]
     status = _save(args, records)
     if status:
         return status

@@ -86,8 +86,8 @@ def make_user(
     return rec
 
 
-def user_from_config(u: UserConfig, realm: str) -> UserRecord:
-    """A configured user; given HA1s are trusted to be for `realm` (documented)."""
+def user_from_config(u: UserConfig, realm: str, origin: str = "config") -> UserRecord:
+    """A configured (or CLI-given) user; given HA1s are trusted to be for `realm`."""
     if u.password is not None:
         return make_user(
             u.number,
@@ -98,7 +98,7 @@ def user_from_config(u: UserConfig, realm: str) -> UserRecord:
             web_extension=u.web_extension,
             web_pool=u.web_pool,
             class_of_service=u.class_of_service,
-            origin="config",
+            origin=origin,
         )
     assert u.ha1_md5 is not None and u.ha1_sha256 is not None  # UserConfig guarantees the pair
     return UserRecord(
@@ -111,7 +111,7 @@ def user_from_config(u: UserConfig, realm: str) -> UserRecord:
         web_pool=u.web_pool,
         class_of_service=u.class_of_service,
         realm=realm,
-        origin="config",
+        origin=origin,
     )
 
 
