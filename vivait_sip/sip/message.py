@@ -395,11 +395,19 @@ class Headers:
 
     def count(self, name: str) -> int:
         key = header_key(name)
-        return sum(1 for h in self._items if h.key == key)
+        n = 0
+        for h in self._items:
+            if h.key == key:
+                n += 1
+        return n
 
     def __contains__(self, name: str) -> bool:
+        # Plain loops: these run several times per message, and a generator costs more.
         key = header_key(name)
-        return any(h.key == key for h in self._items)
+        for h in self._items:
+            if h.key == key:
+                return True
+        return False
 
     def add(self, name: str, value: str, *, first: bool = False) -> None:
         """Append (or, with `first`, prepend) a header; lower-case names are canonicalised."""
