@@ -75,6 +75,17 @@ def test_twenty_bad_passwords_ban_the_source_not_others(server: Server) -> None:
     assert re.search(r"event=auth_ban source=127\.0\.0\.2 failures=20 until=\d{4}-\d\d-\d\dT", ban[0])
     status = ctl(server, "status", "--json")
     assert "127.0.0.2" in status.stdout
+    # The operator sees the ban and lifts it; the source is challenged again, not refused.
+    listed = ctl(server, "bans")
+    assert listed.returncode == 0 and "127.0.0.2" in listed.stdout
+    assert ctl(server, "unban", "127.0.0.2").stdout.strip() == "127.0.0.2 unbanned"
+    assert ctl(server, "unban", "127.0.0.2").returncode == 1  # not banned any more
+    assert "127.0.0.2" not in ctl(server, "bans").stdout
+    again = Phone(port, "6141", "pw-6141", source="127.0.0.2")
+    try:
+        assert again.register(600).status == 200
+    finally:
+        again.close()
 
 
 def test_trusted_network_is_authenticated_but_never_banned(server: Server) -> None:

@@ -4,6 +4,8 @@ GET    /api/registrations[?aor=]  bindings, all or of one AOR
 DELETE /api/registrations?aor=    remove an AOR's bindings → {"removed": n}
 GET    /api/users                 users without digests
 POST   /api/users/reload          re-read users (config + store) → {"ok": true, "users": n}
+GET    /api/bans                  banned sources, seconds left, failure count
+DELETE /api/bans?source=IP        lift a ban → {"unbanned": true|false}
 
 `aor` is a full AOR (`sip:6140@example.com`, normalised like REGISTER does) or a bare
 user part (`6140`) matching that user in every domain, which is what an operator types.
@@ -19,6 +21,7 @@ from ..sip.errors import SipParseError
 from ..sip.uri import parse_uri
 from ..store import Store
 from .location import Binding, LocationService
+from .security import SecurityMonitor
 from .users import UserDirectory
 
 
@@ -28,6 +31,7 @@ class RegistrarLike(Protocol):
     location: LocationService
     users: UserDirectory
     store: Store
+    monitor: SecurityMonitor
 
     def reload_users(self) -> int: ...
 
@@ -92,7 +96,21 @@ def add_routes(app: web.Application, registrar: RegistrarLike) -> None:
     async def reload_users(request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "users": registrar.reload_users()})
 
+    async def list_bans(request: web.Request) -> web.Response:
+        monitor = registrar.monitor
+        bans = [{"source": ip, "seconds_left": left} for ip, left in sorted(monitor.banned().items())]
+        return web.json_response({"bans": bans, "auth_failures": monitor.failures_total})
+
+    async def unban(request: web.Request) -> web.Response:
+        source = request.query.get("source", "").strip()
+        if not source:
+            raise web.HTTPBadRequest(text='{"error": "source is required"}', content_type="application/json")
+        unbanned = registrar.monitor.unban(source)
+        return web.json_response({"unbanned": unbanned})
+
     app.router.add_get("/api/registrations", list_registrations)
+    app.router.add_get("/api/bans", list_bans)
+    app.router.add_delete("/api/bans", unban)
     app.router.add_delete("/api/registrations", unregister)
     app.router.add_get("/api/users", list_users)
     app.router.add_post("/api/users/reload", reload_users)

@@ -1,4 +1,4 @@
-"""`vivait-sip user ...` and `vivait-sip ctl registrations|unregister` commands.
+"""`vivait-sip user ...` and `vivait-sip ctl registrations|unregister|bans|unban` commands.
 
 User commands edit DATA_DIR/vivait.db directly, so they work with no server running;
 then they ask a running server (if any) to reload its users through the admin API.
@@ -12,6 +12,7 @@ import argparse
 import csv
 import json
 import sys
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -79,6 +80,14 @@ def add_commands(sub: Any, ctl_sub: Any) -> None:
     unreg = ctl_sub.add_parser("unregister", help="remove every binding of an AOR")
     unreg.add_argument("aor", help="sip:6140@example.com, or just 6140 for any domain")
     unreg.set_defaults(func=cmd_ctl_unregister)
+
+    bans = ctl_sub.add_parser("bans", help="sources banned after too many authentication failures")
+    bans.add_argument("--json", action="store_true", help="raw JSON")
+    bans.set_defaults(func=cmd_ctl_bans)
+
+    unban = ctl_sub.add_parser("unban", help="lift the ban on a source address at once")
+    unban.add_argument("source", help="IP address, as `ctl bans` shows it")
+    unban.set_defaults(func=cmd_ctl_unban)
 
 
 def _common(parser: argparse.ArgumentParser, *, realm: bool) -> None:
@@ -340,6 +349,27 @@ def cmd_ctl_registrations(args: argparse.Namespace) -> int:
 def cmd_ctl_unregister(args: argparse.Namespace) -> int:
     reply = cli.admin_request(args.admin, "DELETE", "/api/registrations" + _aor_query(args.aor))
     print(f"{reply['removed']} binding(s) removed for {args.aor}")
+    return 0
+
+
+def cmd_ctl_bans(args: argparse.Namespace) -> int:
+    reply = cli.admin_request(args.admin, "GET", "/api/bans")
+    if args.json:
+        print(json.dumps(reply, indent=2, sort_keys=True))
+        return 0
+    rows = [("SOURCE", "SECONDS LEFT")]
+    rows += [(b["source"], str(b["seconds_left"])) for b in reply["bans"]]
+    _table(rows)
+    print(f"{len(reply['bans'])} banned source(s); {reply['auth_failures']} authentication failure(s) since start")
+    return 0
+
+
+def cmd_ctl_unban(args: argparse.Namespace) -> int:
+    reply = cli.admin_request(args.admin, "DELETE", "/api/bans?" + urllib.parse.urlencode({"source": args.source}))
+    if not reply["unbanned"]:
+        print(f"{args.source} was not banned")
+        return 1
+    print(f"{args.source} unbanned")
     return 0
 
 

@@ -138,7 +138,12 @@ class SecurityMonitor:
             del self._ip_failures[ip]
 
     def unban(self, ip: str) -> bool:
-        return self._bans.pop(ip, None) is not None
+        """Lift a ban at once (an operator's `ctl unban`); its failure window starts afresh."""
+        self._ip_failures.pop(ip, None)
+        if self._bans.pop(ip, None) is None:
+            return False
+        log.warning("event=auth_unban source=%s by=operator", ip)
+        return True
 
     def banned(self) -> dict[str, float]:
         """Banned sources and the seconds each ban has left."""
