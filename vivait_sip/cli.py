@@ -224,7 +224,14 @@ def cmd_ctl_status(args: argparse.Namespace) -> int:
     print(f"connections: {status.get('connections')}")
     print(f"transactions: {status.get('transactions')}")
     for key in sorted(k for k in status if k not in ("version", "uptime_s", "listeners", "connections", "transactions", "counters", "transport")):
-        print(f"{key}: {status[key]}")
+        value = status[key]
+        if isinstance(value, dict):
+            print(f"{key}:")
+            for name, item in sorted(value.items()):
+                shown = ", ".join(f"{k}={v}" for k, v in sorted(item.items())) if isinstance(item, dict) else item
+                print(f"  {name}: {shown if shown != '' else '-'}")
+        else:
+            print(f"{key}: {value}")
     print("counters:")
     merged = {**{f"transport_{k}": v for k, v in status.get("transport", {}).items()}, **status.get("counters", {})}
     for key, value in sorted(merged.items()):
