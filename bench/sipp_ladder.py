@@ -112,27 +112,25 @@ def ladder(
 ) -> tuple[int, list[Step]]:
     """Highest clean rate and every step run."""
     steps: list[Step] = []
-    best, bad = 0, 0
-    log(HEADER)
-    for rate in rates:
+
+    def clean(rate: int) -> bool:
         step = run(rate)
         steps.append(step)
         log(step.row())
-        if step.clean:
-            best = rate
-        else:
+        return step.clean
+
+    best, bad = 0, 0
+    log(HEADER)
+    for rate in rates:
+        if not clean(rate):
             bad = rate
             break
+        best = rate
     for _ in range(refine):
-        if not (best and bad):
-            break
         mid = (best + bad) // 2 // 100 * 100
-        if not best < mid < bad:
+        if not (best and bad and best < mid < bad):
             break
-        step = run(mid)
-        steps.append(step)
-        log(step.row())
-        if step.clean:
+        if clean(mid):
             best = mid
         else:
             bad = mid
