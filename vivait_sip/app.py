@@ -10,8 +10,12 @@ import asyncio
 import errno
 import gc
 import logging
+import os
+import secrets
 import signal
 import ssl
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +31,16 @@ from .core import SipCore
 from .flow.service import MdflowService
 from .overload import LagMonitor
 from .sip.message import Limits
+from .sip.peer import Peer
 from .sip.transaction import TimerConfig
 from .transport.manager import TransportManager
 from .transport.ws import make_ws_handler
+from .workers import BOOTSTRAP_CALL, ENV_SPEC, SECRET_BYTES, Cluster, WorkerSpec, make_links
 
 log = logging.getLogger("vivait_sip.app")
+
+WORKER_START_TIMEOUT_S = 30.0
+WORKER_STOP_TIMEOUT_S = 10.0
 
 
 class StartupError(Exception):
@@ -51,10 +60,26 @@ class OpenedListener:
 
 
 class Application:
-    def __init__(self, config: Config, config_path: str | None = None, *, demo: bool = False) -> None:
+    def __init__(
+        self,
+        config: Config,
+        config_path: str | None = None,
+        *,
+        demo: bool = False,
+        worker: tuple[WorkerSpec, Cluster] | None = None,
+    ) -> None:
+        """`worker`: set in workers 1..N-1 (their spec and already connected links)."""
         self.config = config
         self.config_path = config_path
         self.demo = demo
+        self.worker_spec = worker[0] if worker is not None else None
+        self.cluster: Cluster | None = None
+        if worker is not None:
+            self.cluster = worker[1]
+        elif config.sip.workers > 1:
+            self.cluster = Cluster(0, config.sip.workers, secrets.token_bytes(SECRET_BYTES))
+        self.worker_procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.exit_code = 0
         self.banner: list[str] = []
         self.data_dir = Path(config.data_dir)
         self.opened: list[OpenedListener] = []
@@ -81,7 +106,7 @@ class Application:
         )
         timers = config.sip.timers
         self.core = SipCore(
-            send=self.transports.send,
+            send=self._send,
             timers=TimerConfig(t1=timers.t1_ms / 1000, t2=timers.t2_ms / 1000, t4=timers.t4_ms / 1000),
             limits=self.limits,
             domains=config.domains,
@@ -91,10 +116,112 @@ class Application:
         )
         self.mdflow = MdflowService(config.mdflow)
         self.lag = LagMonitor(limits.overload_lag_ms / 1000, on_change=self.core.set_shedding)
+        self.core.cluster = self.cluster
         self.features: list[object] = []
+        # Per-worker status contributions, merged by worker 0 (features append here).
+        self.status_merges: list[Callable[[dict[str, object], list[dict[str, object]]], None]] = []
+        if self.cluster is not None:
+            self._wire_cluster(self.cluster)
+
+    @property
+    def is_primary(self) -> bool:
+        """True in a single-process server and in worker 0 (listeners, admin, HTTP)."""
+        return self.cluster is None or self.cluster.is_primary
 
     def _on_message(self, data: bytes, peer: object) -> None:
         self.core.on_message(data, peer)  # type: ignore[arg-type]
+
+    def _send(self, data: bytes, peer: Peer) -> None:
+        cluster = self.cluster
+        if cluster is not None and not cluster.is_primary and peer.transport != "udp":
+            cluster.send_via(0, data, peer)  # worker 0 holds every connection
+            return
+        self.transports.send(data, peer)
+
+    # ---- workers ------------------------------------------------------------------------
+    def _wire_cluster(self, cluster: Cluster) -> None:
+        core = self.core
+
+        def forwarded(data: bytes, peer: Peer) -> None:
+            core.on_message(data, peer, forwarded=True)
+
+        def send_for_worker(data: bytes, peer: Peer) -> None:
+            try:
+                self.transports.send(data, peer)
+            except Exception as exc:
+                self.transports.stats.send_errors += 1
+                log.debug("event=send_failed peer=%s error=%r", peer, str(exc))
+
+        cluster.on_message = forwarded
+        cluster.on_send = send_for_worker
+        cluster.on_link_lost = self._worker_link_lost
+        cluster.on_call("status", lambda args: self.status())
+        cluster.on_event("reload", lambda args: self.reload())
+
+    def _worker_link_lost(self, other: int) -> None:
+        if self.stopping.is_set():
+            return
+        if self.is_primary:
+            log.error("event=worker_exited index=%d action=stopping_server", other)
+            self.exit_code = 1
+        else:
+            log.info("event=worker0_gone action=stopping")
+        self.stopping.set()
+
+    async def _spawn_workers(self, cluster: Cluster) -> None:
+        """Start workers 1..N-1 with the UDP sockets and their socketpair ends; wait until ready."""
+        ends = make_links(cluster.count)
+        udp_fds = [(host, port, fd) for host, port, fd in self.transports.udp_sockets()]
+        local_hosts = sorted(self.core.local_domains)
+        ready: dict[int, asyncio.Future[None]] = {}
+        loop = asyncio.get_running_loop()
+        for index in range(1, cluster.count):
+            ready[index] = loop.create_future()
+        cluster.on_event("ready", lambda args: _resolve(ready.get(int(args["index"]))))
+        cluster.on_call(BOOTSTRAP_CALL, lambda args: {"secret": cluster.secret.hex(), "config": self.config.model_dump_json()})
+        await cluster.connect({other: sock.detach() for other, sock in ends[0].items()})
+        for index in range(1, cluster.count):
+            link_fds = {other: sock.fileno() for other, sock in ends[index].items()}
+            spec = WorkerSpec(
+                index=index,
+                count=cluster.count,
+                udp_fds=udp_fds,
+                local_hosts=local_hosts,
+                link_fds=link_fds,
+                config_path=self.config_path,
+                demo=self.demo,
+            )
+            env = dict(os.environ, **{ENV_SPEC: spec.to_env()})
+            fds = [fd for _, _, fd in udp_fds] + list(link_fds.values())
+            self.worker_procs[index] = subprocess.Popen(
+                [sys.executable, "-m", "vivait_sip", "worker"], env=env, pass_fds=fds, stdin=subprocess.DEVNULL
+            )
+            for sock in ends[index].values():
+                sock.close()
+        try:
+            await asyncio.wait_for(asyncio.gather(*ready.values()), WORKER_START_TIMEOUT_S)
+        except (TimeoutError, ConnectionError) as exc:
+            raise StartupError(f"worker processes did not start: {exc or 'timeout'}") from None
+        log.info("event=workers_started count=%d pids=%s", cluster.count, ",".join(str(p.pid) for p in self.worker_procs.values()))
+
+    async def _adopt_worker_sockets(self, spec: WorkerSpec) -> None:
+        for host, port, fd in spec.udp_fds:
+            await self.transports.adopt_udp(Listener(transport="udp", host=host, port=port), fd)
+        for host in spec.local_hosts:
+            self.core.add_local_address(host)
+
+    async def _stop_workers(self) -> None:
+        for proc in self.worker_procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = asyncio.get_running_loop().time() + WORKER_STOP_TIMEOUT_S
+        for index, proc in self.worker_procs.items():
+            while proc.poll() is None and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.05)
+            if proc.poll() is None:
+                log.error("event=worker_kill index=%d pid=%d reason=stop_timeout", index, proc.pid)
+                proc.kill()
+                proc.wait()
 
     # ---- start-up -----------------------------------------------------------------------
     def _tls_context(self) -> ssl.SSLContext:
@@ -114,6 +241,15 @@ class Application:
 
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        spec, cluster = self.worker_spec, self.cluster
+        if spec is not None and cluster is not None:
+            await self._adopt_worker_sockets(spec)
+            for feature_start in _feature_starters:
+                feature_start(self)
+            self.lag.start()
+            tune_gc()
+            cluster.emit(0, "ready", index=cluster.index)
+            return
         for feature_start in _feature_starters:
             feature_start(self)
         for listener in self.config.listeners:
@@ -132,6 +268,8 @@ class Application:
         await self.mdflow.start()
         self.lag.start()
         self.core.counters["starts"] += 1
+        if cluster is not None:
+            await self._spawn_workers(cluster)
         tune_gc()
 
     async def _serve(self, app: web.Application, host: str, port: int, what: str, context: ssl.SSLContext | None) -> int:
@@ -193,6 +331,8 @@ class Application:
         self.mdflow.reload(new.mdflow)
         for hook in self.reload_hooks:
             hook(new)
+        if self.cluster is not None and self.cluster.is_primary:
+            self.cluster.broadcast("reload")
         self.core.counters["reloads"] += 1
         log.info("event=reloaded path=%s", self.config_path)
         return []
@@ -204,6 +344,9 @@ class Application:
     async def stop(self) -> None:
         """Drain: stop accepting, let transactions finish briefly, flush the store."""
         log.info("event=stopping")
+        self.stopping.set()
+        if self.worker_procs:
+            await self._stop_workers()
         deadline = asyncio.get_running_loop().time() + 2.0
         while len(self.core.tl) and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
@@ -216,6 +359,8 @@ class Application:
         await self.transports.close()
         for runner in self._runners:
             await runner.cleanup()
+        if self.cluster is not None:
+            self.cluster.close()
         log.info("event=stopped")
 
     def status(self) -> dict[str, object]:
@@ -234,10 +379,37 @@ class Application:
             "connections_refused": self.transports.stats.connections_refused,
             "send_errors": self.transports.stats.send_errors,
         }
+        if self.cluster is not None:
+            out["worker_link_drops"] = self.cluster.dropped
         for feature in self.features:
             status = getattr(feature, "status", None)
             if callable(status):
                 out.update(status())
+        return out
+
+    async def status_all(self) -> dict[str, object]:
+        """`status()`, with every worker's counters added up when there are several."""
+        out = self.status()
+        cluster = self.cluster
+        if cluster is None or not cluster.is_primary or not cluster.links:
+            return out
+        parts: list[dict[str, object]] = await cluster.call_all("status")
+        workers = [_worker_row(0, os.getpid(), out)]
+        workers += [_worker_row(i, self.worker_procs[i].pid, part) for i, part in zip(sorted(cluster.links), parts, strict=True)]
+        counters = out["counters"]
+        transport = out["transport"]
+        assert isinstance(counters, dict) and isinstance(transport, dict)
+        for part in parts:
+            for name, value in dict(part["counters"]).items():  # type: ignore[call-overload]
+                counters[name] = counters.get(name, 0) + value
+            for name, value in dict(part["transport"]).items():  # type: ignore[call-overload]
+                transport[name] = transport.get(name, 0) + value
+            out["transactions"] = int(out["transactions"]) + int(part["transactions"])  # type: ignore[call-overload]
+        for merge in self.status_merges:
+            merge(out, parts)
+        out["counters"] = dict(sorted(counters.items()))
+        out["workers"] = workers
+        out["worker_link_drops"] = cluster.dropped + sum(int(p.get("worker_link_drops", 0)) for p in parts)  # type: ignore[call-overload]
         return out
 
 
@@ -248,6 +420,23 @@ _feature_starters: list[Callable[[Application], None]] = []
 def feature_starter(fn: Callable[[Application], None]) -> Callable[[Application], None]:
     _feature_starters.append(fn)
     return fn
+
+
+def _worker_row(index: int, pid: int, status: dict[str, object]) -> dict[str, object]:
+    counters = status["counters"]
+    assert isinstance(counters, dict)
+    return {
+        "index": index,
+        "pid": pid,
+        "requests_in": counters.get("requests_in", 0),
+        "forwarded_to_worker": counters.get("forwarded_to_worker", 0),
+        "transactions": status["transactions"],
+    }
+
+
+def _resolve(future: asyncio.Future[None] | None) -> None:
+    if future is not None and not future.done():
+        future.set_result(None)
 
 
 async def _index(request: web.Request) -> web.Response:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -56,7 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", metavar="DIR", help="store, recordings and certs (default ./var)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--log-format", choices=["kv", "json"], help="key=value lines or JSON lines")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="processes sharing the UDP sockets (sip.workers; default 1). One per core; see docs/deployment.md",
+    )
     serve.set_defaults(func=cmd_serve)
+    # Started by `serve` itself for workers 1..N-1 (vivait_sip/workers.py), never by hand.
+    worker = sub.add_parser("worker")
+    worker.set_defaults(func=cmd_worker)
 
     check = sub.add_parser("check-config", help="validate a config file: exit 0, or list errors and exit 2")
     check.add_argument("file")
@@ -127,6 +137,10 @@ def apply_overrides(config: Config, args: argparse.Namespace) -> Config:
     log_update = {k: v for k, v in (("level", args.log_level), ("format", args.log_format)) if v}
     if log_update:
         update["log"] = config.log.model_copy(update=log_update)
+    if args.workers is not None:
+        if not 1 <= args.workers <= 64:
+            raise ValueError("--workers must be between 1 and 64")
+        update["sip"] = config.sip.model_copy(update={"workers": args.workers})
     return config.model_copy(update=update)
 
 
@@ -145,12 +159,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     setup_logging(config.log.level, config.log.format)
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
+    _install_uvloop()
 
     async def run() -> int:
         app = Application(config, args.config, demo=args.config is None)
@@ -163,9 +172,50 @@ def cmd_serve(args: argparse.Namespace) -> int:
         app.install_signal_handlers()
         for opened in app.opened:
             print(f"listening {opened}", flush=True)
+        if app.cluster is not None:
+            print(f"workers {app.cluster.count} (pids {os.getpid()} {' '.join(str(p.pid) for p in app.worker_procs.values())})", flush=True)
         for line in app.banner:
             print(line, flush=True)
         print("ready", flush=True)
+        await app.run_forever()
+        return app.exit_code
+
+    return asyncio.run(run())
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Worker 1..N-1: the spec (sockets, config) comes from worker 0 in the environment."""
+    from .app import Application
+    from .config import Config
+    from .logs import setup_logging
+    from .workers import BOOTSTRAP_CALL, ENV_SPEC, Cluster, WorkerSpec
+
+    text = os.environ.get(ENV_SPEC)
+    if not text:
+        print("error: `worker` is started by `vivait-sip serve --workers N`, not by hand", file=sys.stderr)
+        return 2
+    spec = WorkerSpec.from_env(text)
+    _install_uvloop()
+
+    async def run() -> int:
+        cluster = Cluster(spec.index, spec.count, b"")
+        await cluster.connect(spec.link_fds)
+        boot = await cluster.call(0, BOOTSTRAP_CALL)
+        cluster.secret = bytes.fromhex(boot["secret"])
+        config = Config.model_validate_json(boot["config"])
+        setup_logging(config.log.level, config.log.format)
+        app = Application(config, spec.config_path, demo=spec.demo, worker=(spec, cluster))
+        await app.start()
+        app.install_signal_handlers()
         await app.run_forever()
         return 0
 

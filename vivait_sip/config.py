@@ -125,6 +125,8 @@ class SipConfig(Strict):
     timers: TimersConfig = Field(default_factory=TimersConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     user_agent: str = "vivait-sip"
+    # Processes sharing the UDP sockets (vivait_sip/workers.py); one per core is the norm.
+    workers: int = Field(default=1, ge=1, le=64)
 
 
 def _network(value: str) -> str:

@@ -13,9 +13,11 @@ import ipaddress
 import logging
 import math
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .logs import throttle
 from .sip.errors import SipParseError
@@ -45,6 +47,9 @@ from .sip.transaction import (
     TransactionLayer,
     TransactionTimeout,
 )
+
+if TYPE_CHECKING:
+    from .workers import Cluster
 
 log = logging.getLogger("vivait_sip.core")
 
@@ -112,6 +117,7 @@ class SipCore:
         }
         self.on_ack: Callable[[Request, Peer], None] = lambda req, peer: None
         self.on_response: Callable[[ResponseReceived | TransactionTimeout], None] = lambda event: None
+        self.cluster: Cluster | None = None
 
     # ---- identity --------------------------------------------------------------------
     def add_local_address(self, host: str) -> None:
@@ -130,15 +136,18 @@ class SipCore:
         self.handlers[method] = handler
 
     # ---- input -----------------------------------------------------------------------
-    def on_message(self, data: bytes, peer: Peer) -> None:
-        """Entry point for every received message; never raises."""
+    def on_message(self, data: bytes, peer: Peer, *, forwarded: bool = False) -> None:
+        """Entry point for every received message; never raises.
+
+        `forwarded`: another worker already decided this process owns the message.
+        """
         try:
-            self._on_message(data, peer)
+            self._on_message(data, peer, forwarded)
         except Exception:
             self.counters["internal_errors"] += 1
             log.exception("event=internal_error peer=%s", peer)
 
-    def _on_message(self, data: bytes, peer: Peer) -> None:
+    def _on_message(self, data: bytes, peer: Peer, forwarded: bool) -> None:
         datagram = peer.transport in ("udp", "ws", "wss")
         try:
             msg = parse_message(data, datagram=datagram, limits=self.limits)
@@ -153,14 +162,17 @@ class SipCore:
             self._reject_malformed(data, peer, exc)
             return
         now = self.clock()
+        cluster = self.cluster
         if isinstance(msg, Response):
+            if cluster is not None and not forwarded and self._forward(msg, data, peer):
+                return
             self.counters["responses_in"] += 1
             self.tl.receive_response(msg, peer, now)
         else:
             self.counters["requests_in"] += 1
-            reply_to = self._stamp_via(msg, peer)
             stateless = self.stateless_when.get(msg.method)
-            if stateless is not None and stateless(msg, reply_to):
+            if stateless is not None and stateless(msg, peer):
+                reply_to = self._stamp_via(msg, peer)
                 if self.tl.refuse_new:
                     self._shed(msg, reply_to)
                     return
@@ -168,8 +180,26 @@ class SipCore:
                 # retransmission gets its answer regenerated, same To tag included.
                 self._dispatch(Incoming(msg, None, reply_to, self, stateless_tag(msg)))
                 return
+            if cluster is not None and not forwarded and self._forward(msg, data, peer):
+                return
+            reply_to = self._stamp_via(msg, peer)
             self.tl.receive_request(msg, reply_to, now)
         self._drain()
+
+    def _forward(self, msg: Request | Response, data: bytes, peer: Peer) -> bool:
+        """Hand `msg` to the worker owning its state (vivait_sip/workers.py); False: ours."""
+        cluster = self.cluster
+        assert cluster is not None
+        try:
+            key = owner_key(msg)
+        except SipParseError:
+            return False  # answered (400) here, where it arrived
+        owner = cluster.owner(key)
+        if owner == cluster.index:
+            return False
+        self.counters["forwarded_to_worker"] += 1
+        cluster.forward(owner, data, peer)
+        return True
 
     def _stamp_via(self, req: Request, peer: Peer) -> Peer:
         """Add `received`/`rport` to the top Via (RFC 3261 §18.2.1, RFC 3581) and return
@@ -365,8 +395,18 @@ class SipCore:
 
 
 def stateless_tag(req: Request) -> str:
-    """A To tag that is the same for every retransmission of `req` (same branch, Call-ID)."""
-    return f"s{hash((req.top_via.branch, req.call_id, req.cseq.number)) & 0xFFFFFFFFFFFF:x}"
+    """A To tag that is the same for every retransmission of `req` (same branch, Call-ID),
+    in every worker process (crc32, not the per-process salted hash())."""
+    key = f"{req.top_via.branch}\x00{req.call_id}\x00{req.cseq.number}".encode("utf-8", "surrogateescape")
+    return f"s{zlib.crc32(key):x}{zlib.adler32(key):x}"
+
+
+def owner_key(msg: Request | Response) -> str:
+    """What decides which worker owns a message: a REGISTER's AOR (bindings live with
+    their AOR), otherwise the Call-ID (a dialog's transactions meet in one worker)."""
+    if isinstance(msg, Request) and msg.method == "REGISTER":
+        return msg.to.uri.aor
+    return msg.call_id
 
 
 def _reason_for(exc: SipParseError) -> str:

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 import vivait_sip.registrar.cli  # noqa: F401  (registers the commands)
 from vivait_sip import cli
-from vivait_sip.registrar.admin import add_routes
+from vivait_sip.registrar.admin import add_routes, list_bindings, remove_bindings
 from vivait_sip.registrar.digest import Algorithm, ha1
 from vivait_sip.registrar.location import Binding, LocationService
 from vivait_sip.registrar.users import UserDirectory
@@ -307,6 +307,12 @@ class RegistrarStandIn:
     def reload_users(self) -> int:
         self.users.load(self.store.list_users())
         return len(self.users)
+
+    async def registrations(self, aor: str | None) -> list[dict[str, object]]:
+        return list_bindings(self.location, aor)
+
+    async def unregister(self, aor: str) -> int:
+        return remove_bindings(self.location, aor)
 
 
 @pytest.fixture

@@ -35,11 +35,26 @@ class RegistrarLike(Protocol):
 
     def reload_users(self) -> int: ...
 
+    async def registrations(self, aor: str | None) -> list[dict[str, object]]: ...
 
-def _matching_aors(location: LocationService, aor: str) -> list[str]:
+    async def unregister(self, aor: str) -> int: ...
+
+
+def matching_aors(location: LocationService, aor: str) -> list[str]:
     if ":" not in aor and "@" not in aor:
         return [a for a in location.all_aors() if a.startswith(f"sip:{aor}@")]
     return [parse_uri(aor).aor]
+
+
+def list_bindings(location: LocationService, aor: str | None) -> list[dict[str, object]]:
+    """This process's bindings as JSON rows, sorted by AOR (`aor` as `matching_aors` takes it)."""
+    now = location.clock()
+    names = sorted(location.all_aors()) if aor is None else sorted(matching_aors(location, aor))
+    return [binding_json(b, now) for name in names for b in location.bindings(name, now)]
+
+
+def remove_bindings(location: LocationService, aor: str) -> int:
+    return sum(location.remove_aor(name) for name in matching_aors(location, aor))
 
 
 def binding_json(binding: Binding, now: float) -> dict[str, object]:
@@ -61,7 +76,8 @@ def binding_json(binding: Binding, now: float) -> dict[str, object]:
 def add_routes(app: web.Application, registrar: RegistrarLike) -> None:
     """Register the registrar's admin routes on `app`."""
 
-    def aors(request: web.Request, required: bool) -> list[str] | None:
+    def aor_query(request: web.Request, required: bool) -> str | None:
+        """The `aor` parameter, checked here so a bad one is a 400, not a worker error."""
         aor = request.query.get("aor", "").strip()
         if not aor:
             if required:
@@ -70,24 +86,21 @@ def add_routes(app: web.Application, registrar: RegistrarLike) -> None:
                 )
             return None
         try:
-            return _matching_aors(registrar.location, aor)
+            matching_aors(registrar.location, aor)
         except SipParseError:
             raise web.HTTPBadRequest(
                 text='{"error": "aor is not a SIP URI"}', content_type="application/json"
             ) from None
+        return aor
 
     async def list_registrations(request: web.Request) -> web.Response:
-        location = registrar.location
-        now = location.clock()
-        selected = aors(request, required=False)
-        names = sorted(location.all_aors()) if selected is None else sorted(selected)
-        out = [binding_json(b, now) for aor in names for b in location.bindings(aor, now)]
+        out = await registrar.registrations(aor_query(request, required=False))
         return web.json_response({"registrations": out, "count": len(out)})
 
     async def unregister(request: web.Request) -> web.Response:
-        selected = aors(request, required=True) or []
-        removed = sum(registrar.location.remove_aor(aor) for aor in selected)
-        return web.json_response({"removed": removed})
+        aor = aor_query(request, required=True)
+        assert aor is not None
+        return web.json_response({"removed": await registrar.unregister(aor)})
 
     async def list_users(request: web.Request) -> web.Response:
         users = [u.public() for u in registrar.users.all()]

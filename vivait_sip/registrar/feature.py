@@ -30,7 +30,7 @@ from ..sip.peer import Peer
 from ..store import Store
 from ..transport.manager import MessageHandler
 from . import cli as _registrar_cli  # noqa: F401  (registers the user/ctl commands)
-from .admin import add_routes
+from .admin import add_routes, list_bindings, remove_bindings
 from .config import RegistrarConfig, UserConfig
 from .digest import Algorithm, Authenticator, NonceManager
 from .guard import CallGuard
@@ -57,9 +57,9 @@ class RegistrarFeature:
         self.location = LocationService(self.store)
         self.monitor = SecurityMonitor(config.security)
         settings = config.registrar
-        self.nonces = NonceManager(
-            secrets.token_bytes(32), settings.nonce_lifetime_s, time.time, random_bytes=unique_bytes
-        )
+        # Worker processes share one nonce secret: a challenge from one verifies in another.
+        secret = app.cluster.secret if app.cluster is not None else secrets.token_bytes(32)
+        self.nonces = NonceManager(secret, settings.nonce_lifetime_s, time.time, random_bytes=unique_bytes)
         self.authenticator = Authenticator(
             self.realm,
             self.nonces,
@@ -94,16 +94,26 @@ class RegistrarFeature:
 
     def reload_users(self) -> int:
         """Config users replace the store's config-managed ones (a CLI user with the same
-        number is overwritten: config wins); the directory is then the whole store."""
-        self.store.replace_config_users(self._config_users(self.app.config.registrar))
+        number is overwritten: config wins); the directory is then the whole store.
+
+        With worker processes, worker 0 writes the store and the others then read it.
+        """
+        app = self.app
+        if app.is_primary:
+            self.store.replace_config_users(self._config_users(app.config.registrar))
         self.users.load(self.store.list_users())
+        if app.cluster is not None and app.cluster.is_primary:
+            app.cluster.broadcast("registrar_reload_users")
         return len(self.users)
 
     # ---- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
         app = self.app
         count = self.reload_users()
-        self.location.load()
+        cluster = app.cluster
+        self.location.load(None if cluster is None else cluster.owns)
+        if cluster is not None:
+            self._wire_cluster()
         settings = app.config.registrar
         self._task = asyncio.get_running_loop().create_task(
             self.location.start(settings.flush_interval_ms / 1000, settings.purge_interval_s)
@@ -122,13 +132,14 @@ class RegistrarFeature:
         def connection_lost(peer: Peer) -> None:
             previous_lost(peer)
             if peer.conn_id is not None:
-                removed = self.location.remove_flow(peer.conn_id)
-                if removed:
-                    log.info("event=flow_failed peer=%s bindings_removed=%d", peer, removed)
+                self._flow_failed(peer.conn_id, str(peer))
+                if cluster is not None:
+                    cluster.broadcast("registrar_flow_lost", conn_id=peer.conn_id, peer=str(peer))
 
         app.transports.on_connection_lost = connection_lost
         app.stop_hooks.append(self.stop)
         app.reload_hooks.append(self.reload)
+        app.status_merges.append(_merge_status)
         app.features.append(self)
         for number, password in self._demo_passwords.items():
             app.banner.append(
@@ -136,6 +147,64 @@ class RegistrarFeature:
                 f"(register sip:{number}@127.0.0.1, auth user {number}, realm {self.realm})"
             )
         log.info("event=registrar_started users=%d bindings=%d realm=%s", count, self.location.count(), self.realm)
+
+    def _flow_failed(self, conn_id: int, peer: str) -> None:
+        removed = self.location.remove_flow(conn_id)
+        if removed:
+            log.info("event=flow_failed peer=%s bindings_removed=%d", peer, removed)
+
+    def _wire_cluster(self) -> None:
+        """Events and calls between worker processes (vivait_sip/workers.py)."""
+        cluster = self.app.cluster
+        assert cluster is not None
+        monitor = self.monitor
+        cluster.on_event("registrar_flow_lost", lambda a: self._flow_failed(int(a["conn_id"]), str(a["peer"])))
+        cluster.on_call("registrar_bindings", lambda a: self.local_registrations(a.get("aor")))
+        cluster.on_call("registrar_unregister", lambda a: self.local_unregister(str(a["aor"])))
+        cluster.on_call("registrar_counts", lambda a: {"bindings": self.location.count(), "aors": len(self.location.all_aors())})
+        if cluster.is_primary:
+            cluster.on_event("registrar_auth_failure", lambda a: monitor.record_failure(str(a["source"]), a.get("user")))
+            monitor.on_ban = lambda ip, seconds: cluster.broadcast("registrar_ban", source=ip, seconds=seconds)
+            monitor.on_unban = lambda ip: cluster.broadcast("registrar_unban", source=ip)
+        else:
+            monitor.failure_sink = lambda ip, user: cluster.emit(0, "registrar_auth_failure", source=ip, user=user)
+            cluster.on_event("registrar_ban", lambda a: monitor.apply_ban(str(a["source"]), float(a["seconds"])))
+            cluster.on_event("registrar_unban", lambda a: monitor.lift_ban(str(a["source"])))
+            cluster.on_event("registrar_reload_users", lambda a: self.users.load(self.store.list_users()))
+
+    # ---- admin: every worker's bindings ------------------------------------------------
+    def local_registrations(self, aor: str | None) -> list[dict[str, object]]:
+        return list_bindings(self.location, aor)
+
+    def local_unregister(self, aor: str) -> int:
+        return remove_bindings(self.location, aor)
+
+    async def registrations(self, aor: str | None) -> list[dict[str, object]]:
+        """Bindings of every worker, sorted by AOR (`aor` as `list_bindings` takes it)."""
+        found = self.local_registrations(aor)
+        cluster = self.app.cluster
+        if cluster is not None:
+            for part in await cluster.call_all("registrar_bindings", aor=aor):
+                found.extend(part)
+            found.sort(key=lambda b: str(b["aor"]))
+        return found
+
+    async def unregister(self, aor: str) -> int:
+        removed = self.local_unregister(aor)
+        cluster = self.app.cluster
+        if cluster is not None:
+            removed += sum(int(n) for n in await cluster.call_all("registrar_unregister", aor=aor))
+        return removed
+
+    async def counts(self) -> dict[str, int]:
+        """Bindings and registered AORs in all workers."""
+        totals = {"bindings": self.location.count(), "aors": len(self.location.all_aors())}
+        cluster = self.app.cluster
+        if cluster is not None:
+            for part in await cluster.call_all("registrar_counts"):
+                totals["bindings"] += int(part["bindings"])
+                totals["aors"] += int(part["aors"])
+        return totals
 
     def _ban_filter(self, inner: MessageHandler) -> MessageHandler:
         """Banned sources get a stateless 403 before any parsing or transaction state."""
@@ -186,6 +255,18 @@ class RegistrarFeature:
                 **self.monitor.status(),
             }
         }
+
+
+def _merge_status(out: dict[str, object], workers: list[dict[str, object]]) -> None:
+    """Bindings are partitioned between workers: the totals are sums (the rest is worker 0's)."""
+    mine = out.get("registrar")
+    if not isinstance(mine, dict):
+        return
+    for part in workers:
+        theirs = part.get("registrar")
+        if isinstance(theirs, dict):
+            for key in ("bindings", "registered_aors"):
+                mine[key] = int(mine.get(key, 0)) + int(theirs.get(key, 0))
 
 
 _unique_base = int.from_bytes(secrets.token_bytes(16), "big")

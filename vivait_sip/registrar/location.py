@@ -216,8 +216,11 @@ class LocationService:
                 del self._flows[conn_id]
 
     # ---- persistence ------------------------------------------------------------------
-    def load(self) -> int:
-        """Replace the memory with the store's unexpired bindings; returns how many."""
+    def load(self, owns: Callable[[str], bool] | None = None) -> int:
+        """Replace the memory with the store's unexpired bindings; returns how many.
+
+        `owns(aor)`: with several worker processes, each loads only the AORs it owns.
+        """
         self._aors.clear()
         self._flows.clear()
         self._dirty.clear()
@@ -227,6 +230,8 @@ class LocationService:
         now = self.clock()
         stale: list[tuple[str, str]] = []
         for binding in self.store.load_bindings():
+            if owns is not None and not owns(binding.aor):
+                continue
             binding.conn_id = None  # connections do not survive a restart
             if binding.expires_at <= now:
                 stale.append((binding.aor, binding.key_text()))

@@ -77,6 +77,11 @@ class SecurityMonitor:
         self._bans: dict[str, float] = {}  # ip -> monotonic end of ban
         self.bans_total = 0
         self.failures_total = 0
+        # Worker processes (vivait_sip/workers.py): failures are counted in worker 0 only,
+        # which tells the others about the bans it decides.
+        self.failure_sink: Callable[[str, str | None], None] | None = None
+        self.on_ban: Callable[[str, float], None] = lambda ip, seconds: None
+        self.on_unban: Callable[[str], None] = lambda ip: None
         self.reconfigure(config)
 
     def reconfigure(self, config: SecurityConfig) -> None:
@@ -100,6 +105,9 @@ class SecurityMonitor:
 
     def record_failure(self, ip: str, username: str | None) -> None:
         """One failed authentication from `ip` claiming `username`."""
+        if self.failure_sink is not None:
+            self.failure_sink(ip, username)
+            return
         now = self._clock()
         self.failures_total += 1
         if username:
@@ -131,6 +139,15 @@ class SecurityMonitor:
                 wall_until.isoformat(timespec="seconds"),
             )
             del self._ip_failures[ip]
+            self.on_ban(ip, self.config.ban_duration_s)
+
+    def apply_ban(self, ip: str, seconds: float) -> None:
+        """A ban decided by another worker: enforce it here too (logged where decided)."""
+        self._bans[ip] = self._clock() + seconds
+
+    def lift_ban(self, ip: str) -> None:
+        """An operator's unban, relayed from worker 0."""
+        self._bans.pop(ip, None)
 
     def _prune(self, now: float) -> None:
         cutoff = now - self.config.ban_window_s
@@ -142,6 +159,7 @@ class SecurityMonitor:
         self._ip_failures.pop(ip, None)
         if self._bans.pop(ip, None) is None:
             return False
+        self.on_unban(ip)
         log.warning("event=auth_unban source=%s by=operator", ip)
         return True
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -199,6 +200,26 @@ class TransportManager:
         if self._reaper is None:
             self._reaper = asyncio.get_running_loop().create_task(self._reap_idle())
         return real
+
+    async def adopt_udp(self, listener: Listener, fd: int) -> None:
+        """Serve an inherited, already bound UDP socket (worker processes share them)."""
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        _, proto = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: _UdpProtocol(self, listener), sock=sock
+        )
+        self._udp[(listener.host, listener.port)] = proto
+        if self._default_udp is None:
+            self._default_udp = proto
+        self.listeners.append(listener)
+
+    def udp_sockets(self) -> list[tuple[str, int, int]]:
+        """(host, port, fd) of every UDP listener, for worker processes to inherit."""
+        out = []
+        for (host, port), proto in self._udp.items():
+            if proto.transport is not None:
+                out.append((host, port, int(proto.transport.get_extra_info("socket").fileno())))
+        return out
 
     def add_listener_record(self, listener: Listener) -> None:
         """Record a listener served elsewhere (ws/wss on the HTTP server)."""
