@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
+import hashlib
+import hmac
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from vivait_sip.registrar import digest
 from vivait_sip.registrar.digest import (
     Algorithm,
     Authenticator,
@@ -184,6 +188,23 @@ class TestParsing:
         assert [parse_challenge(v).algorithm for v in values] == ["SHA-256", "MD5"]
         assert "stale" not in values[0]
 
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            ("MD5", Algorithm.MD5),
+            ("md5", Algorithm.MD5),
+            ("sha-256", Algorithm.SHA256),
+            ("SHA-256", Algorithm.SHA256),
+            ("SHA-256-sess", None),
+            ("SHA256", None),
+            ("", None),
+            ("MD5 ", None),
+            ("\uff2d\uff245", None),  # fullwidth "MD5"
+        ],
+    )
+    def test_algorithm_parse(self, text: str, expected: Algorithm | None) -> None:
+        assert Algorithm.parse(text) is expected
+
     def test_challenge_without_qop(self) -> None:
         value = build_challenge(REALM, "n", Algorithm.MD5, qop=None)
         assert parse_challenge(value).qop == ()
@@ -250,6 +271,224 @@ class TestParsing:
             parse_credentials(value)
 
 
+# --- the regex fast path agrees with the exact parser -------------------------
+
+
+def exact_outcome(value: str) -> dict[str, str] | str:
+    """The reference parser's result, or its error message."""
+    try:
+        return digest._parse_params_exact(value)
+    except DigestParseError as exc:
+        return f"DigestParseError: {exc}"
+
+
+def assert_fast_agrees(value: str) -> dict[str, str] | None:
+    """The fast path says nothing or says what the exact parser says; and so does the API."""
+    fast = digest._parse_params_fast(value)
+    expected = exact_outcome(value)
+    if fast is not None:
+        assert fast == expected
+        assert list(fast) == list(expected)  # same insertion order too
+    try:
+        actual: dict[str, str] | str = digest._parse_params(value)
+    except DigestParseError as exc:
+        actual = f"DigestParseError: {exc}"
+    assert actual == expected
+    return fast
+
+
+SIPP_VALUE = (
+    'Digest username="100000",realm="127.0.0.1",uri="sip:127.0.0.1:5160",'
+    'nonce="AAABjK6cW3s5Yf0x1n7qH2xkQJ9l2wD8oPqRsTuVwXyZ0123456789",'
+    'response="0123456789abcdef0123456789abcdef",algorithm=MD5'
+)
+BARESIP_VALUE = (
+    'Digest username="alice",realm="sip.example.com",nonce="abc",uri="sip:sip.example.com",'
+    'response="0123456789abcdef0123456789abcdef",algorithm=MD5,cnonce="4c2b1e5d9a0f7e31",'
+    "qop=auth,nc=00000001"
+)
+
+_TOKEN_ALPHABET = "abcXYZ019-.!%*_+`'~"
+
+
+def choice(
+    good: st.SearchStrategy[str], bad: st.SearchStrategy[str]
+) -> tuple[st.SearchStrategy[str], st.SearchStrategy[str]]:
+    """(what a well-formed value is made of, that or something irregular)."""
+    return good, st.one_of(good, bad)
+
+
+_names = choice(
+    st.one_of(
+        st.sampled_from(["username", "realm", "nonce", "uri", "response", "qop", "nc", "cnonce"]),
+        st.text(alphabet=_TOKEN_ALPHABET, min_size=1, max_size=6),
+    ),
+    st.text(max_size=3),  # mostly not a token
+)
+_good_text = st.text(alphabet='abc é,=; \t"\\\udc80', max_size=10)
+_any_text = st.text(alphabet='abc é,"\\\udc80\ud800', max_size=10)
+_values = choice(
+    st.one_of(
+        st.text(alphabet=_TOKEN_ALPHABET, min_size=1, max_size=8),
+        # a quoted-string with every quote and backslash escaped
+        _good_text.map(lambda t: '"' + t.replace("\\", "\\\\").replace('"', '\\"') + '"'),
+    ),
+    st.one_of(_any_text.map(lambda t: '"' + t + '"'), _any_text),  # raw, maybe cut short
+)
+_ows = choice(st.sampled_from(["", " ", "\t", "  \t"]), st.sampled_from(["\x0b", "\xa0"]))
+_separators = choice(
+    st.sampled_from([",", ", ", " ,", ",,", ", ,\t,", "\t,  "]),
+    st.sampled_from([" ", "", ";", "=", '"']),
+)
+_schemes = choice(
+    st.sampled_from(["Digest ", "digest\t", "DIGEST  ", " \tDigest "]),
+    st.sampled_from(["Digest", "Basic ", "Digestx ", "Digest,", ""]),
+)
+
+
+@st.composite
+def digest_values(draw: st.DrawFn) -> str:
+    """Digest header values: about half well-formed, the rest subtly or grossly not."""
+    which = 1 if draw(st.booleans()) else 0  # 0: only well-formed parts
+
+    def part(strategies: tuple[st.SearchStrategy[str], st.SearchStrategy[str]]) -> str:
+        return draw(strategies[which])
+
+    parts = [part(_schemes)]
+    if draw(st.booleans()):
+        parts.append(part(_separators))
+    names: set[str] = set()
+    for index in range(draw(st.integers(min_value=0, max_value=6))):
+        if index:
+            parts.append(part(_separators))
+        name = part(_names)
+        if not which and name.lower() in names:
+            continue  # a duplicate is irregular
+        names.add(name.lower())
+        parts += [name, part(_ows), "=", part(_ows), part(_values), part(_ows)]
+    if draw(st.booleans()):
+        parts.append(part(_separators))
+    value = "".join(parts)
+    if which and value and draw(st.booleans()):  # one stray character
+        at = draw(st.integers(min_value=0, max_value=len(value)))
+        value = value[:at] + draw(st.sampled_from('"\\,= \t\r\n\x00é\udcff\ud800x')) + value[at:]
+    return value
+
+
+class TestFastParser:
+    @pytest.mark.parametrize("value", [SIPP_VALUE, BARESIP_VALUE])
+    def test_realistic_values_take_the_fast_path(self, value: str) -> None:
+        assert assert_fast_agrees(value) is not None
+
+    def test_client_response_takes_the_fast_path(self) -> None:
+        challenge = parse_challenge(RFC7616_CHALLENGE.format(alg="MD5"))
+        value = client_response(challenge, "GET", "/dir", "Mufasa", "pw", cnonce=RFC7616_CNONCE)
+        assert assert_fast_agrees(value) is not None
+
+    @pytest.mark.parametrize(
+        ("value", "expected"),
+        [
+            ('Digest a="x\\"y"', {"a": 'x"y'}),  # escaped quote
+            ('Digest a="x\\\\"', {"a": "x\\"}),  # escaped backslash before the closing quote
+            ('Digest a="\\a\\b"', {"a": "ab"}),  # any character may be escaped
+            ('Digest a="c,n", b="d=e"', {"a": "c,n", "b": "d=e"}),  # commas inside quotes
+            ("Digest ,, a=1 ,,, b=2,,", {"a": "1", "b": "2"}),  # empty list elements
+            ("Digest a = 1,b\t=\t2", {"a": "1", "b": "2"}),  # whitespace around '='
+            ('  dIgEsT\ta=""', {"a": ""}),  # leading space, scheme case, empty quoted
+            ('Digest A=1, b="é ü"', {"a": "1", "b": "é ü"}),  # non-ASCII but encodable
+            ('Digest a="\udcff"', {"a": "\udcff"}),  # surrogateescape'd byte
+        ],
+    )
+    def test_edge_cases_take_the_fast_path(self, value: str, expected: dict[str, str]) -> None:
+        assert assert_fast_agrees(value) == expected
+
+    @pytest.mark.parametrize(
+        ("value", "message"),
+        [
+            ("Digest a=1, A=2", "duplicate parameter 'a'"),
+            ('Digest a="1", b=2, a="1"', "duplicate parameter 'a'"),
+            ('Digest a="\ud800"', "not encodable as UTF-8"),  # lone surrogate
+            ('Digest a="x\\', "unterminated"),
+            ('Digest a="x\\"', "unterminated"),
+            ("Digest a=1 b=2", "expected ','"),
+            ("Digest a=1;b=2", "expected ','"),
+            ("Digest a==1", "expected value"),
+            ('Digest a="1"x', "expected ','"),
+            ("Digest ,,", "without parameters"),
+            ("Digest\t", "without parameters"),
+            ("Digest,a=1", "followed by whitespace"),
+            ("Digestive a=1", "unsupported auth scheme 'Digestive'"),
+            ('Digest a="x\ny"', "CR, LF or NUL"),
+            ('Digest a="x\x00"', "CR, LF or NUL"),
+            ("Digest a=1\r", "CR, LF or NUL"),
+            ("Digest a=\u00e9", "expected value"),
+            ("Digest \u00e9=1", "parameter name"),
+        ],
+    )
+    def test_irregular_values_fall_back_to_the_exact_errors(self, value: str, message: str) -> None:
+        assert digest._parse_params_fast(value) is None
+        assert_fast_agrees(value)
+        with pytest.raises(DigestParseError, match=message):
+            parse_credentials(value)
+
+    @given(digest_values())
+    def test_fast_path_agrees_on_generated_values(self, value: str) -> None:
+        assert_fast_agrees(value)
+
+    @given(st.text(alphabet='Digest a=b,"\\ \t\r\x00é\ud800', max_size=40))
+    def test_fast_path_agrees_on_arbitrary_text(self, value: str) -> None:
+        assert_fast_agrees(value)
+
+    @given(
+        st.lists(
+            st.tuples(
+                st.text(alphabet=_TOKEN_ALPHABET, min_size=1, max_size=6),
+                st.text(max_size=12),
+                st.booleans(),
+            ),
+            min_size=1,
+            max_size=8,
+            unique_by=lambda item: item[0].lower(),
+        ),
+        st.sampled_from([",", ", ", " , ", ",,"]),
+    )
+    def test_well_formed_lists_take_the_fast_path(
+        self, params: list[tuple[str, str, bool]], separator: str
+    ) -> None:
+        """Every well-formed list with a clean value parses fast, to the quoted text."""
+        items = []
+        for name, text, quote in params:
+            text = text.replace("\r", "").replace("\n", "").replace("\x00", "")
+            if quote or not text or not digest._TOKEN_RE.fullmatch(text):
+                text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            items.append(f"{name}={text}")
+        value = "Digest " + separator.join(items)
+        try:
+            value.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            assert assert_fast_agrees(value) is None
+            return
+        assert assert_fast_agrees(value) is not None
+        # The same list with one name repeated (in another case) is still refused.
+        name = params[-1][0].swapcase()
+        duplicated = f"{value}{separator}{name}=x"
+        assert assert_fast_agrees(duplicated) is None
+        with pytest.raises(DigestParseError, match="duplicate parameter"):
+            digest._parse_params(duplicated)
+
+    @pytest.mark.parametrize(
+        "value",
+        [
+            "Digest " + "a=b," * 20000 + "!",
+            "Digest " + "," * 50000 + "!",
+            'Digest a="' + "\\a" * 50000,
+            "Digest a=b" + ", ," * 50000 + "=",
+        ],
+    )
+    def test_long_malformed_values_are_rejected_quickly(self, value: str) -> None:
+        assert digest._parse_params_fast(value) is None
+
+
 class TestNonceManager:
     def test_fresh_nonce_is_valid_and_unique(self) -> None:
         nonces = make_nonces(FakeClock())
@@ -295,6 +534,72 @@ class TestNonceManager:
             NonceManager(b"short", LIFETIME, FakeClock())
         with pytest.raises(ValueError, match="positive"):
             NonceManager(SECRET, 0, FakeClock())
+
+    def test_nonce_layout_is_time_random_and_truncated_hmac(self) -> None:
+        clock = FakeClock()
+        nonces = NonceManager(SECRET, LIFETIME, clock, random_bytes=lambda n: b"\x07" * n)
+        nonce = nonces.issue()
+        assert len(nonce) == 54 and "=" not in nonce
+        raw = base64.urlsafe_b64decode(nonce + "==")
+        payload = int(clock.now * 1000).to_bytes(8, "big") + b"\x07" * 16
+        mac = hmac.new(SECRET, b"vivait-sip digest nonce v1" + payload, hashlib.sha256).digest()
+        assert raw == payload + mac[:16]
+        # A secret longer than a SHA-256 block is hashed first, as HMAC does.
+        long_secret = bytes(range(100))
+        other = NonceManager(long_secret, LIFETIME, clock, random_bytes=lambda n: b"\x07" * n)
+        raw = base64.urlsafe_b64decode(other.issue() + "==")
+        long_mac = hmac.new(long_secret, b"vivait-sip digest nonce v1" + payload, hashlib.sha256)
+        assert raw[-16:] == long_mac.digest()[:16]
+
+    def test_non_canonical_spelling_of_a_genuine_nonce_is_invalid(self) -> None:
+        nonces = make_nonces(FakeClock())
+        nonce = nonces.issue()
+        assert nonces.validate(nonce) is NonceStatus.VALID
+        # The last character carries 2 bits; the 4 unused ones must be zero.
+        alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+        last = alphabet.index(nonce[-1])
+        for spare in range(1, 16):
+            respelt = nonce[:-1] + alphabet[last | spare]
+            assert base64.urlsafe_b64decode(respelt + "==") == base64.urlsafe_b64decode(
+                nonce + "=="
+            )
+            assert nonces.validate(respelt) is NonceStatus.INVALID
+        assert nonces.validate(nonce + "=") is NonceStatus.INVALID
+        assert nonces.validate(nonce[:-1]) is NonceStatus.INVALID
+
+    def test_decoded_once_per_request_but_never_trusted_by_content(self) -> None:
+        clock = FakeClock()
+        nonces = make_nonces(clock)
+        macs = 0
+        real_mac = nonces._mac
+
+        def counting_mac(payload: bytes) -> bytes:
+            nonlocal macs
+            macs += 1
+            return real_mac(payload)
+
+        nonces._mac = counting_mac  # type: ignore[method-assign]
+        nonce = nonces.issue()
+        macs = 0
+        # What AuthGate and Authenticator do with one request's nonce string.
+        assert nonces.validate(nonce) is NonceStatus.VALID
+        assert nonces.validate(nonce) is NonceStatus.VALID
+        assert nonces.check_nc(nonce, 1) is NonceStatus.VALID
+        assert macs == 1
+        # An equal string from another request is checked afresh, with the same answers.
+        copy = "".join(list(nonce))
+        assert copy is not nonce
+        assert nonces.check_nc(copy, 1) is NonceStatus.INVALID
+        assert nonces.check_nc(copy, 2) is NonceStatus.VALID
+        assert macs == 2
+        # Remembering a genuine nonce never vouches for another, or for another secret's.
+        tampered = nonce[:10] + ("A" if nonce[10] != "A" else "B") + nonce[11:]
+        assert nonces.validate(tampered) is NonceStatus.INVALID
+        other = NonceManager(b"another-secret-of-16+bytes", LIFETIME, clock)
+        assert other.validate(nonce) is NonceStatus.INVALID
+        assert nonces.validate(nonce) is NonceStatus.VALID
+        clock.now += LIFETIME + 1
+        assert nonces.validate(nonce) is NonceStatus.STALE  # the time check is not cached
 
     def test_nc_must_increase(self) -> None:
         nonces = make_nonces(FakeClock())
@@ -392,6 +697,37 @@ class TestAuthenticator:
 
     def test_unknown_user_fails_even_with_dummy_like_input(self, auth: Authenticator) -> None:
         assert auth.authenticate("REGISTER", self.login(auth, username="")) is AuthOutcome.FAILED
+
+    @pytest.mark.parametrize(
+        ("realm", "opaque", "algorithms"),
+        [
+            (REALM, None, (Algorithm.SHA256, Algorithm.MD5)),
+            ('we"ird\\realm', "op-1", (Algorithm.MD5,)),
+            ("", "", (Algorithm.MD5, Algorithm.SHA256)),
+        ],
+    )
+    def test_challenges_are_build_challenges(
+        self,
+        clock: FakeClock,
+        realm: str,
+        opaque: str | None,
+        algorithms: tuple[Algorithm, ...],
+    ) -> None:
+        nonces = make_nonces(clock)
+        auth = Authenticator(realm, nonces, lookup, algorithms=algorithms, opaque=opaque)
+        # The first call per stale flag builds the text around the nonce; later ones reuse it.
+        for stale in (False, True, False, True):
+            values = auth.challenges(stale=stale)
+            nonce = parse_challenge(values[0]).nonce
+            assert nonces.validate(nonce) is NonceStatus.VALID
+            assert values == build_challenges(
+                realm, nonce, stale=stale, opaque=opaque, algorithms=algorithms
+            )
+
+    def test_challenges_refuse_header_injection(self, clock: FakeClock) -> None:
+        auth = Authenticator("evil\r\nVia: x", make_nonces(clock), lookup)
+        with pytest.raises(ValueError, match="CR, LF"):
+            auth.challenges()
 
     def test_stale_nonce_with_right_password_is_stale(
         self, auth: Authenticator, clock: FakeClock

@@ -51,13 +51,12 @@ class Algorithm(StrEnum):
     @classmethod
     def parse(cls, value: str) -> Algorithm | None:
         """Case-insensitive lookup (RFC 7616 §3.3); None if unsupported."""
-        for algorithm in cls:
-            if algorithm.value.lower() == value.lower():
-                return algorithm
-        return None
+        return _ALGORITHMS_BY_LOWER.get(value.lower())
 
 
-_HASH_NAMES = {Algorithm.MD5: "md5", Algorithm.SHA256: "sha256"}
+_ALGORITHMS_BY_LOWER = {algorithm.value.lower(): algorithm for algorithm in Algorithm}
+# The constructors themselves: hashlib.new(name) looks the name up on every call.
+_HASHES = {Algorithm.MD5: hashlib.md5, Algorithm.SHA256: hashlib.sha256}
 
 
 def _encode(text: str) -> bytes:
@@ -66,7 +65,7 @@ def _encode(text: str) -> bytes:
 
 
 def _hash(algorithm: Algorithm, text: str) -> str:
-    return hashlib.new(_HASH_NAMES[algorithm], _encode(text)).hexdigest()
+    return _HASHES[algorithm](_encode(text)).hexdigest()
 
 
 def ha1(algorithm: Algorithm, username: str, realm: str, password: str) -> str:
@@ -93,7 +92,8 @@ def _response(
 
 # --- header parsing --------------------------------------------------------
 
-_TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+_TOKEN_CHAR = r"[A-Za-z0-9\-.!%*_+`'~]"
+_TOKEN_RE = re.compile(_TOKEN_CHAR + "+")
 _WS = " \t"
 _NC_RE = re.compile(r"[0-9a-fA-F]{8}")
 
@@ -159,8 +159,12 @@ def _read_quoted(text: str, pos: int) -> tuple[str, int]:
     raise DigestParseError("unterminated quoted-string")
 
 
-def _parse_params(value: str) -> dict[str, str]:
-    """Parse ``Digest k=v, k="v", ...`` into lower-cased names -> values."""
+def _parse_params_exact(value: str) -> dict[str, str]:
+    """Parse ``Digest k=v, k="v", ...`` character by character; the reference parser.
+
+    Decides every input, and words every error; `_parse_params_fast` only
+    short-cuts the well-formed values it is sure of.
+    """
     if any(c in value for c in "\r\n\x00"):
         raise DigestParseError("header value contains CR, LF or NUL")
     try:
@@ -200,6 +204,62 @@ def _parse_params(value: str) -> dict[str, str]:
     if not params:
         raise DigestParseError("Digest without parameters")
     return params
+
+
+# The whole of a well-formed value, as `_parse_params_exact` reads it: the scheme and
+# whitespace, then name=value (token or quoted-string) parameters separated by commas, with
+# optional whitespace and empty list elements.  No part of it can match CR, LF or NUL.
+# Every quantifier is possessive and every choice is decided by one character, so a
+# value that does not match fails in linear time.
+_OWS = r"[ \t]*+"
+_TOKEN = _TOKEN_CHAR + "++"
+_QUOTED = r'"(?:[^"\\\r\n\x00]++|\\[^\r\n\x00])*+"'
+_PARAM = rf"{_TOKEN}{_OWS}={_OWS}(?:{_QUOTED}|{_TOKEN}){_OWS}"
+_SEP = rf"(?:,{_OWS})"
+_FAST_RE = re.compile(
+    rf"({_OWS}[Dd][Ii][Gg][Ee][Ss][Tt])[ \t]++"  # group 1: up to where the parameters start
+    rf"{_SEP}*+{_PARAM}(?:{_SEP}++(?:{_PARAM})?)*+"
+)
+# One parameter; in a value `_FAST_RE` accepted, `findall` finds exactly its parameters.
+_FAST_PARAM_RE = re.compile(
+    rf'({_TOKEN}){_OWS}={_OWS}(?:"((?:[^"\\]++|\\.)*+)"|({_TOKEN}))', re.DOTALL
+)
+_ESCAPED_RE = re.compile(r"\\(.)", re.DOTALL)
+
+
+def _parse_params_fast(value: str) -> dict[str, str] | None:
+    """`_parse_params_exact`'s result for a well-formed value; None when unsure.
+
+    None for anything irregular (malformed, duplicate names, not UTF-8 encodable),
+    which the exact parser then decides, so errors are always its own.
+    """
+    match = _FAST_RE.fullmatch(value)
+    if match is None:
+        return None
+    if not value.isascii():
+        try:
+            _encode(value)
+        except UnicodeEncodeError:
+            return None
+    params: dict[str, str] = {}
+    # Scanning from just after the scheme meets only whitespace, commas and parameters.
+    for name, quoted, token in _FAST_PARAM_RE.findall(value, match.end(1)):
+        key = name.lower()
+        if key in params:
+            return None
+        if token:
+            params[key] = token
+        elif "\\" in quoted:
+            params[key] = _ESCAPED_RE.sub(r"\1", quoted)
+        else:
+            params[key] = quoted
+    return params
+
+
+def _parse_params(value: str) -> dict[str, str]:
+    """Parse ``Digest k=v, k="v", ...`` into lower-cased names -> values."""
+    params = _parse_params_fast(value)
+    return _parse_params_exact(value) if params is None else params
 
 
 def _require(params: dict[str, str], *names: str) -> list[str]:
@@ -377,6 +437,7 @@ _TIME = struct.Struct(">q")
 _RANDOM_BYTES = 16
 _MAC_BYTES = 16
 _NONCE_BYTES = _TIME.size + _RANDOM_BYTES + _MAC_BYTES
+_NONCE_CHARS = -(-_NONCE_BYTES * 4 // 3)  # unpadded base64: the only length that decodes
 _NONCE_RE = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -403,7 +464,6 @@ class NonceManager:
             raise ValueError("nonce secret must be at least 16 bytes")
         if lifetime_s <= 0 or max_tracked <= 0:
             raise ValueError("lifetime_s and max_tracked must be positive")
-        self._secret = secret
         self._lifetime_ms = int(lifetime_s * 1000)
         self._clock = clock
         self._max_tracked = max_tracked
@@ -411,14 +471,20 @@ class NonceManager:
         # nonce payload -> (highest nc seen, expiry in ms); insertion ordered.
         self._counts: OrderedDict[bytes, tuple[int, int]] = OrderedDict()
         self._forgotten_up_to_ms: int | None = None
+        # HMAC state after the key and context; each MAC copies it (hmac.new and
+        # hmac.digest redo the key schedule and, with OpenSSL 3, a digest lookup).
+        self._mac_base = hmac.new(secret, _NONCE_CONTEXT, hashlib.sha256)
+        # The last genuine nonce decoded, by identity: a request's nonce string is
+        # validated, then validated and counted, so it is decoded once, not three times.
+        self._last_decoded: tuple[str, bytes] | None = None
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
 
     def _mac(self, payload: bytes) -> bytes:
-        return hmac.new(self._secret, _NONCE_CONTEXT + payload, hashlib.sha256).digest()[
-            :_MAC_BYTES
-        ]
+        mac = self._mac_base.copy()
+        mac.update(payload)
+        return mac.digest()[:_MAC_BYTES]
 
     def issue(self) -> str:
         """A fresh nonce bound to the current time."""
@@ -428,7 +494,10 @@ class NonceManager:
 
     def _decode(self, nonce: str) -> bytes | None:
         """Payload of a genuine nonce in canonical encoding, else None."""
-        if not _NONCE_RE.fullmatch(nonce):
+        last = self._last_decoded
+        if last is not None and last[0] is nonce:
+            return last[1]
+        if len(nonce) != _NONCE_CHARS or not _NONCE_RE.fullmatch(nonce):
             return None
         try:
             raw = base64.urlsafe_b64decode(nonce + "=" * (-len(nonce) % 4))
@@ -439,7 +508,10 @@ class NonceManager:
         if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != nonce:
             return None  # reject the alternative spellings of the same bytes
         payload, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
-        return payload if hmac.compare_digest(mac, self._mac(payload)) else None
+        if not hmac.compare_digest(mac, self._mac(payload)):
+            return None
+        self._last_decoded = (nonce, payload)
+        return payload
 
     @staticmethod
     def _issued_ms(payload: bytes) -> int:
@@ -541,16 +613,37 @@ class Authenticator:
         self.allow_no_qop = allow_no_qop
         dummy_password = secrets.token_hex(16)
         self._dummy_ha1 = {alg: ha1(alg, "", realm, dummy_password) for alg in Algorithm}
+        # (realm, algorithms, opaque, stale) -> the text around the nonce in each value.
+        self._challenge_parts: dict[
+            tuple[str, tuple[Algorithm, ...], str | None, bool], list[tuple[str, str]]
+        ] = {}
 
     def challenges(self, *, stale: bool = False) -> list[str]:
-        """Fresh ``WWW-Authenticate`` values (one per algorithm, strongest first)."""
-        return build_challenges(
-            self.realm,
-            self.nonces.issue(),
-            stale=stale,
-            opaque=self.opaque,
-            algorithms=self.algorithms,
-        )
+        """Fresh ``WWW-Authenticate`` values (one per algorithm, strongest first).
+
+        Exactly `build_challenges`, with the text around the nonce built once.
+        """
+        nonce = self.nonces.issue()
+        key = (self.realm, self.algorithms, self.opaque, stale)
+        parts = self._challenge_parts.get(key)
+        if parts is None:
+            parts = self._challenge_parts[key] = self._split_challenges(key)
+        quoted = _quote(nonce)
+        return [head + quoted + tail for head, tail in parts]
+
+    @staticmethod
+    def _split_challenges(
+        key: tuple[str, tuple[Algorithm, ...], str | None, bool],
+    ) -> list[tuple[str, str]]:
+        """`build_challenges` for ``key``, cut either side of its (empty) quoted nonce."""
+        realm, algorithms, opaque, stale = key
+        head = f"Digest realm={_quote(realm)}, nonce="
+        parts = []
+        for value in build_challenges(realm, "", stale=stale, opaque=opaque, algorithms=algorithms):
+            if not value.startswith(head + '""'):
+                raise AssertionError(f"unexpected challenge layout {value!r}")
+            parts.append((head, value[len(head) + 2 :]))
+        return parts
 
     def authenticate(
         self, method: str, credentials: DigestCredentials, *, request_uri: str | None = None
