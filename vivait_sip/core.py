@@ -151,6 +151,9 @@ class SipCore:
         datagram = peer.transport in ("udp", "ws", "wss")
         try:
             msg = parse_message(data, datagram=datagram, limits=self.limits)
+            # Another worker's message is handed over before validating: its owner does that.
+            if self.cluster is not None and not forwarded and self._forward(msg, data, peer):
+                return
             if isinstance(msg, Request):
                 validate_request(msg)
             else:
@@ -162,10 +165,7 @@ class SipCore:
             self._reject_malformed(data, peer, exc)
             return
         now = self.clock()
-        cluster = self.cluster
         if isinstance(msg, Response):
-            if cluster is not None and not forwarded and self._forward(msg, data, peer):
-                return
             self.counters["responses_in"] += 1
             self.tl.receive_response(msg, peer, now)
         else:
@@ -180,16 +180,19 @@ class SipCore:
                 # retransmission gets its answer regenerated, same To tag included.
                 self._dispatch(Incoming(msg, None, reply_to, self, stateless_tag(msg)))
                 return
-            if cluster is not None and not forwarded and self._forward(msg, data, peer):
-                return
             reply_to = self._stamp_via(msg, peer)
             self.tl.receive_request(msg, reply_to, now)
         self._drain()
 
     def _forward(self, msg: Request | Response, data: bytes, peer: Peer) -> bool:
-        """Hand `msg` to the worker owning its state (vivait_sip/workers.py); False: ours."""
+        """Hand `msg` to the worker owning its state (vivait_sip/workers.py); False: ours,
+        which includes every request answered statelessly (any worker can)."""
         cluster = self.cluster
         assert cluster is not None
+        if isinstance(msg, Request):
+            stateless = self.stateless_when.get(msg.method)
+            if stateless is not None and stateless(msg, peer):
+                return False
         try:
             key = owner_key(msg)
         except SipParseError:

@@ -818,3 +818,13 @@ class TestAuthenticator:
         assert auth.authenticate("REGISTER", self.login(auth)) is AuthOutcome.OK
         again = self.login(auth, challenge=first, nc=2)
         assert auth.authenticate("REGISTER", again) is AuthOutcome.STALE
+
+
+def test_a_nonce_names_the_worker_that_verifies_it() -> None:
+    nonces = make_nonces(FakeClock())
+    for worker in (0, 1, 7, 255):
+        nonce = nonces.issue(worker)
+        assert nonces.verifier(nonce) == worker
+        assert nonces.validate(nonce) is NonceStatus.VALID
+    assert len({nonces.issue(1) for _ in range(1000)}) == 1000  # still unique
+    assert nonces.verifier("not-a-nonce") is None

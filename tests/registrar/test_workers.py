@@ -252,3 +252,30 @@ def test_sigterm_stops_both_and_a_dead_worker_stops_the_server(tmp_path: Path) -
     assert srv.proc.wait(15) == 1
     srv.collect_output()
     assert any("event=worker_exited index=1" in line for line in srv.output)
+
+
+def call_id_owned_by(worker: int, prefix: str) -> str:
+    return next(f"{prefix}-{n}" for n in range(1000) if owner_index(f"{prefix}-{n}", 2) == worker)
+
+
+def test_a_captured_credential_replayed_with_another_call_id_is_rechallenged(server: Server) -> None:
+    """Nonce-counts live in the worker a nonce was issued for: a replay landing in the
+    other worker is challenged again, as one landing in the same worker always was."""
+    caller = USERS[21]
+    p = Phone(server.sip_port("udp"), caller["number"], caller["password"], algorithm="MD5")
+    try:
+        target = f"sip:{USERS[22]['number']}@127.0.0.1"
+        headers = [("Contact", p.contact())]
+        for worker in (0, 1):
+            p.call_id = call_id_owned_by(worker, f"orig{worker}")
+            first = p.send(p.request("INVITE", target, headers, ruri=target))
+            assert first.status == 407
+            auth = p.authorization("INVITE", target, first)
+            ok = p.send(p.request("INVITE", target, headers, ruri=target, auth=auth))
+            assert ok.status == 480  # authenticated; the callee is not registered
+            for other in (0, 1):
+                p.call_id = call_id_owned_by(other, f"replay{worker}")
+                replay = p.send(p.request("INVITE", target, headers, ruri=target, auth=auth))
+                assert replay.status == 407, (worker, other)
+    finally:
+        p.close()

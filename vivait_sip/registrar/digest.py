@@ -486,9 +486,17 @@ class NonceManager:
         mac.update(payload)
         return mac.digest()[:_MAC_BYTES]
 
-    def issue(self) -> str:
-        """A fresh nonce bound to the current time."""
-        payload = _TIME.pack(self._now_ms()) + self._random_bytes(_RANDOM_BYTES)
+    def issue(self, verifier: int | None = None) -> str:
+        """A fresh nonce bound to the current time.
+
+        `verifier` (0-255) names the worker process that will check it and hold its
+        nonce-count (vivait_sip/workers.py); it replaces the first random byte, the
+        counter in the remaining 15 keeps nonces unique.
+        """
+        random_part = self._random_bytes(_RANDOM_BYTES)
+        if verifier is not None:
+            random_part = bytes((verifier & 0xFF,)) + random_part[1:]
+        payload = _TIME.pack(self._now_ms()) + random_part
         raw = payload + self._mac(payload)
         return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
@@ -517,6 +525,11 @@ class NonceManager:
     def _issued_ms(payload: bytes) -> int:
         issued_ms: int = _TIME.unpack_from(payload)[0]
         return issued_ms
+
+    def verifier(self, nonce: str) -> int | None:
+        """The worker a genuine nonce was issued for (see `issue`), None if not ours."""
+        payload = self._decode(nonce)
+        return None if payload is None else payload[_TIME.size]
 
     def validate(self, nonce: str) -> NonceStatus:
         """VALID if ours and within its lifetime, STALE if ours but expired."""
@@ -618,12 +631,13 @@ class Authenticator:
             tuple[str, tuple[Algorithm, ...], str | None, bool], list[tuple[str, str]]
         ] = {}
 
-    def challenges(self, *, stale: bool = False) -> list[str]:
+    def challenges(self, *, stale: bool = False, verifier: int | None = None) -> list[str]:
         """Fresh ``WWW-Authenticate`` values (one per algorithm, strongest first).
 
         Exactly `build_challenges`, with the text around the nonce built once.
+        `verifier`: the worker process that will check the answer (`NonceManager.issue`).
         """
-        nonce = self.nonces.issue()
+        nonce = self.nonces.issue(verifier)
         key = (self.realm, self.algorithms, self.opaque, stale)
         parts = self._challenge_parts.get(key)
         if parts is None:

@@ -26,6 +26,7 @@ from aiohttp import web
 from ..admin import route_hooks
 from ..app import Application, feature_starter
 from ..config import Config
+from ..core import owner_key
 from ..sip.peer import Peer
 from ..store import Store
 from ..transport.manager import MessageHandler
@@ -158,6 +159,8 @@ class RegistrarFeature:
         cluster = self.app.cluster
         assert cluster is not None
         monitor = self.monitor
+        self.gate.worker_index = cluster.index
+        self.gate.owner_of = lambda req: cluster.owner(owner_key(req))
         cluster.on_event("registrar_flow_lost", lambda a: self._flow_failed(int(a["conn_id"]), str(a["peer"])))
         cluster.on_call("registrar_bindings", lambda a: self.local_registrations(a.get("aor")))
         cluster.on_call("registrar_unregister", lambda a: self.local_unregister(str(a["aor"])))

@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from ..config import SecurityConfig
 from ..core import Incoming
 from ..logs import throttle
+from ..sip.message import Request
 from .digest import Authenticator, AuthOutcome, DigestParseError, NonceStatus, parse_credentials
 
 log = logging.getLogger("vivait_sip.registrar.security")
@@ -191,6 +192,12 @@ class AuthGate:
         self.authenticator = authenticator
         self.monitor = monitor
         self.trunks: list[tuple[str, NetworkSet]] = []
+        # With worker processes: this worker's index, and the worker owning a request.
+        # A nonce is issued for the worker that will verify the answer and is accepted
+        # only there, so its nonce-count lives in one place and a replay with another
+        # Call-ID (another owner) is re-challenged instead of slipping through.
+        self.worker_index: int | None = None
+        self.owner_of: Callable[[Request], int] = lambda req: 0
 
     def set_trunks(self, trunks: Iterable[tuple[str, Iterable[str]]]) -> None:
         self.trunks = [(name, NetworkSet(nets)) for name, nets in trunks]
@@ -222,9 +229,12 @@ class AuthGate:
                 self.monitor.record_failure(inc.peer.host, None)
             self._challenge(inc, proxy, stale=False)
             return None
-        if self.authenticator.nonces.validate(credentials.nonce) is NonceStatus.INVALID:
-            # Not our nonce (e.g. issued before a restart): the password was never tested,
-            # so this is no guess and does not count towards a ban.
+        nonces = self.authenticator.nonces
+        if nonces.validate(credentials.nonce) is NonceStatus.INVALID or (
+            self.worker_index is not None and nonces.verifier(credentials.nonce) != self.worker_index
+        ):
+            # Not our nonce (e.g. issued before a restart, or for another worker): the
+            # password was never tested, so this is no guess and does not count towards a ban.
             self._challenge(inc, proxy, stale=False)
             return None
         outcome = self.authenticator.authenticate(req.method, credentials)
@@ -239,5 +249,6 @@ class AuthGate:
 
     def _challenge(self, inc: Incoming, proxy: bool, *, stale: bool) -> None:
         name = "Proxy-Authenticate" if proxy else "WWW-Authenticate"
-        headers = [(name, value) for value in self.authenticator.challenges(stale=stale)]
+        verifier = None if self.worker_index is None else self.owner_of(inc.request)
+        headers = [(name, value) for value in self.authenticator.challenges(stale=stale, verifier=verifier)]
         inc.respond(407 if proxy else 401, headers=headers)
