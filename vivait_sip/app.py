@@ -23,7 +23,7 @@ from typing import Literal
 
 from aiohttp import web
 
-from . import __version__
+from . import __version__, native
 from .admin import build_admin_app
 from .certs import client_context, ensure_self_signed, server_context
 from .config import Config, ConfigError, Listener, load_config
@@ -370,6 +370,7 @@ class Application:
         for transport, count in self.transports.stats.by_transport.items():
             counters[f"connections_{transport}"] = count
         out["version"] = __version__
+        out["native"] = native.state  # compiled hot modules in use? (vivait_sip/native.py)
         out["listeners"] = [str(o) for o in self.opened]
         out["connections"] = self.transports.connection_count
         out["overload"] = {"shedding": self.lag.overloaded, "lag_ms": round(self.lag.lag_s * 1000, 1), "episodes": self.lag.episodes}

@@ -13,10 +13,11 @@ import itertools
 import re
 import secrets
 import weakref
-from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import cast
+from typing import ClassVar, cast
+
+from mypy_extensions import mypyc_attr
 
 from .errors import SipParseError
 from .uri import (
@@ -338,6 +339,8 @@ class Header:
         return f"Header({self.key!r}, {self._name!r}, {self._value!r}, {self._raw!r})"
 
 
+# Not a mypyc native class (scripts/build_native.py): Header points back to it weakly.
+@mypyc_attr(native_class=False)
 class Headers:
     """Ordered header list with case- and compact-form-insensitive lookup.
 
@@ -497,7 +500,7 @@ _Wire = tuple[bytes, Headers, int, int, bytes, str]
 
 
 @dataclass(eq=False)
-class Message(ABC):
+class Message:
     """Common part of requests and responses.
 
     Decoded header values (vias, cseq, from_, ...) are views: change a header through
@@ -642,9 +645,9 @@ class Message(ABC):
         self.headers.add("Record-Route", f"<{uri}>", first=True)
 
     # ---- serialisation -----------------------------------------------------------
-    @abstractmethod
     def start_line(self) -> str:
-        """Request-Line or Status-Line without CRLF."""
+        """Request-Line or Status-Line without CRLF (Request and Response define it)."""
+        raise NotImplementedError
 
     def to_bytes(self) -> bytes:
         """Serialise; Content-Length always matches the body.
@@ -944,7 +947,7 @@ class StreamFramer:
     transport can answer with a single CRLF pong.
     """
 
-    PING = b"\r\n\r\n"
+    PING: ClassVar[bytes] = b"\r\n\r\n"
 
     __slots__ = ("_buf", "_scanned", "limits")
 

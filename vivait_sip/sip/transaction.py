@@ -39,6 +39,8 @@ from collections import deque
 from dataclasses import dataclass
 from enum import StrEnum
 
+from mypy_extensions import mypyc_attr
+
 from .message import Message, Request, Response, Via, make_response, new_branch
 from .peer import Peer
 
@@ -88,6 +90,7 @@ class State(StrEnum):
     TERMINATED = "Terminated"
 
 
+@mypyc_attr(native_class=False)  # mypyc cannot subclass RuntimeError natively
 class TransactionTableFull(RuntimeError):
     """`send_request` on a full table; the TU should fail the call (e.g. 503 upstream)."""
 
