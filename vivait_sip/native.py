@@ -34,6 +34,8 @@ NATIVE_MODULES = (
     "vivait_sip.registrar.location",
     "vivait_sip.registrar.register",
     "vivait_sip.registrar.security",
+    "vivait_sip.registrar.users",
+    "vivait_sip.sip.peer",
 )
 PACKAGE_DIR = Path(__file__).resolve().parent
 MANIFEST = PACKAGE_DIR / "_native_manifest.json"
