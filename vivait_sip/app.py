@@ -102,6 +102,7 @@ class Application:
             max_connections_per_ip=limits.max_connections_per_ip,
             max_connections=limits.max_connections,
             idle_timeout_s=limits.tcp_idle_timeout_s,
+            udp_receive_buffer_bytes=limits.udp_receive_buffer_bytes,
             ssl_client=client_context(),  # outgoing TLS verifies the peer's certificate
         )
         timers = config.sip.timers

@@ -119,6 +119,8 @@ class LimitsConfig(Strict):
     max_transactions: int = Field(default=100000, ge=100)
     retry_after_s: int = Field(default=5, ge=1, le=3600)
     overload_lag_ms: int = Field(default=250, ge=10, le=60000)
+    # SO_RCVBUF of each UDP socket: absorbs bursts (the kernel caps it at net.core.rmem_max).
+    udp_receive_buffer_bytes: int = Field(default=4 << 20, ge=65536, le=1 << 30)
 
 
 class SipConfig(Strict):

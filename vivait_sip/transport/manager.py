@@ -146,6 +146,7 @@ class TransportManager:
         max_connections_per_ip: int = 64,
         max_connections: int = 10000,
         idle_timeout_s: float = 300.0,
+        udp_receive_buffer_bytes: int | None = None,
     ) -> None:
         self.on_message = on_message
         self.on_framing_error: Callable[[SipParseError, Peer], None] = lambda exc, peer: None
@@ -156,6 +157,7 @@ class TransportManager:
         self.max_connections_per_ip = max_connections_per_ip
         self.max_connections = max_connections
         self.idle_timeout_s = idle_timeout_s
+        self.udp_receive_buffer_bytes = udp_receive_buffer_bytes
         self.stats = TransportStats()
         self._ids = itertools.count(1)
         self._udp: dict[tuple[str, int], _UdpProtocol] = {}
@@ -177,6 +179,7 @@ class TransportManager:
                 lambda: _UdpProtocol(self, listener), local_addr=(listener.host, listener.port)
             )
             port = transport.get_extra_info("sockname")[1]
+            self._size_receive_buffer(transport.get_extra_info("socket"))
             self._udp[(listener.host, port)] = proto
             if self._default_udp is None:
                 self._default_udp = proto
@@ -200,6 +203,15 @@ class TransportManager:
         if self._reaper is None:
             self._reaper = asyncio.get_running_loop().create_task(self._reap_idle())
         return real
+
+    def _size_receive_buffer(self, sock: socket.socket) -> None:
+        """A bigger SO_RCVBUF absorbs bursts a busy loop reads a moment later (capped by
+        the kernel at net.core.rmem_max; raise that sysctl for more)."""
+        if self.udp_receive_buffer_bytes is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.udp_receive_buffer_bytes)
+            except OSError as exc:
+                log.warning("event=udp_buffer_not_set error=%r", str(exc))
 
     async def adopt_udp(self, listener: Listener, fd: int) -> None:
         """Serve an inherited, already bound UDP socket (worker processes share them)."""
