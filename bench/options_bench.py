@@ -60,10 +60,14 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
+WORKERS = os.cpu_count() or 1
+
+
 def bench_vivait(rates: list[int], step_s: int, workdir: Path) -> tuple[int, list[Step]]:
     port = 5160
     cmd = [sys.executable, *SERVER_LAUNCH, "serve", "--data-dir", str(workdir / "vivait"),
-           "--listen", f"udp:127.0.0.1:{port}", "--no-http", "--admin", "127.0.0.1:5161", "--log-level", "warning"]
+           "--listen", f"udp:127.0.0.1:{port}", "--no-http", "--admin", "127.0.0.1:5161", "--log-level", "warning",
+           "--workers", str(WORKERS)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_udp_ready(port)
@@ -86,11 +90,14 @@ def bench_kamailio(rates: list[int], step_s: int, workdir: Path) -> tuple[int, l
 
 
 def main() -> int:
+    global WORKERS
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--step-s", type=int, default=10)
     parser.add_argument("--rates", default="1000,2000,4000,8000,16000,32000")
     parser.add_argument("--only", choices=["vivait", "kamailio"])
+    parser.add_argument("--workers", type=int, default=WORKERS, help="vivait-sip worker processes (default: CPUs)")
     args = parser.parse_args()
+    WORKERS = args.workers
     rates = [int(r) for r in args.rates.split(",")]
     for tool in ("sipp", "kamailio"):
         if shutil.which(tool) is None:
@@ -102,7 +109,8 @@ def main() -> int:
         for name, fn in (("vivait-sip", bench_vivait), ("kamailio", bench_kamailio)):
             if args.only and not name.startswith(args.only):
                 continue
-            print(f"\n## {name}: OPTIONS over UDP, {args.step_s} s per step")
+            workers = f", {WORKERS} worker(s)" if name == "vivait-sip" else ""
+            print(f"\n## {name}: OPTIONS over UDP, {args.step_s} s per step{workers}")
             best, _ = fn(rates, args.step_s, work)
             results[name] = best
     print("\n## summary")

@@ -12,6 +12,7 @@
 #   memory: vivait-sip only: 100,000 bindings -> RSS; SIGKILL, restart, re-registration
 #           storm of the 100,000 contacts; counts bindings before/after.
 # Knobs: STEP_SECS (10) NOAUTH_RATES AUTH_RATES OUT_DIR KAMAILIO=0 (skip Kamailio)
+#        WORKERS (vivait-sip worker processes; default: number of CPUs; memory test: MEM_WORKERS, 1)
 #        STORM_RATE (2000) MEM_USERS (100000).
 # Users 100000..109999 (password "secret") are config users for vivait-sip; Kamailio
 # accepts any user with password "secret".  Everything runs on 127.0.0.1.
@@ -22,6 +23,8 @@ NOAUTH_RATES=${NOAUTH_RATES:-"1000 2000 4000 8000 16000"}
 AUTH_RATES=${AUTH_RATES:-"500 1000 2000 4000 8000 10000"}
 STORM_RATE=${STORM_RATE:-2000}
 MEM_USERS=${MEM_USERS:-100000}
+WORKERS=${WORKERS:-$(nproc)}
+MEM_WORKERS=${MEM_WORKERS:-1}
 KAMAILIO=${KAMAILIO:-1}
 OUT_DIR=${OUT_DIR:-$(mktemp -d /tmp/register_bench.XXXXXX)}
 TESTS=${*:-noauth auth memory}
@@ -85,10 +88,10 @@ json.dump(config, open(path, "w"))
 PY
 }
 
-start_vivait() { # mode port datadir [users_first users_count]
+start_vivait() { # mode port datadir [users_first users_count [workers]]
     local cfg=$OUT_DIR/vivait_$1.json
     make_vivait_config "$1" "${4:-100000}" "${5:-10000}" "$cfg"
-    vivait-sip serve --config "$cfg" --listen "udp:127.0.0.1:$2" --no-http \
+    vivait-sip serve --config "$cfg" --listen "udp:127.0.0.1:$2" --no-http --workers "${6:-$WORKERS}" \
         --admin "127.0.0.1:$ADMIN_PORT" --data-dir "$3" > "$OUT_DIR/vivait_$1.log" 2>&1 &
     SERVER_PID=$!
     wait_udp "$2" || { log "vivait-sip did not start"; cat "$OUT_DIR/vivait_$1.log"; return 1; }
@@ -162,7 +165,7 @@ make_users_csv 100000 10000 "$OUT_DIR/users.csv"
     echo "# register_bench.sh $(date -u +%Y-%m-%dT%H:%M:%SZ) host $(hostname) cpus $(nproc) step ${STEP_SECS}s"
     echo "# $(sipp -v 2>&1 | grep -m1 SIPp | sed 's/^ *//')"
     echo "# $(kamailio -v 2>&1 | head -1)"
-    echo "# vivait-sip $(vivait-sip --version 2>&1)  $(python3 --version)"
+    echo "# vivait-sip $(vivait-sip --version 2>&1) ($(python3 -c 'import vivait_sip.native as n; print(n.state)')), $WORKERS workers  $(python3 --version)"
 } > "$SUMMARY"
 log "output in $OUT_DIR"
 
@@ -188,7 +191,7 @@ for t in $TESTS; do
                 "$MEM_USERS" > "$OUT_DIR/users_mem_import.csv"
             vivait-sip user import "$OUT_DIR/users_mem_import.csv" --data-dir "$OUT_DIR/data_mem" \
                 --admin "127.0.0.1:$ADMIN_PORT" > "$OUT_DIR/user_import.log" 2>&1
-            start_vivait noauth "$PORT" "$OUT_DIR/data_mem" 200000 0 || continue
+            start_vivait noauth "$PORT" "$OUT_DIR/data_mem" 200000 0 "$MEM_WORKERS" || continue
             log "memory: RSS with $MEM_USERS users, no bindings: $(ps -o rss= -p "$SERVER_PID") KB"
             phones_port=$(free_port)  # the same contacts re-register after the restart
             res=$(run_sipp reg_noauth.xml "$PORT" "$STORM_RATE" "$MEM_USERS" "$OUT_DIR/mem_fill" "$OUT_DIR/users_mem.csv" "$phones_port")
@@ -200,7 +203,7 @@ for t in $TESTS; do
             log "memory: 35 s later (transactions ended), RSS $(ps -o rss= -p "$SERVER_PID") KB"
             kill -KILL "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null; SERVER_PID=""
             log "memory: SIGKILL; restarting"
-            start_vivait noauth "$PORT" "$OUT_DIR/data_mem" 200000 0 || continue
+            start_vivait noauth "$PORT" "$OUT_DIR/data_mem" 200000 0 "$MEM_WORKERS" || continue
             count=$(vivait-sip ctl --admin "127.0.0.1:$ADMIN_PORT" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["registrar"]["bindings"])')
             log "memory: after restart bindings $count, RSS $(ps -o rss= -p "$SERVER_PID") KB"
             res=$(run_sipp reg_noauth.xml "$PORT" "$STORM_RATE" "$MEM_USERS" "$OUT_DIR/mem_storm" "$OUT_DIR/users_mem.csv" "$phones_port")
