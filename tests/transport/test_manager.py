@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from collections.abc import Callable
+from pathlib import Path
 
+from vivait_sip.config import Listener
 from vivait_sip.sip.message import StreamFramer
 from vivait_sip.sip.peer import Peer
 from vivait_sip.transport.manager import TransportManager
@@ -80,5 +84,20 @@ async def test_connect_failure_is_counted_not_raised() -> None:
     try:
         manager.send(MSG, Peer("tcp", "127.0.0.1", port))
         await _wait_for(lambda: manager.stats.send_errors == 1)
+    finally:
+        await manager.close()
+
+
+async def test_udp_listener_gets_the_configured_receive_buffer() -> None:
+    wanted = 1 << 20
+    manager = TransportManager(lambda data, peer: None, udp_receive_buffer_bytes=wanted)
+    await manager.listen(Listener(transport="udp", host="127.0.0.1", port=0))
+    try:
+        (_, _, fd), = manager.udp_sockets()
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            size = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        rmem_max = int(Path("/proc/sys/net/core/rmem_max").read_text())
+        # Linux caps the request at net.core.rmem_max and doubles it for bookkeeping.
+        assert size == 2 * min(wanted, rmem_max)
     finally:
         await manager.close()
