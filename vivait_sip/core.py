@@ -16,7 +16,7 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .logs import throttle
@@ -60,7 +60,7 @@ SUPPORTED_OPTIONS = ("path", "outbound")
 ACCEPTED_TYPES = ("application/sdp",)
 
 
-@dataclass
+@dataclass(init=False)
 class Incoming:
     """A new request as handlers see it: the request, its transaction, where it came from."""
 
@@ -68,7 +68,17 @@ class Incoming:
     tx: ServerTransaction | None  # None: answered statelessly
     peer: Peer
     core: SipCore
-    to_tag: str = field(default_factory=new_tag)
+    to_tag: str
+
+    # An explicit __init__: mypyc compiles it (a dataclass-made one runs as Python).
+    def __init__(
+        self, request: Request, tx: ServerTransaction | None, peer: Peer, core: SipCore, to_tag: str | None = None
+    ) -> None:
+        self.request = request
+        self.tx = tx
+        self.peer = peer
+        self.core = core
+        self.to_tag = new_tag() if to_tag is None else to_tag
 
     def respond(
         self,

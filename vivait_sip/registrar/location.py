@@ -67,28 +67,64 @@ def key_text(key: BindingKey) -> str:
     return key
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Binding:
     """One contact registered for an AOR (RFC 3261 §10, RFC 5626 flows)."""
 
     aor: str
     contact: str
     expires_at: float
-    q: float = 1.0
-    call_id: str = ""
-    cseq: int = 0
-    instance: str | None = None
-    reg_id: int | None = None
-    path: list[str] = field(default_factory=list)
-    transport: str = "udp"
-    source_host: str = ""
-    source_port: int = 0
-    conn_id: int | None = None
-    user_agent: str = ""
-    registered_at: float = 0.0
+    q: float
+    call_id: str
+    cseq: int
+    instance: str | None
+    reg_id: int | None
+    path: list[str]
+    transport: str
+    source_host: str
+    source_port: int
+    conn_id: int | None
+    user_agent: str
+    registered_at: float
     # key_text() cache: the contact and flow identity of a binding never change, a
     # refresh is a new Binding or the same one with new expiry/CSeq.
-    _key: str | None = field(default=None, init=False, repr=False, compare=False)
+    _key: str | None = field(repr=False, compare=False)
+
+    # An explicit __init__: mypyc compiles it (a dataclass-made one runs as Python).
+    def __init__(
+        self,
+        aor: str,
+        contact: str,
+        expires_at: float,
+        q: float = 1.0,
+        call_id: str = "",
+        cseq: int = 0,
+        instance: str | None = None,
+        reg_id: int | None = None,
+        path: list[str] | None = None,
+        transport: str = "udp",
+        source_host: str = "",
+        source_port: int = 0,
+        conn_id: int | None = None,
+        user_agent: str = "",
+        registered_at: float = 0.0,
+    ) -> None:
+        self.aor = aor
+        self.contact = contact
+        self.expires_at = expires_at
+        self.q = q
+        self.call_id = call_id
+        self.cseq = cseq
+        self.instance = instance
+        self.reg_id = reg_id
+        self.path = [] if path is None else path
+        self.transport = transport
+        self.source_host = source_host
+        self.source_port = source_port
+        self.conn_id = conn_id
+        self.user_agent = user_agent
+        self.registered_at = registered_at
+        self._key = None
 
     @property
     def key(self) -> BindingKey:

@@ -25,12 +25,17 @@ from .users import UserDirectory
 OUTBOUND_TRANSPORTS = frozenset(("tcp", "tls", "ws", "wss"))
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class _Change:
     """One validated contact of the request: a binding to put, or (expires 0) to remove."""
 
     binding: Binding
     remove: bool
+
+    # An explicit __init__: mypyc compiles it (a dataclass-made one runs as Python).
+    def __init__(self, binding: Binding, remove: bool) -> None:
+        self.binding = binding
+        self.remove = remove
 
 
 class _DateCache:

@@ -141,7 +141,7 @@ def split_list(value: str) -> list[str]:
     return items
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Via:
     """One Via value (§20.42) with the RFC 3581 `rport` and §18.2 `received`/`maddr` helpers."""
 
@@ -149,7 +149,17 @@ class Via:
     host: str
     port: int | None
     params: list[tuple[str, str | None]]
-    protocol: str = "SIP/2.0"
+    protocol: str
+
+    # An explicit __init__: mypyc compiles it (a dataclass-made one runs as Python).
+    def __init__(
+        self, transport: str, host: str, port: int | None, params: list[tuple[str, str | None]], protocol: str = "SIP/2.0"
+    ) -> None:
+        self.transport = transport
+        self.host = host
+        self.port = port
+        self.params = params
+        self.protocol = protocol
 
     def param(self, name: str) -> str | None:
         for key, value in self.params:
@@ -474,10 +484,15 @@ class Headers:
         return Headers(Header(h.key, h._name, h._value, h._raw) for h in self._items)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class CSeq:
     number: int
     method: str
+
+    # An explicit __init__: mypyc compiles it (a dataclass-made one runs as Python).
+    def __init__(self, number: int, method: str) -> None:
+        self.number = number
+        self.method = method
 
     def __str__(self) -> str:
         return f"{self.number} {self.method}"
@@ -499,7 +514,7 @@ def parse_cseq(value: str) -> CSeq:
 _Wire = tuple[bytes, Headers, int, int, bytes, str]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, init=False)
 class Message:
     """Common part of requests and responses.
 
@@ -507,9 +522,9 @@ class Message:
     `headers` (or the helpers below), not by mutating the decoded object.
     """
 
-    headers: Headers = field(default_factory=Headers)
-    body: bytes = b""
-    _wire: _Wire | None = field(default=None, repr=False)
+    headers: Headers
+    body: bytes
+    _wire: _Wire | None = field(repr=False)
 
     # ---- lazily decoded headers -------------------------------------------------
     def invalidate(self) -> None:
@@ -693,12 +708,29 @@ def _declared_length(value: str) -> int:
     return int(value) if value.isascii() and value.isdigit() and len(value) < 20 else -1
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, init=False)
 class Request(Message):
-    method: str = ""
-    uri_text: str = ""
-    version: str = SUPPORTED_VERSION
-    _ruri: tuple[str, SipUri] | None = field(default=None, repr=False)
+    method: str
+    uri_text: str
+    version: str
+    _ruri: tuple[str, SipUri] | None = field(repr=False)
+
+    # An explicit __init__: mypyc compiles it (a dataclass-made one runs as Python).
+    def __init__(
+        self,
+        method: str = "",
+        uri_text: str = "",
+        version: str = SUPPORTED_VERSION,
+        headers: Headers | None = None,
+        body: bytes = b"",
+    ) -> None:
+        self.headers = Headers() if headers is None else headers
+        self.body = body
+        self._wire = None
+        self.method = method
+        self.uri_text = uri_text
+        self.version = version
+        self._ruri = None
 
     @property
     def uri(self) -> SipUri:
@@ -719,11 +751,27 @@ class Request(Message):
         return True
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, init=False)
 class Response(Message):
-    status: int = 200
-    reason: str = "OK"
-    version: str = SUPPORTED_VERSION
+    status: int
+    reason: str
+    version: str
+
+    # An explicit __init__: mypyc compiles it (a dataclass-made one runs as Python).
+    def __init__(
+        self,
+        status: int = 200,
+        reason: str = "OK",
+        version: str = SUPPORTED_VERSION,
+        headers: Headers | None = None,
+        body: bytes = b"",
+    ) -> None:
+        self.headers = Headers() if headers is None else headers
+        self.body = body
+        self._wire = None
+        self.status = status
+        self.reason = reason
+        self.version = version
 
     def start_line(self) -> str:
         return f"{self.version} {self.status} {self.reason}"

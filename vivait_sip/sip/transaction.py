@@ -98,22 +98,34 @@ class TransactionTableFull(RuntimeError):
 # ---- outputs and events -----------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False)
 class SendMessage:
     """Bytes for the transport.  `tx_id` lets the adapter report a failed send."""
 
     data: bytes
     peer: Peer
-    tx_id: int | None = None
+    tx_id: int | None
+
+    # An explicit __init__: mypyc compiles it (a dataclass-made one runs as Python).
+    def __init__(self, data: bytes, peer: Peer, tx_id: int | None = None) -> None:
+        self.data = data
+        self.peer = peer
+        self.tx_id = tx_id
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False)
 class RequestReceived:
     """A new request created server transaction `tx`; the TU must answer through it."""
 
     tx: ServerTransaction
     request: Request
     peer: Peer
+
+    # An explicit __init__: mypyc compiles it (a dataclass-made one runs as Python).
+    def __init__(self, tx: ServerTransaction, request: Request, peer: Peer) -> None:
+        self.tx = tx
+        self.request = request
+        self.peer = peer
 
 
 @dataclass(frozen=True, slots=True)

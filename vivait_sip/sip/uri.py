@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import unquote
 
 from .errors import SipParseError
@@ -129,18 +129,39 @@ def bare_host(host: str) -> str:
     return host[1:-1] if host.startswith("[") else host
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class SipUri:
     """A parsed URI.  Non-SIP schemes (tel:, http:, soap.beep:) keep their text in `opaque`."""
 
     scheme: str
-    user: str | None = None
-    password: str | None = None
-    host: str = ""
-    port: int | None = None
-    params: Params = field(default_factory=list)
-    headers: str | None = None
-    opaque: str | None = None
+    user: str | None
+    password: str | None
+    host: str
+    port: int | None
+    params: Params
+    headers: str | None
+    opaque: str | None
+
+    # An explicit __init__: mypyc compiles it (a dataclass-made one runs as Python).
+    def __init__(
+        self,
+        scheme: str,
+        user: str | None = None,
+        password: str | None = None,
+        host: str = "",
+        port: int | None = None,
+        params: Params | None = None,
+        headers: str | None = None,
+        opaque: str | None = None,
+    ) -> None:
+        self.scheme = scheme
+        self.user = user
+        self.password = password
+        self.host = host
+        self.port = port
+        self.params = [] if params is None else params
+        self.headers = headers
+        self.opaque = opaque
 
     @property
     def is_sip(self) -> bool:
@@ -261,7 +282,7 @@ def _parse_uri_general(text: str) -> SipUri:
     )
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class NameAddr:
     """From/To/Contact/Route value: optional display name, URI, header parameters.
 
@@ -270,9 +291,18 @@ class NameAddr:
     """
 
     uri: SipUri
-    display: str | None = None
-    params: Params = field(default_factory=list)
-    bracketed: bool = True
+    display: str | None
+    params: Params
+    bracketed: bool
+
+    # An explicit __init__: mypyc compiles it (a dataclass-made one runs as Python).
+    def __init__(
+        self, uri: SipUri, display: str | None = None, params: Params | None = None, bracketed: bool = True
+    ) -> None:
+        self.uri = uri
+        self.display = display
+        self.params = [] if params is None else params
+        self.bracketed = bracketed
 
     def param(self, name: str) -> str | None:
         return _param(self.params, name)
