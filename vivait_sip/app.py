@@ -113,6 +113,7 @@ class Application:
             domains=config.domains,
             user_agent=f"{config.sip.user_agent}/{__version__}",
             max_transactions=limits.max_transactions,
+            max_completed_transactions=limits.max_completed_transactions,
             retry_after_s=limits.retry_after_s,
         )
         self.mdflow = MdflowService(config.mdflow)
@@ -349,7 +350,7 @@ class Application:
         if self.worker_procs:
             await self._stop_workers()
         deadline = asyncio.get_running_loop().time() + 2.0
-        while len(self.core.tl) and asyncio.get_running_loop().time() < deadline:
+        while self.core.tl.active and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
         await self.mdflow.stop()
         await self.lag.stop()
@@ -406,7 +407,8 @@ class Application:
                 counters[name] = counters.get(name, 0) + value
             for name, value in dict(part["transport"]).items():  # type: ignore[call-overload]
                 transport[name] = transport.get(name, 0) + value
-            out["transactions"] = int(out["transactions"]) + int(part["transactions"])  # type: ignore[call-overload]
+            for key in ("transactions", "transactions_completed_waiting"):
+                out[key] = int(out[key]) + int(part[key])  # type: ignore[call-overload]
         for merge in self.status_merges:
             merge(out, parts)
         out["counters"] = dict(sorted(counters.items()))

@@ -105,6 +105,7 @@ class SipCore:
         domains: Iterable[str] = (),
         user_agent: str = "vivait-sip",
         max_transactions: int = 100000,
+        max_completed_transactions: int = 200000,
         retry_after_s: int = 5,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -113,7 +114,7 @@ class SipCore:
         self.clock = clock
         self.user_agent = user_agent
         self.retry_after_s = retry_after_s
-        self.tl = TransactionLayer(timers, max_transactions=max_transactions)
+        self.tl = TransactionLayer(timers, max_transactions=max_transactions, max_lingering=max_completed_transactions)
         self.handlers: dict[str, Handler] = {}
         self.local_domains: set[str] = {d.lower() for d in domains} | {"localhost"}
         self.counters: Counter[str] = Counter()
@@ -402,7 +403,8 @@ class SipCore:
     def status(self) -> dict[str, object]:
         return {
             "uptime_s": round(time.time() - self.started, 1),
-            "transactions": len(self.tl),
+            "transactions": self.tl.active,
+            "transactions_completed_waiting": self.tl.lingering,
             "counters": dict(sorted(self.counters.items())),
         }
 

@@ -194,16 +194,25 @@ def test_full_transaction_table_answers_503_with_retry_after(tmp_path: Path) -> 
     client = UdpClient()
     try:
         port = srv.sip_port("udp")
+        # Completed non-INVITE transactions only wait out Timer J and do not count: a
+        # burst of them never looks like an overload.
+        for n in range(150):
+            client.send(options_request(port, call_id=f"done{n}").replace(b"OPTIONS", b"FROBNICATE"), port)
+            assert status_code(client.recv_final()) == 501
         statuses = []
         for n in range(130):
-            # Each FROBNICATE opens a non-INVITE server transaction that lives 64*T1 on UDP.
-            client.send(options_request(port, call_id=f"fill{n}").replace(b"OPTIONS", b"FROBNICATE"), port)
+            # Each INVITE is challenged (407) and ACKed: its transaction lives on (Timer I).
+            invite = options_request(port, call_id=f"fill{n}").replace(b"OPTIONS", b"INVITE")
+            client.send(invite, port)
             reply = client.recv_final()
             assert reply is not None
             statuses.append(status_code(reply))
             if statuses[-1] == 503:
                 assert b"Retry-After: 7\r\n" in reply
-        assert statuses[:100] == [501] * 100
+            to = next(line for line in reply.split(b"\r\n") if line.startswith(b"To:"))
+            ack = invite.replace(b"INVITE sip:", b"ACK sip:").replace(b"CSeq: 1 INVITE", b"CSeq: 1 ACK")
+            client.send(ack.replace(f"To: <sip:127.0.0.1:{port}>".encode(), to), port)
+        assert statuses[:100] == [407] * 100
         assert set(statuses[100:]) == {503}
         # stateless OPTIONS keep working while the table is full
         client.send(options_request(port, call_id="still-there"), port)

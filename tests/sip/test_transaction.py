@@ -526,3 +526,40 @@ def test_many_transactions_are_cheap() -> None:
     layer.handle_timers(32.0)
     assert len(layer) == 0
     assert layer.next_deadline() is None
+
+
+def test_completed_udp_transactions_do_not_fill_the_table() -> None:
+    """At thousands of REGISTERs a second most transactions only wait out Timer J; they
+    must not make new requests look like an overload."""
+    layer = TransactionLayer(max_transactions=2, max_lingering=100)
+    for n in range(10):
+        req = request("REGISTER", branch=f"z9hG4bKdone{n}")
+        tx = receive_new(layer, req).tx
+        assert layer.send_response(tx, make_response(req, 200, to_tag="s"), 0.0)
+    layer.messages_to_send()
+    assert (layer.active, layer.lingering, len(layer)) == (0, 10, 10)
+    # Two live ones fill the table; the third is refused.
+    live = [receive_new(layer, request("REGISTER", branch=f"z9hG4bKlive{n}")) for n in range(2)]
+    layer.receive_request(request("REGISTER", branch="z9hG4bKthird"), UDP, 0.0)
+    assert [type(e) for e in drain(layer)] == [Overloaded]
+    assert layer.active == 2 and live[0].tx.state is State.TRYING
+
+
+def test_past_max_lingering_the_oldest_completed_transaction_ends_early() -> None:
+    layer = TransactionLayer(max_lingering=3)
+    finals = []
+    for n in range(4):
+        req = request("REGISTER", branch=f"z9hG4bKold{n}")
+        tx = receive_new(layer, req).tx
+        layer.send_response(tx, make_response(req, 200, to_tag=f"t{n}"), float(n))
+        [final] = layer.messages_to_send()
+        finals.append(final.data)
+    events = drain(layer)
+    assert [type(e) for e in events] == [TransactionTerminated]  # the first, evicted
+    assert layer.lingering == 3
+    # A retransmission of the newest is still absorbed with its final response...
+    layer.receive_request(request("REGISTER", branch="z9hG4bKold3"), UDP, 5.0)
+    assert [m.data for m in layer.messages_to_send()] == [finals[3]]
+    # ...one of the evicted is a new request again.
+    layer.receive_request(request("REGISTER", branch="z9hG4bKold0"), UDP, 5.0)
+    assert isinstance(layer.next_event(), RequestReceived)

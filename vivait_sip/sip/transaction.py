@@ -27,6 +27,11 @@ Choices worth knowing:
   sheds load.  A request that would need a new transaction
   when the table is full yields `Overloaded` and the TU answers 503 + Retry-After with
   `send_stateless`; `send_request` raises `TransactionTableFull`.
+* Completed non-INVITE server transactions on UDP, which only wait out Timer J (64·T1) to
+  re-send their final response to a retransmission, do not count against
+  `max_transactions`: at 5,000 REGISTERs a second 160,000 of them wait at any time.  They
+  are capped on their own (`max_lingering`); past it the oldest ends early, which only
+  means a retransmission arriving later than that is handled as a new request.
 * Loop/hop checks are the TU's: `too_many_hops(req)` says when a 483 is due.
 """
 
@@ -598,7 +603,11 @@ class NonInviteServerTransaction(ServerTransaction):
         # messages so tens of thousands of waiting transactions don't weigh on the cyclic GC.
         self.request = _completed_request(self.request.method)
         self.last_response = None
-        self._start_timeout(now, 0.0 if self.peer.reliable else self._layer.config.timeout)
+        if self.peer.reliable:
+            self._start_timeout(now, 0.0)
+        else:
+            self._start_timeout(now, self._layer.config.timeout)
+            self._layer._linger(self)
         return True
 
 
@@ -627,20 +636,29 @@ class TransactionLayer:
         "_client",
         "_events",
         "_ids",
+        "_lingering",
         "_outgoing",
         "_seq",
         "_server",
         "_timers",
         "config",
+        "max_lingering",
         "max_transactions",
         "refuse_new",
     )
 
     def __init__(
-        self, config: TimerConfig | None = None, *, max_transactions: int = 100_000
+        self,
+        config: TimerConfig | None = None,
+        *,
+        max_transactions: int = 100_000,
+        max_lingering: int = 200_000,
     ) -> None:
         self.config = config or TimerConfig()
         self.max_transactions = max_transactions
+        self.max_lingering = max_lingering
+        # Completed non-INVITE server transactions waiting out Timer J, oldest first.
+        self._lingering: dict[int, NonInviteServerTransaction] = {}
         # Set by the owner while it sheds load: new requests get `Overloaded`, while
         # retransmissions and ACKs of existing transactions are still handled.
         self.refuse_new = False
@@ -655,6 +673,15 @@ class TransactionLayer:
 
     def __len__(self) -> int:
         return len(self._by_id)
+
+    @property
+    def active(self) -> int:
+        """Transactions that count against `max_transactions` (all but the lingering)."""
+        return len(self._by_id) - len(self._lingering)
+
+    @property
+    def lingering(self) -> int:
+        return len(self._lingering)
 
     def get(self, tx_id: int) -> Transaction | None:
         return self._by_id.get(tx_id)
@@ -692,7 +719,7 @@ class TransactionLayer:
         if tx is not None:
             tx._on_retransmission()
             return
-        if self.refuse_new or len(self._by_id) >= self.max_transactions:
+        if self.refuse_new or len(self._by_id) - len(self._lingering) >= self.max_transactions:
             self._events.append(Overloaded(req, peer))
             return
         tx_id = next(self._ids)
@@ -742,7 +769,7 @@ class TransactionLayer:
         key: TxKey = (branch, req.method)
         if key in self._client:
             raise ValueError(f"branch {branch} already in use for {req.method}")
-        if len(self._by_id) >= self.max_transactions:
+        if len(self._by_id) - len(self._lingering) >= self.max_transactions:
             raise TransactionTableFull(f"{len(self._by_id)} transactions")
         tx_id = next(self._ids)
         tx: ClientTransaction
@@ -800,8 +827,15 @@ class TransactionLayer:
         self._server[tx.key] = tx
         self._by_id[tx.id] = tx
 
+    def _linger(self, tx: NonInviteServerTransaction) -> None:
+        lingering = self._lingering
+        lingering[tx.id] = tx
+        while len(lingering) > self.max_lingering:
+            next(iter(lingering.values()))._terminate()
+
     def _remove(self, tx: Transaction) -> None:
         self._by_id.pop(tx.id, None)
+        self._lingering.pop(tx.id, None)
         table: dict[TxKey, ServerTransaction] | dict[TxKey, ClientTransaction]
         table = self._server if tx.is_server else self._client
         if table.get(tx.key) is tx:
