@@ -105,7 +105,7 @@ class SipCore:
         domains: Iterable[str] = (),
         user_agent: str = "vivait-sip",
         max_transactions: int = 100000,
-        max_completed_transactions: int = 200000,
+        max_completed_transactions: int = 50000,
         retry_after_s: int = 5,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

@@ -31,7 +31,8 @@ Choices worth knowing:
   re-send their final response to a retransmission, do not count against
   `max_transactions`: at 5,000 REGISTERs a second 160,000 of them wait at any time.  They
   are capped on their own (`max_lingering`); past it the oldest ends early, which only
-  means a retransmission arriving later than that is handled as a new request.
+  means a retransmission arriving later than that is handled as a new request.  They
+  expire from a FIFO (Timer J is the same for all), not from the timer heap.
 * Loop/hop checks are the TU's: `too_many_hops(req)` says when a 483 is due.
 """
 
@@ -294,6 +295,7 @@ class Transaction:
         "id",
         "key",
         "last_response",
+        "lingers",
         "peer",
         "request",
         "state",
@@ -321,6 +323,7 @@ class Transaction:
         self._retx_at: float | None = None
         self._retx_interval = 0.0
         self._timeout_at: float | None = None
+        self.lingers = False  # completed non-INVITE on UDP, only waiting out Timer J
 
     @property
     def method(self) -> str:
@@ -606,7 +609,9 @@ class NonInviteServerTransaction(ServerTransaction):
         if self.peer.reliable:
             self._start_timeout(now, 0.0)
         else:
-            self._start_timeout(now, self._layer.config.timeout)
+            # Timer J without a heap entry: the layer expires lingering transactions in
+            # completion order, which (Timer J being constant) is expiry order.
+            self._timeout_at = now + self._layer.config.timeout
             self._layer._linger(self)
         return True
 
@@ -637,6 +642,7 @@ class TransactionLayer:
         "_events",
         "_ids",
         "_lingering",
+        "_lingering_count",
         "_outgoing",
         "_seq",
         "_server",
@@ -652,13 +658,16 @@ class TransactionLayer:
         config: TimerConfig | None = None,
         *,
         max_transactions: int = 100_000,
-        max_lingering: int = 200_000,
+        max_lingering: int = 50_000,
     ) -> None:
         self.config = config or TimerConfig()
         self.max_transactions = max_transactions
         self.max_lingering = max_lingering
-        # Completed non-INVITE server transactions waiting out Timer J, oldest first.
-        self._lingering: dict[int, NonInviteServerTransaction] = {}
+        # Completed non-INVITE server transactions waiting out Timer J, oldest first (a
+        # deque: a dict used as a FIFO degrades as deleted slots pile up at its front);
+        # entries that ended otherwise stay until they reach the front.
+        self._lingering: deque[NonInviteServerTransaction] = deque()
+        self._lingering_count = 0
         # Set by the owner while it sheds load: new requests get `Overloaded`, while
         # retransmissions and ACKs of existing transactions are still handled.
         self.refuse_new = False
@@ -677,11 +686,20 @@ class TransactionLayer:
     @property
     def active(self) -> int:
         """Transactions that count against `max_transactions` (all but the lingering)."""
-        return len(self._by_id) - len(self._lingering)
+        return len(self._by_id) - self._lingering_count
 
     @property
     def lingering(self) -> int:
-        return len(self._lingering)
+        return self._lingering_count
+
+    def _oldest_lingering(self) -> NonInviteServerTransaction | None:
+        queue = self._lingering
+        while queue:
+            oldest = queue[0]
+            if oldest.lingers:
+                return oldest
+            queue.popleft()
+        return None
 
     def get(self, tx_id: int) -> Transaction | None:
         return self._by_id.get(tx_id)
@@ -699,12 +717,14 @@ class TransactionLayer:
     def next_deadline(self) -> float | None:
         """When `handle_timers` is next due; stale heap entries are dropped here."""
         heap = self._timers
+        oldest = self._oldest_lingering()
+        linger_at = oldest._timeout_at if oldest is not None else None
         while heap:
             when, _, tx, slot = heap[0]
             if (tx._retx_at if slot == _RETX else tx._timeout_at) == when:
-                return when
+                return when if linger_at is None or when < linger_at else linger_at
             heapq.heappop(heap)
-        return None
+        return linger_at
 
     # ---- inputs -------------------------------------------------------------------------
     def receive_request(self, req: Request, peer: Peer, now: float) -> None:
@@ -719,7 +739,7 @@ class TransactionLayer:
         if tx is not None:
             tx._on_retransmission()
             return
-        if self.refuse_new or len(self._by_id) - len(self._lingering) >= self.max_transactions:
+        if self.refuse_new or len(self._by_id) - self._lingering_count >= self.max_transactions:
             self._events.append(Overloaded(req, peer))
             return
         tx_id = next(self._ids)
@@ -769,7 +789,7 @@ class TransactionLayer:
         key: TxKey = (branch, req.method)
         if key in self._client:
             raise ValueError(f"branch {branch} already in use for {req.method}")
-        if len(self._by_id) - len(self._lingering) >= self.max_transactions:
+        if len(self._by_id) - self._lingering_count >= self.max_transactions:
             raise TransactionTableFull(f"{len(self._by_id)} transactions")
         tx_id = next(self._ids)
         tx: ClientTransaction
@@ -811,6 +831,13 @@ class TransactionLayer:
 
     def handle_timers(self, now: float) -> None:
         """Fire every timer due at `now`."""
+        while (oldest := self._oldest_lingering()) is not None:
+            when = oldest._timeout_at
+            if when is not None and when > now:
+                break
+            self._lingering.popleft()
+            oldest._timeout_at = None
+            oldest._on_timeout(now)
         heap = self._timers
         while heap and heap[0][0] <= now:
             when, _, tx, slot = heapq.heappop(heap)
@@ -828,14 +855,21 @@ class TransactionLayer:
         self._by_id[tx.id] = tx
 
     def _linger(self, tx: NonInviteServerTransaction) -> None:
-        lingering = self._lingering
-        lingering[tx.id] = tx
-        while len(lingering) > self.max_lingering:
-            next(iter(lingering.values()))._terminate()
+        tx.lingers = True
+        self._lingering.append(tx)
+        self._lingering_count += 1
+        while self._lingering_count > self.max_lingering:
+            oldest = self._oldest_lingering()
+            if oldest is None:
+                break
+            self._lingering.popleft()
+            oldest._terminate()
 
     def _remove(self, tx: Transaction) -> None:
         self._by_id.pop(tx.id, None)
-        self._lingering.pop(tx.id, None)
+        if tx.lingers:
+            tx.lingers = False
+            self._lingering_count -= 1
         table: dict[TxKey, ServerTransaction] | dict[TxKey, ClientTransaction]
         table = self._server if tx.is_server else self._client
         if table.get(tx.key) is tx:
