@@ -27,6 +27,13 @@ KAMAILIO_CFG = ROOT / "bench" / "kamailio" / "options.cfg"
 SERVER_LAUNCH = os.environ.get("VIVAIT_LAUNCH", "-m vivait_sip").split()
 
 
+def native_state() -> str:
+    """compiled / pure / stale: a stale build silently halves the figures."""
+    out = subprocess.run([sys.executable, "-c", "import vivait_sip.native as n; print(n.state)"],
+                         capture_output=True, text=True, check=False)
+    return out.stdout.strip() or "unknown"
+
+
 def wait_udp_ready(port: int, timeout: float = 15.0) -> None:
     """Poll with a real OPTIONS until the server answers."""
     import socket
@@ -115,6 +122,7 @@ def main() -> int:
             results[name] = best
     print("\n## summary")
     print(f"machine: {platform.node()} {os.cpu_count()} cpus, {platform.python_implementation()} {platform.python_version()}")
+    print(f"vivait-sip modules: {native_state()} (see vivait_sip/native.py), {WORKERS} worker(s)")
     for name, best in results.items():
         print(f"{name}: highest clean OPTIONS rate {best}/s")
     if len(results) == 2 and results["kamailio"]:
