@@ -6,7 +6,7 @@
 # For each server and test, a ladder of fixed-rate steps (STEP_SECS each, -r R -rp 1000,
 # R*STEP_SECS calls); a step is clean when failed+unfinished calls <= 0.1 % and the
 # achieved rate >= 95 % of the target.  The ladder stops at the first unclean step and
-# bisects once between the last clean and the first unclean rate.
+# bisects REFINE (default 2) times between the last clean and the first unclean rate.
 #   noauth: REGISTER -> 200 (vivait-sip trusts 127.0.0.0/8 as a trunk; Kamailio without auth)
 #   auth:   REGISTER -> 401 -> REGISTER+digest -> 200 (MD5: SIPp cannot do SHA-256)
 #   memory: vivait-sip only: 100,000 bindings -> RSS; SIGKILL, restart, re-registration
@@ -25,6 +25,7 @@ STORM_RATE=${STORM_RATE:-2000}
 MEM_USERS=${MEM_USERS:-100000}
 WORKERS=${WORKERS:-$(nproc)}
 MEM_WORKERS=${MEM_WORKERS:-1}
+REFINE=${REFINE:-2}
 KAMAILIO=${KAMAILIO:-1}
 OUT_DIR=${OUT_DIR:-$(mktemp -d /tmp/register_bench.XXXXXX)}
 TESTS=${*:-noauth auth memory}
@@ -148,13 +149,14 @@ ladder() { # name scenario port csv rates...
         if try_rate "$r"; then best=$r; else bad=$r; break; fi
         sleep 2
     done
-    if [ "$bad" -gt 0 ] && [ "$best" -gt 0 ]; then
+    local round
+    for round in $(seq 1 "$REFINE"); do  # bisect REFINE times, as the peer recipe does
+        [ "$bad" -gt 0 ] && [ "$best" -gt 0 ] || break
         local mid=$(( (best + bad) / 2 / 100 * 100 ))
-        if [ "$mid" -gt "$best" ] && [ "$mid" -lt "$bad" ]; then
-            sleep 2
-            try_rate "$mid" && best=$mid
-        fi
-    fi
+        [ "$mid" -gt "$best" ] && [ "$mid" -lt "$bad" ] || break
+        sleep 2
+        if try_rate "$mid"; then best=$mid; else bad=$mid; fi
+    done
     log "RESULT $name highest clean rate: $best/s"
 }
 
