@@ -526,6 +526,12 @@ class Message:
     body: bytes
     _wire: _Wire | None = field(repr=False)
 
+    # An explicit __init__: mypyc compiles it (a dataclass-made one runs as Python).
+    def __init__(self, headers: Headers | None = None, body: bytes = b"") -> None:
+        self.headers = Headers() if headers is None else headers
+        self.body = body
+        self._wire = None
+
     # ---- lazily decoded headers -------------------------------------------------
     def invalidate(self) -> None:
         """Forget decoded values (they are also forgotten on every header change)."""
@@ -724,9 +730,7 @@ class Request(Message):
         headers: Headers | None = None,
         body: bytes = b"",
     ) -> None:
-        self.headers = Headers() if headers is None else headers
-        self.body = body
-        self._wire = None
+        super().__init__(headers, body)
         self.method = method
         self.uri_text = uri_text
         self.version = version
@@ -766,9 +770,7 @@ class Response(Message):
         headers: Headers | None = None,
         body: bytes = b"",
     ) -> None:
-        self.headers = Headers() if headers is None else headers
-        self.body = body
-        self._wire = None
+        super().__init__(headers, body)
         self.status = status
         self.reason = reason
         self.version = version
