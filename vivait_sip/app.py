@@ -16,6 +16,7 @@ import signal
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from .certs import client_context, ensure_self_signed, server_context
 from .config import Config, ConfigError, Listener, load_config
 from .core import SipCore
 from .flow.service import MdflowService
+from .logs import throttle
 from .overload import LagMonitor
 from .sip.message import Limits
 from .sip.peer import Peer
@@ -457,6 +459,26 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
+    if _log_slow_collections not in gc.callbacks:
+        gc.callbacks.append(_log_slow_collections)
+
+
+_gc_started = 0.0
+SLOW_GC_S = 0.05
+
+
+def _log_slow_collections(phase: str, info: dict[str, int]) -> None:
+    """A collection long enough to delay SIP traffic is worth a (throttled) log line."""
+    global _gc_started
+    if phase == "start":
+        _gc_started = time.perf_counter()
+        return
+    took = time.perf_counter() - _gc_started
+    if took >= SLOW_GC_S:
+        throttle.log(
+            log, logging.WARNING, "gc_pause", "event=gc_pause generation=%d ms=%.0f collected=%d",
+            info.get("generation", -1), took * 1000, info.get("collected", 0),
+        )
 
 
 def _bind_message(what: str, exc: OSError) -> str:

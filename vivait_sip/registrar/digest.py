@@ -641,7 +641,8 @@ class Authenticator:
         key = (self.realm, self.algorithms, self.opaque, stale)
         parts = self._challenge_parts.get(key)
         if parts is None:
-            parts = self._challenge_parts[key] = self._split_challenges(key)
+            parts = self._split_challenges(key)
+            self._challenge_parts[key] = parts
         quoted = _quote(nonce)
         return [head + quoted + tail for head, tail in parts]
 

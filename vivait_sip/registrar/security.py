@@ -123,7 +123,8 @@ class SecurityMonitor:
         if window is None:
             if len(self._ip_failures) >= 100_000:
                 self._prune(now)
-            window = self._ip_failures[ip] = deque()
+            window = deque()
+            self._ip_failures[ip] = window
         window.append(now)
         cutoff = now - self.config.ban_window_s
         while window and window[0] < cutoff:

@@ -370,7 +370,9 @@ class Headers:
 
     def _changed(self) -> None:
         self.version += 1
-        self._cache.clear()
+        # A new dict, not clear(): compiled by mypyc 1.20, clear() on this (non-native)
+        # class's dict left every cached value alive (tests/registrar/test_no_leaks.py).
+        self._cache = {}
 
     def _adopt(self, header: Header) -> Header:
         if header._owner is not None and header._owner is not self._ref:
@@ -535,7 +537,7 @@ class Message:
     # ---- lazily decoded headers -------------------------------------------------
     def invalidate(self) -> None:
         """Forget decoded values (they are also forgotten on every header change)."""
-        self.headers._cache.clear()
+        self.headers._cache = {}  # not clear(): see Headers._changed
 
     @property
     def vias(self) -> list[Via]:
@@ -568,7 +570,8 @@ class Message:
             value = self.headers.get("cseq")
             if value is None:
                 raise SipParseError("Missing CSeq")
-            cached = cache["cseq"] = parse_cseq(value)
+            cached = parse_cseq(value)
+            cache["cseq"] = cached
         return cast(CSeq, cached)
 
     def _name_addr(self, key: str) -> NameAddr:
@@ -578,7 +581,8 @@ class Message:
             value = self.headers.get(key)
             if value is None:
                 raise SipParseError(f"Missing {canonical_header_name(key)}")
-            cached = cache[key] = parse_name_addr(value)
+            cached = parse_name_addr(value)
+            cache[key] = cached
         return cast(NameAddr, cached)
 
     @property
@@ -741,7 +745,8 @@ class Request(Message):
         """Parsed Request-URI, re-parsed whenever `uri_text` changes."""
         cached = self._ruri
         if cached is None or cached[0] is not self.uri_text:
-            cached = self._ruri = (self.uri_text, parse_uri(self.uri_text))
+            cached = (self.uri_text, parse_uri(self.uri_text))
+            self._ruri = cached
         return cached[1]
 
     def set_uri(self, uri: SipUri | str) -> None:

@@ -340,7 +340,8 @@ class Transaction:
 
     def _start_retx(self, now: float, interval: float) -> None:
         self._retx_interval = interval
-        self._retx_at = when = now + interval
+        when = now + interval
+        self._retx_at = when
         self._layer._schedule(when, self, _RETX)
 
     def _start_timeout(self, now: float, delay: float) -> None:
@@ -348,14 +349,16 @@ class Transaction:
         if delay <= 0:
             self._terminate()
             return
-        self._timeout_at = when = now + delay
+        when = now + delay
+        self._timeout_at = when
         self._layer._schedule(when, self, _TIMEOUT)
 
     def _terminate(self) -> None:
         if self.state is State.TERMINATED:
             return
         self.state = State.TERMINATED
-        self._retx_at = self._timeout_at = None
+        self._retx_at = None
+        self._timeout_at = None
         self._layer._remove(self)
         self._emit(TransactionTerminated(self))
 
