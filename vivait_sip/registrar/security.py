@@ -60,7 +60,7 @@ class NetworkSet:
             else:
                 hit = any(addr in net for net in self.networks)
             if len(self._cache) > 65536:
-                self._cache.clear()
+                self._cache = {}  # not clear(): see Headers._changed in sip/message.py
             self._cache[host] = hit
         return hit
 
