@@ -175,7 +175,7 @@ class Application:
     async def _spawn_workers(self, cluster: Cluster) -> None:
         """Start workers 1..N-1 with the UDP sockets and their socketpair ends; wait until ready."""
         ends = make_links(cluster.count)
-        udp_fds = [(host, port, fd) for host, port, fd in self.transports.udp_sockets()]
+        udp_fds = self.transports.udp_sockets()
         local_hosts = sorted(self.core.local_domains)
         ready: dict[int, asyncio.Future[None]] = {}
         loop = asyncio.get_running_loop()
@@ -247,9 +247,11 @@ class Application:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         spec, cluster = self.worker_spec, self.cluster
         if spec is not None and cluster is not None:
-            await self._adopt_worker_sockets(spec)
+            # Handlers first: a datagram read from the shared socket before them would be
+            # answered 405 (worker 0 is already serving).
             for feature_start in _feature_starters:
                 feature_start(self)
+            await self._adopt_worker_sockets(spec)
             self.lag.start()
             tune_gc()
             cluster.emit(0, "ready", index=cluster.index)

@@ -162,8 +162,10 @@ class SipCore:
         datagram = peer.transport in ("udp", "ws", "wss")
         try:
             msg = parse_message(data, datagram=datagram, limits=self.limits)
-            # Another worker's message is handed over before validating: its owner does that.
-            if self.cluster is not None and not forwarded and self._forward(msg, data, peer):
+            # Any worker answers a stateless request; another worker's message is handed
+            # over before validating: its owner does that.
+            stateless = isinstance(msg, Request) and self._answers_statelessly(msg, peer)
+            if self.cluster is not None and not forwarded and not stateless and self._forward(msg, data, peer):
                 return
             if isinstance(msg, Request):
                 validate_request(msg)
@@ -181,8 +183,7 @@ class SipCore:
             self.tl.receive_response(msg, peer, now)
         else:
             self.counters["requests_in"] += 1
-            stateless = self.stateless_when.get(msg.method)
-            if stateless is not None and stateless(msg, peer):
+            if stateless:
                 reply_to = self._stamp_via(msg, peer)
                 if self.tl.refuse_new:
                     self._shed(msg, reply_to)
@@ -195,15 +196,14 @@ class SipCore:
             self.tl.receive_request(msg, reply_to, now)
         self._drain()
 
+    def _answers_statelessly(self, req: Request, peer: Peer) -> bool:
+        check = self.stateless_when.get(req.method)
+        return check is not None and check(req, peer)
+
     def _forward(self, msg: Request | Response, data: bytes, peer: Peer) -> bool:
-        """Hand `msg` to the worker owning its state (vivait_sip/workers.py); False: ours,
-        which includes every request answered statelessly (any worker can)."""
+        """Hand `msg` to the worker owning its state (vivait_sip/workers.py); False: ours."""
         cluster = self.cluster
         assert cluster is not None
-        if isinstance(msg, Request):
-            stateless = self.stateless_when.get(msg.method)
-            if stateless is not None and stateless(msg, peer):
-                return False
         try:
             key = owner_key(msg)
         except SipParseError:

@@ -245,7 +245,9 @@ class RegistrarFeature:
         self.registrar.settings = settings
         self.monitor.reconfigure(config.security)
         self.gate.set_trunks((t.name, t.networks) for t in settings.trunks)
-        count = self.reload_users()
+        # Other workers reload users on worker 0's registrar_reload_users, sent once it
+        # has written them to the store: reading them here too would do it twice.
+        count = self.reload_users() if self.app.is_primary else len(self.users)
         log.info("event=registrar_reloaded users=%d", count)
 
     def status(self) -> dict[str, object]:
