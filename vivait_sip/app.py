@@ -17,27 +17,42 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from aiohttp import web
 
 from . import __version__, native
 from .admin import build_admin_app
 from .certs import client_context, ensure_self_signed, server_context
-from .config import Config, ConfigError, Listener, load_config
-from .core import SipCore
-from .flow.service import MdflowService
+from .config import ConfigError, CoreConfig, load_config
+from .contract import CallHandler, Feature, InputFilter, WorkerMessage
+from .core import SipCore, owner_key
+from .features import feature_classes
 from .logs import throttle
 from .overload import LagMonitor
-from .sip.message import Limits
+from .sip.address import Listener
+from .sip.message import Limits, Request
 from .sip.peer import Peer
 from .sip.transaction import TimerConfig
 from .transport.manager import TransportManager
 from .transport.ws import make_ws_handler
-from .workers import BOOTSTRAP_CALL, ENV_SPEC, SECRET_BYTES, Cluster, WorkerSpec, make_links
+from .workers import (
+    BOOTSTRAP_CALL,
+    ENV_SPEC,
+    SECRET_BYTES,
+    Cluster,
+    ReloadConfig,
+    SendFailed,
+    WorkerReady,
+    WorkerSpec,
+    make_links,
+)
+
+F = TypeVar("F", bound=Feature[Any])
+MAX_WORKERS = 64  # send-failure tokens carry the worker index in their low 6 bits
 
 log = logging.getLogger("vivait_sip.app")
 
@@ -62,9 +77,11 @@ class OpenedListener:
 
 
 class Application:
+    """The server; it is the `contract.Host` its features see."""
+
     def __init__(
         self,
-        config: Config,
+        config: CoreConfig,
         config_path: str | None = None,
         *,
         demo: bool = False,
@@ -80,14 +97,13 @@ class Application:
             self.cluster = worker[1]
         elif config.sip.workers > 1:
             self.cluster = Cluster(0, config.sip.workers, secrets.token_bytes(SECRET_BYTES))
+        self.secret = self.cluster.secret if self.cluster is not None else secrets.token_bytes(SECRET_BYTES)
         self.worker_procs: dict[int, subprocess.Popen[bytes]] = {}
         self.exit_code = 0
         self.banner: list[str] = []
         self.data_dir = Path(config.data_dir)
         self.opened: list[OpenedListener] = []
         self.stopping = asyncio.Event()
-        self.reload_hooks: list[Callable[[Config], None]] = []
-        self.stop_hooks: list[Callable[[], object]] = []
         self._runners: list[web.AppRunner] = []
         limits = config.sip.limits
         self.limits = Limits(
@@ -118,29 +134,116 @@ class Application:
             max_completed_transactions=limits.max_completed_transactions,
             retry_after_s=limits.retry_after_s,
         )
-        self.mdflow = MdflowService(config.mdflow)
         self.lag = LagMonitor(limits.overload_lag_ms / 1000, on_change=self.core.set_shedding)
         self.core.cluster = self.cluster
-        self.features: list[object] = []
-        # Per-worker status contributions, merged by worker 0 (features append here).
-        self.status_merges: list[Callable[[dict[str, object], list[dict[str, object]]], None]] = []
+        self.transports.on_connection_lost = self._connection_lost
+        self.transports.on_send_failed = self._send_failed
+        self._calls: dict[str, CallHandler] = {}
+        self._ready: dict[int, asyncio.Future[None]] = {}
         if self.cluster is not None:
             self._wire_cluster(self.cluster)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.features: list[Feature[Any]] = [cls(self) for cls in feature_classes()]
+        self._message_owner: dict[type[WorkerMessage], Feature[Any]] = {}
+        self._input_filters: list[InputFilter] = []
+        for feature in self.features:
+            self._plug(feature)
+
+    def _plug(self, feature: Feature[Any]) -> None:
+        """What the feature declares goes where the core looks for it."""
+        core = self.core
+        for method, handler in feature.request_handlers().items():
+            core.register(method, handler)
+        core.stateless_when.update(feature.stateless_checks())
+        input_filter = feature.input_filter()
+        if input_filter is not None:
+            self._input_filters.append(input_filter)
+        for message_type in feature.messages:
+            self._message_owner[message_type] = feature
+
+    # ---- contract.Host ----------------------------------------------------------------------
+    @property
+    def counters(self) -> Counter[str]:
+        return self.core.counters
+
+    @property
+    def worker_index(self) -> int:
+        return 0 if self.cluster is None else self.cluster.index
+
+    @property
+    def worker_count(self) -> int:
+        return 1 if self.cluster is None else self.cluster.count
+
+    def owner_of(self, key: str) -> int:
+        return 0 if self.cluster is None else self.cluster.owner(key)
+
+    def owner_of_message(self, req: Request) -> int:
+        return self.owner_of(owner_key(req))
+
+    def send_to_worker(self, worker: int, msg: WorkerMessage) -> None:
+        if self.cluster is None or worker == self.cluster.index:
+            self._on_typed(self.worker_index, msg)
+        else:
+            self.cluster.send(worker, msg)
+
+    def broadcast(self, msg: WorkerMessage) -> None:
+        if self.cluster is not None:
+            self.cluster.broadcast(msg)
+
+    def on_call(self, name: str, handler: CallHandler) -> None:
+        self._calls[name] = handler
+        if self.cluster is not None:
+            self.cluster.on_call(name, handler)
+
+    async def call_workers(self, name: str, **args: Any) -> list[Any]:
+        if self.cluster is None or not self.cluster.links:
+            return []
+        return await self.cluster.call_all(name, **args)
+
+    def is_local_domain(self, host: str) -> bool:
+        return self.core.is_local_domain(host)
+
+    def send_raw(self, data: bytes, peer: Peer) -> None:
+        try:
+            self._send(data, peer)
+        except Exception as exc:  # a dead connection: nothing to answer on
+            log.debug("event=send_raw_failed peer=%s error=%r", peer, str(exc))
+
+    def feature(self, cls: type[F]) -> F | None:
+        for feature in self.features:
+            if isinstance(feature, cls):
+                return feature
+        return None
 
     @property
     def is_primary(self) -> bool:
         """True in a single-process server and in worker 0 (listeners, admin, HTTP)."""
         return self.cluster is None or self.cluster.is_primary
 
-    def _on_message(self, data: bytes, peer: object) -> None:
-        self.core.on_message(data, peer)  # type: ignore[arg-type]
+    def _on_message(self, data: bytes, peer: Peer) -> None:
+        for input_filter in self._input_filters:
+            if input_filter(data, peer):
+                return
+        self.core.on_message(data, peer)
 
-    def _send(self, data: bytes, peer: Peer) -> None:
+    def _send(self, data: bytes, peer: Peer, tx_id: int | None = None) -> None:
         cluster = self.cluster
         if cluster is not None and not cluster.is_primary and peer.transport != "udp":
-            cluster.send_via(0, data, peer)  # worker 0 holds every connection
+            cluster.send_via(0, data, peer, tx_id)  # worker 0 holds every connection
             return
-        self.transports.send(data, peer)
+        self.transports.send(data, peer, None if tx_id is None else tx_id * MAX_WORKERS + self.worker_index)
+
+    def _send_failed(self, peer: Peer, token: int, error: str) -> None:
+        """A connection could not be opened for a transaction's message: tell its owner."""
+        worker, tx_id = token % MAX_WORKERS, token // MAX_WORKERS
+        if worker == self.worker_index:
+            self.core.transport_failed(tx_id)
+        elif self.cluster is not None:
+            self.cluster.send(worker, SendFailed(tx_id, str(peer), error))
+
+    def _connection_lost(self, peer: Peer) -> None:
+        for feature in self.features:
+            feature.on_connection_lost(peer)
 
     # ---- workers ------------------------------------------------------------------------
     def _wire_cluster(self, cluster: Cluster) -> None:
@@ -149,20 +252,38 @@ class Application:
         def forwarded(data: bytes, peer: Peer) -> None:
             core.on_message(data, peer, forwarded=True)
 
-        def send_for_worker(data: bytes, peer: Peer) -> None:
+        def send_for_worker(source: int, data: bytes, peer: Peer, tx_id: int | None) -> None:
             try:
-                self.transports.send(data, peer)
+                self.transports.send(data, peer, None if tx_id is None else tx_id * MAX_WORKERS + source)
             except Exception as exc:
                 self.transports.stats.send_errors += 1
                 log.debug("event=send_failed peer=%s error=%r", peer, str(exc))
+                if tx_id is not None:
+                    cluster.send(source, SendFailed(tx_id, str(peer), str(exc)))
 
         cluster.on_message = forwarded
         cluster.on_send = send_for_worker
+        cluster.on_typed = self._on_typed
         cluster.on_link_lost = self._worker_link_lost
         cluster.on_call("status", lambda args: self.status())
-        cluster.on_event("reload", lambda args: self.reload())
+
+    def _on_typed(self, source: int, msg: WorkerMessage) -> None:
+        if isinstance(msg, SendFailed):
+            self.core.transport_failed(msg.tx_id)
+        elif isinstance(msg, ReloadConfig):
+            self.reload()
+        elif isinstance(msg, WorkerReady):
+            _resolve(self._ready.get(msg.index))
+        else:
+            owner = self._message_owner.get(type(msg))
+            if owner is None:
+                log.warning("event=worker_message_unhandled kind=%s", msg.kind)
+                return
+            owner.on_worker_message(source, msg)
 
     def _worker_link_lost(self, other: int) -> None:
+        for feature in self.features:
+            feature.on_worker_lost(other)
         if self.stopping.is_set():
             return
         if self.is_primary:
@@ -177,11 +298,10 @@ class Application:
         ends = make_links(cluster.count)
         udp_fds = self.transports.udp_sockets()
         local_hosts = sorted(self.core.local_domains)
-        ready: dict[int, asyncio.Future[None]] = {}
         loop = asyncio.get_running_loop()
+        ready = self._ready
         for index in range(1, cluster.count):
             ready[index] = loop.create_future()
-        cluster.on_event("ready", lambda args: _resolve(ready.get(int(args["index"]))))
         cluster.on_call(BOOTSTRAP_CALL, lambda args: {"secret": cluster.secret.hex(), "config": self.config.model_dump_json()})
         await cluster.connect({other: sock.detach() for other, sock in ends[0].items()})
         for index in range(1, cluster.count):
@@ -210,7 +330,7 @@ class Application:
 
     async def _adopt_worker_sockets(self, spec: WorkerSpec) -> None:
         for host, port, fd in spec.udp_fds:
-            await self.transports.adopt_udp(Listener(transport="udp", host=host, port=port), fd)
+            await self.transports.adopt_udp(Listener("udp", host, port), fd)
         for host in spec.local_hosts:
             self.core.add_local_address(host)
 
@@ -244,20 +364,19 @@ class Application:
         return self.ssl_server
 
     async def start(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
         spec, cluster = self.worker_spec, self.cluster
         if spec is not None and cluster is not None:
-            # Handlers first: a datagram read from the shared socket before them would be
+            # Features first: a datagram read from the shared socket before them would be
             # answered 405 (worker 0 is already serving).
-            for feature_start in _feature_starters:
-                feature_start(self)
+            for feature in self.features:
+                await feature.start_worker()
             await self._adopt_worker_sockets(spec)
             self.lag.start()
             tune_gc()
-            cluster.emit(0, "ready", index=cluster.index)
+            cluster.send(0, WorkerReady(cluster.index))
             return
-        for feature_start in _feature_starters:
-            feature_start(self)
+        for feature in self.features:
+            await feature.start()
         for listener in self.config.listeners:
             if listener.transport in ("ws", "wss"):
                 continue
@@ -271,7 +390,6 @@ class Application:
             self.opened.append(OpenedListener("sip", real.transport, real.host, real.port))
         await self._start_http()
         await self._start_admin()
-        await self.mdflow.start()
         self.lag.start()
         self.core.counters["starts"] += 1
         if cluster is not None:
@@ -301,10 +419,12 @@ class Application:
         app = web.Application()
         app.router.add_get("/sip", make_ws_handler(self.transports, ws_name))
         app.router.add_get("/", _index)
+        for feature in self.features:
+            feature.web_routes(app)
         port = await self._serve(app, http.host, http.port, "http", context)
         self.opened.append(OpenedListener("http", "https" if http.tls else "http", http.host, port))
         self.opened.append(OpenedListener("sip", ws_name, http.host, port))
-        self.transports.add_listener_record(Listener(transport=ws_name, host=http.host, port=port))
+        self.transports.add_listener_record(Listener(ws_name, http.host, port))
         self.core.add_local_address(http.host)
 
     async def _start_admin(self) -> None:
@@ -334,11 +454,10 @@ class Application:
                 log.error("event=reload_failed error=%r", line)
             return exc.errors
         self.config = new
-        self.mdflow.reload(new.mdflow)
-        for hook in self.reload_hooks:
-            hook(new)
+        for feature in self.features:
+            feature.reload(new)
         if self.cluster is not None and self.cluster.is_primary:
-            self.cluster.broadcast("reload")
+            self.cluster.broadcast(ReloadConfig())
         self.core.counters["reloads"] += 1
         log.info("event=reloaded path=%s", self.config_path)
         return []
@@ -356,12 +475,9 @@ class Application:
         deadline = asyncio.get_running_loop().time() + 2.0
         while self.core.tl.active and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
-        await self.mdflow.stop()
         await self.lag.stop()
-        for hook in reversed(self.stop_hooks):
-            result = hook()
-            if asyncio.iscoroutine(result):
-                await result
+        for feature in reversed(self.features):
+            await feature.stop()
         await self.transports.close()
         for runner in self._runners:
             await runner.cleanup()
@@ -389,9 +505,7 @@ class Application:
         if self.cluster is not None:
             out["worker_link_drops"] = self.cluster.dropped
         for feature in self.features:
-            status = getattr(feature, "status", None)
-            if callable(status):
-                out.update(status())
+            out.update(feature.status())
         return out
 
     async def status_all(self) -> dict[str, object]:
@@ -413,21 +527,12 @@ class Application:
                 transport[name] = transport.get(name, 0) + value
             for key in ("transactions", "transactions_completed_waiting"):
                 out[key] = int(out[key]) + int(part[key])  # type: ignore[call-overload]
-        for merge in self.status_merges:
-            merge(out, parts)
+        for feature in self.features:
+            feature.merge_status(out, parts)
         out["counters"] = dict(sorted(counters.items()))
         out["workers"] = workers
         out["worker_link_drops"] = cluster.dropped + sum(int(p.get("worker_link_drops", 0)) for p in parts)  # type: ignore[call-overload]
         return out
-
-
-# Features (registrar, …) register a starter here so the app wires them without import cycles.
-_feature_starters: list[Callable[[Application], None]] = []
-
-
-def feature_starter(fn: Callable[[Application], None]) -> Callable[[Application], None]:
-    _feature_starters.append(fn)
-    return fn
 
 
 def _worker_row(index: int, pid: int, status: dict[str, object]) -> dict[str, object]:

@@ -4,32 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
-import urllib.error
-import urllib.request
-from collections.abc import Callable
 from typing import Any
 
 from . import __version__
-from .config import Config, ConfigError, Listener, load_config, parse_hostport
+from .config import ConfigError, CoreConfig, default_config, load_config
+from .ctlclient import DEFAULT_ADMIN, AdminError, admin_request, print_json
+from .features import feature_classes
+from .sip.address import Listener, parse_hostport
 
 EXIT_CONFIG = 2
-
-# Features add their subcommands here: fn(subparsers, ctl_subparsers).
-command_hooks: list[Callable[[Any, Any], None]] = []
-
-
-def _load_features() -> None:
-    """Import feature packages so they register CLI commands and app starters."""
-    from importlib import import_module
-
-    for name in FEATURE_MODULES:
-        import_module(name)
-
-
-FEATURE_MODULES: list[str] = ["vivait_sip.registrar.feature"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,37 +58,20 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check_config)
 
     ctl = sub.add_parser("ctl", help="talk to a running server's admin API")
-    ctl.add_argument("--admin", metavar="HOST:PORT", default="127.0.0.1:8081", help="admin API address")
+    ctl.add_argument("--admin", metavar="HOST:PORT", default=DEFAULT_ADMIN, help=f"admin API address (default {DEFAULT_ADMIN})")
     ctl_sub = ctl.add_subparsers(dest="ctl_command", required=True)
     ctl_status = ctl_sub.add_parser("status", help="uptime, listeners and counters")
     ctl_status.add_argument("--json", action="store_true", help="raw JSON")
     ctl_status.set_defaults(func=cmd_ctl_status)
     ctl_reload = ctl_sub.add_parser("reload", help="re-read the config file (like SIGHUP)")
-    ctl_reload.set_defaults(func=lambda a: _print_json(admin_request(a.admin, "POST", "/api/reload")))
-    mdflow = ctl_sub.add_parser("mdflow", help="mdflow admission control")
-    md_sub = mdflow.add_subparsers(dest="mdflow_command", required=True)
-    show = md_sub.add_parser("show", help="show config | show stats")
-    show.add_argument("what", choices=["config", "stats"])
-    show.add_argument("--json", action="store_true")
-    show.set_defaults(func=cmd_mdflow_show)
-    md_reload = md_sub.add_parser("reload", help="apply the config file's mdflow section live")
-    md_reload.set_defaults(func=lambda a: _print_json(admin_request(a.admin, "POST", "/api/mdflow/reload")))
-    md_debug = md_sub.add_parser("debug", help="print the stats every interval until interrupted")
-    md_debug.set_defaults(func=cmd_mdflow_debug)
+    ctl_reload.set_defaults(func=lambda a: print_json(admin_request(a.admin, "POST", "/api/reload")))
 
-    flow = sub.add_parser("flow", help="mdflow configuration tools")
-    flow_sub = flow.add_subparsers(dest="flow_command", required=True)
-    flow_import = flow_sub.add_parser("import", help="convert the deck's MDflow.conf (INI) to the JSON form")
-    flow_import.add_argument("file")
-    flow_import.set_defaults(func=cmd_flow_import)
-
-    for hook in command_hooks:
-        hook(sub, ctl_sub)
+    for feature in feature_classes():
+        feature.add_commands(sub, ctl_sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    _load_features()
     args = build_parser().parse_args(argv)
     try:
         result: int | None = args.func(args)
@@ -120,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # ---- serve ----------------------------------------------------------------------------------
-def apply_overrides(config: Config, args: argparse.Namespace) -> Config:
+def apply_overrides(config: CoreConfig, args: argparse.Namespace) -> CoreConfig:
     update: dict[str, Any] = {}
     if args.listen:
         update["listen"] = [str(Listener.parse(item)) for item in args.listen]
@@ -149,7 +117,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .logs import setup_logging
 
     try:
-        config = load_config(args.config) if args.config else Config()
+        config = load_config(args.config) if args.config else default_config()
         config = apply_overrides(config, args)
     except ConfigError as exc:
         for line in exc.errors:
@@ -195,7 +163,7 @@ def _install_uvloop() -> None:
 def cmd_worker(args: argparse.Namespace) -> int:
     """Worker 1..N-1: the spec (sockets, config) comes from worker 0 in the environment."""
     from .app import Application
-    from .config import Config
+    from .config import config_from_json
     from .logs import setup_logging
     from .workers import BOOTSTRAP_CALL, ENV_SPEC, Cluster, WorkerSpec
 
@@ -211,7 +179,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         await cluster.connect(spec.link_fds)
         boot = await cluster.call(0, BOOTSTRAP_CALL)
         cluster.secret = bytes.fromhex(boot["secret"])
-        config = Config.model_validate_json(boot["config"])
+        config = config_from_json(boot["config"])
         setup_logging(config.log.level, config.log.format)
         app = Application(config, spec.config_path, demo=spec.demo, worker=(spec, cluster))
         await app.start()
@@ -235,37 +203,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 # ---- ctl ------------------------------------------------------------------------------------
-class AdminError(Exception):
-    pass
-
-
-def admin_request(address: str, method: str, path: str, body: Any = None, raw: bool = False) -> Any:
-    host, port = parse_hostport(address, "--admin")
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(f"http://{host}:{port}{path}", data=data, method=method)
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            payload = resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        detail = exc.read().decode(errors="replace").strip()
-        raise AdminError(f"{method} {path}: HTTP {exc.code}: {detail}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise AdminError(f"cannot reach the admin API at {host}:{port} ({reason}); is the server running?") from None
-    return payload if raw else json.loads(payload)
-
-
-def _print_json(data: Any) -> int:
-    print(json.dumps(data, indent=2, sort_keys=True))
-    return 0
-
-
 def cmd_ctl_status(args: argparse.Namespace) -> int:
     status = admin_request(args.admin, "GET", "/api/status")
     if args.json:
-        return _print_json(status)
+        return print_json(status)
     print(f"version: {status.get('version')}")
     print(f"uptime: {status.get('uptime_s')} s")
     print("transports:")
@@ -287,32 +228,6 @@ def cmd_ctl_status(args: argparse.Namespace) -> int:
     for key, value in sorted(merged.items()):
         print(f"  {key} {value}")
     return 0
-
-
-def cmd_mdflow_show(args: argparse.Namespace) -> int:
-    path = f"/api/mdflow/{args.what}"
-    if args.json:
-        return _print_json(admin_request(args.admin, "GET", path + "?format=json"))
-    sys.stdout.write(admin_request(args.admin, "GET", path, raw=True))
-    return 0
-
-
-def cmd_mdflow_debug(args: argparse.Namespace) -> int:
-    host, port = parse_hostport(args.admin, "--admin")
-    try:
-        with urllib.request.urlopen(f"http://{host}:{port}/api/mdflow/debug", timeout=3600) as resp:
-            for line in resp:
-                sys.stdout.write(line.decode())
-                sys.stdout.flush()
-    except (urllib.error.URLError, OSError) as exc:
-        raise AdminError(f"cannot reach the admin API at {host}:{port} ({exc})") from None
-    return 0
-
-
-def cmd_flow_import(args: argparse.Namespace) -> int:
-    from .flow.ini import main_import
-
-    return main_import(args.file)
 
 
 if __name__ == "__main__":

@@ -9,51 +9,55 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
-from .flow.config import MdflowConfig
-from .registrar.config import RegistrarConfig
+from .sip.address import Listener, parse_hostport
 
-TRANSPORTS = ("udp", "tcp", "tls", "ws", "wss")
+DEFAULT_LISTEN: tuple[str | ListenerConfig, ...] = ("udp:127.0.0.1:5060", "tcp:127.0.0.1:5060", "tls:127.0.0.1:5061")
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def parse_hostport(text: str, what: str = "address") -> tuple[str, int]:
-    """`HOST:PORT` or `[V6]:PORT` → (host, port)."""
-    if text.startswith("["):
-        host, sep, port = text[1:].partition("]:")
-    else:
-        host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{what} must be HOST:PORT, got {text!r}")
-    return host, int(port)
+def _listener(value: str, what: str = "listener") -> Listener:
+    return Listener.parse(value, what)
 
 
-class Listener(Strict):
-    """One SIP listening socket."""
+class ListenerConfig(Strict):
+    """A listener with the address it is known by: `{"address": "udp:0.0.0.0:5060",
+    "advertise": "pbx.example.com:5060"}` (behind NAT, a balancer, or bound to 0.0.0.0)."""
 
-    transport: Literal["udp", "tcp", "tls", "ws", "wss"]
-    host: str
-    port: int = Field(ge=0, le=65535)
+    address: str
+    advertise: str | None = None
 
+    @field_validator("address")
     @classmethod
-    def parse(cls, text: str) -> Listener:
-        """`udp:127.0.0.1:5060` (the CLI's --listen form)."""
-        transport, sep, rest = text.partition(":")
-        if not sep or transport.lower() not in TRANSPORTS:
-            raise ValueError(f"listener must be TRANSPORT:HOST:PORT with TRANSPORT in {TRANSPORTS}, got {text!r}")
-        host, port = parse_hostport(rest, "listener")
-        return cls(transport=transport.lower(), host=host, port=port)  # type: ignore[arg-type]
+    def _address(cls, value: str) -> str:
+        _listener(value)
+        return value
 
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.transport}:{host}:{self.port}"
+    @field_validator("advertise")
+    @classmethod
+    def _advertise(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_hostport(value, "advertise", default_port=0)
+        return value
+
+    def listener(self) -> Listener:
+        return _listener(self.address).with_advertised(self.advertise)
 
 
 class HttpConfig(Strict):
@@ -151,29 +155,27 @@ class SecurityConfig(Strict):
         return [_network(v) for v in value]
 
 
-class Config(Strict):
-    """The whole document. Every section is optional; the defaults are the embedded demo."""
+class CoreConfig(Strict):
+    """The server's own sections; `config_model()` adds one section per feature.
+    Every section is optional; the defaults are the embedded demo."""
 
     data_dir: str = "./var"
     domains: list[str] = Field(default_factory=list)
     realm: str | None = None
-    listen: list[str] = Field(
-        default_factory=lambda: ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060", "tls:127.0.0.1:5061"]
-    )
+    listen: list[str | ListenerConfig] = Field(default_factory=lambda: list(DEFAULT_LISTEN))
     http: HttpConfig = Field(default_factory=HttpConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     tls: TlsConfig = Field(default_factory=TlsConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     sip: SipConfig = Field(default_factory=SipConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
-    mdflow: MdflowConfig = Field(default_factory=MdflowConfig)
-    registrar: RegistrarConfig = Field(default_factory=RegistrarConfig)
 
     @field_validator("listen")
     @classmethod
-    def _listeners(cls, value: list[str]) -> list[str]:
+    def _listeners(cls, value: list[str | ListenerConfig]) -> list[str | ListenerConfig]:
         for item in value:
-            Listener.parse(item)
+            if isinstance(item, str):
+                _listener(item)
         return value
 
     @field_validator("domains")
@@ -183,7 +185,7 @@ class Config(Strict):
 
     @property
     def listeners(self) -> list[Listener]:
-        return [Listener.parse(item) for item in self.listen]
+        return [_listener(item) if isinstance(item, str) else item.listener() for item in self.listen]
 
     def effective_realm(self) -> str:
         return self.realm or (self.domains[0] if self.domains else "vivait")
@@ -218,14 +220,38 @@ def validation_errors(exc: ValidationError) -> list[str]:
     return lines
 
 
-def config_from_data(data: Any) -> Config:
+@cache
+def config_model() -> type[CoreConfig]:
+    """The whole document's model: the core sections plus one per feature
+    (`Feature.config_key` → `Feature.config_model`), built once."""
+    from .features import feature_classes
+
+    fields: dict[str, Any] = {}
+    for cls in feature_classes():
+        if cls.config_key is not None and cls.config_model is not None:
+            fields[cls.config_key] = (cls.config_model, Field(default_factory=cls.config_model))
+    model: type[CoreConfig] = create_model("Config", __base__=CoreConfig, **fields)
+    return model
+
+
+def default_config() -> CoreConfig:
+    """The embedded demo's config."""
+    return config_model()()
+
+
+def config_from_data(data: Any) -> CoreConfig:
     try:
-        return Config.model_validate(data)
+        return config_model().model_validate(data)
     except ValidationError as exc:
         raise ConfigError(validation_errors(exc)) from None
 
 
-def load_config(path: str | Path) -> Config:
+def config_from_json(text: str) -> CoreConfig:
+    """The effective config a worker process receives from worker 0."""
+    return config_model().model_validate_json(text)
+
+
+def load_config(path: str | Path) -> CoreConfig:
     """Read and validate a config file; raise ConfigError listing every problem."""
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -247,3 +273,15 @@ def _strip_comments(data: Any) -> Any:
     if isinstance(data, list):
         return [_strip_comments(v) for v in data]
     return data
+
+
+if TYPE_CHECKING:
+    Config = CoreConfig
+else:
+
+    def __getattr__(name: str) -> Any:
+        """`Config` is the composed model (`config_model()`), built on first use so that
+        features may import this module."""
+        if name == "Config":
+            return config_model()
+        raise AttributeError(name)

@@ -13,20 +13,17 @@ import ipaddress
 import logging
 import math
 import time
-import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .logs import throttle
 from .sip.errors import SipParseError
+from .sip.incoming import Incoming
 from .sip.message import (
     Limits,
     Request,
     Response,
-    canonical_header_name,
-    header_key,
     make_response,
     new_tag,
     parse_message,
@@ -34,13 +31,13 @@ from .sip.message import (
     validate_response,
 )
 from .sip.peer import Peer
+from .sip.stateless import stateless_error, stateless_tag
 from .sip.transaction import (
     AckReceived,
     CancelReceived,
     Overloaded,
     RequestReceived,
     ResponseReceived,
-    ServerTransaction,
     State,
     StrayResponse,
     TimerConfig,
@@ -60,38 +57,6 @@ SUPPORTED_OPTIONS = ("path", "outbound")
 ACCEPTED_TYPES = ("application/sdp",)
 
 
-@dataclass(init=False)
-class Incoming:
-    """A new request as handlers see it: the request, its transaction, where it came from."""
-
-    request: Request
-    tx: ServerTransaction | None  # None: answered statelessly
-    peer: Peer
-    core: SipCore
-    to_tag: str
-
-    # An explicit __init__: mypyc compiles it (a dataclass-made one runs as Python).
-    def __init__(
-        self, request: Request, tx: ServerTransaction | None, peer: Peer, core: SipCore, to_tag: str | None = None
-    ) -> None:
-        self.request = request
-        self.tx = tx
-        self.peer = peer
-        self.core = core
-        self.to_tag = new_tag() if to_tag is None else to_tag
-
-    def respond(
-        self,
-        status: int,
-        reason: str | None = None,
-        headers: Iterable[tuple[str, str]] = (),
-        body: bytes = b"",
-    ) -> Response:
-        resp = make_response(self.request, status, reason, to_tag=self.to_tag, headers=headers, body=body)
-        self.core.send_response(self.tx, resp, self.peer)
-        return resp
-
-
 Handler = Callable[[Incoming], None]
 
 
@@ -99,7 +64,7 @@ class SipCore:
     def __init__(
         self,
         *,
-        send: Callable[[bytes, Peer], None],
+        send: Callable[[bytes, Peer, int | None], None],
         timers: TimerConfig,
         limits: Limits,
         domains: Iterable[str] = (),
@@ -256,7 +221,7 @@ class SipCore:
             if event is None:
                 break
             if isinstance(event, RequestReceived):
-                self._dispatch(Incoming(event.request, event.tx, event.peer, self))
+                self._dispatch(Incoming(event.request, event.tx.id, event.peer, self))
             elif isinstance(event, AckReceived):
                 self.on_ack(event.request, event.peer)
             elif isinstance(event, CancelReceived):
@@ -283,7 +248,7 @@ class SipCore:
 
     def _send_raw(self, data: bytes, peer: Peer, tx_id: int | None = None) -> None:
         try:
-            self._send(data, peer)
+            self._send(data, peer, tx_id)
             self.counters["messages_out"] += 1
         except Exception as exc:
             self.counters["send_errors"] += 1
@@ -291,16 +256,23 @@ class SipCore:
             if tx_id is not None:
                 self.tl.transport_failed(tx_id, self.clock())
 
-    def send_response(self, tx: ServerTransaction | None, resp: Response, peer: Peer) -> None:
-        """Send through the transaction, or straight to `peer` when there is none."""
+    def transport_failed(self, tx_id: int) -> None:
+        """A message of transaction `tx_id` could not be sent (reported after the fact:
+        a refused connect, or by the worker holding the connection)."""
+        self.tl.transport_failed(tx_id, self.clock())
+        self._drain()
+
+    def send_response(self, inc: Incoming, resp: Response) -> None:
+        """Queue through the request's transaction, or send straight to its peer when it
+        has none; the caller's loop transmits (no re-entry into `_drain`)."""
         if self.user_agent and "server" not in resp.headers:
             resp.headers.add("Server", self.user_agent)
         self.counters[f"responses_out_{resp.status // 100}xx"] += 1
-        if tx is None:
-            self._send_raw(resp.to_bytes(), peer)
+        tx_id = inc.request_id
+        if tx_id is None:
+            self._send_raw(resp.to_bytes(), inc.peer)
             return
-        self.tl.send_response(tx, resp, self.clock())
-        self._drain()
+        self.tl.send_response(tx_id, resp, self.clock())
 
     def _arm_timer(self) -> None:
         """Wake up for the next transaction timer, on a TIMER_GRANULARITY_S grid.
@@ -409,18 +381,6 @@ class SipCore:
         }
 
 
-def stateless_tag(req: Request) -> str:
-    """A To tag that is the same for every retransmission of `req` (same branch, Call-ID),
-    in every worker process (crc32, not the per-process salted hash())."""
-    # Plain statements, not chained property reads inside one f-string: see
-    # tests/registrar/test_no_leaks.py for the reference leak this shape was part of.
-    via = req.top_via
-    cseq = req.cseq
-    text = "\x00".join((via.branch or "", req.call_id, str(cseq.number)))
-    key = text.encode("utf-8", "surrogateescape")
-    return f"s{zlib.crc32(key):x}{zlib.adler32(key):x}"
-
-
 def owner_key(msg: Request | Response) -> str:
     """What decides which worker owns a message: a REGISTER's AOR (bindings live with
     their AOR), otherwise the Call-ID (a dialog's transactions meet in one worker)."""
@@ -434,34 +394,3 @@ def _reason_for(exc: SipParseError) -> str:
         return exc.reason
     text = exc.reason.replace("\r", " ").replace("\n", " ")
     return f"Bad Request ({text[:120]})"
-
-
-_STATELESS_COPY = ("via", "from", "to", "call-id", "cseq")
-
-
-def stateless_error(data: bytes, status: int, reason: str) -> bytes | None:
-    """A best-effort error response for a request too malformed to parse fully.
-
-    Copies the raw Via/From/To/Call-ID/CSeq lines it can find.  Without a Via there is no
-    way to route a reply, so it returns None and the request is dropped.
-    """
-    head = data[:16384].split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
-    lines = head.replace("\r\n", "\n").split("\n")
-    copied: list[str] = []
-    for line in lines[1:]:
-        if not line or line[0] in " \t":
-            if copied and line and copied[-1].split(":", 1)[0].lower() in _STATELESS_COPY:
-                copied[-1] += " " + line.strip()
-            continue
-        name, colon, value = line.partition(":")
-        key = header_key(name.strip())
-        if colon and key in _STATELESS_COPY:
-            value = value.strip()
-            if key == "to" and "tag=" not in value.lower():
-                value += f";tag={new_tag()}"
-            copied.append(f"{canonical_header_name(key)}: {value}")
-    if not any(c.lower().startswith("via:") for c in copied):
-        return None
-    safe_reason = "".join(ch for ch in reason if ch.isprintable())
-    out = [f"SIP/2.0 {status} {safe_reason}", *copied, "Content-Length: 0", "", ""]
-    return "\r\n".join(out).encode("utf-8")

@@ -38,6 +38,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+from .contract import WorkerMessage, decode_message, encode_message, worker_message
 from .sip.peer import Peer
 
 log = logging.getLogger("vivait_sip.workers")
@@ -47,10 +48,11 @@ SECRET_BYTES = 32
 BOOTSTRAP_CALL = "bootstrap"  # worker 0 answers {"secret": hex, "config": effective config JSON}
 
 _FRAME = struct.Struct("!IB")  # payload length (kind included), kind
-_PEER = struct.Struct("!BHqB")  # transport code, port, conn_id (-1: none), host length
+_PEER = struct.Struct("!BHqqB")  # transport code, port, conn_id (-1: none), tx id (-1: none), host length
 KIND_MESSAGE = 1  # process this SIP message as if it had arrived here
 KIND_SEND = 2  # send these bytes to this peer (worker 0 holds the connections)
-KIND_CONTROL = 3  # JSON: events, calls and their replies
+KIND_CONTROL = 3  # JSON: admin calls and their replies
+KIND_TYPED = 4  # a contract.WorkerMessage (contract.encode_message)
 MAX_FRAME = 16 * 1024 * 1024
 # Past this many bytes queued towards one worker, forwarded SIP messages are dropped
 # (UDP semantics: the sender retransmits); control frames are never dropped.
@@ -68,19 +70,55 @@ def owner_index(key: str, count: int) -> int:
     return zlib.crc32(key.encode("utf-8", "surrogateescape")) % count
 
 
-def encode_peer_frame(kind: int, peer: Peer, data: bytes) -> bytes:
+def encode_peer_frame(kind: int, peer: Peer, data: bytes, tx_id: int | None = None) -> bytes:
     host = peer.host.encode("utf-8")
-    head = _PEER.pack(_TRANSPORT_CODE[peer.transport], peer.port, -1 if peer.conn_id is None else peer.conn_id, len(host))
+    head = _PEER.pack(
+        _TRANSPORT_CODE[peer.transport],
+        peer.port,
+        -1 if peer.conn_id is None else peer.conn_id,
+        -1 if tx_id is None else tx_id,
+        len(host),
+    )
     body_len = 1 + len(head) + len(host) + len(data)
     return _FRAME.pack(body_len, kind) + head + host + data
 
 
-def decode_peer_payload(payload: bytes) -> tuple[Peer, bytes]:
-    code, port, conn_id, host_len = _PEER.unpack_from(payload)
+def decode_peer_payload(payload: bytes) -> tuple[Peer, bytes, int | None]:
+    code, port, conn_id, tx_id, host_len = _PEER.unpack_from(payload)
     start = _PEER.size
     host = payload[start : start + host_len].decode("utf-8")
     peer = Peer(_TRANSPORTS[code], host, port, None if conn_id < 0 else conn_id)
-    return peer, payload[start + host_len :]
+    return peer, payload[start + host_len :], None if tx_id < 0 else tx_id
+
+
+def encode_typed(msg: WorkerMessage) -> bytes:
+    body = encode_message(msg)
+    return _FRAME.pack(len(body) + 1, KIND_TYPED) + body
+
+
+@worker_message("core.worker_ready")
+@dataclass(frozen=True)
+class WorkerReady(WorkerMessage):
+    """A worker → worker 0: started, reading from the shared sockets."""
+
+    index: int
+
+
+@worker_message("core.reload")
+@dataclass(frozen=True)
+class ReloadConfig(WorkerMessage):
+    """Worker 0 → all: the config file was re-read; re-read it too."""
+
+
+@worker_message("core.send_failed")
+@dataclass(frozen=True)
+class SendFailed(WorkerMessage):
+    """Worker 0 → the owner of a transaction: its message could not be sent over a
+    connection worker 0 holds (refused connect, closed WebSocket)."""
+
+    tx_id: int
+    peer: str
+    error: str
 
 
 def encode_control(obj: dict[str, Any]) -> bytes:
@@ -177,7 +215,6 @@ class _Link(asyncio.Protocol):
         self.cluster._on_link_lost(self.other)
 
 
-EventHandler = Callable[[dict[str, Any]], object]
 CallHandler = Callable[[dict[str, Any]], Awaitable[Any] | Any]
 
 
@@ -190,9 +227,9 @@ class Cluster:
         self.secret = secret
         self.links: dict[int, _Link] = {}
         self.on_message: Callable[[bytes, Peer], None] = lambda data, peer: None
-        self.on_send: Callable[[bytes, Peer], None] = lambda data, peer: None
+        self.on_send: Callable[[int, bytes, Peer, int | None], None] = lambda source, data, peer, tx_id: None
+        self.on_typed: Callable[[int, WorkerMessage], None] = lambda source, msg: None
         self.on_link_lost: Callable[[int], None] = lambda other: None
-        self._events: dict[str, EventHandler] = {}
         self._calls: dict[str, CallHandler] = {}
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._ids = itertools.count(1)
@@ -227,9 +264,20 @@ class Cluster:
         """Hand a received message to the worker that owns it."""
         self._write(worker, encode_peer_frame(KIND_MESSAGE, peer, data), droppable=True)
 
-    def send_via(self, worker: int, data: bytes, peer: Peer) -> None:
-        """Ask `worker` (the one holding the connection) to send `data` to `peer`."""
-        self._write(worker, encode_peer_frame(KIND_SEND, peer, data), droppable=True)
+    def send_via(self, worker: int, data: bytes, peer: Peer, tx_id: int | None = None) -> None:
+        """Ask `worker` (the one holding the connection) to send `data` to `peer`; a
+        failure comes back as `SendFailed(tx_id)`."""
+        self._write(worker, encode_peer_frame(KIND_SEND, peer, data, tx_id), droppable=True)
+
+    def send(self, worker: int, msg: WorkerMessage) -> None:
+        """A typed one-way message to one worker (never dropped)."""
+        self._write(worker, encode_typed(msg), droppable=False)
+
+    def broadcast(self, msg: WorkerMessage) -> None:
+        """A typed one-way message to every other worker."""
+        frame = encode_typed(msg)
+        for other in self.links:
+            self._write(other, frame, droppable=False)
 
     def _write(self, worker: int, frame: bytes, droppable: bool) -> None:
         link = self.links.get(worker)
@@ -237,21 +285,8 @@ class Cluster:
             self.dropped += 1
 
     # ---- control: events and calls ----------------------------------------------------
-    def on_event(self, name: str, handler: EventHandler) -> None:
-        self._events[name] = handler
-
     def on_call(self, name: str, handler: CallHandler) -> None:
         self._calls[name] = handler
-
-    def emit(self, worker: int, name: str, **args: Any) -> None:
-        """A one-way event to one worker."""
-        self._write(worker, encode_control({"event": name, "args": args}), droppable=False)
-
-    def broadcast(self, name: str, **args: Any) -> None:
-        """A one-way event to every other worker."""
-        frame = encode_control({"event": name, "args": args})
-        for other in self.links:
-            self._write(other, frame, droppable=False)
 
     async def call(self, worker: int, name: str, **args: Any) -> Any:
         """Run `name` on `worker` and return its JSON-able result."""
@@ -272,24 +307,20 @@ class Cluster:
     def _on_frame(self, other: int, kind: int, payload: bytes) -> None:
         try:
             if kind == KIND_MESSAGE:
-                peer, data = decode_peer_payload(payload)
+                peer, data, _ = decode_peer_payload(payload)
                 self.on_message(data, peer)
             elif kind == KIND_SEND:
-                peer, data = decode_peer_payload(payload)
-                self.on_send(data, peer)
+                peer, data, tx_id = decode_peer_payload(payload)
+                self.on_send(other, data, peer, tx_id)
+            elif kind == KIND_TYPED:
+                self.on_typed(other, decode_message(payload))
             elif kind == KIND_CONTROL:
                 self._on_control(other, json.loads(payload))
         except Exception:
             log.exception("event=worker_frame_error other=%d kind=%d", other, kind)
 
     def _on_control(self, other: int, msg: dict[str, Any]) -> None:
-        if "event" in msg:
-            handler = self._events.get(msg["event"])
-            if handler is None:
-                log.warning("event=worker_unknown_event name=%s", msg["event"])
-                return
-            handler(msg.get("args", {}))
-        elif "call" in msg:
+        if "call" in msg:
             asyncio.get_running_loop().create_task(self._answer(other, msg))
         elif "reply" in msg:
             future = self._pending.get(msg["reply"])

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
-import vivait_sip.registrar.feature as registrar_feature
 from vivait_sip.app import Application
 from vivait_sip.config import Config
 from vivait_sip.registrar.digest import client_response, parse_challenge
+from vivait_sip.registrar.feature import RegistrarFeature
 from vivait_sip.sip.peer import Peer
 
 pytestmark = pytest.mark.timeout(60)
@@ -71,10 +71,11 @@ async def grown_after_rounds(tmp_path: Path) -> dict[str, int]:
     )
     app = Application(config)
     sent: list[bytes] = []
-    app.core._send = lambda data, peer: sent.append(data)
+    app.core._send = lambda data, peer, tx_id: sent.append(data)
     app.core.add_local_address("127.0.0.1")
-    feature = registrar_feature.RegistrarFeature(app)
-    feature.start()
+    feature = app.feature(RegistrarFeature)
+    assert feature is not None
+    await feature.start()
     phone, trunk = Peer("udp", "127.0.0.1", 5062), Peer("udp", "192.0.2.1", 5062)
     before = live_parsed_objects()
     for n in range(ROUNDS):

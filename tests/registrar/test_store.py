@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from vivait_sip.registrar.location import Binding
-from vivait_sip.registrar.users import make_user
+from vivait_sip.registrar.location import Binding, binding_from_row, binding_row
+from vivait_sip.registrar.users import UserRecord, make_user
 from vivait_sip.store import DB_NAME, SCHEMA_VERSION, Store, StoreError
 
 REALM = "example.com"
@@ -61,7 +61,7 @@ def test_users_crud_and_no_plaintext_password(tmp_path: Path) -> None:
         "7140",
         REALM,
     )
-    assert got == make_user(
+    assert UserRecord(*got) == make_user(
         "6140", password, REALM, name="Ana", extension="5140", web_extension="7140"
     )
     assert [u.number for u in store.list_users()] == ["6140", "6141"]
@@ -81,7 +81,7 @@ def test_replace_config_users_keeps_cli_users(tmp_path: Path) -> None:
     store.replace_config_users([make_user("6141", "changed", REALM, origin="config")])
     users = {u.number: u for u in store.list_users()}
     assert set(users) == {"6141", "6199"}
-    assert users["6141"] == make_user("6141", "changed", REALM, origin="config")
+    assert UserRecord(*users["6141"]) == make_user("6141", "changed", REALM, origin="config")
     assert users["6199"].origin == "cli"
 
 
@@ -93,9 +93,9 @@ def test_bindings_save_load_delete(tmp_path: Path) -> None:
     b2 = Binding(
         aor="sip:6140@h", contact="sip:6140@192.0.2.2", expires_at=2e9, instance="i", reg_id=1
     )
-    store.save_bindings([b1, b2], [])
+    store.save_bindings([binding_row(b1), binding_row(b2)], [])
     store.save_bindings([], [("sip:6140@h", b1.key_text())])
-    loaded = store.load_bindings()
+    loaded = [binding_from_row(row) for row in store.load_bindings()]
     assert [b.contact for b in loaded] == ["sip:6140@192.0.2.2"]
     assert loaded[0].key == ("i", 1) and loaded[0].key_text() == b2.key_text()
     assert store.delete_all_bindings() == 1
@@ -115,7 +115,7 @@ def test_two_connections_read_and_write_concurrently(tmp_path: Path) -> None:
     server = Store.open(tmp_path)
     cli = Store.open(tmp_path)
     reader = server.conn.execute("SELECT number FROM users")  # an open read does not block writers
-    server.save_bindings([Binding(aor="sip:a@h", contact="sip:a@h", expires_at=2e9)], [])
+    server.save_bindings([binding_row(Binding(aor="sip:a@h", contact="sip:a@h", expires_at=2e9))], [])
     cli.upsert_users([make_user("6140", "pw", REALM)])
     reader.fetchall()
     assert [u.number for u in server.list_users()] == ["6140"]

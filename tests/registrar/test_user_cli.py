@@ -12,12 +12,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-import vivait_sip.registrar.cli  # noqa: F401  (registers the commands)
 from vivait_sip import cli
 from vivait_sip.registrar.admin import add_routes, list_bindings, remove_bindings
 from vivait_sip.registrar.digest import Algorithm, ha1
 from vivait_sip.registrar.location import Binding, LocationService
-from vivait_sip.registrar.users import UserDirectory
+from vivait_sip.registrar.users import UserDirectory, records_from_rows
 from vivait_sip.store import Store
 
 NOW = 1_700_000_000.0
@@ -305,7 +304,7 @@ class RegistrarStandIn:
         self.reload_users()
 
     def reload_users(self) -> int:
-        self.users.load(self.store.list_users())
+        self.users.load(records_from_rows(self.store.list_users()))
         return len(self.users)
 
     async def registrations(self, aor: str | None) -> list[dict[str, object]]:

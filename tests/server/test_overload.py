@@ -25,7 +25,7 @@ def request(method: str, call_id: str) -> bytes:
 
 def make_core() -> tuple[SipCore, list[bytes]]:
     sent: list[bytes] = []
-    core = SipCore(send=lambda data, peer: sent.append(data), timers=TimerConfig(), limits=DEFAULT_LIMITS,
+    core = SipCore(send=lambda data, peer, tx_id: sent.append(data), timers=TimerConfig(), limits=DEFAULT_LIMITS,
                    retry_after_s=9, clock=lambda: 100.0)
     core.add_local_address("127.0.0.1")
     return core, sent

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from dataclasses import dataclass
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from vivait_sip.contract import (
+    WorkerMessage,
+    decode_message,
+    encode_message,
+    mint_call_id,
+    worker_message,
+)
 from vivait_sip.core import owner_key
 from vivait_sip.sip.message import parse_message
 from vivait_sip.sip.peer import Peer
@@ -29,14 +37,41 @@ pytestmark = pytest.mark.timeout(20)
     host=st.sampled_from(["127.0.0.1", "::1", "192.0.2.10", "fe80::1%eth0"]),
     port=st.integers(0, 65535),
     conn_id=st.one_of(st.none(), st.integers(0, 2**62)),
+    tx_id=st.one_of(st.none(), st.integers(0, 2**62)),
     data=st.binary(max_size=2000),
 )
-def test_peer_frames_round_trip(transport: str, host: str, port: int, conn_id: int | None, data: bytes) -> None:
+def test_peer_frames_round_trip(
+    transport: str, host: str, port: int, conn_id: int | None, tx_id: int | None, data: bytes
+) -> None:
     peer = Peer(transport, host, port, conn_id)
-    frame = encode_peer_frame(KIND_MESSAGE, peer, data)
+    frame = encode_peer_frame(KIND_MESSAGE, peer, data, tx_id)
     assert int.from_bytes(frame[:4], "big") == len(frame) - 4
     assert frame[4] == KIND_MESSAGE
-    assert decode_peer_payload(frame[5:]) == (peer, data)
+    assert decode_peer_payload(frame[5:]) == (peer, data, tx_id)
+
+
+@worker_message("test.ban")
+@dataclass(frozen=True)
+class BanForTest(WorkerMessage):
+    source: str
+    seconds: float
+    users: list[str]
+
+
+def test_typed_messages_round_trip_and_unknown_kinds_are_refused() -> None:
+    msg = BanForTest("192.0.2.9", 600.0, ["6140", "ñ"])
+    assert decode_message(encode_message(msg)) == msg
+    with pytest.raises(ValueError, match="unknown worker message"):
+        decode_message(b'{"m":"nobody.knows","a":{}}')
+    with pytest.raises(ValueError, match="already taken"):
+        worker_message("test.ban")(dataclass(frozen=True)(type("Other", (WorkerMessage,), {})))
+
+
+def test_minted_call_ids_hash_to_the_calling_worker() -> None:
+    for worker in range(3):
+        ids = {mint_call_id(worker, 3, "pbx.example") for _ in range(50)}
+        assert len(ids) == 50
+        assert all(owner_index(call_id, 3) == worker and call_id.endswith("@pbx.example") for call_id in ids)
 
 
 def test_owner_is_stable_and_spreads() -> None:
@@ -81,9 +116,10 @@ async def test_messages_sends_events_and_calls_cross_the_link() -> None:
     a, b = await pair()
     got: list[tuple[str, bytes, Peer]] = []
     b.on_message = lambda data, peer: got.append(("message", data, peer))
-    a.on_send = lambda data, peer: got.append(("send", data, peer))
-    events: list[dict[str, object]] = []
-    b.on_event("ban", events.append)
+    sends: list[tuple[int, bytes, Peer, int | None]] = []
+    a.on_send = lambda source, data, peer, tx_id: sends.append((source, data, peer, tx_id))
+    typed: list[tuple[int, WorkerMessage]] = []
+    b.on_typed = lambda source, msg: typed.append((source, msg))
     b.on_call("double", lambda args: args["n"] * 2)
 
     async def slow(args: dict[str, object]) -> str:
@@ -93,15 +129,15 @@ async def test_messages_sends_events_and_calls_cross_the_link() -> None:
     b.on_call("slow", slow)
     big = b"x" * 300_000  # larger than one socket buffer: framing must reassemble it
     a.forward(1, big, Peer("udp", "192.0.2.7", 5062))
-    b.send_via(0, b"reply", Peer("tcp", "192.0.2.8", 5063, 42))
-    a.broadcast("ban", source="192.0.2.9", seconds=600)
+    b.send_via(0, b"reply", Peer("tcp", "192.0.2.8", 5063, 42), tx_id=7)
+    a.broadcast(BanForTest("192.0.2.9", 600, []))
     assert await a.call(1, "double", n=21) == 42
     assert await a.call_all("slow") == ["late"]
     with pytest.raises(RuntimeError, match="unknown call"):
         await a.call(1, "missing")
     assert ("message", big, Peer("udp", "192.0.2.7", 5062)) in got
-    assert ("send", b"reply", Peer("tcp", "192.0.2.8", 5063, 42)) in got
-    assert events == [{"source": "192.0.2.9", "seconds": 600}]
+    assert sends == [(1, b"reply", Peer("tcp", "192.0.2.8", 5063, 42), 7)]
+    assert typed == [(0, BanForTest("192.0.2.9", 600, []))]
     a.close()
     b.close()
 

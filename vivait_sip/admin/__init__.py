@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from ..config import load_config
-from ..flow.admin import add_routes as add_mdflow_routes
-from ..flow.config import MdflowConfig
-
 if TYPE_CHECKING:
     from ..app import Application
-
-# Features register extra routes here: fn(aiohttp_app, application).
-route_hooks: list[Callable[[web.Application, Application], None]] = []
-
-
 
 
 def build_admin_app(application: Application) -> web.Application:
@@ -33,21 +23,19 @@ def build_admin_app(application: Application) -> web.Application:
         return web.json_response({"ok": True})
 
     async def metrics(request: web.Request) -> web.Response:
-        text = core_metrics(application, await application.status_all()) + application.mdflow.prometheus_text()
+        status = await application.status_all()
+        text = core_metrics(application, status)
+        for feature in application.features:
+            lines = feature.metrics(status)
+            if lines:
+                text += "\n".join(lines) + "\n"
         return web.Response(body=text.encode(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
     app.router.add_get("/api/status", status)
     app.router.add_post("/api/reload", reload)
     app.router.add_get("/metrics", metrics)
-
-    def reload_mdflow() -> MdflowConfig:
-        if application.config_path is None:
-            return application.config.mdflow
-        return load_config(application.config_path).mdflow
-
-    add_mdflow_routes(app, application.mdflow, reload_source=reload_mdflow)
-    for hook in route_hooks:
-        hook(app, application)
+    for feature in application.features:
+        feature.admin_routes(app)
     return app
 
 

@@ -88,6 +88,8 @@ class MdflowService:
                     waiter.set_result(call.outcome)
             elif isinstance(waiter, asyncio.TimerHandle):
                 waiter.cancel()
+            elif callable(waiter):
+                waiter(call.outcome)
 
     def _notify_interval(self) -> None:
         """Feed ``mdflow debug`` watchers once per closed statistics interval."""
@@ -121,6 +123,24 @@ class MdflowService:
         except asyncio.CancelledError:
             self._engine.withdraw(call, self._clock())
             raise
+
+    def offer(self, flow: str, dnis: str, on_outcome: Callable[[str], None]) -> QueuedCall | None:
+        """Admission without waiting: the immediate outcome goes to `on_outcome` at once
+        and None is returned; a queued call is returned (for `withdraw`) and
+        `on_outcome` runs when a tick releases it or it overflows (`desborda`).
+        Raises :class:`UnknownFlowError` for a flow that is not configured."""
+        admission = self._engine.offer(flow, dnis, self._clock())
+        call = admission.call
+        if call is None:
+            assert admission.outcome is not None
+            on_outcome(admission.outcome)
+            return None
+        call.userdata = on_outcome
+        return call
+
+    def withdraw(self, call: QueuedCall) -> bool:
+        """The caller left while queued (CANCEL, link lost): counted as abandoned."""
+        return self._engine.withdraw(call, self._clock())
 
     def simulate(self, flow: str, calls: Iterable[tuple[str, float]]) -> dict[str, int]:
         """Offer synthetic calls ``(dnis, patience_s)``; return immediate outcome counts.

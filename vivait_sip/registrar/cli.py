@@ -19,11 +19,11 @@ from urllib.parse import quote
 
 from pydantic import ValidationError
 
-from .. import cli
+from .. import ctlclient as cli
 from ..config import ConfigError, load_config, validation_errors
 from ..store import Store, StoreError
 from .config import UserConfig
-from .users import UserRecord, find_conflicts, user_from_config
+from .users import UserRecord, find_conflicts, records_from_rows, user_from_config
 
 DEFAULT_REALM = "vivait"
 EXIT_INVALID = 2
@@ -134,7 +134,7 @@ def _messages(exc: ValidationError) -> list[str]:
 def _save(args: argparse.Namespace, records: list[UserRecord]) -> int:
     store = _open_store(args)
     try:
-        problems = find_conflicts(store.list_users(), records)
+        problems = find_conflicts(records_from_rows(store.list_users()), records)
         if problems:
             for line in problems:
                 print(f"error: {line}", file=sys.stderr)
@@ -209,7 +209,7 @@ def cmd_user_list(args: argparse.Namespace) -> int:
 def _user_list(args: argparse.Namespace) -> int:
     store = _open_store(args)
     try:
-        users = store.list_users()
+        users = records_from_rows(store.list_users())
     finally:
         store.close()
     if args.json:
@@ -371,7 +371,3 @@ def cmd_ctl_unban(args: argparse.Namespace) -> int:
         return 1
     print(f"{args.source} unbanned")
     return 0
-
-
-if add_commands not in cli.command_hooks:
-    cli.command_hooks.append(add_commands)

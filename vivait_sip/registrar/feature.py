@@ -1,8 +1,7 @@
 """Wires the registrar into the running server (users, location, REGISTER, guards, bans).
 
-`vivait_sip.cli` imports this module through FEATURE_MODULES; code that builds an
-`Application` directly (tests, embedding) must `import vivait_sip.registrar.feature`
-first so the starter below is registered.
+Listed in `vivait_sip/features.py`; everything it brings is declared through the
+`contract.Feature` methods below.
 
 User precedence: the store (DATA_DIR/vivait.db) holds every user.  Users and ranges
 from the config file are re-imported at start and on every reload as "config" users
@@ -14,31 +13,41 @@ they survive restarts, and printed in the start-up banner.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import itertools
 import json
 import logging
 import secrets
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
-from ..admin import route_hooks
-from ..app import Application, feature_starter
-from ..config import Config
-from ..core import owner_key
+from ..config import CoreConfig
+from ..contract import (
+    Feature,
+    Host,
+    InputFilter,
+    RequestHandler,
+    StatelessCheck,
+    WorkerMessage,
+    worker_message,
+)
+from ..sip.message import Request
 from ..sip.peer import Peer
 from ..store import Store
-from ..transport.manager import MessageHandler
-from . import cli as _registrar_cli  # noqa: F401  (registers the user/ctl commands)
+from . import cli as registrar_cli
 from .admin import add_routes, list_bindings, remove_bindings
 from .config import RegistrarConfig, UserConfig
 from .digest import Algorithm, Authenticator, NonceManager
-from .guard import CallGuard
+from .guard import GUARDED_METHODS, CallGuard
 from .location import LocationService
 from .register import Registrar
 from .security import AuthGate, SecurityMonitor
-from .users import UserDirectory, UserRecord, config_users, user_from_config
+from .users import UserDirectory, UserRecord, config_users, records_from_rows, user_from_config
 
 log = logging.getLogger("vivait_sip.registrar")
 
@@ -46,21 +55,64 @@ DEMO_USERS = ("6140", "6141", "6142", "6143")
 _ACK = b"ACK "
 
 
-class RegistrarFeature:
-    """Owns the registrar's state for one Application; `status()` feeds `ctl status`."""
+# ---- messages between workers (contract.WorkerMessage) -------------------------------------
+@worker_message("registrar.flow_lost")
+@dataclass(frozen=True)
+class FlowLost(WorkerMessage):
+    """Worker 0 → all: a connection closed; bindings over it (RFC 5626 flows) go."""
 
-    def __init__(self, app: Application) -> None:
-        self.app = app
-        config = app.config
+    conn_id: int
+    peer: str
+
+
+@worker_message("registrar.auth_failure")
+@dataclass(frozen=True)
+class AuthFailure(WorkerMessage):
+    """A worker → worker 0, which counts failures and decides bans."""
+
+    source: str
+    user: str | None
+
+
+@worker_message("registrar.ban")
+@dataclass(frozen=True)
+class Ban(WorkerMessage):
+    source: str
+    seconds: float
+
+
+@worker_message("registrar.unban")
+@dataclass(frozen=True)
+class Unban(WorkerMessage):
+    source: str
+
+
+@worker_message("registrar.users_changed")
+@dataclass(frozen=True)
+class UsersChanged(WorkerMessage):
+    """Worker 0 wrote the users to the store: read them again."""
+
+
+class RegistrarFeature(Feature[RegistrarConfig]):
+    """Users, location service, REGISTER, digest authentication, bans."""
+
+    name = "registrar"
+    config_key = "registrar"
+    config_model = RegistrarConfig
+    order = 10
+    messages = (FlowLost, AuthFailure, Ban, Unban, UsersChanged)
+
+    def __init__(self, host: Host) -> None:
+        super().__init__(host)
+        config = host.config
+        settings = self.settings
         self.realm = config.effective_realm()
-        self.store = Store.open(app.data_dir)
+        self.store = Store.open(host.data_dir)
         self.users = UserDirectory(self.realm)
         self.location = LocationService(self.store)
         self.monitor = SecurityMonitor(config.security)
-        settings = config.registrar
         # Worker processes share one nonce secret: a challenge from one verifies in another.
-        secret = app.cluster.secret if app.cluster is not None else secrets.token_bytes(32)
-        self.nonces = NonceManager(secret, settings.nonce_lifetime_s, time.time, random_bytes=unique_bytes)
+        self.nonces = NonceManager(host.secret, settings.nonce_lifetime_s, time.time, random_bytes=unique_bytes)
         self.authenticator = Authenticator(
             self.realm,
             self.nonces,
@@ -69,10 +121,12 @@ class RegistrarFeature:
         )
         self.gate = AuthGate(self.authenticator, self.monitor)
         self.gate.set_trunks((t.name, t.networks) for t in settings.trunks)
-        self.registrar = Registrar(app.core, self.gate, self.users, self.location, settings)
-        self.guard = CallGuard(app.core, self.gate, self.users)
-        self._demo_passwords: dict[str, str] = self._demo_users() if app.demo else {}
+        self.registrar = Registrar(host, self.gate, self.users, self.location, settings)
+        self.guard = CallGuard(host, self.gate, self.users)
+        self._demo_passwords: dict[str, str] = self._demo_users() if host.demo else {}
         self._task: asyncio.Task[None] | None = None
+        if host.worker_count > 1:
+            self._wire_workers()
 
     # ---- users ----------------------------------------------------------------------
     def _demo_users(self) -> dict[str, str]:
@@ -99,81 +153,87 @@ class RegistrarFeature:
 
         With worker processes, worker 0 writes the store and the others then read it.
         """
-        app = self.app
-        if app.is_primary:
-            self.store.replace_config_users(self._config_users(app.config.registrar))
-        self.users.load(self.store.list_users())
-        if app.cluster is not None and app.cluster.is_primary:
-            app.cluster.broadcast("registrar_reload_users")
+        host = self.host
+        if host.is_primary:
+            self.store.replace_config_users(self._config_users(self.settings))
+        self.users.load(records_from_rows(self.store.list_users()))
+        if host.is_primary:
+            host.broadcast(UsersChanged())
         return len(self.users)
 
-    # ---- lifecycle ------------------------------------------------------------------
-    def start(self) -> None:
-        app = self.app
-        count = self.reload_users()
-        cluster = app.cluster
-        self.location.load(None if cluster is None else cluster.owns)
-        if cluster is not None:
-            self._wire_cluster()
-        settings = app.config.registrar
-        self._task = asyncio.get_running_loop().create_task(
-            self.location.start(settings.flush_interval_ms / 1000, settings.purge_interval_s)
-        )
-        app.core.register("REGISTER", self.registrar.handle)
+    # ---- SIP --------------------------------------------------------------------------
+    def request_handlers(self) -> Mapping[str, RequestHandler]:
+        handlers: dict[str, RequestHandler] = {"REGISTER": self.registrar.handle}
+        for method in GUARDED_METHODS:
+            handlers[method] = self.guard.handle
+        return handlers
+
+    def stateless_checks(self) -> Mapping[str, StatelessCheck]:
         # A REGISTER without credentials from a non-trunk source can only be answered
         # (401, or 403/400/423 before that) and changes nothing: no transaction needed.
         gate = self.gate
-        app.core.stateless_when["REGISTER"] = lambda req, peer: (
-            "authorization" not in req.headers and gate.trunk_for(peer.host) is None
-        )
-        self.guard.register()
-        app.transports.on_message = self._ban_filter(app.transports.on_message)
-        previous_lost = app.transports.on_connection_lost
 
-        def connection_lost(peer: Peer) -> None:
-            previous_lost(peer)
-            if peer.conn_id is not None:
-                self._flow_failed(peer.conn_id, str(peer))
-                if cluster is not None:
-                    cluster.broadcast("registrar_flow_lost", conn_id=peer.conn_id, peer=str(peer))
+        def register_challenge(req: Request, peer: Peer) -> bool:
+            return "authorization" not in req.headers and gate.trunk_for(peer.host) is None
 
-        app.transports.on_connection_lost = connection_lost
-        app.stop_hooks.append(self.stop)
-        app.reload_hooks.append(self.reload)
-        app.status_merges.append(_merge_status)
-        app.features.append(self)
-        for number, password in self._demo_passwords.items():
-            app.banner.append(
-                f"demo user {number} password {password} "
-                f"(register sip:{number}@127.0.0.1, auth user {number}, realm {self.realm})"
-            )
-        log.info("event=registrar_started users=%d bindings=%d realm=%s", count, self.location.count(), self.realm)
+        return {"REGISTER": register_challenge}
+
+    def input_filter(self) -> InputFilter:
+        """Banned sources get a stateless 403 before any parsing or transaction state."""
+        from ..sip.stateless import stateless_error
+
+        monitor = self.monitor
+        host = self.host
+
+        def banned(data: bytes, peer: Peer) -> bool:
+            if not monitor.is_banned(peer.host):
+                return False
+            head = data.lstrip(b"\r\n")
+            if head.startswith((b"SIP/", _ACK)):
+                return True
+            response = stateless_error(data, 403, "Forbidden (source banned)")
+            if response is not None:
+                host.send_raw(response, peer)
+            return True
+
+        return banned
+
+    def on_connection_lost(self, peer: Peer) -> None:
+        if peer.conn_id is not None:
+            self._flow_failed(peer.conn_id, str(peer))
+            self.host.broadcast(FlowLost(peer.conn_id, str(peer)))
 
     def _flow_failed(self, conn_id: int, peer: str) -> None:
         removed = self.location.remove_flow(conn_id)
         if removed:
             log.info("event=flow_failed peer=%s bindings_removed=%d", peer, removed)
 
-    def _wire_cluster(self) -> None:
-        """Events and calls between worker processes (vivait_sip/workers.py)."""
-        cluster = self.app.cluster
-        assert cluster is not None
+    # ---- workers ----------------------------------------------------------------------
+    def _wire_workers(self) -> None:
+        host = self.host
+        self.gate.worker_index = host.worker_index
+        self.gate.owner_of = host.owner_of_message
+        host.on_call("registrar_bindings", lambda a: self.local_registrations(a.get("aor")))
+        host.on_call("registrar_unregister", lambda a: self.local_unregister(str(a["aor"])))
+        host.on_call("registrar_counts", lambda a: self._local_counts())
         monitor = self.monitor
-        self.gate.worker_index = cluster.index
-        self.gate.owner_of = lambda req: cluster.owner(owner_key(req))
-        cluster.on_event("registrar_flow_lost", lambda a: self._flow_failed(int(a["conn_id"]), str(a["peer"])))
-        cluster.on_call("registrar_bindings", lambda a: self.local_registrations(a.get("aor")))
-        cluster.on_call("registrar_unregister", lambda a: self.local_unregister(str(a["aor"])))
-        cluster.on_call("registrar_counts", lambda a: {"bindings": self.location.count(), "aors": len(self.location.all_aors())})
-        if cluster.is_primary:
-            cluster.on_event("registrar_auth_failure", lambda a: monitor.record_failure(str(a["source"]), a.get("user")))
-            monitor.on_ban = lambda ip, seconds: cluster.broadcast("registrar_ban", source=ip, seconds=seconds)
-            monitor.on_unban = lambda ip: cluster.broadcast("registrar_unban", source=ip)
+        if host.is_primary:
+            monitor.on_ban = lambda ip, seconds: host.broadcast(Ban(ip, seconds))
+            monitor.on_unban = lambda ip: host.broadcast(Unban(ip))
         else:
-            monitor.failure_sink = lambda ip, user: cluster.emit(0, "registrar_auth_failure", source=ip, user=user)
-            cluster.on_event("registrar_ban", lambda a: monitor.apply_ban(str(a["source"]), float(a["seconds"])))
-            cluster.on_event("registrar_unban", lambda a: monitor.lift_ban(str(a["source"])))
-            cluster.on_event("registrar_reload_users", lambda a: self.users.load(self.store.list_users()))
+            monitor.failure_sink = lambda ip, user: host.send_to_worker(0, AuthFailure(ip, user))
+
+    def on_worker_message(self, source: int, msg: WorkerMessage) -> None:
+        if isinstance(msg, FlowLost):
+            self._flow_failed(msg.conn_id, msg.peer)
+        elif isinstance(msg, AuthFailure):
+            self.monitor.record_failure(msg.source, msg.user)
+        elif isinstance(msg, Ban):
+            self.monitor.apply_ban(msg.source, msg.seconds)
+        elif isinstance(msg, Unban):
+            self.monitor.lift_ban(msg.source)
+        elif isinstance(msg, UsersChanged):
+            self.users.load(records_from_rows(self.store.list_users()))
 
     # ---- admin: every worker's bindings ------------------------------------------------
     def local_registrations(self, aor: str | None) -> list[dict[str, object]]:
@@ -182,55 +242,57 @@ class RegistrarFeature:
     def local_unregister(self, aor: str) -> int:
         return remove_bindings(self.location, aor)
 
+    def _local_counts(self) -> dict[str, int]:
+        return {"bindings": self.location.count(), "aors": len(self.location.all_aors())}
+
     async def registrations(self, aor: str | None) -> list[dict[str, object]]:
         """Bindings of every worker, sorted by AOR (`aor` as `list_bindings` takes it)."""
         found = self.local_registrations(aor)
-        cluster = self.app.cluster
-        if cluster is not None:
-            for part in await cluster.call_all("registrar_bindings", aor=aor):
+        if self.host.worker_count > 1:
+            for part in await self.host.call_workers("registrar_bindings", aor=aor):
                 found.extend(part)
             found.sort(key=lambda b: str(b["aor"]))
         return found
 
     async def unregister(self, aor: str) -> int:
         removed = self.local_unregister(aor)
-        cluster = self.app.cluster
-        if cluster is not None:
-            removed += sum(int(n) for n in await cluster.call_all("registrar_unregister", aor=aor))
+        if self.host.worker_count > 1:
+            removed += sum(int(n) for n in await self.host.call_workers("registrar_unregister", aor=aor))
         return removed
 
     async def counts(self) -> dict[str, int]:
         """Bindings and registered AORs in all workers."""
-        totals = {"bindings": self.location.count(), "aors": len(self.location.all_aors())}
-        cluster = self.app.cluster
-        if cluster is not None:
-            for part in await cluster.call_all("registrar_counts"):
+        totals = self._local_counts()
+        if self.host.worker_count > 1:
+            for part in await self.host.call_workers("registrar_counts"):
                 totals["bindings"] += int(part["bindings"])
                 totals["aors"] += int(part["aors"])
         return totals
 
-    def _ban_filter(self, inner: MessageHandler) -> MessageHandler:
-        """Banned sources get a stateless 403 before any parsing or transaction state."""
-        from ..core import stateless_error
+    def admin_routes(self, app: web.Application) -> None:
+        add_routes(app, self)
 
-        monitor = self.monitor
-        transports = self.app.transports
+    # ---- lifecycle ------------------------------------------------------------------
+    async def start(self) -> None:
+        self._start()
+        for number, password in self._demo_passwords.items():
+            self.host.banner.append(
+                f"demo user {number} password {password} "
+                f"(register sip:{number}@127.0.0.1, auth user {number}, realm {self.realm})"
+            )
 
-        def on_message(data: bytes, peer: Peer) -> None:
-            if not monitor.is_banned(peer.host):
-                inner(data, peer)
-                return
-            head = data.lstrip(b"\r\n")
-            if head.startswith((b"SIP/", _ACK)):
-                return
-            response = stateless_error(data, 403, "Forbidden (source banned)")
-            if response is not None:
-                try:
-                    transports.send(response, peer)
-                except Exception as exc:  # a dead connection: nothing to answer on
-                    log.debug("event=ban_reply_failed peer=%s error=%r", peer, str(exc))
+    async def start_worker(self) -> None:
+        self._start()
 
-        return on_message
+    def _start(self) -> None:
+        host = self.host
+        count = self.reload_users()
+        self.location.load(None if host.worker_count == 1 else lambda aor: host.owner_of(aor) == host.worker_index)
+        settings = self.settings
+        self._task = asyncio.get_running_loop().create_task(
+            self.location.start(settings.flush_interval_ms / 1000, settings.purge_interval_s)
+        )
+        log.info("event=registrar_started users=%d bindings=%d realm=%s", count, self.location.count(), self.realm)
 
     async def stop(self) -> None:
         """Final flush: every binding reaches the store before the process exits."""
@@ -239,15 +301,15 @@ class RegistrarFeature:
         await self.location.stop()
         self.store.close()
 
-    def reload(self, config: Config) -> None:
+    def reload(self, config: CoreConfig) -> None:
         """Limits, trunks, security thresholds and config users apply live; the realm does not."""
-        settings = config.registrar
+        settings = self.settings_of(config)
         self.registrar.settings = settings
         self.monitor.reconfigure(config.security)
         self.gate.set_trunks((t.name, t.networks) for t in settings.trunks)
-        # Other workers reload users on worker 0's registrar_reload_users, sent once it
-        # has written them to the store: reading them here too would do it twice.
-        count = self.reload_users() if self.app.is_primary else len(self.users)
+        # Other workers reload users on worker 0's UsersChanged, sent once it has
+        # written them to the store: reading them here too would do it twice.
+        count = self.reload_users() if self.host.is_primary else len(self.users)
         log.info("event=registrar_reloaded users=%d", count)
 
     def status(self) -> dict[str, object]:
@@ -260,6 +322,13 @@ class RegistrarFeature:
                 **self.monitor.status(),
             }
         }
+
+    def merge_status(self, mine: dict[str, object], workers: list[dict[str, object]]) -> None:
+        _merge_status(mine, workers)
+
+    @classmethod
+    def add_commands(cls, sub: argparse._SubParsersAction[Any], ctl_sub: argparse._SubParsersAction[Any]) -> None:
+        registrar_cli.add_commands(sub, ctl_sub)
 
 
 def _merge_status(out: dict[str, object], workers: list[dict[str, object]]) -> None:
@@ -286,17 +355,3 @@ def unique_bytes(size: int) -> bytes:
     was 4 % of a REGISTER-with-digest profile.
     """
     return ((_unique_base + next(_unique_counter)) % (1 << (8 * size))).to_bytes(size, "big")
-
-
-@feature_starter
-def start_registrar(app: Application) -> None:
-    RegistrarFeature(app).start()
-
-
-def _admin_routes(web_app: web.Application, app: Application) -> None:
-    for feature in app.features:
-        if isinstance(feature, RegistrarFeature):
-            add_routes(web_app, feature)
-
-
-route_hooks.append(_admin_routes)

@@ -9,7 +9,8 @@ the same 407 for existing and missing extensions.
 
 from __future__ import annotations
 
-from ..core import Incoming, SipCore
+from ..contract import LocalDomains
+from ..sip.incoming import Incoming
 from .security import AuthGate
 from .users import UserDirectory
 
@@ -17,22 +18,18 @@ GUARDED_METHODS = ("INVITE", "SUBSCRIBE", "MESSAGE", "REFER")
 
 
 class CallGuard:
-    """Handler for the guarded methods; registered per method with `SipCore.register`."""
+    """Handler for the guarded methods (the feature declares it for each of them)."""
 
-    def __init__(self, core: SipCore, gate: AuthGate, users: UserDirectory) -> None:
-        self.core = core
+    def __init__(self, domains: LocalDomains, gate: AuthGate, users: UserDirectory) -> None:
+        self.domains = domains
         self.gate = gate
         self.users = users
-
-    def register(self) -> None:
-        for method in GUARDED_METHODS:
-            self.core.register(method, self.handle)
 
     def handle(self, inc: Incoming) -> None:
         """Answer one request; a SipParseError it raises becomes a 400 in the core."""
         req = inc.request
         uri = req.uri
-        if not self.core.is_local_domain(uri.host):
+        if not self.domains.is_local_domain(uri.host):
             inc.respond(403, "Forbidden (relaying not allowed)")
             return
         if self.gate.trunk_for(inc.peer.host) is None and self.gate.check(inc, proxy=True) is None:

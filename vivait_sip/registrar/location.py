@@ -15,13 +15,10 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from ..sip.errors import SipParseError
 from ..sip.uri import parse_uri, unescape
-
-if TYPE_CHECKING:
-    from ..store import Store
+from ..store import BindingRow, Store
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +143,49 @@ class Binding:
         return max(0, round(self.expires_at - now))
 
 
+def binding_row(b: Binding) -> BindingRow:
+    """What the store keeps of a binding (not its connection: none survives a restart)."""
+    return BindingRow(
+        b.aor,
+        b.key_text(),
+        b.contact,
+        b.expires_at,
+        b.q,
+        b.call_id,
+        b.cseq,
+        b.instance,
+        b.reg_id,
+        b.path,
+        b.transport,
+        b.source_host,
+        b.source_port,
+        b.user_agent,
+        b.registered_at,
+    )
+
+
+def binding_from_row(row: BindingRow) -> Binding:
+    binding = Binding(
+        row.aor,
+        row.contact,
+        row.expires_at,
+        row.q,
+        row.call_id,
+        row.cseq,
+        row.instance,
+        row.reg_id,
+        row.path,
+        row.transport,
+        row.source_host,
+        row.source_port,
+        None,
+        row.user_agent,
+        row.registered_at,
+    )
+    binding._key = row.key  # saved by key_text(); skips re-parsing every contact
+    return binding
+
+
 class LocationService:
     """Bindings by AOR with write-behind persistence.
 
@@ -265,10 +305,10 @@ class LocationService:
             return 0
         now = self.clock()
         stale: list[tuple[str, str]] = []
-        for binding in self.store.load_bindings():
-            if owns is not None and not owns(binding.aor):
+        for row in self.store.load_bindings():
+            if owns is not None and not owns(row.aor):
                 continue
-            binding.conn_id = None  # connections do not survive a restart
+            binding = binding_from_row(row)  # no conn_id: connections do not survive a restart
             if binding.expires_at <= now:
                 stale.append((binding.aor, binding.key_text()))
                 continue
@@ -284,14 +324,14 @@ class LocationService:
             self._dirty.clear()
             return 0
         dirty, self._dirty = self._dirty, set()
-        upserts: list[Binding] = []
+        upserts: list[BindingRow] = []
         removals: list[tuple[str, str]] = []
         for aor, ktext in dirty:
             binding = self._aors.get(aor, {}).get(ktext)
             if binding is None:
                 removals.append((aor, ktext))
             else:
-                upserts.append(binding)
+                upserts.append(binding_row(binding))
         try:
             self.store.save_bindings(upserts, removals)
         except sqlite3.Error:

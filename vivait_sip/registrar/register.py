@@ -14,8 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import formatdate
 
-from ..core import Incoming, SipCore
+from ..contract import LocalDomains
 from ..sip.errors import SipParseError
+from ..sip.incoming import Incoming
 from ..sip.uri import NameAddr
 from .config import RegistrarConfig
 from .location import Binding, LocationService
@@ -54,18 +55,18 @@ class _DateCache:
 
 
 class Registrar:
-    """The REGISTER handler; `handle` is registered with `SipCore.register`."""
+    """The REGISTER handler (the feature declares it in `request_handlers`)."""
 
     def __init__(
         self,
-        core: SipCore,
+        domains: LocalDomains,
         gate: AuthGate,
         users: UserDirectory,
         location: LocationService,
         settings: RegistrarConfig,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.core = core
+        self.domains = domains
         self.gate = gate
         self.users = users
         self.location = location
@@ -76,12 +77,12 @@ class Registrar:
     def handle(self, inc: Incoming) -> None:
         """Answer one request; a SipParseError it raises becomes a 400 in the core."""
         req = inc.request
-        core = self.core
-        if not core.is_local_domain(req.uri.host):
+        domains = self.domains
+        if not domains.is_local_domain(req.uri.host):
             inc.respond(403, "Forbidden (relaying not allowed)")
             return
         to_uri = req.to.uri
-        if not to_uri.is_sip or not core.is_local_domain(to_uri.host):
+        if not to_uri.is_sip or not domains.is_local_domain(to_uri.host):
             inc.respond(403, "Forbidden (not a local domain)")
             return
         contacts = req.contacts

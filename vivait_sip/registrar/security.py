@@ -28,8 +28,8 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
 from ..config import SecurityConfig
-from ..core import Incoming
 from ..logs import throttle
+from ..sip.incoming import Incoming
 from ..sip.message import Request
 from .digest import Authenticator, AuthOutcome, DigestParseError, NonceStatus, parse_credentials
 

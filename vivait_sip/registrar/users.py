@@ -12,6 +12,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ..store import UserRow
 from .config import RegistrarConfig, UserConfig, UserRangeConfig
 from .digest import Algorithm, ha1
 
@@ -146,6 +147,11 @@ def identities(rec: UserRecord) -> set[str]:
     if rec.web_extension:
         out.add(rec.web_extension)
     return out
+
+
+def records_from_rows(rows: Iterable[UserRow]) -> list[UserRecord]:
+    """The store's rows as the registrar's records (same fields, same order)."""
+    return [UserRecord(*row) for row in rows]
 
 
 def find_conflicts(existing: Iterable[UserRecord], new: Iterable[UserRecord]) -> list[str]:

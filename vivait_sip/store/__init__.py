@@ -13,12 +13,9 @@ import sqlite3
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import sqlite_utils
-
-from ..registrar.location import Binding
-from ..registrar.users import UserRecord
 
 SCHEMA_VERSION = 1
 DB_NAME = "vivait.db"
@@ -72,24 +69,52 @@ _UPSERT_USER = _upsert_sql("users", (*_USER_COLUMNS, "updated_at"), ("number",))
 _UPSERT_BINDING = _upsert_sql("bindings", _BINDING_COLUMNS, ("aor", "key"))
 
 
-def _binding_row(b: Binding) -> tuple[Any, ...]:
-    return (
-        b.aor,
-        b.key_text(),
-        b.contact,
-        b.expires_at,
-        b.q,
-        b.call_id,
-        b.cseq,
-        b.instance,
-        b.reg_id,
-        json.dumps(b.path) if b.path else "",
-        b.transport,
-        b.source_host,
-        b.source_port,
-        b.user_agent,
-        b.registered_at,
-    )
+class UserRow(NamedTuple):
+    """A user as stored (the store's own row type; features convert)."""
+
+    number: str
+    name: str
+    ha1_md5: str
+    ha1_sha256: str
+    extension: str
+    web_extension: str | None
+    web_pool: str | None
+    class_of_service: str
+    realm: str
+    ext_ha1_md5: str | None
+    ext_ha1_sha256: str | None
+    origin: str
+
+
+class UserFields(Protocol):
+    """Anything with a user's columns as attributes can be written."""
+
+    @property
+    def number(self) -> str: ...
+
+
+class BindingRow(NamedTuple):
+    """A registered contact as stored; `key` identifies it within its AOR."""
+
+    aor: str
+    key: str
+    contact: str
+    expires_at: float
+    q: float
+    call_id: str
+    cseq: int
+    instance: str | None
+    reg_id: int | None
+    path: list[str]
+    transport: str
+    source_host: str
+    source_port: int
+    user_agent: str
+    registered_at: float
+
+
+def _binding_values(row: BindingRow) -> tuple[Any, ...]:
+    return (*row[:9], json.dumps(row.path) if row.path else "", *row[10:])
 
 
 class Store:
@@ -156,14 +181,14 @@ class Store:
                 db.execute("INSERT INTO schema_version (version) VALUES (?)", [SCHEMA_VERSION])
 
     # ---- users ------------------------------------------------------------------------
-    def upsert_users(self, records: Iterable[UserRecord]) -> int:
+    def upsert_users(self, records: Iterable[UserFields]) -> int:
         now = time.time()
         rows = [(*(getattr(r, c) for c in _USER_COLUMNS), now) for r in records]
         with self.conn:
             self.conn.executemany(_UPSERT_USER, rows)
         return len(rows)
 
-    def replace_config_users(self, records: Iterable[UserRecord]) -> int:
+    def replace_config_users(self, records: Iterable[UserFields]) -> int:
         """Make the config-managed users exactly `records` (users added by the CLI stay)."""
         records = list(records)
         now = time.time()
@@ -186,68 +211,32 @@ class Store:
             cur = self.conn.execute("DELETE FROM users WHERE number = ?", (number,))
         return cur.rowcount > 0
 
-    def list_users(self) -> list[UserRecord]:
+    def list_users(self) -> list[UserRow]:
         cur = self.conn.execute(f"SELECT {', '.join(_USER_COLUMNS)} FROM users ORDER BY number")
-        return [UserRecord(*row) for row in cur]
+        return [UserRow(*row) for row in cur]
 
-    def get_user(self, number: str) -> UserRecord | None:
+    def get_user(self, number: str) -> UserRow | None:
         cur = self.conn.execute(
             f"SELECT {', '.join(_USER_COLUMNS)} FROM users WHERE number = ?", (number,)
         )
         row = cur.fetchone()
-        return UserRecord(*row) if row else None
+        return UserRow(*row) if row else None
 
     # ---- bindings ---------------------------------------------------------------------
-    def save_bindings(
-        self, upserts: Iterable[Binding], removals: Iterable[tuple[str, str]]
-    ) -> None:
-        """Write-behind batch: upserts and (aor, key text) removals in one transaction."""
-        rows = [_binding_row(b) for b in upserts]
+    def save_bindings(self, upserts: Iterable[BindingRow], removals: Iterable[tuple[str, str]]) -> None:
+        """Write-behind batch: upserts and (aor, key) removals in one transaction."""
+        rows = [_binding_values(b) for b in upserts]
         with self.conn:
             self.conn.executemany("DELETE FROM bindings WHERE aor = ? AND key = ?", removals)
             self.conn.executemany(_UPSERT_BINDING, rows)
 
-    def load_bindings(self) -> list[Binding]:
-        cur = self.conn.execute(
-            "SELECT aor, key, contact, expires_at, q, call_id, cseq, instance, reg_id, path,"
-            " transport, source_host, source_port, user_agent, registered_at FROM bindings"
-        )
+    def load_bindings(self) -> list[BindingRow]:
+        cur = self.conn.execute(f"SELECT {', '.join(_BINDING_COLUMNS)} FROM bindings")
         out = []
-        for (
-            aor,
-            key,
-            contact,
-            expires_at,
-            q,
-            call_id,
-            cseq,
-            instance,
-            reg_id,
-            path,
-            transport,
-            source_host,
-            source_port,
-            user_agent,
-            registered_at,
-        ) in cur:
-            binding = Binding(
-                aor=aor,
-                contact=contact,
-                expires_at=expires_at,
-                q=q,
-                call_id=call_id,
-                cseq=cseq,
-                instance=instance,
-                reg_id=reg_id,
-                path=json.loads(path) if path else [],
-                transport=transport,
-                source_host=source_host,
-                source_port=source_port,
-                user_agent=user_agent,
-                registered_at=registered_at,
-            )
-            binding._key = key  # saved by key_text(); skips re-parsing every contact
-            out.append(binding)
+        for row in cur:
+            values = list(row)
+            values[9] = json.loads(values[9]) if values[9] else []
+            out.append(BindingRow(*values))
         return out
 
     def delete_all_bindings(self) -> int:

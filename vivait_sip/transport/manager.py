@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, cast
 
-from ..config import Listener
 from ..logs import throttle
+from ..sip.address import Listener
 from ..sip.errors import SipParseError
 from ..sip.message import DEFAULT_LIMITS, Limits, StreamFramer
 from ..sip.peer import Peer
@@ -151,6 +151,9 @@ class TransportManager:
         self.on_message = on_message
         self.on_framing_error: Callable[[SipParseError, Peer], None] = lambda exc, peer: None
         self.on_connection_lost: Callable[[Peer], None] = lambda peer: None
+        # A send that needed a new TCP/TLS connection failed after `send` returned: the
+        # token the caller gave (its transaction) comes back so it can fail over at once.
+        self.on_send_failed: Callable[[Peer, int, str], None] = lambda peer, token, error: None
         self.limits = limits
         self.ssl_server = ssl_server
         self.ssl_client = ssl_client
@@ -162,6 +165,7 @@ class TransportManager:
         self._ids = itertools.count(1)
         self._udp: dict[tuple[str, int], _UdpProtocol] = {}
         self._default_udp: _UdpProtocol | None = None
+        self._udp_route: dict[str, _UdpProtocol | None] = {}
         self._servers: list[asyncio.AbstractServer] = []
         self._connections: dict[int, Connection] = {}
         self._by_addr: dict[tuple[str, str, int], int] = {}
@@ -198,7 +202,7 @@ class TransportManager:
             port = server.sockets[0].getsockname()[1]
         else:
             raise TransportError(f"{listener.transport} listens on the HTTP port (/sip)")
-        real = listener.model_copy(update={"port": port})
+        real = listener.with_port(port)
         self.listeners.append(real)
         if self._reaper is None:
             self._reaper = asyncio.get_running_loop().create_task(self._reap_idle())
@@ -301,10 +305,12 @@ class TransportManager:
                     conn.close()
 
     # ---- sending ------------------------------------------------------------------
-    def send(self, data: bytes, peer: Peer) -> None:
-        """Send now when possible; a stream peer without a live connection is connected first."""
+    def send(self, data: bytes, peer: Peer, token: int | None = None) -> None:
+        """Send now when possible; a stream peer without a live connection is connected
+        first, and a failure to connect is reported to `on_send_failed` with `token`.
+        Raises TransportError when it can tell at once that nothing can be sent."""
         if peer.transport == "udp":
-            proto = self._default_udp
+            proto = self._udp_for(peer.host)
             if proto is None or proto.transport is None:
                 raise TransportError("no UDP listener to send from")
             proto.transport.sendto(data, (peer.host, peer.port))
@@ -322,16 +328,53 @@ class TransportManager:
             return
         if peer.transport in ("ws", "wss"):
             raise TransportError(f"no WebSocket connection to {peer}")
-        asyncio.get_running_loop().create_task(self._connect_and_send(data, peer))
+        asyncio.get_running_loop().create_task(self._connect_and_send(data, peer, token))
 
-    async def _connect_and_send(self, data: bytes, peer: Peer) -> None:
+    async def _connect_and_send(self, data: bytes, peer: Peer, token: int | None) -> None:
         try:
             conn = await self.connect(peer)
             conn.write(data)
             self.stats.sent += 1
-        except (OSError, TransportError) as exc:
+        except (OSError, TransportError, TimeoutError) as exc:
             self.stats.send_errors += 1
             throttle.log(log, logging.INFO, "send_failed", "event=send_failed peer=%s error=%r", peer, str(exc))
+            if token is not None:
+                self.on_send_failed(peer, token, str(exc) or type(exc).__name__)
+
+    def _udp_for(self, host: str) -> _UdpProtocol | None:
+        """The UDP socket to send to `host` from: with one listener, it; with several,
+        the one bound to the address the routing table would use as source (cached per
+        destination), else a wildcard one, else the first."""
+        if len(self._udp) <= 1:
+            return self._default_udp
+        proto = self._udp_route.get(host)
+        if proto is None:
+            proto = self._pick_udp(host)
+            if len(self._udp_route) >= 4096:
+                self._udp_route = {}
+            self._udp_route[host] = proto
+        return proto
+
+    def _pick_udp(self, host: str) -> _UdpProtocol | None:
+        source = self.source_address(host)
+        wildcard = None
+        for (bound, _port), proto in self._udp.items():
+            if bound == source:
+                return proto
+            if wildcard is None and bound in ("0.0.0.0", "::") and (":" in bound) == (":" in host):
+                wildcard = proto
+        return wildcard or self._default_udp
+
+    @staticmethod
+    def source_address(host: str) -> str | None:
+        """The local address the kernel would send from towards `host` (no packet sent)."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                probe.connect((host, 9))
+                return str(probe.getsockname()[0])
+        except OSError:
+            return None
 
     async def connect(self, peer: Peer) -> Connection:
         """Open (or reuse) an outgoing TCP/TLS connection (RFC 3261 §18.1.1)."""

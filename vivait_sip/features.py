@@ -1,0 +1,29 @@
+"""The features this server loads, like Kamailio's `loadmodule` lines: one
+`module:Class` per `contract.Feature`.  Adding a feature is adding a line here; nothing
+else in the application names it."""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import import_module
+from typing import Any
+
+from .contract import Feature
+
+FEATURES = (
+    "vivait_sip.registrar.feature:RegistrarFeature",
+    "vivait_sip.flow.feature:MdflowFeature",
+)
+
+
+@cache
+def feature_classes() -> tuple[type[Feature[Any]], ...]:
+    """Every feature class, in start order (`Feature.order`, then as listed)."""
+    classes: list[type[Feature[Any]]] = []
+    for spec in FEATURES:
+        module, _, name = spec.partition(":")
+        cls = getattr(import_module(module), name)
+        if not (isinstance(cls, type) and issubclass(cls, Feature)):
+            raise TypeError(f"{spec} is not a contract.Feature")
+        classes.append(cls)
+    return tuple(sorted(classes, key=lambda c: c.order))
