@@ -237,9 +237,11 @@ class StreamClient:
             self.buf += chunk
 
     def closed(self) -> bool:
+        """True once the server closed; data still arriving first is kept in `buf`."""
         try:
             self.sock.settimeout(0.05)
-            data = self.sock.recv(1, socket.MSG_PEEK)
+            data = self.sock.recv(65535)
+            self.buf += data
             return data == b""
         except (TimeoutError, BlockingIOError, ssl.SSLWantReadError):
             return False

@@ -138,6 +138,7 @@ class Application:
         self.core.cluster = self.cluster
         self.transports.on_connection_lost = self._connection_lost
         self.transports.on_send_failed = self._send_failed
+        self.transports.on_framing_error = self.core.reject_unframeable
         self._calls: dict[str, CallHandler] = {}
         self._ready: dict[int, asyncio.Future[None]] = {}
         if self.cluster is not None:

@@ -202,6 +202,13 @@ class SipCore:
             return Peer("udp", peer.host, via.port or 5060)
         return peer
 
+    def reject_unframeable(self, exc: SipParseError, peer: Peer, head: bytes) -> None:
+        """A stream could not be framed (oversized, no Content-Length): answer the bytes
+        that failed, if they carry a Via, before the transport closes the connection."""
+        self.counters["parse_errors"] += 1
+        if not head.lstrip(b"\r\n").startswith(b"SIP/"):
+            self._reject_malformed(head, peer, exc)
+
     def _reject_malformed(self, data: bytes, peer: Peer, exc: SipParseError) -> None:
         """Answer a malformed request statelessly when enough of it is readable to route a reply."""
         resp = stateless_error(data, exc.status, _reason_for(exc))

@@ -87,8 +87,9 @@ def test_rfc4475_parser_outcome(case: TortureCase) -> None:
 def test_rfc4475_stream_framing(case: TortureCase) -> None:
     framer = StreamFramer()
     if case.stream == "error":
-        with pytest.raises(SipParseError):
-            framer.feed(case.data)
+        assert framer.feed(case.data) == []
+        assert framer.error is not None and framer.error_head == case.data[: len(framer.error_head)]
+        assert framer.feed(b"OPTIONS sip:a@b SIP/2.0\r\nl: 0\r\n\r\n") == []  # nothing after an error
         return
     frames = framer.feed(case.data)
     expected = {"one": 1, "two": 2, "incomplete": 0}[case.stream]
@@ -606,14 +607,31 @@ def test_stream_framer_byte_by_byte_and_pings() -> None:
 
 def test_stream_framer_limits_and_lf_only() -> None:
     framer = StreamFramer(Limits(max_message_bytes=200, max_body_bytes=50))
-    with pytest.raises(SipParseError) as err:
-        framer.feed(b"MESSAGE sip:a@b SIP/2.0\r\nContent-Length: 51\r\n\r\n")
-    assert err.value.status == 413
-    with pytest.raises(SipParseError) as err:
-        StreamFramer(Limits(max_message_bytes=200)).feed(b"OPTIONS sip:a@b SIP/2.0\r\n" + b"X: y\r\n" * 40)
-    assert err.value.status == 513
+    assert framer.feed(b"MESSAGE sip:a@b SIP/2.0\r\nContent-Length: 51\r\n\r\n") == []
+    assert framer.error is not None and framer.error.status == 413
+    oversized = StreamFramer(Limits(max_message_bytes=200))
+    assert oversized.feed(b"OPTIONS sip:a@b SIP/2.0\r\n" + b"X: y\r\n" * 40) == []
+    assert oversized.error is not None and oversized.error.status == 513
     lf = b"OPTIONS sip:a@b SIP/2.0\nl: 2\n\nhi"
     assert StreamFramer().feed(lf + lf.replace(b"\n", b"\r\n")) == [lf, lf.replace(b"\n", b"\r\n")]
+
+
+def test_stream_framer_keeps_what_it_framed_before_an_error() -> None:
+    ok = b"OPTIONS sip:a@b SIP/2.0\r\nl: 0\r\n\r\n"
+    framer = StreamFramer()
+    assert framer.feed(ok + ok + b"garbage\r\n\r\n") == [ok, ok]
+    assert framer.error is not None and framer.error.reason == "Missing Content-Length on a stream transport"
+    assert framer.error_head == b"garbage\r\n\r\n"
+
+
+def test_stream_framer_takes_an_unterminated_last_header_block_at_eof() -> None:
+    framer = StreamFramer()
+    assert framer.feed(b"OPTIONS sip:a@b SIP/2.0\r\nCall-ID: x\r\nl: 0\r\n") == []
+    assert framer.finish() == b"OPTIONS sip:a@b SIP/2.0\r\nCall-ID: x\r\nl: 0\r\n\r\n"
+    body_missing = StreamFramer()
+    body_missing.feed(b"OPTIONS sip:a@b SIP/2.0\r\nl: 5\r\n")
+    assert body_missing.finish() is None
+    assert StreamFramer().finish() is None
 
 
 def test_stream_framer_ignores_folded_length_lookalike() -> None:

@@ -999,24 +999,39 @@ class StreamFramer:
     """Splits a TCP/TLS byte stream into messages by Content-Length (RFC 3261 §18.3).
 
     Yields keep-alive CRLFs as the marker `b"\\r\\n\\r\\n"` pings (RFC 5626 §3.5.1) so the
-    transport can answer with a single CRLF pong.
+    transport can answer with a single CRLF pong.  An unrecoverable framing error does
+    not lose the messages framed before it: `feed` returns them and sets `error` (with
+    `error_head`, the start of the offending bytes, for a stateless answer); the
+    connection must then be closed and nothing more is framed.
     """
 
     PING: ClassVar[bytes] = b"\r\n\r\n"
 
-    __slots__ = ("_buf", "_scanned", "limits")
+    __slots__ = ("_buf", "_scanned", "error", "error_head", "limits")
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self._buf = bytearray()
         self._scanned = 0
         self.limits = limits
+        self.error: SipParseError | None = None
+        self.error_head = b""
 
     def feed(self, data: bytes) -> list[bytes]:
-        """Add bytes; return complete messages (or PING markers). Raises SipParseError on
-        an unrecoverable framing error, after which the connection must be closed."""
+        """Add bytes; return the complete messages (or PING markers) framed so far."""
+        out: list[bytes] = []
+        if self.error is not None:
+            return out
         buf = self._buf
         buf += data
-        out: list[bytes] = []
+        try:
+            self._frame(buf, out)
+        except SipParseError as exc:
+            self.error = exc
+            self.error_head = bytes(buf[:16384])
+            self._buf = bytearray()
+        return out
+
+    def _frame(self, buf: bytearray, out: list[bytes]) -> None:
         limits = self.limits
         while buf:
             if buf[0] in (13, 10):
@@ -1048,7 +1063,21 @@ class StreamFramer:
             out.append(bytes(buf[:total]))
             del buf[:total]
             self._scanned = 0
-        return out
+
+    def finish(self) -> bytes | None:
+        """The peer closed its sending side: a header block left without its final blank
+        line (and announcing no body) is taken as the last message; else None."""
+        buf = self._buf
+        if self.error is not None or not buf.rstrip(b"\r\n") or find_header_end(buf, 0)[0] >= 0:
+            return None
+        head = bytes(buf).rstrip(b"\r\n") + b"\r\n\r\n"
+        self._buf = bytearray()
+        try:
+            if _stream_content_length(head[:-4]) != 0:
+                return None
+        except SipParseError:
+            return None
+        return head
 
     @property
     def pending(self) -> int:

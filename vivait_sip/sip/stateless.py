@@ -32,14 +32,18 @@ def stateless_error(data: bytes, status: int, reason: str) -> bytes | None:
     head = data[:16384].split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
     lines = head.replace("\r\n", "\n").split("\n")
     copied: list[str] = []
+    copying = False  # the header being read is one we copy (its folded lines follow it)
     for line in lines[1:]:
-        if not line or line[0] in " \t":
-            if copied and line and copied[-1].split(":", 1)[0].lower() in _STATELESS_COPY:
+        if not line:
+            continue
+        if line[0] in " \t":
+            if copying:
                 copied[-1] += " " + line.strip()
             continue
         name, colon, value = line.partition(":")
         key = header_key(name.strip())
-        if colon and key in _STATELESS_COPY:
+        copying = bool(colon) and key in _STATELESS_COPY
+        if copying:
             value = value.strip()
             if key == "to" and "tag=" not in value.lower():
                 value += f";tag={new_tag()}"

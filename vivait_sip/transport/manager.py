@@ -9,6 +9,7 @@ connections per source IP and in all, an idle timeout, a cap on buffered bytes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import socket
@@ -28,6 +29,7 @@ log = logging.getLogger("vivait_sip.transport")
 
 MessageHandler = Callable[[bytes, Peer], None]
 _CRLF = b"\r\n"
+CLOSE_GRACE_S = 1.0  # after a framing error or EOF: time for answers to what was read
 
 
 class Connection(Protocol):
@@ -89,6 +91,7 @@ class _StreamProtocol(asyncio.Protocol):
         self.peer = Peer(transport_name, "", 0, self.conn_id)
         self.last_activity = time.monotonic()
         self.closed = asyncio.get_running_loop().create_future()
+        self._closing_soon = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -101,21 +104,43 @@ class _StreamProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = time.monotonic()
-        try:
-            messages = self.framer.feed(data)
-        except SipParseError as exc:
-            # RFC 3261 §18.3: a framing error on a stream is unrecoverable.
-            self.manager.stats.parse_errors += 1
-            throttle.log(log, logging.INFO, "stream_framing_error", "event=stream_framing_error peer=%s reason=%r", self.peer, exc.reason)
-            self.manager.on_framing_error(exc, self.peer)
-            self.close()
-            return
-        for msg in messages:
+        framer = self.framer
+        for msg in framer.feed(data):
             if msg == StreamFramer.PING:
                 self.write(_CRLF)  # RFC 5626 §3.5.1 pong
                 continue
             self.manager.stats.received += 1
             self.manager.on_message(msg, self.peer)
+        error = framer.error
+        if error is not None and not self._closing_soon:
+            # RFC 3261 §18.3: a framing error on a stream is unrecoverable.  What was framed
+            # before it was handled above; the offending bytes get a stateless answer when
+            # they carry enough to route one; the connection closes once those are out.
+            self.manager.stats.parse_errors += 1
+            throttle.log(log, logging.INFO, "stream_framing_error", "event=stream_framing_error peer=%s reason=%r", self.peer, error.reason)
+            self.manager.on_framing_error(error, self.peer, framer.error_head)
+            self._close_soon()
+
+    def eof_received(self) -> bool:
+        """The peer will send no more: a last header block left without its blank line is
+        still answered (over the half-open connection), then we close."""
+        last = self.framer.finish()
+        if last is not None:
+            self.manager.stats.received += 1
+            self.manager.on_message(last, self.peer)
+        self._close_soon()
+        return self.transport_name != "tls"  # TLS cannot stay half-open
+
+    def _close_soon(self) -> None:
+        """Stop reading and close after CLOSE_GRACE_S, so answers to what was already read
+        (possibly from another worker) still go out over this connection."""
+        self._closing_soon = True
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        with contextlib.suppress(RuntimeError, AttributeError):  # already paused, or cannot pause
+            transport.pause_reading()
+        asyncio.get_running_loop().call_later(CLOSE_GRACE_S, self.close)
 
     def write(self, data: bytes) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -149,7 +174,9 @@ class TransportManager:
         udp_receive_buffer_bytes: int | None = None,
     ) -> None:
         self.on_message = on_message
-        self.on_framing_error: Callable[[SipParseError, Peer], None] = lambda exc, peer: None
+        # A stream that cannot be framed (413, 513, 400): the error, the connection and the
+        # start of the offending bytes, for a stateless answer before it closes.
+        self.on_framing_error: Callable[[SipParseError, Peer, bytes], None] = lambda exc, peer, head: None
         self.on_connection_lost: Callable[[Peer], None] = lambda peer: None
         # A send that needed a new TCP/TLS connection failed after `send` returned: the
         # token the caller gave (its transaction) comes back so it can fail over at once.
