@@ -20,7 +20,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +93,61 @@ class UsersChanged(WorkerMessage):
     """Worker 0 wrote the users to the store: read them again."""
 
 
+@worker_message("registrar.locate")
+@dataclass(frozen=True)
+class Locate(WorkerMessage):
+    """A worker → the owner of `aor`: its current contacts, please (answered by Located)."""
+
+    ticket: int
+    aor: str
+
+
+@worker_message("registrar.located")
+@dataclass(frozen=True)
+class Located(WorkerMessage):
+    ticket: int
+    contacts: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """Where to reach one registered device: its Contact URI, the flow it registered over
+    (send there: it may be behind NAT, or a connection only worker 0 holds) and the Path
+    to put in Route (RFC 3327)."""
+
+    uri: str
+    transport: str
+    host: str
+    port: int
+    conn_id: int | None
+    path: tuple[str, ...]
+    q: float
+    instance: str | None
+    user_agent: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "uri": self.uri, "transport": self.transport, "host": self.host, "port": self.port,
+            "conn_id": self.conn_id, "path": list(self.path), "q": self.q, "instance": self.instance,
+            "user_agent": self.user_agent,
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Contact:
+        return cls(
+            str(raw["uri"]), str(raw["transport"]), str(raw["host"]), int(raw["port"]),
+            None if raw.get("conn_id") is None else int(raw["conn_id"]), tuple(raw.get("path") or ()),
+            float(raw.get("q", 1.0)), raw.get("instance"), str(raw.get("user_agent", "")),
+        )
+
+    @property
+    def peer(self) -> Peer:
+        return Peer(self.transport, self.host, self.port, self.conn_id)
+
+
+Located_ = Callable[[list[Contact]], None]
+
+
 class RegistrarFeature(Feature[RegistrarConfig]):
     """Users, location service, REGISTER, digest authentication, bans."""
 
@@ -100,7 +155,7 @@ class RegistrarFeature(Feature[RegistrarConfig]):
     config_key = "registrar"
     config_model = RegistrarConfig
     order = 10
-    messages = (FlowLost, AuthFailure, Ban, Unban, UsersChanged)
+    messages = (FlowLost, AuthFailure, Ban, Unban, UsersChanged, Locate, Located)
 
     def __init__(self, host: Host) -> None:
         super().__init__(host)
@@ -125,8 +180,39 @@ class RegistrarFeature(Feature[RegistrarConfig]):
         self.guard = CallGuard(host, self.gate, self.users)
         self._demo_passwords: dict[str, str] = self._demo_users() if host.demo else {}
         self._task: asyncio.Task[None] | None = None
+        self._tickets = itertools.count(1)
+        self._locating: dict[int, tuple[int, Located_]] = {}  # ticket → (owner, callback)
         if host.worker_count > 1:
             self._wire_workers()
+
+    # ---- the location service for calls (the B2BUA) ------------------------------------
+    def contacts(self, aor: str) -> list[Contact]:
+        """This process's live contacts of `aor`, best q first (only its owner has any)."""
+        found = [
+            Contact(
+                b.contact, b.transport, b.source_host, b.source_port, b.conn_id, tuple(b.path), b.q, b.instance, b.user_agent
+            )
+            for b in self.location.bindings(aor)
+        ]
+        found.sort(key=lambda c: -c.q)
+        return found
+
+    def locate(self, aor: str, on_result: Located_) -> None:
+        """The contacts of `aor` from the worker that owns it; `on_result` runs later
+        (never inside this call), with [] when the owner is gone."""
+        owner = self.host.owner_of(aor)
+        if owner == self.host.worker_index:
+            asyncio.get_running_loop().call_soon(on_result, self.contacts(aor))
+            return
+        ticket = next(self._tickets)
+        self._locating[ticket] = (owner, on_result)
+        self.host.send_to_worker(owner, Locate(ticket, aor))
+
+    def on_worker_lost(self, index: int) -> None:
+        for ticket, (owner, callback) in list(self._locating.items()):
+            if owner == index:
+                del self._locating[ticket]
+                callback([])
 
     # ---- users ----------------------------------------------------------------------
     def _demo_users(self) -> dict[str, str]:
@@ -234,6 +320,12 @@ class RegistrarFeature(Feature[RegistrarConfig]):
             self.monitor.lift_ban(msg.source)
         elif isinstance(msg, UsersChanged):
             self.users.load(records_from_rows(self.store.list_users()))
+        elif isinstance(msg, Locate):
+            self.host.send_to_worker(source, Located(msg.ticket, [c.to_json() for c in self.contacts(msg.aor)]))
+        elif isinstance(msg, Located):
+            pending = self._locating.pop(msg.ticket, None)
+            if pending is not None:
+                pending[1]([Contact.from_json(raw) for raw in msg.contacts])
 
     # ---- admin: every worker's bindings ------------------------------------------------
     def local_registrations(self, aor: str | None) -> list[dict[str, object]]:
