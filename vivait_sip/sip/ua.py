@@ -78,6 +78,7 @@ KNOWN_METHODS = frozenset(
 _ENDS_DIALOG = frozenset((404, 408, 410, 416, 481, 482, 483, 484, 485, 502, 604))
 #: Out-of-dialog requests that get our Contact when the TU gives none.
 _CONTACT_METHODS = frozenset(("INVITE", "SUBSCRIBE", "REFER"))
+TIMER_C_REASON = "Request Timeout (Timer C)"
 #: RFC 4028 §4: no session interval may be shorter than this.
 MIN_SE_FLOOR = 90
 
@@ -1455,7 +1456,11 @@ class UserAgent:
         if dialog is not None and dialog.out_invite is client:
             dialog.out_invite = None
         if client.kind == _TU:
-            self._report(client, dialog, resp)
+            if status == 487 and client.cancel != _NO_CANCEL and not client.cancel_by_tu:
+                # Timer C cancelled it, not the TU: to the TU this is a timeout.
+                self._events.append(RequestFailed(client.owner, client.request_id, 408, TIMER_C_REASON))
+            else:
+                self._report(client, dialog, resp)
         self._end_early(client, "rejected", now)
         if dialog is not None:
             self._dialog_error(dialog, client, status, now)
