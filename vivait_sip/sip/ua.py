@@ -1138,6 +1138,9 @@ class UserAgent:
         dialog = server.dialog
         success = 200 <= status < 300
         extra: list[tuple[str, str]] = []
+        if method == "INVITE" and 100 < status < 300:
+            # §12.1.1: the dialog-creating response carries the request's Record-Route.
+            extra += [("Record-Route", rr) for rr in request.headers.get_all("record-route")]
         if ((method == "INVITE" and 100 < status < 300) or (method == "UPDATE" and success)) and not _has(
             tu_headers, "contact"
         ):
