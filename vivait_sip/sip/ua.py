@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from mypy_extensions import mypyc_attr
 
 from .auth import Challenge, Credentials, authorization, best_challenges
-from .dialog import Dialog, DialogId, DialogState, UasInviteResponder
+from .dialog import TARGET_REFRESH_METHODS, Dialog, DialogId, DialogState, UasInviteResponder
 from .message import Request, Response, header_key, make_response, new_tag
 from .peer import Peer
 from .transaction import AckReceived as TxAckReceived
@@ -798,6 +798,10 @@ class UserAgent:
         elif method == "UPDATE" and dialog.out_update is not None:
             raise RequestPending(f"an UPDATE is in progress in dialog {dialog_id}")
         tu_headers = list(headers)
+        if method in TARGET_REFRESH_METHODS and _has(tu_headers, "contact"):
+            # A new Contact of ours on a target refresh becomes the dialog's (§12.2.1.1).
+            dialog.dialog.local_contact = next(v for n, v in tu_headers if header_key(n) == "contact")
+            tu_headers = [(n, v) for n, v in tu_headers if header_key(n) != "contact"]
         client = self._in_dialog_client(dialog, _TU, method, tu_headers, body)
         client.auto_ack = auto_ack
         try:
@@ -1177,6 +1181,8 @@ class UserAgent:
         if dialog is None:
             return None
         dialog.announced = True
+        if success and method in TARGET_REFRESH_METHODS and _has(tu_headers, "contact"):
+            dialog.dialog.local_contact = resp.headers.get("contact")
         sdp_type = _is_sdp(tu_headers, body)
         if sdp_type is not None and 100 < status < 300:
             dialog.sdp = body
