@@ -1836,8 +1836,13 @@ class UserAgent:
         dialog.session_interval = interval
         dialog.we_refresh = (refresher == "uac") == we_sent
         if dialog.we_refresh:
+            # We refresh at half the interval; a failed refresh ends the session at once
+            # (RFC 4028 §10), one that merely did not succeed leaves it to expire.
             dialog.refresh_timer = self._at(now + interval / 2, lambda t: self._refresh_due(dialog, t))
-        expiry = interval - min(32.0, interval / 3)
+            expiry = float(interval)
+        else:
+            # The other side refreshes; without one we hang up slightly before it expires.
+            expiry = interval - min(32.0, interval / 3)
         dialog.expiry_timer = self._at(now + expiry, lambda t: self._session_expired(dialog, t))
 
     def _stop_session(self, dialog: _Dialog) -> None:
