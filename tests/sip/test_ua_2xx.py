@@ -4,6 +4,8 @@ Timer M), BYE when no ACK comes, and forked 2xx reported one by one."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from ua_harness import Callee, Net, Wire, match
 
@@ -40,7 +42,7 @@ def test_no_ack_within_64_t1_the_callee_sends_bye_and_reports_ack_timeout() -> N
     alice.invite(bob)
     net.run(until=40)
     oks = [w.sent_at for w in net.sent if w.line == "bob->alice 200 INVITE"]
-    gaps = [round(b - a, 3) for a, b in zip(oks, oks[1:], strict=False)]
+    gaps = [round(b - a, 3) for a, b in itertools.pairwise(oks)]
     assert gaps[:5] == [0.5, 1.0, 2.0, 4.0, 4.0]  # T1 doubling, capped at T2
     assert all(g == 4.0 for g in gaps[3:])
     assert bob.events[-1] == DialogEnded("callee", callee.dialogs[0], "ack_timeout", None)

@@ -84,7 +84,7 @@ def test_the_callee_hangs_up() -> None:
 
 def test_wire_format_of_invite_and_2xx() -> None:
     net = Net()
-    alice, bob, callee, _ = call(net)
+    _alice, _bob, _callee, _ = call(net)
     invite = net.delivered[0].msg
     ok = net.delivered[3].msg
     assert invite.headers.get("max-forwards") == "70"
@@ -202,7 +202,7 @@ def test_dialog_table_full_gives_503_with_retry_after() -> None:
 
 def test_respond_stateless_and_errors_for_misuse() -> None:
     net = Net()
-    alice, bob, callee, _ = call(net)
+    alice, bob, _callee, _ = call(net)
     dialog_id = alice.of(ResponseReceived)[-1].dialog_id
     with pytest.raises(UnknownDialog):
         alice.ua.send_in_dialog(999, "INFO", now=net.now)
@@ -255,7 +255,7 @@ def test_out_of_dialog_request_and_its_response_with_explicit_call_id_and_cseq()
 
 def test_a_non_2xx_final_ends_the_early_dialog_on_both_sides() -> None:
     net = Net()
-    alice, bob, callee, request_id = call(net, status=486, answer_after=0.5)
+    alice, bob, callee, _request_id = call(net, status=486, answer_after=0.5)
     ringing, busy = alice.of(ResponseReceived)
     assert busy.response.status == 486 and busy.dialog_id is None
     assert alice.events[-1] == DialogEnded("tu", ringing.dialog_id, "rejected", None)

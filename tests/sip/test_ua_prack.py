@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from ua_harness import SDP, SDP_ANSWER, Callee, Net, match, raw_request
 
@@ -39,7 +41,7 @@ def sent(net: Net, line: str) -> list:
 
 def test_reliable_183_is_pracked_and_the_prack_reaches_the_callee() -> None:
     net = Net()
-    alice, bob, callee, request_id, ring = reliable_call(net)
+    alice, bob, callee, _request_id, ring = reliable_call(net)
     ring()
     net.run(duration=1)
     assert net.lines() == [
@@ -68,7 +70,7 @@ def test_reliable_183_is_pracked_and_the_prack_reaches_the_callee() -> None:
 
 def test_lost_prack_is_retransmitted_and_the_repeated_183_is_neither_pracked_nor_reported() -> None:
     net = Net()
-    alice, bob, callee, request_id, ring = reliable_call(net)
+    alice, bob, _callee, _request_id, ring = reliable_call(net)
     net.drop(match(src="alice", method="PRACK"))
     ring()
     net.run(duration=3)
@@ -84,7 +86,7 @@ def test_lost_prack_is_retransmitted_and_the_repeated_183_is_neither_pracked_nor
 
 def test_lost_reliable_183_is_retransmitted_until_pracked() -> None:
     net = Net()
-    alice, bob, callee, request_id, ring = reliable_call(net)
+    alice, _bob, _callee, _request_id, ring = reliable_call(net)
     net.drop(match(src="bob", status=183), count=2)
     ring()
     net.run(duration=3)
@@ -96,7 +98,7 @@ def test_lost_reliable_183_is_retransmitted_until_pracked() -> None:
 
 def test_a_second_reliable_provisional_waits_for_the_first_prack() -> None:
     net = Net()
-    alice, bob, callee, request_id, ring = reliable_call(net)
+    alice, bob, _callee, _request_id, ring = reliable_call(net)
     net.drop(match(src="alice", method="PRACK"))
     ring(180)
     ring(183)
@@ -122,7 +124,7 @@ def test_no_prack_within_64_t1_rejects_the_invite_with_500() -> None:
     ring()
     net.run(until=40)
     progress = sent(net, "bob->alice 183 INVITE")
-    gaps = [round(b.sent_at - a.sent_at, 3) for a, b in zip(progress, progress[1:], strict=False)]
+    gaps = [round(b.sent_at - a.sent_at, 3) for a, b in itertools.pairwise(progress)]
     assert gaps == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0]
     cancelled = bob.of(RequestCancelled)
     assert [(e.request_id, e.reason) for e in cancelled] == [(callee.invites[0], "prack_timeout")]
@@ -134,7 +136,7 @@ def test_no_prack_within_64_t1_rejects_the_invite_with_500() -> None:
 
 def test_the_2xx_may_go_before_the_prack_and_stops_the_retransmissions() -> None:
     net = Net()
-    alice, bob, callee, request_id, ring = reliable_call(net)
+    alice, _bob, callee, _request_id, ring = reliable_call(net)
     net.drop(match(src="alice", method="PRACK"), count=None)
     ring()
     net.run(duration=0.6)
@@ -165,7 +167,7 @@ def test_no_100rel_support_means_an_unreliable_provisional_and_require_forces_it
 
 def test_prack_matching_nothing_gets_481() -> None:
     net = Net()
-    alice, bob, callee, request_id, ring = reliable_call(net)
+    alice, bob, callee, _request_id, ring = reliable_call(net)
     ring()
     net.run(duration=1)
     info = bob.ua.dialog(callee.dialogs[0])

@@ -198,7 +198,7 @@ def test_481_to_an_in_dialog_request_ends_the_dialog() -> None:
 
 def test_timeout_of_an_in_dialog_request_ends_the_dialog_408() -> None:
     net = Net()
-    alice, bob, a_dialog, b_dialog = established(net)
+    alice, _bob, a_dialog, _b_dialog = established(net)
     net.drop(match(src="alice", method="INFO"), count=None)
     request_id = alice.act(lambda ua, now: ua.send_in_dialog(a_dialog, "INFO", now=now))
     net.run(duration=40)

@@ -99,7 +99,7 @@ def test_the_uas_refreshes_when_the_uac_asks_it_to() -> None:
 
 def test_expiry_on_the_side_not_refreshing_sends_bye() -> None:
     net = Net()
-    alice, bob, callee, _ = call(net, headers=[*SDP, ("Session-Expires", "120;refresher=uas")])
+    alice, bob, _callee, _ = call(net, headers=[*SDP, ("Session-Expires", "120;refresher=uas")])
     dialog_id = alice.of(ResponseReceived)[-1].dialog_id
     net.drop(match(src="bob", method="UPDATE"), count=None)  # bob's refreshes never arrive
     net.run(until=100)
@@ -138,7 +138,7 @@ def test_a_failed_refresh_ends_the_dialog_with_bye() -> None:
 
 def test_a_re_invite_from_either_side_restarts_the_interval() -> None:
     net = Net()
-    alice, bob, callee, _ = call(net, session_expires=120)
+    _alice, bob, callee, _ = call(net, session_expires=120)
     net.at(50.0, lambda: bob.act(
         lambda ua, now: ua.send_in_dialog(callee.dialogs[0], "INVITE", headers=SDP, body=SDP_ANSWER, now=now)
     ))
@@ -150,7 +150,7 @@ def test_a_re_invite_from_either_side_restarts_the_interval() -> None:
 
 def test_422_is_retried_once_with_the_min_se_and_the_same_request_id() -> None:
     net = Net()
-    alice, bob, callee, request_id = call(
+    alice, _bob, callee, request_id = call(
         net, session_expires=120, bob_kwargs={"session_timer": SessionTimerConfig(expires=1800, min_se=300)}
     )
     assert [(w.line, w.msg.cseq.number) for w in net.delivered][:6] == [
@@ -176,7 +176,7 @@ def test_422_is_retried_once_with_the_min_se_and_the_same_request_id() -> None:
 
 def test_the_uas_asks_for_a_timer_when_configured_and_the_uac_supports_it() -> None:
     net = Net()
-    alice, bob, callee, _ = call(net, bob_kwargs={"session_timer": SessionTimerConfig(expires=600, min_se=90)})
+    alice, _bob, _callee, _ = call(net, bob_kwargs={"session_timer": SessionTimerConfig(expires=600, min_se=90)})
     invite = net.delivered[0].msg
     assert "session-expires" not in invite.headers
     ok = alice.of(ResponseReceived)[-1]
