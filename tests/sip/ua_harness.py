@@ -178,11 +178,11 @@ class Node(Endpoint):
     def invite(self, to: Endpoint, **kwargs: object) -> int:
         """Send an INVITE with an SDP offer to `to` (a node or a proxy)."""
         target = to.uri if isinstance(to, Node) else f"sip:callee@{to.host}:{to.port}"
-        args: dict[str, object] = {"owner": "tu", "from_": self.aor, "headers": SDP, "body": SDP_OFFER}
+        args: dict[str, object] = {
+            "owner": "tu", "from_": self.aor, "headers": SDP, "body": SDP_OFFER, "destinations": [to.peer]
+        }
         args.update(kwargs)
-        request_id = self.ua.send_request(
-            "INVITE", target, destinations=[to.peer], now=self.net.now, **args  # type: ignore[arg-type]
-        )
+        request_id = self.ua.send_request("INVITE", target, now=self.net.now, **args)  # type: ignore[arg-type]
         self.net.flush(self)
         return request_id
 
