@@ -37,17 +37,23 @@ SDP_ANSWER = b"v=0\r\no=bob 1 1 IN IP4 10.0.0.2\r\ns=-\r\nc=IN IP4 10.0.0.2\r\nt
 SDP = [("Content-Type", "application/sdp")]
 
 
-@dataclass
 class Wire:
-    """One message on the wire (the parsed copy is for matching and asserting only)."""
+    """One message on the wire; `msg` is a parsed copy for matching and asserting only."""
 
-    sent_at: float
-    src: str
-    dst: str
-    data: bytes
-    msg: Request | Response
-    transport: str
-    tx_id: int | None
+    def __init__(self, sent_at: float, src: str, dst: str, data: bytes, transport: str, tx_id: int | None) -> None:
+        self.sent_at = sent_at
+        self.src = src
+        self.dst = dst
+        self.data = data
+        self.transport = transport
+        self.tx_id = tx_id
+        self._msg: Request | Response | None = None
+
+    @property
+    def msg(self) -> Request | Response:
+        if self._msg is None:
+            self._msg = parse_message(self.data)
+        return self._msg
 
     @property
     def method(self) -> str:
@@ -236,8 +242,11 @@ class Proxy(Endpoint):
 class Net:
     """The fake network and clock."""
 
-    def __init__(self, *, t1: float = 0.5, t2: float = 4.0, t4: float = 5.0, latency: float = 0.01) -> None:
+    def __init__(
+        self, *, t1: float = 0.5, t2: float = 4.0, t4: float = 5.0, latency: float = 0.01, record: bool = True
+    ) -> None:
         self.timers = TimerConfig(t1, t2, t4)
+        self.record = record  # keep `sent`/`delivered`/`dropped` (bulk runs turn it off)
         self.latency = latency
         self.now = 0.0
         self.endpoints: dict[str, Endpoint] = {}
@@ -326,9 +335,9 @@ class Net:
     ) -> None:
         if dst is None:
             return
-        msg = parse_message(data)
-        wire = Wire(self.now, src.name, dst.name, data, msg, transport, tx_id)
-        self.sent.append(wire)
+        wire = Wire(self.now, src.name, dst.name, data, transport, tx_id)
+        if self.record:
+            self.sent.append(wire)
         copies = 1
         delay = 0.0
         for rule in self._rules:
@@ -337,7 +346,8 @@ class Net:
             if rule.count is not None:
                 rule.count -= 1
             if rule.action == "drop":
-                self.dropped.append(wire)
+                if self.record:
+                    self.dropped.append(wire)
                 return
             if rule.action == "dup":
                 copies += 1
@@ -373,7 +383,8 @@ class Net:
             self.now = max(self.now, t)
             while self._queue and self._queue[0][0] <= self.now:
                 wire = heapq.heappop(self._queue)[2]
-                self.delivered.append(wire)
+                if self.record:
+                    self.delivered.append(wire)
                 self.endpoint(wire.dst).deliver(wire)
             while self._actions and self._actions[0][0] <= self.now:
                 fn = heapq.heappop(self._actions)[2]

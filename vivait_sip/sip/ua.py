@@ -1087,6 +1087,7 @@ class UserAgent:
             self._answer(tx, request, 481, now)
             return
         self._cancel_timer(reliable.timer)
+        reliable.timer = None  # (the timer's action refers back to it)
         invite.reliable = None
         self._answer(tx, request, 200, now)
         dialog.announced = True
@@ -1229,6 +1230,7 @@ class UserAgent:
         """Re-send the reliable provisional at T1, 2T1, ...; 64*T1 without PRACK → 500."""
         if server.reliable is not reliable:
             return
+        reliable.timer = None
         if now >= reliable.give_up_at:
             server.reliable = None
             self._abort_server(server, 500, "prack_timeout", None, now)
@@ -1246,6 +1248,7 @@ class UserAgent:
         reliable = server.reliable
         if reliable is not None:
             self._cancel_timer(reliable.timer)
+            reliable.timer = None
             server.reliable = None
         server.queued = []
         dialog = server.dialog
