@@ -148,8 +148,9 @@ class Dialog:
 
     # ---- updates ------------------------------------------------------------------------
     def update_from_response(self, response: Response) -> None:
-        """UAC: a 2xx confirms an early dialog and fixes its route set (§13.2.2.4); a 1xx/2xx
-        to a target refresh request moves the remote target (§12.2.1.2)."""
+        """UAC: a 2xx to INVITE confirms an early dialog and fixes its route set
+        (§13.2.2.4); a 1xx/2xx to a target refresh request moves the remote target
+        (§12.2.1.2).  A 2xx to PRACK or UPDATE leaves an early dialog early (RFC 3311 §5.1)."""
         status = response.status
         if not 101 <= status <= 299:
             return
@@ -157,7 +158,7 @@ class Dialog:
             target = _first_contact(response)
             if target is not None:
                 self.remote_target = target
-        if status >= 200 and self.state is DialogState.EARLY:
+        if status >= 200 and self.state is DialogState.EARLY and response.cseq.method == "INVITE":
             self.state = DialogState.CONFIRMED
             if self.is_uac:
                 self.route_set = response.name_addrs("record-route")[::-1]

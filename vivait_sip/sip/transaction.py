@@ -824,6 +824,20 @@ class TransactionLayer:
         503 on overload, answers to requests that cannot get a transaction."""
         self._outgoing.append(SendMessage(msg.to_bytes(), peer))
 
+    def send_bytes(self, data: bytes, peer: Peer, tx_id: int | None = None) -> None:
+        """Queue bytes serialised once and re-sent as they are: the UA core's own
+        retransmissions (2xx to INVITE, reliable provisionals, the cached ACK for a 2xx).
+        `tx_id` names the transaction a failed send should be reported against."""
+        self._outgoing.append(SendMessage(data, peer, tx_id))
+
+    def terminate(self, tx_id: int) -> None:
+        """The TU gives up on a transaction: an INVITE client transaction in Proceeding has
+        no timer of its own, so when no final response follows a CANCEL within 64*T1
+        (RFC 3261 §9.1, §16.8) the TU ends it here.  Emits `TransactionTerminated`."""
+        tx = self._by_id.get(tx_id)
+        if tx is not None:
+            tx._terminate()
+
     def transport_failed(self, tx_id: int, now: float) -> None:
         """The adapter could not deliver a `SendMessage` carrying `tx_id`."""
         tx = self._by_id.get(tx_id)
