@@ -124,14 +124,17 @@ class Application:
             ssl_client=client_context(),  # outgoing TLS verifies the peer's certificate
         )
         timers = config.sip.timers
+        self._local_cache: dict[tuple[str, str], tuple[str, int]] = {}
         self.core = SipCore(
             send=self._send,
             timers=TimerConfig(t1=timers.t1_ms / 1000, t2=timers.t2_ms / 1000, t4=timers.t4_ms / 1000),
             limits=self.limits,
+            local=self._local_address,
             domains=config.domains,
             user_agent=f"{config.sip.user_agent}/{__version__}",
             max_transactions=limits.max_transactions,
             max_completed_transactions=limits.max_completed_transactions,
+            max_dialogs=limits.max_dialogs,
             retry_after_s=limits.retry_after_s,
         )
         self.lag = LagMonitor(limits.overload_lag_ms / 1000, on_change=self.core.set_shedding)
@@ -154,7 +157,8 @@ class Application:
         """What the feature declares goes where the core looks for it."""
         core = self.core
         for method, handler in feature.request_handlers().items():
-            core.register(method, handler)
+            core.register(method, handler, feature.name)
+        core.add_owner(feature.name, feature.on_ua_event)
         core.stateless_when.update(feature.stateless_checks())
         input_filter = feature.input_filter()
         if input_filter is not None:
@@ -163,6 +167,10 @@ class Application:
             self._message_owner[message_type] = feature
 
     # ---- contract.Host ----------------------------------------------------------------------
+    @property
+    def sip(self) -> SipCore:
+        return self.core
+
     @property
     def counters(self) -> Counter[str]:
         return self.core.counters
@@ -220,6 +228,28 @@ class Application:
     def is_primary(self) -> bool:
         """True in a single-process server and in worker 0 (listeners, admin, HTTP)."""
         return self.cluster is None or self.cluster.is_primary
+
+    def _local_address(self, peer: Peer) -> tuple[str, int]:
+        """(host, port) we write into Via, Contact, Record-Route and SDP towards `peer`:
+        the listener of its transport (the HTTP one for WebSocket), advertised address
+        first; for a wildcard bind, the source address the routing table would use."""
+        key = (peer.transport, peer.host)
+        found = self._local_cache.get(key)
+        if found is not None:
+            return found
+        listeners = [lst for lst in self.transports.listeners if lst.transport == peer.transport]
+        family_v6 = ":" in peer.host
+        listener = next((lst for lst in listeners if (":" in lst.host) == family_v6), None) or (listeners[0] if listeners else None)
+        if listener is None:
+            host, port = "127.0.0.1", 5060
+        elif listener.is_wildcard:
+            host, port = self.transports.source_address(peer.host) or listener.host, listener.port
+        else:
+            host, port = listener.sent_by
+        if len(self._local_cache) >= 4096:
+            self._local_cache = {}
+        self._local_cache[key] = (host, port)
+        return host, port
 
     def _on_message(self, data: bytes, peer: Peer) -> None:
         for input_filter in self._input_filters:
@@ -474,7 +504,7 @@ class Application:
         if self.worker_procs:
             await self._stop_workers()
         deadline = asyncio.get_running_loop().time() + 2.0
-        while self.core.tl.active and asyncio.get_running_loop().time() < deadline:
+        while self.core.ua.active_transactions and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
         await self.lag.stop()
         for feature in reversed(self.features):

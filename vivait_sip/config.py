@@ -122,6 +122,7 @@ class LimitsConfig(Strict):
     tcp_idle_timeout_s: float = Field(default=300.0, gt=0)
     max_transactions: int = Field(default=100000, ge=100)
     max_completed_transactions: int = Field(default=50000, ge=100)
+    max_dialogs: int = Field(default=100000, ge=10)
     retry_after_s: int = Field(default=5, ge=1, le=3600)
     overload_lag_ms: int = Field(default=250, ge=10, le=60000)
     # SO_RCVBUF of each UDP socket: absorbs bursts (the kernel caps it at net.core.rmem_max).

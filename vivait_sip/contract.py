@@ -21,15 +21,18 @@ import json
 import secrets
 import zlib
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel
 
+from .sip.auth import Credentials
 from .sip.incoming import Incoming
 from .sip.message import Request
 from .sip.peer import Peer
+from .sip.ua import DialogInfo, UaEvent
+from .sip.uri import SipUri
 
 if TYPE_CHECKING:
     import argparse
@@ -103,6 +106,57 @@ CallHandler = Callable[[dict[str, Any]], "Awaitable[Any] | Any"]
 F = TypeVar("F", bound="Feature[Any]")
 
 
+class SipService(Protocol):
+    """The user-agent layer as features drive it (`Host.sip`).  Every call only queues:
+    the adapter transmits once the feature's code returns ("process, then transmit"), so
+    calling these from a UA event handler never re-enters it.  Requests and dialogs a
+    feature creates are owned by it: their events reach its `on_ua_event`."""
+
+    def send_request(
+        self,
+        method: str,
+        uri: str | SipUri,
+        *,
+        owner: str,
+        destinations: Sequence[Peer],
+        from_: str,
+        to: str | None = None,
+        call_id: str | None = None,
+        headers: Iterable[tuple[str, str]] = (),
+        body: bytes = b"",
+        credentials: Credentials | None = None,
+        auto_ack: bool = True,
+        session_expires: int | None = None,
+    ) -> int: ...
+
+    def send_in_dialog(
+        self, dialog_id: int, method: str, *, headers: Iterable[tuple[str, str]] = (), body: bytes = b"", auto_ack: bool = True
+    ) -> int: ...
+
+    def respond(
+        self,
+        request_id: int,
+        status: int,
+        reason: str | None = None,
+        *,
+        headers: Iterable[tuple[str, str]] = (),
+        body: bytes = b"",
+        reliable: bool = False,
+    ) -> int | None: ...
+
+    def cancel(self, request_id: int, *, reason: str | None = None) -> None: ...
+
+    def ack(self, dialog_id: int, *, body: bytes = b"", headers: Iterable[tuple[str, str]] = ()) -> None: ...
+
+    def bye(self, dialog_id: int, *, headers: Iterable[tuple[str, str]] = ()) -> None: ...
+
+    def dialog(self, dialog_id: int) -> DialogInfo | None: ...
+
+    def contact_for(self, peer: Peer, user: str | None = None) -> str:
+        """Our Contact (`<sip:user@host:port;transport=...>`) towards `peer`."""
+        ...
+
+
 class LocalDomains(Protocol):
     def is_local_domain(self, host: str) -> bool:
         """A domain (or one of our addresses) we are authoritative for."""
@@ -114,6 +168,9 @@ class Host(LocalDomains, Protocol):
 
     @property
     def config(self) -> CoreConfig: ...
+
+    @property
+    def sip(self) -> SipService: ...
 
     @property
     def config_path(self) -> str | None: ...
@@ -214,6 +271,10 @@ class Feature(Generic[S]):
     def on_connection_lost(self, peer: Peer) -> None:
         """A TCP/TLS/WebSocket connection closed (worker 0 only)."""
 
+    def on_ua_event(self, event: UaEvent) -> None:
+        """An event of a request or dialog this feature owns (see `SipService`); new
+        out-of-dialog requests arrive through `request_handlers` instead."""
+
     # ---- workers --------------------------------------------------------------------------
     def on_worker_message(self, source: int, msg: WorkerMessage) -> None:
         """One of `messages` arrived from worker `source`."""
@@ -266,6 +327,7 @@ __all__ = [
     "InputFilter",
     "LocalDomains",
     "RequestHandler",
+    "SipService",
     "StatelessCheck",
     "WorkerMessage",
     "decode_message",

@@ -1,9 +1,14 @@
-"""The SIP core: bytes from the transports in, transactions, dispatch to the features.
+"""The SIP core: the thin adapter between `transport/` and the sans-I/O user-agent layer.
 
-It is the thin asyncio-facing layer between `transport/` and the sans-I/O
-`sip/transaction.py`: it parses, rejects bad input with the right status, applies
-RFC 3581 received/rport, runs the transaction layer and hands new requests to the
-handler registered for their method (registrar, later the B2BUA).
+It holds no SIP policy.  For each message: parse, hand it to the worker that owns it,
+validate, stamp Via (RFC 3581), feed `sip.ua.UserAgent`; then "process, then transmit"
+as aioquic's asyncio protocol does: send what the UA queued, hand each UA event to the
+feature that owns it (features may call back into the UA through this adapter: that only
+queues, it never re-enters), send again, and arm one timer.
+
+Two fast paths stay outside the UA because they keep no state: requests a feature answers
+statelessly (challenges, OPTIONS: `stateless_when`), and the stateless error for input
+too malformed to parse.
 """
 
 from __future__ import annotations
@@ -14,10 +19,11 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from .logs import throttle
+from .sip.auth import Credentials
 from .sip.errors import SipParseError
 from .sip.incoming import Incoming
 from .sip.message import (
@@ -32,70 +38,84 @@ from .sip.message import (
 )
 from .sip.peer import Peer
 from .sip.stateless import stateless_error, stateless_tag
-from .sip.transaction import (
-    AckReceived,
-    CancelReceived,
-    Overloaded,
+from .sip.transaction import TimerConfig
+from .sip.ua import (
+    DialogInfo,
     RequestReceived,
-    ResponseReceived,
-    State,
-    StrayResponse,
-    TimerConfig,
-    TransactionLayer,
-    TransactionTimeout,
+    SessionTimerConfig,
+    UaEvent,
+    UserAgent,
 )
+from .sip.uri import SipUri
 
 if TYPE_CHECKING:
     from .workers import Cluster
 
 log = logging.getLogger("vivait_sip.core")
 
-ALLOWED_METHODS = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "MESSAGE", "SUBSCRIBE", "NOTIFY", "REFER", "INFO", "UPDATE", "PRACK")
 TIMER_GRANULARITY_S = 0.01
-KNOWN_METHODS = frozenset((*ALLOWED_METHODS, "PUBLISH"))
-SUPPORTED_OPTIONS = ("path", "outbound")
+KNOWN_METHODS = frozenset(
+    ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "MESSAGE", "SUBSCRIBE", "NOTIFY", "REFER", "INFO", "UPDATE", "PRACK", "PUBLISH")
+)
+SUPPORTED_OPTIONS = ("path", "outbound", "100rel", "timer")
 ACCEPTED_TYPES = ("application/sdp",)
 
-
 Handler = Callable[[Incoming], None]
+EventSink = Callable[[UaEvent], None]
 
 
 class SipCore:
+    """Implements `contract.SipService` for the features of one process."""
+
     def __init__(
         self,
         *,
         send: Callable[[bytes, Peer, int | None], None],
         timers: TimerConfig,
         limits: Limits,
+        local: Callable[[Peer], tuple[str, int]],
         domains: Iterable[str] = (),
-        user_agent: str = "vivait-sip",
+        user_agent: str | None = "vivait-sip",
         max_transactions: int = 100000,
         max_completed_transactions: int = 50000,
+        max_dialogs: int = 100000,
+        session_timer: SessionTimerConfig | None = None,
         retry_after_s: int = 5,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._send = send
         self.limits = limits
         self.clock = clock
-        self.user_agent = user_agent
+        self.user_agent = user_agent or None
         self.retry_after_s = retry_after_s
-        self.tl = TransactionLayer(timers, max_transactions=max_transactions, max_lingering=max_completed_transactions)
+        self.local = local
+        self.ua = UserAgent(
+            timers=timers,
+            local=local,
+            user_agent=self.user_agent,
+            max_transactions=max_transactions,
+            max_completed_transactions=max_completed_transactions,
+            max_dialogs=max_dialogs,
+            session_timer=session_timer,
+            retry_after_s=retry_after_s,
+        )
         self.handlers: dict[str, Handler] = {}
+        self.owners: dict[str, EventSink] = {}
         self.local_domains: set[str] = {d.lower() for d in domains} | {"localhost"}
         self.counters: Counter[str] = Counter()
         self.started = time.time()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._draining = False
         # Requests a handler answers without keeping state (no transaction, nothing
         # changed), so a transaction would cost memory for 64*T1 and buy nothing.
         self.stateless_when: dict[str, Callable[[Request, Peer], bool]] = {
-            "OPTIONS": lambda req, peer: "OPTIONS" not in self.handlers
+            "OPTIONS": lambda req, peer: "OPTIONS" not in self.handlers and req.to.tag is None
         }
-        self.on_ack: Callable[[Request, Peer], None] = lambda req, peer: None
-        self.on_response: Callable[[ResponseReceived | TransactionTimeout], None] = lambda event: None
         self.cluster: Cluster | None = None
+        self.ua.set_handler("OPTIONS", "core")  # answered here unless a feature takes it
 
-    # ---- identity --------------------------------------------------------------------
+    # ---- identity ----------------------------------------------------------------------
     def add_local_address(self, host: str) -> None:
         """An address we listen on is a domain we are authoritative for."""
         self.local_domains.add(host.lower())
@@ -108,10 +128,16 @@ class SipCore:
     def is_local_domain(self, host: str) -> bool:
         return host.lower() in self.local_domains
 
-    def register(self, method: str, handler: Handler) -> None:
+    def register(self, method: str, handler: Handler, owner: str) -> None:
+        """Out-of-dialog `method` requests go to `handler`; their dialogs to `owner`."""
         self.handlers[method] = handler
+        self.ua.set_handler(method, owner)
 
-    # ---- input -----------------------------------------------------------------------
+    def add_owner(self, owner: str, sink: EventSink) -> None:
+        """UA events of requests and dialogs owned by `owner` (a feature's name)."""
+        self.owners[owner] = sink
+
+    # ---- input -------------------------------------------------------------------------
     def on_message(self, data: bytes, peer: Peer, *, forwarded: bool = False) -> None:
         """Entry point for every received message; never raises.
 
@@ -122,6 +148,7 @@ class SipCore:
         except Exception:
             self.counters["internal_errors"] += 1
             log.exception("event=internal_error peer=%s", peer)
+        self._drain()
 
     def _on_message(self, data: bytes, peer: Peer, forwarded: bool) -> None:
         datagram = peer.transport in ("udp", "ws", "wss")
@@ -142,24 +169,31 @@ class SipCore:
                 return  # RFC 3261 §18.1.2: malformed responses are discarded silently.
             self._reject_malformed(data, peer, exc)
             return
-        now = self.clock()
         if isinstance(msg, Response):
             self.counters["responses_in"] += 1
-            self.tl.receive_response(msg, peer, now)
-        else:
-            self.counters["requests_in"] += 1
-            if stateless:
-                reply_to = self._stamp_via(msg, peer)
-                if self.tl.refuse_new:
-                    self._shed(msg, reply_to)
-                    return
-                # Answered statelessly (RFC 3261 §8.2.7), as Kamailio's sl does: a
-                # retransmission gets its answer regenerated, same To tag included.
-                self._dispatch(Incoming(msg, None, reply_to, self, stateless_tag(msg)))
+            self._receive(msg, peer)
+            return
+        self.counters["requests_in"] += 1
+        reply_to = self._stamp_via(msg, peer)
+        if stateless:
+            if self.ua.refuse_new:
+                self._shed(msg, reply_to)
                 return
-            reply_to = self._stamp_via(msg, peer)
-            self.tl.receive_request(msg, reply_to, now)
-        self._drain()
+            # Answered statelessly (RFC 3261 §8.2.7), as Kamailio's sl does: a
+            # retransmission gets its answer regenerated, same To tag included.
+            self._dispatch(Incoming(msg, None, reply_to, self, stateless_tag(msg)))
+            return
+        self._receive(msg, reply_to)
+
+    def _receive(self, msg: Request | Response, peer: Peer) -> None:
+        """Into the UA; a header it decodes lazily that turns out malformed (Require,
+        RSeq, Session-Expires...) drops the message, as RFC 3261 §18.1.2 and §18.2.1
+        allow for what cannot be processed."""
+        try:
+            self.ua.receive(msg, peer, self.clock())
+        except SipParseError as exc:
+            self.counters["parse_errors"] += 1
+            throttle.log(log, logging.INFO, "malformed_dropped", "event=malformed_dropped peer=%s reason=%r", peer, exc.reason)
 
     def _answers_statelessly(self, req: Request, peer: Peer) -> bool:
         check = self.stateless_when.get(req.method)
@@ -218,31 +252,44 @@ class SipCore:
         throttle.log(log, logging.INFO, "malformed_request", "event=malformed_request peer=%s status=%d reason=%r", peer, exc.status, exc.reason)
         self._send_raw(resp, peer)
 
-    # ---- transaction events -------------------------------------------------------------
+    # ---- process, then transmit ----------------------------------------------------------
     def _drain(self) -> None:
-        tl = self.tl
-        while True:
-            for out in tl.messages_to_send():
-                self._send_raw(out.data, out.peer, out.tx_id)
-            event = tl.next_event()
-            if event is None:
-                break
-            if isinstance(event, RequestReceived):
-                self._dispatch(Incoming(event.request, event.tx.id, event.peer, self))
-            elif isinstance(event, AckReceived):
-                self.on_ack(event.request, event.peer)
-            elif isinstance(event, CancelReceived):
-                self._on_cancel(event)
-            elif isinstance(event, (ResponseReceived, TransactionTimeout)):
-                self.on_response(event)
-            elif isinstance(event, StrayResponse):
-                self.counters["stray_responses"] += 1
-            elif isinstance(event, Overloaded):
-                self._shed(event.request, event.peer)
+        """Send what the UA queued and hand out its events until both are empty; a feature
+        that calls back (respond, send_request...) only queues more for this loop."""
+        if self._draining:
+            return
+        self._draining = True
+        ua = self.ua
+        try:
+            while True:
+                out = ua.messages_to_send()
+                for message in out:
+                    self._send_raw(message.data, message.peer, message.tx_id)
+                event = ua.next_event()
+                if event is not None:
+                    self._deliver(event)
+                elif not out:
+                    break
+        finally:
+            self._draining = False
         self._arm_timer()
 
+    def _deliver(self, event: UaEvent) -> None:
+        try:
+            if isinstance(event, RequestReceived) and event.dialog_id is None:
+                self._dispatch(Incoming(event.request, event.request_id, event.peer, self))
+                return
+            sink = self.owners.get(event.owner)
+            if sink is None:
+                self.counters["events_unowned"] += 1
+                return
+            sink(event)
+        except Exception:
+            self.counters["internal_errors"] += 1
+            log.exception("event=internal_error owner=%s kind=%s", event.owner, type(event).__name__)
+
     def _shed(self, req: Request, peer: Peer) -> None:
-        """503 + Retry-After, statelessly: the table is full or the loop is lagging."""
+        """503 + Retry-After, statelessly: the loop is lagging."""
         self.counters["overload_rejections"] += 1
         if req.method == "ACK":
             return
@@ -251,7 +298,7 @@ class SipCore:
 
     def set_shedding(self, on: bool) -> None:
         """Refuse (True) or accept again (False) requests that need a new transaction."""
-        self.tl.refuse_new = on
+        self.ua.refuse_new = on
 
     def _send_raw(self, data: bytes, peer: Peer, tx_id: int | None = None) -> None:
         try:
@@ -261,34 +308,121 @@ class SipCore:
             self.counters["send_errors"] += 1
             throttle.log(log, logging.INFO, "send_failed", "event=send_failed peer=%s error=%r", peer, str(exc))
             if tx_id is not None:
-                self.tl.transport_failed(tx_id, self.clock())
+                self.ua.transport_failed(tx_id, self.clock())
 
     def transport_failed(self, tx_id: int) -> None:
         """A message of transaction `tx_id` could not be sent (reported after the fact:
         a refused connect, or by the worker holding the connection)."""
-        self.tl.transport_failed(tx_id, self.clock())
+        self.ua.transport_failed(tx_id, self.clock())
         self._drain()
 
-    def send_response(self, inc: Incoming, resp: Response) -> None:
-        """Queue through the request's transaction, or send straight to its peer when it
-        has none; the caller's loop transmits (no re-entry into `_drain`)."""
-        if self.user_agent and "server" not in resp.headers:
-            resp.headers.add("Server", self.user_agent)
-        self.counters[f"responses_out_{resp.status // 100}xx"] += 1
-        tx_id = inc.request_id
-        if tx_id is None:
+    # ---- contract.SipService: what features call -------------------------------------------
+    def respond_incoming(
+        self, inc: Incoming, status: int, reason: str | None, headers: Iterable[tuple[str, str]], body: bytes
+    ) -> None:
+        """`Incoming.respond`: through the UA, or straight to the peer when stateless."""
+        self.counters[f"responses_out_{status // 100}xx"] += 1
+        request_id = inc.request_id
+        if request_id is None:
+            extra = list(headers)
+            if self.user_agent:
+                extra.append(("Server", self.user_agent))
+            resp = make_response(inc.request, status, reason, to_tag=inc.to_tag, headers=extra, body=body)
             self._send_raw(resp.to_bytes(), inc.peer)
             return
-        self.tl.send_response(tx_id, resp, self.clock())
+        self.ua.respond(request_id, status, reason, headers=headers, body=body, now=self.clock())
+        self._drain()
 
+    def respond(
+        self,
+        request_id: int,
+        status: int,
+        reason: str | None = None,
+        *,
+        headers: Iterable[tuple[str, str]] = (),
+        body: bytes = b"",
+        reliable: bool = False,
+    ) -> int | None:
+        self.counters[f"responses_out_{status // 100}xx"] += 1
+        result = self.ua.respond(request_id, status, reason, headers=headers, body=body, reliable=reliable, now=self.clock())
+        self._drain()
+        return result
+
+    def send_request(
+        self,
+        method: str,
+        uri: str | SipUri,
+        *,
+        owner: str,
+        destinations: Sequence[Peer],
+        from_: str,
+        to: str | None = None,
+        call_id: str | None = None,
+        headers: Iterable[tuple[str, str]] = (),
+        body: bytes = b"",
+        credentials: Credentials | None = None,
+        auto_ack: bool = True,
+        session_expires: int | None = None,
+    ) -> int:
+        request_id = self.ua.send_request(
+            method,
+            uri,
+            owner=owner,
+            destinations=destinations,
+            now=self.clock(),
+            from_=from_,
+            to=to,
+            call_id=call_id,
+            headers=headers,
+            body=body,
+            credentials=credentials,
+            auto_ack=auto_ack,
+            session_expires=session_expires,
+        )
+        self.counters[f"requests_out_{method.lower()}" if method in KNOWN_METHODS else "requests_out_other"] += 1
+        self._drain()
+        return request_id
+
+    def send_in_dialog(
+        self, dialog_id: int, method: str, *, headers: Iterable[tuple[str, str]] = (), body: bytes = b"", auto_ack: bool = True
+    ) -> int:
+        request_id = self.ua.send_in_dialog(dialog_id, method, headers=headers, body=body, auto_ack=auto_ack, now=self.clock())
+        self._drain()
+        return request_id
+
+    def cancel(self, request_id: int, *, reason: str | None = None) -> None:
+        self.ua.cancel(request_id, self.clock(), reason=reason)
+        self._drain()
+
+    def ack(self, dialog_id: int, *, body: bytes = b"", headers: Iterable[tuple[str, str]] = ()) -> None:
+        self.ua.ack(dialog_id, body=body, headers=headers, now=self.clock())
+        self._drain()
+
+    def bye(self, dialog_id: int, *, headers: Iterable[tuple[str, str]] = ()) -> None:
+        self.ua.bye(dialog_id, self.clock(), headers=headers)
+        self._drain()
+
+    def dialog(self, dialog_id: int) -> DialogInfo | None:
+        return self.ua.dialog(dialog_id)
+
+    def contact_for(self, peer: Peer, user: str | None = None) -> str:
+        """Our Contact URI towards `peer` (advertised address of the right listener)."""
+        host, port = self.local(peer)
+        host = f"[{host}]" if ":" in host else host
+        userpart = f"{user}@" if user else ""
+        scheme = "sips" if peer.transport in ("tls", "wss") else "sip"
+        transport = "" if peer.transport == "udp" else f";transport={peer.transport}"
+        return f"<{scheme}:{userpart}{host}:{port}{transport}>"
+
+    # ---- the one timer -------------------------------------------------------------------
     def _arm_timer(self) -> None:
-        """Wake up for the next transaction timer, on a TIMER_GRANULARITY_S grid.
+        """Wake up for the next UA timer, on a TIMER_GRANULARITY_S grid.
 
         An armed wake-up at or before the deadline is kept (it re-arms when it fires), and
         the grid makes one wake-up serve every timer due in the same slot: under load
         thousands of Timer J expiries a second cost a few dozen wake-ups, not thousands.
         """
-        deadline = self.tl.next_deadline()
+        deadline = self.ua.get_timer()
         if deadline is None:
             return
         if self._timer_at is not None and self._timer_at <= deadline + TIMER_GRANULARITY_S:
@@ -308,13 +442,13 @@ class SipCore:
         self._timer = None
         self._timer_at = None
         try:
-            self.tl.handle_timers(self.clock())
-            self._drain()
+            self.ua.handle_timer(self.clock())
         except Exception:
             self.counters["internal_errors"] += 1
             log.exception("event=timer_error")
+        self._drain()
 
-    # ---- dispatch ----------------------------------------------------------------------
+    # ---- dispatch of new out-of-dialog requests ---------------------------------------------
     def _dispatch(self, inc: Incoming) -> None:
         """Route a new request; a header decoded lazily on the way that turns out to be
         malformed (Require, Contact params, credentials…) is answered 400 naming it."""
@@ -332,34 +466,27 @@ class SipCore:
         if not uri.is_sip:
             inc.respond(416)
             return
-        if method not in ("ACK", "CANCEL"):
-            unsupported = [t for t in (*req.option_tags("require"), *req.option_tags("proxy-require")) if t not in SUPPORTED_OPTIONS]
-            if unsupported:
-                inc.respond(420, headers=[("Unsupported", ", ".join(dict.fromkeys(unsupported)))])
-                return
+        unsupported = [t for t in (*req.option_tags("require"), *req.option_tags("proxy-require")) if t not in SUPPORTED_OPTIONS]
+        if unsupported:
+            inc.respond(420, headers=[("Unsupported", ", ".join(dict.fromkeys(unsupported)))])
+            return
         if req.max_forwards == 0 and method not in ("OPTIONS", "REGISTER"):
             inc.respond(483)
             return
         handler = self.handlers.get(method)
-        if method == "OPTIONS" and handler is None:
-            self._options(inc)
-            return
         if handler is not None:
             handler(inc)
-            return
-        if not self.is_local_domain(uri.host):
-            inc.respond(403, "Forbidden (relaying not allowed)")
-        elif method in KNOWN_METHODS:
+        elif method == "OPTIONS":
+            self._options(inc)
+        else:  # reached only by stateless dispatch: the UA answers the rest itself
             inc.respond(405, headers=[("Allow", ", ".join(self.allowed_methods()))])
-        else:
-            inc.respond(501, headers=[("Allow", ", ".join(self.allowed_methods()))])
 
     def allowed_methods(self) -> list[str]:
-        return ["OPTIONS", *(m for m in ALLOWED_METHODS if m in self.handlers), "ACK", "CANCEL"]
+        return list(dict.fromkeys(["OPTIONS", *sorted(self.handlers), "ACK", "BYE", "CANCEL", "INVITE", "PRACK", "UPDATE"]))
 
     def capability_headers(self) -> list[tuple[str, str]]:
         return [
-            ("Allow", ", ".join(dict.fromkeys(self.allowed_methods()))),
+            ("Allow", ", ".join(self.allowed_methods())),
             ("Accept", ", ".join(ACCEPTED_TYPES)),
             ("Supported", ", ".join(SUPPORTED_OPTIONS)),
         ]
@@ -371,20 +498,17 @@ class SipCore:
             return
         inc.respond(200, headers=self.capability_headers())
 
-    def _on_cancel(self, event: CancelReceived) -> None:
-        resp = make_response(event.request, 200 if event.invite_tx is not None else 481, to_tag=new_tag())
-        self.tl.send_response(event.tx, resp, self.clock())
-        if event.invite_tx is not None and event.invite_tx.state is State.PROCEEDING:
-            inv = event.invite_tx.request
-            self.tl.send_response(event.invite_tx, make_response(inv, 487, to_tag=new_tag()), self.clock())
-
     # ---- status --------------------------------------------------------------------------
     def status(self) -> dict[str, object]:
+        sizes = self.ua.table_sizes()
+        counters = self.counters.copy()
+        counters["overload_rejections"] += self.ua.overload_rejections
         return {
             "uptime_s": round(time.time() - self.started, 1),
-            "transactions": self.tl.active,
-            "transactions_completed_waiting": self.tl.lingering,
-            "counters": dict(sorted(self.counters.items())),
+            "transactions": self.ua.active_transactions,
+            "transactions_completed_waiting": self.ua.lingering_transactions,
+            "dialogs": sizes["dialogs"],
+            "counters": dict(sorted(counters.items())),
         }
 
 

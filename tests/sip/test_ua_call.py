@@ -167,17 +167,19 @@ def test_unhandled_methods_get_405_with_allow_and_unknown_ones_501() -> None:
     assert [e.request.method for e in bob.of(RequestReceived)] == ["MESSAGE"]
 
 
-def test_invite_without_contact_is_400() -> None:
+def test_invite_without_contact_is_accepted_as_rfc2543_did() -> None:
     net = Net()
     alice = net.add("alice")
     bob = net.add("bob")
     Callee(bob)
     data = raw_request("INVITE").replace(b"Contact: <sip:carol@10.0.0.1:5060>\r\n", b"")
     net.send_raw(alice, bob, data, None)
-    net.run(duration=1)
-    answers = [(r.status, r.reason) for r in answers_from(net, "bob")]
-    assert answers[:2] == [(100, "Trying"), (400, "Missing Contact")]
-    assert bob.events == []
+    net.run(duration=3)
+    answers = [r.status for r in answers_from(net, "bob")]
+    assert answers[0] == 100 and 200 in answers
+    dialog_ids = [e.dialog_id for e in bob.of(RequestReceived)]
+    assert dialog_ids == [None]
+    assert [e.request.method for e in bob.of(RequestReceived)] == ["INVITE"]
 
 
 def test_dialog_table_full_gives_503_with_retry_after() -> None:

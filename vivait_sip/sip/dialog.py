@@ -127,9 +127,9 @@ class Dialog:
         local_tag = response.to.tag
         if not local_tag:
             raise ValueError("our response has no To tag")
-        remote_target = _first_contact(request)
-        if remote_target is None:
-            raise ValueError("dialog-creating request without Contact")
+        # RFC 2543 allowed an INVITE without Contact (RFC 4475 §3.3.13): its From URI is
+        # the remote target then (in-dialog requests go to the dialog's peer anyway).
+        remote_target = _first_contact(request) or request.from_.uri
         return cls(
             call_id=request.call_id,
             local_tag=local_tag,

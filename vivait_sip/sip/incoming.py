@@ -9,19 +9,21 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
-from .message import Request, Response, make_response, new_tag
+from .message import Request
 from .peer import Peer
 
 
 class Responder(Protocol):
-    def send_response(self, inc: Incoming, resp: Response) -> None:
-        """Queue `resp` through the request's transaction, or statelessly when it has none."""
+    def respond_incoming(
+        self, inc: Incoming, status: int, reason: str | None, headers: Iterable[tuple[str, str]], body: bytes
+    ) -> None:
+        """Answer through the request's transaction, or statelessly when it has none."""
         ...
 
 
 class Incoming:
-    """`request_id` names the server transaction in the UA layer; None: the request is
-    answered statelessly (no transaction: challenges, OPTIONS, overload)."""
+    """`request_id` names the request in the UA layer; None: the request is answered
+    statelessly (no transaction: challenges, OPTIONS, overload) with `to_tag`."""
 
     __slots__ = ("peer", "request", "request_id", "responder", "to_tag")
 
@@ -32,13 +34,13 @@ class Incoming:
         request_id: int | None,
         peer: Peer,
         responder: Responder,
-        to_tag: str | None = None,
+        to_tag: str = "",
     ) -> None:
         self.request = request
         self.request_id = request_id
         self.peer = peer
         self.responder = responder
-        self.to_tag = new_tag() if to_tag is None else to_tag
+        self.to_tag = to_tag
 
     def respond(
         self,
@@ -46,10 +48,8 @@ class Incoming:
         reason: str | None = None,
         headers: Iterable[tuple[str, str]] = (),
         body: bytes = b"",
-    ) -> Response:
-        resp = make_response(self.request, status, reason, to_tag=self.to_tag, headers=headers, body=body)
-        self.responder.send_response(self, resp)
-        return resp
+    ) -> None:
+        self.responder.respond_incoming(self, status, reason, headers, body)
 
 
 __all__ = ["Incoming", "Responder"]

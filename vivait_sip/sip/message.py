@@ -988,11 +988,15 @@ def validate_request(req: Request) -> None:
 
 
 def validate_response(resp: Response) -> None:
-    """Minimal checks before a response is matched to a client transaction."""
+    """Checks before a response is matched to a client transaction and a dialog: what
+    the user-agent layer reads of every response must parse."""
     if not resp.vias:
         raise SipParseError("Missing Via")
     resp.cseq  # noqa: B018
     resp.call_id  # noqa: B018
+    resp.from_  # noqa: B018
+    resp.to  # noqa: B018
+    resp.contacts  # noqa: B018
 
 
 class StreamFramer:

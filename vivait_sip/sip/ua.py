@@ -562,6 +562,8 @@ class UserAgent:
         "_tl",
         "config",
         "max_dialogs",
+        "overload_rejections",
+        "retry_after",
         "session_timer",
         "timer_c",
         "user_agent",
@@ -578,8 +580,11 @@ class UserAgent:
         max_dialogs: int = 100_000,
         timer_c: float = 180.0,
         session_timer: SessionTimerConfig | None = None,
+        retry_after_s: int = 5,
     ) -> None:
         self.config = timers
+        self.retry_after = str(retry_after_s)
+        self.overload_rejections = 0  # new requests refused with 503 (table full, shedding)
         self._tl = TransactionLayer(
             timers, max_transactions=max_transactions, max_lingering=max_completed_transactions
         )
@@ -887,6 +892,25 @@ class UserAgent:
             we_refresh=d.we_refresh,
         )
 
+    @property
+    def refuse_new(self) -> bool:
+        """Set while the owner sheds load: new requests get 503 + Retry-After, while
+        retransmissions, ACKs and in-progress transactions are still served."""
+        return self._tl.refuse_new
+
+    @refuse_new.setter
+    def refuse_new(self, value: bool) -> None:
+        self._tl.refuse_new = value
+
+    @property
+    def active_transactions(self) -> int:
+        return self._tl.active
+
+    @property
+    def lingering_transactions(self) -> int:
+        """Completed non-INVITE server transactions only waiting out Timer J."""
+        return self._tl.lingering
+
     def table_sizes(self) -> dict[str, int]:
         """Sizes of every internal table (status pages; tests check they drain to 0)."""
         return {
@@ -928,8 +952,9 @@ class UserAgent:
                 self._on_stray(event.response)
             elif isinstance(event, Overloaded):
                 self.respond_stateless(
-                    event.request, event.peer, 503, headers=[("Retry-After", "5")], to_tag=new_tag()
+                    event.request, event.peer, 503, headers=[("Retry-After", self.retry_after)], to_tag=new_tag()
                 )
+                self.overload_rejections += 1
 
     def _on_failure(self, tx: Transaction, status: int, now: float) -> None:
         if tx.is_server:
@@ -989,7 +1014,7 @@ class UserAgent:
             elif method in KNOWN_METHODS:
                 self._answer(tx, request, 405, now, headers=[("Allow", self._allow)])
             else:
-                self._answer(tx, request, 501, now)
+                self._answer(tx, request, 501, now, headers=[("Allow", self._allow)])
             return
         if method == "INVITE" and not self._admit_invite(tx, request, now):
             return
@@ -1004,12 +1029,10 @@ class UserAgent:
         self._events.append(RequestReceived(owner, request_id, None, request, peer))
 
     def _admit_invite(self, tx: ServerTransaction, request: Request, now: float) -> bool:
-        """Checks on a dialog-creating INVITE before the TU sees it."""
-        if not request.contacts:
-            self._answer(tx, request, 400, now, reason="Missing Contact")
-            return False
+        """Checks on a dialog-creating INVITE before the TU sees it (one without Contact,
+        as RFC 2543 allowed, is accepted: see `Dialog.from_uas`)."""
         if len(self._dialogs) + self._new_invites >= self.max_dialogs:
-            self._answer(tx, request, 503, now, headers=[("Retry-After", "5")])
+            self._answer(tx, request, 503, now, headers=[("Retry-After", self.retry_after)])
             return False
         return self._session_acceptable(tx, request, now)
 
