@@ -85,7 +85,7 @@ class Caller:
                         ua.send_in_dialog(dialog_id, "INVITE", headers=SDP, body=SDP_OFFER, now=now), "normal"
                     ),
                 )
-            elif scenario in ("normal", "prack", "update", "reinvited"):
+            else:  # any answered call ends (also a "cancel" whose 180 was lost)
                 self.later(2.0, lambda ua, now: ua.bye(dialog_id, now))
 
     def _track(self, request_id: int, scenario: str = "in_dialog") -> None:
