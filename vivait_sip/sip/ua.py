@@ -1162,9 +1162,8 @@ class UserAgent:
         if method == "INVITE" and 100 < status < 300:
             # §12.1.1: the dialog-creating response carries the request's Record-Route.
             extra += [("Record-Route", rr) for rr in request.headers.get_all("record-route")]
-        if ((method == "INVITE" and 100 < status < 300) or (method == "UPDATE" and success)) and not _has(
-            tu_headers, "contact"
-        ):
+        target_refresh = (method == "INVITE" and 100 < status < 300) or (method == "UPDATE" and success)
+        if target_refresh and not _has(tu_headers, "contact"):
             contact = dialog.dialog.local_contact if dialog is not None else None
             extra.append(("Contact", contact or self._contact(server.peer, request.uri.user)))
         if method == "INVITE" and 100 < status < 300 and not _has(tu_headers, "allow"):
@@ -1173,11 +1172,9 @@ class UserAgent:
             extra.append(("Allow", self._allow))
         if method == "INVITE" and success and not _has(tu_headers, "supported"):
             extra.append(("Supported", SUPPORTED))
-        if (
-            success
-            and (method == "INVITE" or (method == "UPDATE" and dialog is not None and dialog.dialog.state is DialogState.CONFIRMED))
-            and not _has(tu_headers, "session-expires")
-        ):
+        confirmed = dialog is not None and dialog.dialog.state is DialogState.CONFIRMED
+        refresh = method == "INVITE" or (method == "UPDATE" and confirmed)
+        if success and refresh and not _has(tu_headers, "session-expires"):
             extra += self._session_answer(request)
         if self.user_agent and not _has(tu_headers, "server"):
             extra.append(("Server", self.user_agent))
@@ -1526,8 +1523,7 @@ class UserAgent:
         if client.auto_ack:
             self._send_ack(dialog, resp, b"", [])
         else:
-            dialog.ack_cseq = number
-            dialog.ack_data = None
+            self._remember_ack(dialog, number, None)
             dialog.ack_due = resp
         if dialog.out_invite is client:
             dialog.out_invite = None
@@ -1686,13 +1682,18 @@ class UserAgent:
         host, port = self._local(dialog.peer)
         push_via(ack, host, port, dialog.peer.transport)
         data = ack.to_bytes()
-        number = resp.cseq.number
+        self._remember_ack(dialog, resp.cseq.number, data)
+        dialog.ack_due = None
+        self._tl.send_bytes(data, dialog.peer)
+
+    @staticmethod
+    def _remember_ack(dialog: _Dialog, number: int, data: bytes | None) -> None:
+        """The ACK for the 2xx with CSeq `number` (None: the TU sends it later); the one
+        before stays for late retransmissions of its 2xx."""
         if dialog.ack_data is not None and dialog.ack_cseq != number:
             dialog.prev_ack = (dialog.ack_cseq, dialog.ack_data)
         dialog.ack_cseq = number
         dialog.ack_data = data
-        dialog.ack_due = None
-        self._tl.send_bytes(data, dialog.peer)
 
     def _on_stray(self, resp: Response) -> None:
         """A 2xx after Timer M (its INVITE transaction is gone): re-send the dialog's ACK."""
@@ -1862,7 +1863,7 @@ class UserAgent:
         """(Re)start the session timer from the Session-Expires of a 2xx, or stop it."""
         found = _session_expires(msg)
         self._stop_session(dialog)
-        if found is None:
+        if found is None or dialog.ended or dialog.ending:
             dialog.session_interval = None
             return
         interval, refresher = found
