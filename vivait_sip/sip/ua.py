@@ -806,7 +806,8 @@ class UserAgent:
         if method == "INVITE":
             if dialog.dialog.state is DialogState.EARLY:
                 raise UaError("a re-INVITE needs a confirmed dialog")
-            if dialog.out_invite is not None or dialog.in_invite is not None:
+            if dialog.out_invite is not None or dialog.in_invite is not None or dialog.awaiting:
+                # In either direction, until our 2xx is ACKed (RFC 3261 §14.1).
                 raise RequestPending(f"an INVITE is in progress in dialog {dialog_id}")
         elif method == "UPDATE" and dialog.out_update is not None:
             raise RequestPending(f"an UPDATE is in progress in dialog {dialog_id}")
@@ -869,6 +870,8 @@ class UserAgent:
             return
         if dialog.dialog.state is DialogState.EARLY and not dialog.is_uac:
             raise UaError("the callee ends an early dialog by answering the INVITE")
+        if dialog.ack_due is not None:  # auto_ack=False and the TU never ACKed: ACK first
+            self._send_ack(dialog, dialog.ack_due, b"", [])
         if dialog.awaiting:
             dialog.ending = True
             dialog.bye_waiting = list(headers)
@@ -1898,6 +1901,7 @@ class UserAgent:
             or dialog.out_update is not None
             or dialog.in_invite is not None
             or dialog.in_update is not None
+            or dialog.awaiting
         ):
             return  # a re-INVITE/UPDATE under way refreshes the session when it succeeds
         if dialog.peer_allows_update:
