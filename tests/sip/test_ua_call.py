@@ -11,6 +11,7 @@ from vivait_sip.sip.peer import Peer
 from vivait_sip.sip.ua import (
     AckReceived,
     DialogEnded,
+    RequestPending,
     RequestReceived,
     ResponseReceived,
     UaError,
@@ -354,7 +355,7 @@ def test_the_callee_cannot_re_invite_before_its_2xx_is_acked() -> None:
     net.drop(match(src="alice", method="ACK"))
     alice.invite(bob)
     net.run(until=1.2)
-    with pytest.raises(UaError):  # RequestPending
+    with pytest.raises(RequestPending):
         bob.ua.send_in_dialog(callee.dialogs[0], "INVITE", now=net.now)
     net.run(duration=1)  # the 2xx retransmission brings the ACK
     bob.act(lambda ua, now: ua.send_in_dialog(callee.dialogs[0], "INVITE", headers=SDP, body=SDP_ANSWER, now=now))
