@@ -361,3 +361,20 @@ def test_the_callee_cannot_re_invite_before_its_2xx_is_acked() -> None:
     bob.act(lambda ua, now: ua.send_in_dialog(callee.dialogs[0], "INVITE", headers=SDP, body=SDP_ANSWER, now=now))
     net.run(duration=1)
     assert bob.of(ResponseReceived)[-1].response.status == 200
+
+
+def test_a_full_transaction_table_answers_503_statelessly_and_refuses_to_send() -> None:
+    net = Net()
+    alice = net.add("alice")
+    bob = net.add("bob", max_transactions=1)
+    callee = Callee(bob, status=None)
+    alice.invite(bob)
+    net.run(duration=1)
+    net.send_raw(alice, bob, raw_request("OPTIONS", branch="z9hG4bKfull"), None)
+    net.run(duration=1)
+    answer = next(w.msg for w in net.delivered if w.src == "bob" and w.method == "OPTIONS")
+    assert isinstance(answer, Response) and answer.status == 503
+    assert answer.headers.get("retry-after") == "5" and answer.to.tag
+    assert len(callee.invites) == 1
+    with pytest.raises(UaOverloaded):
+        bob.ua.send_request("OPTIONS", alice.uri, owner="t", destinations=[alice.peer], now=net.now, from_="<sip:b@c>")
