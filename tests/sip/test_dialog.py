@@ -293,3 +293,15 @@ def test_uas_flow_through_transaction_layer() -> None:
     assert isinstance(ack_event, AckReceived)
     assert dialog.receive_request(ack_event.request)
     assert responder.receive_ack(ack_event.request)
+
+
+def test_a_2xx_to_prack_or_update_leaves_an_early_dialog_early() -> None:
+    """RFC 3311 §5.1 / RFC 3262: only a 2xx to the INVITE confirms the dialog."""
+    req = invite()
+    early = Dialog.from_uac(req, answer(req, 183))
+    for method in ("PRACK", "UPDATE"):
+        in_dialog = early.create_request(method)
+        in_dialog.headers.add("Via", "SIP/2.0/TLS pc33.atlanta.com;branch=z9hG4bKe")
+        early.update_from_response(answer(parse_req(in_dialog), 200, contact="<sips:bob@192.0.2.9>"))
+        assert early.state is DialogState.EARLY
+    assert str(early.remote_target) == "sips:bob@192.0.2.9"  # UPDATE still refreshes the target

@@ -563,3 +563,30 @@ def test_past_max_lingering_the_oldest_completed_transaction_ends_early() -> Non
     # ...one of the evicted is a new request again.
     layer.receive_request(request("REGISTER", branch="z9hG4bKold0"), UDP, 5.0)
     assert isinstance(layer.next_event(), RequestReceived)
+
+
+# ---- hooks for the UA layer -----------------------------------------------------------------
+
+
+def test_terminate_gives_up_an_invite_client_transaction_in_proceeding() -> None:
+    """Proceeding has no timer of its own: the UA ends it when a CANCEL went unanswered."""
+    layer = TransactionLayer()
+    tx = layer.send_request(outgoing_request(), UDP, 0.0)
+    layer.receive_response(reparse(make_response(tx.request, 180, to_tag="t")), UDP, 0.1)
+    drain(layer)
+    assert tx.state is State.PROCEEDING and layer.next_deadline() is None
+    layer.terminate(tx.id)
+    assert drain(layer) == [TransactionTerminated(tx)]
+    assert len(layer) == 0 and layer.get(tx.id) is None
+    layer.terminate(tx.id)  # already gone: nothing
+    assert drain(layer) == []
+
+
+def test_send_bytes_queues_them_as_they_are_with_the_transaction_to_blame() -> None:
+    layer = TransactionLayer()
+    layer.send_bytes(b"SIP/2.0 200 OK\r\n\r\n", UDP, 7)
+    layer.send_bytes(b"ACK", TCP)
+    assert [(m.data, m.peer, m.tx_id) for m in layer.messages_to_send()] == [
+        (b"SIP/2.0 200 OK\r\n\r\n", UDP, 7),
+        (b"ACK", TCP, None),
+    ]

@@ -9,7 +9,7 @@ import itertools
 import pytest
 from ua_harness import Callee, Net, Wire, match
 
-from vivait_sip.sip.ua import AckReceived, DialogEnded, ResponseReceived
+from vivait_sip.sip.ua import AckReceived, DialogEnded, RequestReceived, ResponseReceived
 
 
 def test_lost_ack_the_2xx_is_retransmitted_and_the_same_ack_re_sent() -> None:
@@ -150,4 +150,39 @@ def test_a_fork_answering_after_the_tu_cancelled_is_acked_and_hung_up_silently()
     assert bob.events[-1].reason == "bye" and carol.events[-1].reason == "bye"
     failed = [e for e in alice.events if type(e).__name__ == "RequestFailed"]
     assert len(failed) == 1 and failed[0].status == 487
+    net.assert_idle()
+
+
+def test_re_invite_before_the_first_ack_keeps_both_2xx_acknowledged() -> None:
+    """Found by the property test: the first ACK is lost, a re-INVITE follows at once and
+    the first 2xx's retransmission arrives late.  The caller re-ACKs it (CSeq 1) without
+    reporting it again; the callee still reports that ACK for the first INVITE."""
+    net = Net()
+    alice = net.add("alice")
+    bob = net.add("bob")
+    callee = Callee(bob)
+    net.drop(match(src="alice", method="ACK"))
+    seen: list[Wire] = []
+
+    def first_retransmission(wire: Wire) -> bool:
+        if wire.line == "bob->alice 200 INVITE" and wire.msg.cseq.number == 1:
+            seen.append(wire)
+            return len(seen) == 2
+        return False
+
+    net.delay(first_retransmission, 0.7)
+    request_id = alice.invite(bob)
+    net.run(until=1.1)
+    dialog_id = alice.of(ResponseReceived)[-1].dialog_id
+    reinvite = alice.act(lambda ua, now: ua.send_in_dialog(dialog_id, "INVITE", now=now))
+    net.run(duration=5)
+    finals = [(e.request_id, e.response.status) for e in alice.of(ResponseReceived) if e.response.status >= 200]
+    assert finals == [(request_id, 200), (reinvite, 200)]
+    acks = [w.msg.cseq.number for w in net.delivered if w.line == "alice->bob ACK"]
+    assert acks == [2, 1]  # the re-INVITE's ACK, then the late re-ACK of the first 2xx
+    reinvite_at_bob = bob.of(RequestReceived)[-1].request_id
+    assert [e.request_id for e in bob.of(AckReceived)] == [reinvite_at_bob, callee.invites[0]]
+    alice.act(lambda ua, now: ua.bye(dialog_id, now))
+    net.run()
+    assert bob.events[-1].reason == "bye"
     net.assert_idle()

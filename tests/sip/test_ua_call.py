@@ -11,6 +11,7 @@ from vivait_sip.sip.peer import Peer
 from vivait_sip.sip.ua import (
     AckReceived,
     DialogEnded,
+    RequestPending,
     RequestReceived,
     ResponseReceived,
     UaError,
@@ -326,3 +327,56 @@ def test_caller_with_sdp_in_ack_when_auto_ack_is_off() -> None:
     alice.act(lambda ua, now: ua.bye(ok.dialog_id, now))
     net.run()
     net.assert_idle()
+
+
+def test_bye_before_the_manual_ack_acks_first() -> None:
+    net = Net()
+    alice = net.add("alice")
+    bob = net.add("bob")
+    Callee(bob)
+    alice.invite(bob, auto_ack=False)
+    net.run(duration=1.2)
+    dialog_id = alice.of(ResponseReceived)[-1].dialog_id
+    alice.act(lambda ua, now: ua.bye(dialog_id, now))
+    net.run()
+    assert net.lines()[-3:] == ["alice->bob ACK", "alice->bob BYE", "bob->alice 200 BYE"]
+    assert len(bob.of(AckReceived)) == 1
+    net.assert_idle()
+
+
+def test_the_callee_cannot_re_invite_before_its_2xx_is_acked() -> None:
+    net = Net()
+    alice = net.add("alice")
+    bob = net.add("bob")
+    callee = Callee(bob)
+    alice.handler = lambda node, ev: (
+        node.ua.respond(ev.request_id, 200, headers=SDP, body=SDP_OFFER, now=net.now)
+        if isinstance(ev, RequestReceived)
+        else None
+    )
+    net.drop(match(src="alice", method="ACK"))
+    alice.invite(bob)
+    net.run(until=1.2)
+    with pytest.raises(RequestPending):
+        bob.ua.send_in_dialog(callee.dialogs[0], "INVITE", now=net.now)
+    net.run(duration=1)  # the 2xx retransmission brings the ACK
+    bob.act(lambda ua, now: ua.send_in_dialog(callee.dialogs[0], "INVITE", headers=SDP, body=SDP_ANSWER, now=now))
+    net.run(duration=1)
+    assert bob.of(ResponseReceived)[-1].response.status == 200
+
+
+def test_a_full_transaction_table_answers_503_statelessly_and_refuses_to_send() -> None:
+    net = Net()
+    alice = net.add("alice")
+    bob = net.add("bob", max_transactions=1)
+    callee = Callee(bob, status=None)
+    alice.invite(bob)
+    net.run(duration=1)
+    net.send_raw(alice, bob, raw_request("OPTIONS", branch="z9hG4bKfull"), None)
+    net.run(duration=1)
+    answer = next(w.msg for w in net.delivered if w.src == "bob" and w.method == "OPTIONS")
+    assert isinstance(answer, Response) and answer.status == 503
+    assert answer.headers.get("retry-after") == "5" and answer.to.tag
+    assert len(callee.invites) == 1
+    with pytest.raises(UaOverloaded):
+        bob.ua.send_request("OPTIONS", alice.uri, owner="t", destinations=[alice.peer], now=net.now, from_="<sip:b@c>")

@@ -180,3 +180,20 @@ def test_prack_matching_nothing_gets_481() -> None:
     net.run(duration=1)
     answer = [w.msg for w in net.delivered if w.src == "bob" and w.msg.cseq.number == 9]
     assert [a.status for a in answer] == [481]
+
+
+def test_a_prack_arriving_after_the_2xx_gets_481_which_ends_nothing() -> None:
+    """Found by the property test: the PRACK's first copy is lost and its retransmission
+    arrives after the 200; the 481 (RFC 3262 §3) must not end the caller's dialog."""
+    net = Net()
+    alice, _bob, callee, request_id, ring = reliable_call(net)
+    net.drop(match(src="alice", method="PRACK"))
+    ring()
+    net.run(duration=0.1)
+    callee.answer(callee.invites[0])  # before the PRACK retransmission (Timer E, T1)
+    net.run(duration=2)
+    assert "bob->alice 481 PRACK" in net.lines()
+    ok = alice.of(ResponseReceived)[-1]
+    assert ok.response.status == 200 and ok.request_id == request_id
+    assert alice.ua.dialog(ok.dialog_id) is not None
+    assert not alice.of(DialogEnded)

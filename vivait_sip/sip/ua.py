@@ -84,7 +84,8 @@ MIN_SE_FLOOR = 90
 
 # _Client.kind: who sees the outcome.
 _TU = 0  # the TU's own request: every outcome is reported
-_PRACK = 1  # automatic PRACK: a fatal answer ends its early dialog
+_PRACK = 1  # automatic PRACK: its outcome matters to nobody (a 481 only means that no
+#             reliable provisional was pending any more, RFC 3262 §3)
 _BYE = 2  # our BYE: its end ends the dialog
 _REFRESH = 3  # session refresh: reported only through DialogEnded when it fails
 _INTERNAL_BYE = 4  # BYE the UA sends after DialogEnded was already reported
@@ -258,6 +259,17 @@ class _Reliable:
         self.timer: _Timer | None = None
 
 
+class _Awaiting:
+    """Our 2xx to INVITE `request_id`, retransmitted until its ACK (RFC 3261 §13.3.1.4)."""
+
+    __slots__ = ("request_id", "responder", "timer")
+
+    def __init__(self, request_id: int, responder: UasInviteResponder) -> None:
+        self.request_id = request_id
+        self.responder = responder
+        self.timer: _Timer | None = None
+
+
 class _Server:
     """A received request the TU (or the UA) still has to answer."""
 
@@ -309,6 +321,7 @@ class _Dialog:
         "ack_data",
         "ack_due",
         "announced",
+        "awaiting",
         "bye_waiting",
         "credentials",
         "dialog",
@@ -326,10 +339,8 @@ class _Dialog:
         "owner",
         "peer",
         "peer_allows_update",
+        "prev_ack",
         "refresh_timer",
-        "responder",
-        "responder_request",
-        "responder_timer",
         "sdp",
         "sdp_type",
         "session_interval",
@@ -355,11 +366,13 @@ class _Dialog:
         self.in_update: _Server | None = None
         self.out_invite: _Client | None = None
         self.out_update: _Client | None = None
-        self.responder: UasInviteResponder | None = None
-        self.responder_request = 0
-        self.responder_timer: _Timer | None = None
+        # Our 2xx waiting for their ACK; two when a re-INVITE came before the first ACK.
+        self.awaiting: list[_Awaiting] = []
+        # The ACK of the last 2xx we got (its CSeq number) and the one before, re-sent
+        # when a 2xx is retransmitted.
         self.ack_cseq = -1
         self.ack_data: bytes | None = None
+        self.prev_ack: tuple[int, bytes] | None = None
         self.ack_due: Response | None = None  # auto_ack=False: the 2xx the TU must ACK
         self.ack_auth: list[tuple[str, str]] = []
         self.session_interval: int | None = None
@@ -798,7 +811,8 @@ class UserAgent:
         if method == "INVITE":
             if dialog.dialog.state is DialogState.EARLY:
                 raise UaError("a re-INVITE needs a confirmed dialog")
-            if dialog.out_invite is not None or dialog.in_invite is not None:
+            if dialog.out_invite is not None or dialog.in_invite is not None or dialog.awaiting:
+                # In either direction, until our 2xx is ACKed (RFC 3261 §14.1).
                 raise RequestPending(f"an INVITE is in progress in dialog {dialog_id}")
         elif method == "UPDATE" and dialog.out_update is not None:
             raise RequestPending(f"an UPDATE is in progress in dialog {dialog_id}")
@@ -861,7 +875,9 @@ class UserAgent:
             return
         if dialog.dialog.state is DialogState.EARLY and not dialog.is_uac:
             raise UaError("the callee ends an early dialog by answering the INVITE")
-        if dialog.responder is not None:
+        if dialog.ack_due is not None:  # auto_ack=False and the TU never ACKed: ACK first
+            self._send_ack(dialog, dialog.ack_due, b"", [])
+        if dialog.awaiting:
             dialog.ending = True
             dialog.bye_waiting = list(headers)
             self._stop_session(dialog)
@@ -1137,14 +1153,17 @@ class UserAgent:
         dialog = self._by_key.get(DialogId(ack.call_id, to_tag, ack.from_.tag or ""))
         if dialog is None:
             return
-        responder = dialog.responder
-        if responder is None or not responder.receive_ack(ack):
+        for awaiting in dialog.awaiting:
+            if awaiting.responder.receive_ack(ack):
+                break
+        else:
             return
-        self._stop_responder(dialog)
+        self._stop_awaiting(dialog, awaiting)
         if dialog.bye_waiting is not None:
-            self._send_bye(dialog, _BYE, dialog.bye_waiting, now)
+            if not dialog.awaiting:
+                self._send_bye(dialog, _BYE, dialog.bye_waiting, now)
             return
-        self._events.append(AckReceived(dialog.owner, dialog.id, dialog.responder_request, ack))
+        self._events.append(AckReceived(dialog.owner, dialog.id, awaiting.request_id, ack))
 
     def _wants_reliable(self, request: Request, reliable: bool) -> bool:
         if "100rel" in request.option_tags("require"):
@@ -1169,9 +1188,8 @@ class UserAgent:
         if method == "INVITE" and 100 < status < 300:
             # §12.1.1: the dialog-creating response carries the request's Record-Route.
             extra += [("Record-Route", rr) for rr in request.headers.get_all("record-route")]
-        if ((method == "INVITE" and 100 < status < 300) or (method == "UPDATE" and success)) and not _has(
-            tu_headers, "contact"
-        ):
+        target_refresh = (method == "INVITE" and 100 < status < 300) or (method == "UPDATE" and success)
+        if target_refresh and not _has(tu_headers, "contact"):
             contact = dialog.dialog.local_contact if dialog is not None else None
             extra.append(("Contact", contact or self._contact(server.peer, request.uri.user)))
         if method == "INVITE" and 100 < status < 300 and not _has(tu_headers, "allow"):
@@ -1180,11 +1198,9 @@ class UserAgent:
             extra.append(("Allow", self._allow))
         if method == "INVITE" and success and not _has(tu_headers, "supported"):
             extra.append(("Supported", SUPPORTED))
-        if (
-            success
-            and (method == "INVITE" or (method == "UPDATE" and dialog is not None and dialog.dialog.state is DialogState.CONFIRMED))
-            and not _has(tu_headers, "session-expires")
-        ):
+        confirmed = dialog is not None and dialog.dialog.state is DialogState.CONFIRMED
+        refresh = method == "INVITE" or (method == "UPDATE" and confirmed)
+        if success and refresh and not _has(tu_headers, "session-expires"):
             extra += self._session_answer(request)
         if self.user_agent and not _has(tu_headers, "server"):
             extra.append(("Server", self.user_agent))
@@ -1243,7 +1259,7 @@ class UserAgent:
             dialog.uas_invite = None
         if status < 300:
             dialog.dialog.confirm()
-            self._start_responder(dialog, resp, server, now)
+            self._await_ack(dialog, resp, server, now)
             self._session_from(dialog, resp, False, now)
         elif server.initial:
             self._end_dialog(dialog, "rejected", None, now)
@@ -1303,39 +1319,41 @@ class UserAgent:
             dialog.uas_invite = None
             self._end_dialog(dialog, why, request, now)
 
-    def _start_responder(self, dialog: _Dialog, resp: Response, server: _Server, now: float) -> None:
+    def _await_ack(self, dialog: _Dialog, resp: Response, server: _Server, now: float) -> None:
         """RFC 3261 §13.3.1.4: our 2xx goes again at T1, 2T1, ... (cap T2) until the ACK."""
-        self._stop_responder(dialog)
-        responder = UasInviteResponder(resp, server.peer, now, self.config)
-        dialog.responder = responder
-        dialog.responder_request = server.request_id
-        deadline = responder.next_deadline()
+        awaiting = _Awaiting(server.request_id, UasInviteResponder(resp, server.peer, now, self.config))
+        dialog.awaiting.append(awaiting)
+        self._arm_awaiting(dialog, awaiting)
+
+    def _arm_awaiting(self, dialog: _Dialog, awaiting: _Awaiting) -> None:
+        deadline = awaiting.responder.next_deadline()
         if deadline is not None:
-            dialog.responder_timer = self._at(deadline, lambda t: self._responder_due(dialog, t))
+            awaiting.timer = self._at(deadline, lambda t: self._awaiting_due(dialog, awaiting, t))
 
-    def _stop_responder(self, dialog: _Dialog) -> None:
-        self._cancel_timer(dialog.responder_timer)
-        dialog.responder_timer = None
-        dialog.responder = None
+    def _stop_awaiting(self, dialog: _Dialog, awaiting: _Awaiting) -> None:
+        self._cancel_timer(awaiting.timer)
+        awaiting.timer = None
+        dialog.awaiting = [a for a in dialog.awaiting if a is not awaiting]
 
-    def _responder_due(self, dialog: _Dialog, now: float) -> None:
-        responder = dialog.responder
-        if responder is None:
-            return
+    def _awaiting_due(self, dialog: _Dialog, awaiting: _Awaiting, now: float) -> None:
+        awaiting.timer = None
+        responder = awaiting.responder
         for out in responder.handle_timer(now):
             self._tl.send_bytes(out.data, out.peer)
-        if responder.timed_out:
-            dialog.responder = None
-            dialog.responder_timer = None
-            if dialog.bye_waiting is not None:
-                self._send_bye(dialog, _BYE, dialog.bye_waiting, now)
-            else:
-                self._send_bye(dialog, _INTERNAL_BYE, [], now)
-                self._end_dialog(dialog, "ack_timeout", None, now)
+        if not responder.timed_out:
+            self._arm_awaiting(dialog, awaiting)
             return
-        deadline = responder.next_deadline()
-        if deadline is not None:
-            dialog.responder_timer = self._at(deadline, lambda t: self._responder_due(dialog, t))
+        self._stop_awaiting(dialog, awaiting)
+        remote_seq = dialog.dialog.remote_seq
+        if remote_seq is not None and remote_seq > responder.cseq and dialog.bye_waiting is None:
+            return  # a later request of theirs shows they got this 2xx: only its ACK is lost
+        if dialog.awaiting:
+            return
+        if dialog.bye_waiting is not None:
+            self._send_bye(dialog, _BYE, dialog.bye_waiting, now)
+        else:
+            self._send_bye(dialog, _INTERNAL_BYE, [], now)
+            self._end_dialog(dialog, "ack_timeout", None, now)
 
     # ---- UAC internals ------------------------------------------------------------------
     def _in_dialog_client(
@@ -1512,9 +1530,8 @@ class UserAgent:
                 self._report(client, None, resp)
             return
         number = resp.cseq.number
-        if dialog.ack_cseq == number:
-            if dialog.ack_data is not None:
-                self._tl.send_bytes(dialog.ack_data, dialog.peer)
+        if number <= dialog.ack_cseq:  # a retransmission: ACK it again, report nothing
+            self._re_ack(dialog, number)
             return
         dialog.dialog.update_from_response(resp)
         if "allow" in resp.headers:
@@ -1532,8 +1549,7 @@ class UserAgent:
         if client.auto_ack:
             self._send_ack(dialog, resp, b"", [])
         else:
-            dialog.ack_cseq = number
-            dialog.ack_data = None
+            self._remember_ack(dialog, number, None)
             dialog.ack_due = resp
         if dialog.out_invite is client:
             dialog.out_invite = None
@@ -1580,7 +1596,7 @@ class UserAgent:
     def _dialog_error(self, dialog: _Dialog, client: _Client, status: int, now: float) -> None:
         """RFC 5057: some answers to an in-dialog request mean the dialog is gone; a failed
         session refresh (408, 481) is followed by BYE (RFC 4028 §10)."""
-        if dialog.ended:
+        if dialog.ended or client.kind == _PRACK:
             return
         if client.kind == _REFRESH and status in (408, 481, 503):
             self._send_bye(dialog, _INTERNAL_BYE, [], now)
@@ -1692,18 +1708,35 @@ class UserAgent:
         host, port = self._local(dialog.peer)
         push_via(ack, host, port, dialog.peer.transport)
         data = ack.to_bytes()
-        dialog.ack_cseq = resp.cseq.number
-        dialog.ack_data = data
+        self._remember_ack(dialog, resp.cseq.number, data)
         dialog.ack_due = None
         self._tl.send_bytes(data, dialog.peer)
+
+    @staticmethod
+    def _remember_ack(dialog: _Dialog, number: int, data: bytes | None) -> None:
+        """The ACK for the 2xx with CSeq `number` (None: the TU sends it later); the one
+        before stays for late retransmissions of its 2xx."""
+        if dialog.ack_data is not None and dialog.ack_cseq != number:
+            dialog.prev_ack = (dialog.ack_cseq, dialog.ack_data)
+        dialog.ack_cseq = number
+        dialog.ack_data = data
 
     def _on_stray(self, resp: Response) -> None:
         """A 2xx after Timer M (its INVITE transaction is gone): re-send the dialog's ACK."""
         if not 200 <= resp.status < 300 or resp.cseq.method != "INVITE":
             return
         dialog = self._by_key.get(DialogId(resp.call_id, resp.from_.tag or "", resp.to.tag or ""))
-        if dialog is not None and dialog.ack_data is not None and dialog.ack_cseq == resp.cseq.number:
+        if dialog is not None:
+            self._re_ack(dialog, resp.cseq.number)
+
+    def _re_ack(self, dialog: _Dialog, number: int) -> None:
+        """Re-send the ACK we sent for the 2xx with CSeq `number`, if we still have it."""
+        if number == dialog.ack_cseq and dialog.ack_data is not None:
             self._tl.send_bytes(dialog.ack_data, dialog.peer)
+            return
+        previous = dialog.prev_ack
+        if previous is not None and previous[0] == number:
+            self._tl.send_bytes(previous[1], dialog.peer)
 
     def _retry(self, client: _Client, resp: Response, now: float) -> bool:
         """Answer a digest challenge (once per realm; again only for stale=true) or a 422
@@ -1815,7 +1848,10 @@ class UserAgent:
         self._dialogs.pop(dialog.id, None)
         if self._by_key.get(dialog.key) is dialog:
             del self._by_key[dialog.key]
-        self._stop_responder(dialog)
+        for awaiting in dialog.awaiting:
+            self._cancel_timer(awaiting.timer)
+            awaiting.timer = None
+        dialog.awaiting = []
         self._stop_session(dialog)
         invite = dialog.uas_invite
         if invite is not None:
@@ -1853,7 +1889,7 @@ class UserAgent:
         """(Re)start the session timer from the Session-Expires of a 2xx, or stop it."""
         found = _session_expires(msg)
         self._stop_session(dialog)
-        if found is None:
+        if found is None or dialog.ended or dialog.ending:
             dialog.session_interval = None
             return
         interval, refresher = found
@@ -1888,6 +1924,7 @@ class UserAgent:
             or dialog.out_update is not None
             or dialog.in_invite is not None
             or dialog.in_update is not None
+            or dialog.awaiting
         ):
             return  # a re-INVITE/UPDATE under way refreshes the session when it succeeds
         if dialog.peer_allows_update:
