@@ -113,7 +113,7 @@ class Application:
             timers=TimerConfig(t1=timers.t1_ms / 1000, t2=timers.t2_ms / 1000, t4=timers.t4_ms / 1000),
             limits=self.limits,
             domains=config.domains,
-            user_agent=f"{config.sip.user_agent}/{__version__}",
+            user_agent=config.sip.user_agent,  # verbatim; "" sends no Server header
             max_transactions=limits.max_transactions,
             max_completed_transactions=limits.max_completed_transactions,
             retry_after_s=limits.retry_after_s,
@@ -334,6 +334,7 @@ class Application:
                 log.error("event=reload_failed error=%r", line)
             return exc.errors
         self.config = new
+        self.core.user_agent = new.sip.user_agent
         self.mdflow.reload(new.mdflow)
         for hook in self.reload_hooks:
             hook(new)

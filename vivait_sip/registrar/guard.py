@@ -5,11 +5,20 @@ call it cannot place: 480 for a local user (registered or not), 404 for an unkno
 local target, 403 for a foreign domain (no open relay).  The domain check comes
 first; the target lookup only after authentication, so unauthenticated callers see
 the same 407 for existing and missing extensions.
+
+A request without Proxy-Authorization from a source that is not a trunk can only be
+answered (403 for a foreign domain, 407, 403 for a banned source) and changes nothing,
+so it is answered statelessly (`SipCore.stateless_when`), as the 401 to a REGISTER
+without credentials is: no INVITE server transaction retransmitting the 407 eleven
+times over 32 s towards a possibly forged source (amplification), no 100 Trying; a
+retransmission gets the same challenge again, with the same To tag.
 """
 
 from __future__ import annotations
 
 from ..core import Incoming, SipCore
+from ..sip.message import Request
+from ..sip.peer import Peer
 from .security import AuthGate
 from .users import UserDirectory
 
@@ -27,6 +36,11 @@ class CallGuard:
     def register(self) -> None:
         for method in GUARDED_METHODS:
             self.core.register(method, self.handle)
+            self.core.stateless_when[method] = self.challenge_only
+
+    def challenge_only(self, req: Request, peer: Peer) -> bool:
+        """True when the answer cannot be anything but a refusal or a challenge."""
+        return "proxy-authorization" not in req.headers and self.gate.trunk_for(peer.host) is None
 
     def handle(self, inc: Incoming) -> None:
         """Answer one request; a SipParseError it raises becomes a 400 in the core."""
