@@ -6,12 +6,13 @@ local target, 403 for a foreign domain (no open relay).  The domain check comes
 first; the target lookup only after authentication, so unauthenticated callers see
 the same 407 for existing and missing extensions.
 
-A request without Proxy-Authorization from a source that is not a trunk can only be
-answered (403 for a foreign domain, 407, 403 for a banned source) and changes nothing,
-so it is answered statelessly (`SipCore.stateless_when`), as the 401 to a REGISTER
-without credentials is: no INVITE server transaction retransmitting the 407 eleven
-times over 32 s towards a possibly forged source (amplification), no 100 Trying; a
-retransmission gets the same challenge again, with the same To tag.
+A request from a source that is not a trunk, without credentials answering a nonce we
+issued to that source, can only be answered (403 for a foreign domain, 407, 403 for a
+banned source) and changes nothing, so it is answered statelessly
+(`SipCore.stateless_when`), as the 401 to a REGISTER without credentials is: no INVITE
+server transaction retransmitting the 407 eleven times over 32 s towards a possibly
+forged source (amplification), no 100 Trying; a retransmission gets the same challenge
+again, with the same To tag.  Garbage credentials do not buy a transaction either.
 """
 
 from __future__ import annotations
@@ -39,8 +40,12 @@ class CallGuard:
             self.core.stateless_when[method] = self.challenge_only
 
     def challenge_only(self, req: Request, peer: Peer) -> bool:
-        """True when the answer cannot be anything but a refusal or a challenge."""
-        return "proxy-authorization" not in req.headers and self.gate.trunk_for(peer.host) is None
+        """True when the answer cannot be anything but a refusal or a challenge: no
+        credentials answering a nonce we issued to this source (none, garbage, another
+        realm, a forged or foreign nonce), from a source that is not a trunk."""
+        if "proxy-authorization" not in req.headers:
+            return self.gate.trunk_for(peer.host) is None
+        return self.gate.trunk_for(peer.host) is None and not self.gate.answers_our_nonce(req, peer.host, proxy=True)
 
     def handle(self, inc: Incoming) -> None:
         """Answer one request; a SipParseError it raises becomes a 400 in the core."""

@@ -37,7 +37,14 @@ from ..config import SecurityConfig
 from ..core import Incoming
 from ..logs import throttle
 from ..sip.message import Request
-from .digest import Authenticator, AuthOutcome, DigestParseError, NonceStatus, parse_credentials
+from .digest import (
+    Authenticator,
+    AuthOutcome,
+    DigestCredentials,
+    DigestParseError,
+    NonceStatus,
+    parse_credentials,
+)
 
 log = logging.getLogger("vivait_sip.registrar.security")
 
@@ -231,6 +238,30 @@ class AuthGate:
                 return name
         return None
 
+    def credentials(self, req: Request, *, proxy: bool) -> DigestCredentials | None:
+        """The request's first parsable Digest credentials for our realm, if any."""
+        realm = self.authenticator.realm
+        for value in req.headers.get_all("proxy-authorization" if proxy else "authorization"):
+            try:
+                parsed = parse_credentials(value)
+            except DigestParseError:
+                continue
+            if parsed.realm == realm:
+                return parsed
+        return None
+
+    def answers_our_nonce(self, req: Request, source: str, *, proxy: bool) -> bool:
+        """Whether the request carries credentials for a nonce we issued to `source`.
+
+        Anything else can only be refused or challenged, whatever it carries, so it can
+        be answered statelessly; and a spoofer never has such a nonce, because the
+        challenge went to the address it forges.
+        """
+        credentials = self.credentials(req, proxy=proxy)
+        return credentials is not None and (
+            self.authenticator.nonces.validate(credentials.nonce, source) is not NonceStatus.INVALID
+        )
+
     def check(self, inc: Incoming, *, proxy: bool) -> str | None:
         """The username the request proved it is, or None (already answered)."""
         req = inc.request
@@ -242,17 +273,7 @@ class AuthGate:
             # for a ban this worker applied ahead of worker 0's broadcast.
             inc.respond(403, "Forbidden (source banned)")
             return None
-        values = req.headers.get_all("proxy-authorization" if proxy else "authorization")
-        realm = self.authenticator.realm
-        credentials = None
-        for value in values:
-            try:
-                parsed = parse_credentials(value)
-            except DigestParseError:
-                continue
-            if parsed.realm == realm:
-                credentials = parsed
-                break
+        credentials = self.credentials(req, proxy=proxy)
         if credentials is None:
             # None, unparsable, or for another realm: no password of ours was tested,
             # and anyone can send this with a forged source, so it counts for nothing.
