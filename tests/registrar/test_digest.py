@@ -813,12 +813,16 @@ class TestAuthenticator:
             ("sip:sip.example.com", "sip:sip.example.com", True),
             ("sip:SIP.Example.COM", "sip:sip.example.com", True),
             ("sip:6140@h;transport=udp;lr", "sip:6140@h;lr;transport=UDP", True),
+            ("sip:6140@h", "sip:6140@h;transport=tcp", True),  # parameters do not matter
             ("sip:%36140@h", "sip:6140@h", True),
+            ("sip:h:35924", "sip:h", True),  # SIPp's uri= for an injected [authentication]
+            ("sip:h:5060", "sip:h:5061", False),
             ("sip:6140@h", "sip:6141@h", False),
-            ("sip:h", "sip:h:5060", False),
-            ("sip:h", "sip:h;transport=tcp", False),
+            ("sip:6140@h", "sip:h", False),
             ("sip:other.example", "sip:sip.example.com", False),
             ("sips:h", "sip:h", False),
+            ("tel:+1555", "tel:+1555", True),
+            ("tel:+1555", "tel:+1556", False),
             ("garbage", "sip:h", False),
         ],
     )

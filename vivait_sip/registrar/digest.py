@@ -20,7 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 
-from .location import normalise_contact
+from ..sip.errors import SipParseError
+from ..sip.uri import parse_uri, unescape
 
 __all__ = [
     "Algorithm",
@@ -748,10 +749,28 @@ class Authenticator:
 def digest_uri_matches(digest_uri: str, request_uri: str) -> bool:
     """Whether the digest `uri` names the Request-URI's resource (RFC 7616 §3.4.6).
 
-    Identical text, or the same URI once compared as RFC 3261 §19.1.4 does (scheme and
-    host case, escaping, parameter order; a parameter present in only one of them makes
-    them differ), so a UA that re-spells the Request-URI is not refused.
+    Identical text, or the same scheme, user (unescaped, case-sensitive) and host (case-
+    insensitive), and the same port when both give one, as RFC 3261 §19.1.4 compares
+    those parts.  URI parameters, and a port given on one side only, are ignored on
+    purpose: deployed UAs re-spell them (SIPp puts the port it sent to in `uri`), and
+    they do not change which resource is addressed; refusing them would lock phones out
+    and buy nothing.  Another user or host, as in a digest reused for another request,
+    never matches.
     """
     if digest_uri == request_uri:
         return True
-    return normalise_contact(digest_uri) == normalise_contact(request_uri)
+    try:
+        a, b = parse_uri(digest_uri), parse_uri(request_uri)
+    except SipParseError:
+        return False
+    if a.scheme.lower() != b.scheme.lower():
+        return False
+    if a.opaque is not None or b.opaque is not None:
+        return a.opaque == b.opaque
+    if a.host.lower() != b.host.lower():
+        return False
+    if a.port is not None and b.port is not None and a.port != b.port:
+        return False
+    a_user = None if a.user is None else unescape(a.user)
+    b_user = None if b.user is None else unescape(b.user)
+    return a_user == b_user
