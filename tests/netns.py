@@ -36,6 +36,8 @@ def _used_prefixes() -> set[str]:
 
 class PrivateNet:
     def __init__(self, clients: int = 3) -> None:
+        if os.geteuid() != 0:
+            raise RuntimeError("the attack tests need root (ip netns, veth, setns): run the suite as root")
         tag = secrets.token_hex(3)
         self.name = f"vsip{tag}"
         self.host_if = f"vsh{tag}"
