@@ -32,6 +32,7 @@ from vivait_sip.registrar.digest import (
 
 REALM = "127.0.0.1"
 URI = "sip:127.0.0.1:5160"
+SOURCE = "127.0.0.1"  # the client address each nonce is bound to
 USER = "100000"
 HA1 = {alg: ha1(alg, USER, REALM, "secret-100000") for alg in Algorithm}
 
@@ -58,7 +59,7 @@ def _sipp_value(nonce: str) -> str:
 
 def _baresip_value(auth: Authenticator) -> str:
     """A correct qop=auth MD5 answer to a fresh challenge, laid out as baresip sends it."""
-    nonce = parse_challenge(auth.challenges()[-1]).nonce
+    nonce = parse_challenge(auth.challenges(source=SOURCE)[-1]).nonce
     cnonce, nc = "4c2b1e5d9a0f7e31", "00000001"
     ha2 = _md5(f"REGISTER:{URI}")
     response = _md5(f"{HA1[Algorithm.MD5]}:{nonce}:{nc}:{cnonce}:auth:{ha2}")
@@ -72,8 +73,8 @@ def _verify_all(auth: Authenticator, values: list[str]) -> None:
     """The server side of one authenticated REGISTER, for each value."""
     for value in values:
         credentials = parse_credentials(value)
-        auth.nonces.validate(credentials.nonce)  # AuthGate.check validates first
-        outcome = auth.authenticate("REGISTER", credentials)
+        auth.nonces.validate(credentials.nonce, SOURCE)  # AuthGate.check validates first
+        outcome = auth.authenticate("REGISTER", credentials, request_uri=URI, source=SOURCE)
         assert outcome is AuthOutcome.OK, outcome
 
 
@@ -106,10 +107,10 @@ def main() -> None:
     count, repeat = args.count, args.repeat
 
     auth = _authenticator()
-    sipp, baresip = _sipp_value(auth.nonces.issue()), _baresip_value(auth)
+    sipp, baresip = _sipp_value(auth.nonces.issue(source=SOURCE)), _baresip_value(auth)
     _report("parse sipp", _best(repeat, _loop(count, lambda: parse_credentials(sipp))), count)
     _report("parse baresip", _best(repeat, _loop(count, lambda: parse_credentials(baresip))), count)
-    t_challenges = _report("challenges", _best(repeat, _loop(count, auth.challenges)), count)
+    t_challenges = _report("challenges", _best(repeat, _loop(count, lambda: auth.challenges(source=SOURCE))), count)
 
     def verify() -> float:
         # A fresh table each time, and every value answers its own nonce with nc=1.

@@ -148,9 +148,12 @@ def options_request(port: int, transport: str = "UDP", *, call_id: str = "opt-1"
 
 
 class UdpClient:
-    def __init__(self, host: str = "127.0.0.1") -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((host, 0))
+    def __init__(self, host: str = "127.0.0.1", sock: socket.socket | None = None) -> None:
+        """A UDP socket bound to `host`, or `sock` as given (e.g. one in a network namespace)."""
+        if sock is None:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind((host, 0))
+        self.sock = sock
         self.sock.settimeout(2.0)
 
     @property

@@ -131,7 +131,7 @@ class Application:
             limits=self.limits,
             local=self._local_address,
             domains=config.domains,
-            user_agent=f"{config.sip.user_agent}/{__version__}",
+            user_agent=config.sip.user_agent,  # verbatim; "" sends no Server header
             max_transactions=limits.max_transactions,
             max_completed_transactions=limits.max_completed_transactions,
             max_dialogs=limits.max_dialogs,
@@ -485,6 +485,7 @@ class Application:
                 log.error("event=reload_failed error=%r", line)
             return exc.errors
         self.config = new
+        self.core.set_user_agent(new.sip.user_agent)
         for feature in self.features:
             feature.reload(new)
         if self.cluster is not None and self.cluster.is_primary:

@@ -129,12 +129,24 @@ class LimitsConfig(Strict):
     udp_receive_buffer_bytes: int = Field(default=4 << 20, ge=65536, le=1 << 30)
 
 
+def _header_text(value: str) -> str:
+    if not all(ch == " " or (ch.isprintable() and not ch.isspace()) for ch in value):
+        raise ValueError("must be printable text without control characters (it is sent as a header)")
+    return value.strip()
+
+
 class SipConfig(Strict):
     timers: TimersConfig = Field(default_factory=TimersConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
-    user_agent: str = "vivait-sip"
+    # The Server header value, verbatim (no version appended); "" sends no Server header.
+    user_agent: str = Field(default="vivait-sip", max_length=200)
     # Processes sharing the UDP sockets (vivait_sip/workers.py); one per core is the norm.
     workers: int = Field(default=1, ge=1, le=64)
+
+    @field_validator("user_agent")
+    @classmethod
+    def _user_agent(cls, value: str) -> str:
+        return _header_text(value)
 
 
 def _network(value: str) -> str:

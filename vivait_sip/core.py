@@ -133,6 +133,11 @@ class SipCore:
         self.handlers[method] = handler
         self.ua.set_handler(method, owner)
 
+    def set_user_agent(self, value: str | None) -> None:
+        """The Server/User-Agent header value (verbatim; empty or None: no header)."""
+        self.user_agent = value or None
+        self.ua.user_agent = self.user_agent
+
     def add_owner(self, owner: str, sink: EventSink) -> None:
         """UA events of requests and dialogs owned by `owner` (a feature's name)."""
         self.owners[owner] = sink

@@ -19,7 +19,8 @@ State has exactly one owner, so nothing is shared and nothing is locked:
 * worker 0 alone holds TCP, TLS and WebSocket connections, the HTTP and admin servers,
   the mdflow engine and the authentication-failure counters.  Other workers send to a
   connection through worker 0, and report failed authentications to it; worker 0
-  broadcasts the bans it decides.
+  decides, logs and broadcasts the bans.  A worker also counts the failures it verifies
+  itself and refuses a source at the threshold without waiting for that broadcast.
 
 A request that arrives at the wrong worker is forwarded as raw bytes with its source
 (one frame on the socketpair) and parsed again by its owner.

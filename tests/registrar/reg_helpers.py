@@ -6,6 +6,7 @@ import itertools
 import json
 import re
 import secrets
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -77,10 +78,12 @@ class Phone:
     cseq: int = 0
     nc: int = 0
     challenge: DigestChallenge | None = None
+    sock: socket.socket | None = None  # a UDP socket to use (bound to `source`), e.g. in a netns
+    server_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         if self.transport == "udp":
-            self.udp: UdpClient | None = UdpClient(self.source)
+            self.udp: UdpClient | None = UdpClient(self.source, self.sock)
             self.tcp: StreamClient | None = None
         else:
             self.udp = None
@@ -130,7 +133,7 @@ class Phone:
 
     def send(self, data: bytes, timeout: float = 3.0) -> Reply:
         if self.udp is not None:
-            self.udp.send(data, self.port)
+            self.udp.send(data, self.port, self.server_host)
             raw = self.udp.recv_final(timeout)
         else:
             assert self.tcp is not None

@@ -535,21 +535,52 @@ class TestNonceManager:
         with pytest.raises(ValueError, match="positive"):
             NonceManager(SECRET, 0, FakeClock())
 
-    def test_nonce_layout_is_time_random_and_truncated_hmac(self) -> None:
+    def test_nonce_layout_is_siv_over_time_random_and_source(self) -> None:
+        """The documented construction, recomputed independently of the class."""
         clock = FakeClock()
         nonces = NonceManager(SECRET, LIFETIME, clock, random_bytes=lambda n: b"\x07" * n)
-        nonce = nonces.issue()
+        nonce = nonces.issue(source="192.0.2.7")
         assert len(nonce) == 54 and "=" not in nonce
         raw = base64.urlsafe_b64decode(nonce + "==")
-        payload = int(clock.now * 1000).to_bytes(8, "big") + b"\x07" * 16
-        mac = hmac.new(SECRET, b"vivait-sip digest nonce v1" + payload, hashlib.sha256).digest()
-        assert raw == payload + mac[:16]
-        # A secret longer than a SHA-256 block is hashed first, as HMAC does.
-        long_secret = bytes(range(100))
-        other = NonceManager(long_secret, LIFETIME, clock, random_bytes=lambda n: b"\x07" * n)
-        raw = base64.urlsafe_b64decode(other.issue() + "==")
-        long_mac = hmac.new(long_secret, b"vivait-sip digest nonce v1" + payload, hashlib.sha256)
-        assert raw[-16:] == long_mac.digest()[:16]
+        plain = int(clock.now * 1000).to_bytes(8, "big") + b"\x07" * 16
+        k_mac = hmac.new(SECRET, b"vivait-sip digest nonce v2 mac", hashlib.sha256).digest()
+        k_enc = hmac.new(SECRET, b"vivait-sip digest nonce v2 enc", hashlib.sha256).digest()
+        tag = hashlib.blake2s(plain + b"192.0.2.7", key=k_mac, digest_size=16).digest()
+        keystream = hashlib.blake2s(tag, key=k_enc, digest_size=24).digest()
+        assert raw == tag + bytes(a ^ b for a, b in zip(plain, keystream, strict=True))
+        # Neither the time nor the random part shows through.
+        assert plain[:8] not in raw and b"\x07\x07" not in raw
+
+    def test_nonce_verifies_only_for_the_source_it_was_issued_to(self) -> None:
+        nonces = make_nonces(FakeClock())
+        nonce = nonces.issue(1, "192.0.2.7")
+        assert nonces.validate(nonce, "192.0.2.7") is NonceStatus.VALID
+        assert nonces.verifier(nonce, "192.0.2.7") == 1
+        for other in ("192.0.2.8", "", "192.0.2.70", "2001:db8::7"):
+            assert nonces.validate(nonce, other) is NonceStatus.INVALID
+            assert nonces.verifier(nonce, other) is None
+            assert nonces.check_nc(nonce, 1, other) is NonceStatus.INVALID
+        # The one-entry cache never vouches for another source.
+        assert nonces.validate(nonce, "192.0.2.7") is NonceStatus.VALID
+        assert nonces.validate(nonce, "192.0.2.8") is NonceStatus.INVALID
+        assert nonces.check_nc(nonce, 1, "192.0.2.7") is NonceStatus.VALID
+
+    def test_nonces_are_opaque_and_share_nothing(self) -> None:
+        """Consecutive nonces (counter source, times 1 s apart) look independent."""
+        from vivait_sip.registrar.feature import unique_bytes
+
+        clock = FakeClock()
+        nonces = NonceManager(SECRET, LIFETIME, clock, random_bytes=unique_bytes)
+        first = base64.urlsafe_b64decode(nonces.issue(0, "192.0.2.7") + "==")
+        clock.now += 1
+        second = base64.urlsafe_b64decode(nonces.issue(0, "192.0.2.7") + "==")
+        assert first[:2] != second[:2]
+        distance = bin(int.from_bytes(first, "big") ^ int.from_bytes(second, "big")).count("1")
+        assert 100 < distance < 220, distance  # about half of the 320 bits differ
+        for raw in (first, second):
+            for window in range(len(raw) - 7):
+                value = int.from_bytes(raw[window : window + 8], "big")
+                assert abs(value - clock.now * 1000) > 10_000_000  # no readable issue time
 
     def test_non_canonical_spelling_of_a_genuine_nonce_is_invalid(self) -> None:
         nonces = make_nonces(FakeClock())
@@ -741,12 +772,21 @@ class TestAuthenticator:
     def test_forged_nonce_fails(self, auth: Authenticator) -> None:
         challenge = DigestChallenge(REALM, "forged-nonce", algorithm="SHA-256", qop=("auth",))
         credentials = self.login(auth, challenge=challenge)
-        assert auth.authenticate("REGISTER", credentials) is AuthOutcome.FAILED
+        assert auth.authenticate("REGISTER", credentials) is AuthOutcome.REJECTED
+
+    def test_nonce_issued_to_another_source_is_rejected_not_failed(self, auth: Authenticator) -> None:
+        challenge = parse_challenge(auth.challenges(source="192.0.2.7")[0])
+        wrong = self.login(auth, challenge=challenge, password="nope")
+        assert auth.authenticate("REGISTER", wrong, source="192.0.2.66") is AuthOutcome.REJECTED
+        assert auth.authenticate("REGISTER", wrong, source="192.0.2.7") is AuthOutcome.FAILED
+        right = self.login(auth, challenge=challenge)
+        assert auth.authenticate("REGISTER", right, source="192.0.2.66") is AuthOutcome.REJECTED
+        assert auth.authenticate("REGISTER", right, source="192.0.2.7") is AuthOutcome.OK
 
     def test_replayed_request_fails(self, auth: Authenticator) -> None:
         credentials = self.login(auth)
         assert auth.authenticate("REGISTER", credentials) is AuthOutcome.OK
-        assert auth.authenticate("REGISTER", credentials) is AuthOutcome.FAILED
+        assert auth.authenticate("REGISTER", credentials) is AuthOutcome.REJECTED
 
     def test_increasing_nc_on_same_nonce_ok(self, auth: Authenticator) -> None:
         challenge = parse_challenge(auth.challenges()[0])
@@ -761,9 +801,33 @@ class TestAuthenticator:
         good = self.login(auth, challenge=challenge, nc=1)
         assert auth.authenticate("REGISTER", good) is AuthOutcome.OK
 
-    def test_uri_mismatch_fails(self, auth: Authenticator) -> None:
+    def test_uri_mismatch_is_refused_before_the_password(self, auth: Authenticator) -> None:
         credentials = self.login(auth, uri="sip:other.example.com")
-        assert auth.authenticate("REGISTER", credentials, request_uri=URI) is AuthOutcome.FAILED
+        assert auth.authenticate("REGISTER", credentials, request_uri=URI) is AuthOutcome.URI_MISMATCH
+        wrong = self.login(auth, uri="sip:other.example.com", password="nope")
+        assert auth.authenticate("REGISTER", wrong, request_uri=URI) is AuthOutcome.URI_MISMATCH
+
+    @pytest.mark.parametrize(
+        ("digest_uri", "request_uri", "same"),
+        [
+            ("sip:sip.example.com", "sip:sip.example.com", True),
+            ("sip:SIP.Example.COM", "sip:sip.example.com", True),
+            ("sip:6140@h;transport=udp;lr", "sip:6140@h;lr;transport=UDP", True),
+            ("sip:6140@h", "sip:6140@h;transport=tcp", True),  # parameters do not matter
+            ("sip:%36140@h", "sip:6140@h", True),
+            ("sip:h:35924", "sip:h", True),  # SIPp's uri= for an injected [authentication]
+            ("sip:h:5060", "sip:h:5061", False),
+            ("sip:6140@h", "sip:6141@h", False),
+            ("sip:6140@h", "sip:h", False),
+            ("sip:other.example", "sip:sip.example.com", False),
+            ("sips:h", "sip:h", False),
+            ("tel:+1555", "tel:+1555", True),
+            ("tel:+1555", "tel:+1556", False),
+            ("garbage", "sip:h", False),
+        ],
+    )
+    def test_digest_uri_comparison(self, digest_uri: str, request_uri: str, same: bool) -> None:
+        assert digest.digest_uri_matches(digest_uri, request_uri) is same
 
     def test_wrong_method_fails(self, auth: Authenticator) -> None:
         assert auth.authenticate("INVITE", self.login(auth)) is AuthOutcome.FAILED
@@ -772,7 +836,7 @@ class TestAuthenticator:
         challenge = parse_challenge(auth.challenges()[0])
         other = dataclasses.replace(challenge, realm="other.example.com")
         assert (
-            auth.authenticate("REGISTER", self.login(auth, challenge=other)) is AuthOutcome.FAILED
+            auth.authenticate("REGISTER", self.login(auth, challenge=other)) is AuthOutcome.REJECTED
         )
 
     def test_algorithm_not_offered_fails(self, clock: FakeClock) -> None:
@@ -780,7 +844,7 @@ class TestAuthenticator:
         assert len(auth.challenges()) == 1
         challenge = dataclasses.replace(parse_challenge(auth.challenges()[0]), algorithm="MD5")
         assert auth.authenticate("REGISTER", self.login(auth, challenge=challenge)) is (
-            AuthOutcome.FAILED
+            AuthOutcome.REJECTED
         )
 
     def test_opaque_must_round_trip(self, clock: FakeClock) -> None:
@@ -789,7 +853,7 @@ class TestAuthenticator:
         assert credentials.opaque == "op-1"
         assert auth.authenticate("REGISTER", credentials) is AuthOutcome.OK
         stripped = dataclasses.replace(self.login(auth), opaque=None)
-        assert auth.authenticate("REGISTER", stripped) is AuthOutcome.FAILED
+        assert auth.authenticate("REGISTER", stripped) is AuthOutcome.REJECTED
 
     def test_legacy_no_qop_only_when_allowed(self, clock: FakeClock) -> None:
         nonces = make_nonces(clock)
@@ -797,12 +861,12 @@ class TestAuthenticator:
         lenient = Authenticator(REALM, nonces, lookup, allow_no_qop=True)
         challenge = dataclasses.replace(parse_challenge(strict.challenges()[0]), qop=())
         credentials = self.login(strict, challenge=challenge)
-        assert strict.authenticate("REGISTER", credentials) is AuthOutcome.FAILED
+        assert strict.authenticate("REGISTER", credentials) is AuthOutcome.REJECTED
         assert lenient.authenticate("REGISTER", credentials) is AuthOutcome.OK
 
     def test_qop_without_nc_fails(self, auth: Authenticator) -> None:
         credentials = dataclasses.replace(self.login(auth), nc=None)
-        assert auth.authenticate("REGISTER", credentials) is AuthOutcome.FAILED
+        assert auth.authenticate("REGISTER", credentials) is AuthOutcome.REJECTED
 
     def test_forgotten_nonce_is_rechallenged_as_stale(self, clock: FakeClock) -> None:
         auth = Authenticator(REALM, make_nonces(clock, max_tracked=1), lookup)

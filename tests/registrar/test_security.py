@@ -160,3 +160,24 @@ def test_unknown_user_and_wrong_password_take_similar_time(server: Server) -> No
             phone.close()
     known, unknown = (statistics.median(timings[u]) for u in ("6140", "7999"))
     assert abs(known - unknown) < max(0.002, 0.5 * min(known, unknown)), (known, unknown)
+
+
+def test_a_worker_refuses_a_source_at_the_threshold_before_worker0_says_so() -> None:
+    """Workers other than 0 report failures and also count them: no wait for the broadcast."""
+    clock = Clock()
+    monitor = SecurityMonitor(SecurityConfig(trusted_networks=["10.0.0.0/8"], ban_failures=3, ban_window_s=10), clock)
+    reported: list[tuple[str, str | None]] = []
+    monitor.failure_sink = lambda ip, user: reported.append((ip, user))
+    for _ in range(2):
+        monitor.record_failure("192.0.2.1", "6140")
+    assert not monitor.is_banned("192.0.2.1")
+    monitor.record_failure("192.0.2.1", "6140")
+    assert monitor.is_banned("192.0.2.1")  # at the threshold, locally
+    assert reported == [("192.0.2.1", "6140")] * 3  # every failure still reaches worker 0
+    assert monitor.status()["bans_total"] == 0  # decided (and logged) by worker 0 only
+    monitor.lift_ban("192.0.2.1")  # an operator's unban, relayed: counting starts afresh
+    monitor.record_failure("192.0.2.1", "6140")
+    assert not monitor.is_banned("192.0.2.1")
+    for _ in range(5):
+        monitor.record_failure("10.1.2.3", None)
+    assert not monitor.is_banned("10.1.2.3")  # trusted

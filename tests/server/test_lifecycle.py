@@ -15,10 +15,13 @@ from harness import (
     StreamClient,
     UdpClient,
     free_port,
+    header,
     loopback_args,
     options_request,
     status_code,
 )
+
+from vivait_sip.registrar.digest import client_response, parse_challenge
 
 CLI = [sys.executable, "-m", "vivait_sip"]
 
@@ -199,10 +202,18 @@ def test_full_transaction_table_answers_503_with_retry_after(tmp_path: Path) -> 
         for n in range(150):
             client.send(options_request(port, call_id=f"done{n}").replace(b"OPTIONS", b"FROBNICATE"), port)
             assert status_code(client.recv_final()) == 501
+        # An INVITE without credentials is challenged statelessly (no transaction); one
+        # answering our nonce with a wrong password gets its 407 from an INVITE server
+        # transaction, which after the ACK lives on (Timer I).  127.0.0.1 is trusted
+        # (never banned), so it can fail 130 times.
+        first = options_request(port, call_id="nonce").replace(b"OPTIONS", b"INVITE")
+        client.send(first, port)
+        challenge = parse_challenge(header(client.recv_final() or b"", "Proxy-Authenticate") or "")
         statuses = []
         for n in range(130):
-            # Each INVITE is challenged (407) and ACKed: its transaction lives on (Timer I).
+            auth = client_response(challenge, "INVITE", f"sip:127.0.0.1:{port}", "6140", "wrong", nc=n + 1)
             invite = options_request(port, call_id=f"fill{n}").replace(b"OPTIONS", b"INVITE")
+            invite = invite.replace(b"Content-Length: 0", f"Proxy-Authorization: {auth}\r\nContent-Length: 0".encode())
             client.send(invite, port)
             reply = client.recv_final()
             assert reply is not None

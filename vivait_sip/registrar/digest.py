@@ -1,9 +1,10 @@
 """HTTP Digest authentication for SIP (RFC 3261 §22, RFC 8760, RFC 7616).
 
-Pure: no I/O, the clock and randomness are injected.  Nonces are stateless
-(issue time + random + HMAC) so any worker sharing the secret can validate
-them; the only state is a bounded table of the highest nonce-count seen per
-nonce, which is what stops replays of captured requests.
+Pure: no I/O, the clock and randomness are injected.  Nonces are stateless and
+opaque (issue time + unique bytes, encrypted and authenticated together with the
+client's address) so any worker sharing the secret can validate them; the only state
+is a bounded table of the highest nonce-count seen per nonce, which is what stops
+replays of captured requests.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 
+from ..sip.errors import SipParseError
+from ..sip.uri import parse_uri, unescape
+
 __all__ = [
     "Algorithm",
     "AuthOutcome",
@@ -31,6 +35,7 @@ __all__ = [
     "build_challenge",
     "build_challenges",
     "client_response",
+    "digest_uri_matches",
     "ha1",
     "parse_challenge",
     "parse_credentials",
@@ -432,23 +437,40 @@ class NonceStatus(Enum):
     INVALID = "invalid"  # forged, corrupt, or a replayed nonce-count
 
 
-_NONCE_CONTEXT = b"vivait-sip digest nonce v1"
+_MAC_CONTEXT = b"vivait-sip digest nonce v2 mac"
+_ENC_CONTEXT = b"vivait-sip digest nonce v2 enc"
 _TIME = struct.Struct(">q")
-_RANDOM_BYTES = 16
-_MAC_BYTES = 16
-_NONCE_BYTES = _TIME.size + _RANDOM_BYTES + _MAC_BYTES
+_RANDOM_BYTES = 16  # the first is replaced by the verifier (worker index)
+_PLAIN_BYTES = _TIME.size + _RANDOM_BYTES
+_TAG_BYTES = 16
+_NONCE_BYTES = _TAG_BYTES + _PLAIN_BYTES
 _NONCE_CHARS = -(-_NONCE_BYTES * 4 // 3)  # unpadded base64: the only length that decodes
 _NONCE_RE = re.compile(r"[A-Za-z0-9_-]+")
 
 
-class NonceManager:
-    """Issues and validates stateless HMAC-signed nonces; tracks nonce-counts.
+def _subkey(secret: bytes, context: bytes) -> bytes:
+    """A 32-byte key for one use of the secret (HMAC-SHA256 as the key derivation)."""
+    return hmac.new(secret, context, hashlib.sha256).digest()
 
-    A nonce is base64url(issue time in ms | 16 random bytes | truncated
-    HMAC-SHA256).  The nonce-count table holds at most ``max_tracked``
-    nonces; when full, the oldest is forgotten and every unseen nonce issued
-    no later than it is treated as stale, so forgetting can never re-open a
-    replay window.
+
+class NonceManager:
+    """Issues and validates stateless, opaque, source-bound nonces; tracks nonce-counts.
+
+    The plaintext is issue time in ms (8 bytes) | verifier (1) | unique bytes (15).
+    A nonce is base64url(tag | plaintext XOR keystream) with, in the manner of SIV
+    (RFC 5297) built from keyed BLAKE2s (RFC 7693, a MAC and PRF by design):
+
+        tag       = BLAKE2s-128(key=K_mac, plaintext | source address)
+        keystream = BLAKE2s-192(key=K_enc, tag)
+
+    so the nonce reads as random bytes (neither the issue time nor the counter in the
+    unique bytes shows, and two nonces have nothing comparable), only the holder of the
+    secret can decrypt it, and it verifies only for the source address it was issued
+    to: a nonce fetched from one address and answered from another is not ours.
+
+    The nonce-count table holds at most ``max_tracked`` nonces; when full, the oldest
+    is forgotten and every unseen nonce issued no later than it is treated as stale, so
+    forgetting can never re-open a replay window.
     """
 
     def __init__(
@@ -468,43 +490,51 @@ class NonceManager:
         self._clock = clock
         self._max_tracked = max_tracked
         self._random_bytes = random_bytes
-        # nonce payload -> (highest nc seen, expiry in ms); insertion ordered.
+        # nonce plaintext -> (highest nc seen, expiry in ms); insertion ordered.
         self._counts: OrderedDict[bytes, tuple[int, int]] = OrderedDict()
         self._forgotten_up_to_ms: int | None = None
-        # HMAC state after the key and context; each MAC copies it (hmac.new and
-        # hmac.digest redo the key schedule and, with OpenSSL 3, a digest lookup).
-        self._mac_base = hmac.new(secret, _NONCE_CONTEXT, hashlib.sha256)
-        # The last genuine nonce decoded, by identity: a request's nonce string is
-        # validated, then validated and counted, so it is decoded once, not three times.
-        self._last_decoded: tuple[str, bytes] | None = None
+        # Keyed hash states after the key; each use copies one (no key schedule per nonce).
+        self._mac_base = hashlib.blake2s(key=_subkey(secret, _MAC_CONTEXT), digest_size=_TAG_BYTES)
+        self._enc_base = hashlib.blake2s(key=_subkey(secret, _ENC_CONTEXT), digest_size=_PLAIN_BYTES)
+        # The last genuine nonce decoded, by identity, with the source it was checked for:
+        # a request's nonce string is validated, then validated and counted, so it is
+        # decoded once, not three times.
+        self._last_decoded: tuple[str, str, bytes] | None = None
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
 
-    def _mac(self, payload: bytes) -> bytes:
+    def _tag(self, plain: bytes, source: str) -> bytes:
         mac = self._mac_base.copy()
-        mac.update(payload)
-        return mac.digest()[:_MAC_BYTES]
+        mac.update(plain)
+        mac.update(source.encode("utf-8", "surrogateescape"))
+        return mac.digest()
 
-    def issue(self, verifier: int | None = None) -> str:
-        """A fresh nonce bound to the current time.
+    def _keystream(self, tag: bytes) -> int:
+        enc = self._enc_base.copy()
+        enc.update(tag)
+        return int.from_bytes(enc.digest(), "big")
+
+    def issue(self, verifier: int | None = None, source: str = "") -> str:
+        """A fresh nonce bound to the current time and to `source` (the client's address).
 
         `verifier` (0-255) names the worker process that will check it and hold its
         nonce-count (vivait_sip/workers.py); it replaces the first random byte, the
-        counter in the remaining 15 keeps nonces unique.
+        remaining 15 keep nonces unique.
         """
         random_part = self._random_bytes(_RANDOM_BYTES)
         if verifier is not None:
             random_part = bytes((verifier & 0xFF,)) + random_part[1:]
-        payload = _TIME.pack(self._now_ms()) + random_part
-        raw = payload + self._mac(payload)
-        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+        plain = _TIME.pack(self._now_ms()) + random_part
+        tag = self._tag(plain, source)
+        cipher = (int.from_bytes(plain, "big") ^ self._keystream(tag)).to_bytes(_PLAIN_BYTES, "big")
+        return base64.urlsafe_b64encode(tag + cipher).rstrip(b"=").decode("ascii")
 
-    def _decode(self, nonce: str) -> bytes | None:
-        """Payload of a genuine nonce in canonical encoding, else None."""
+    def _decode(self, nonce: str, source: str) -> bytes | None:
+        """Plaintext of a genuine nonce issued to `source`, in canonical encoding, else None."""
         last = self._last_decoded
-        if last is not None and last[0] is nonce:
-            return last[1]
+        if last is not None and last[0] is nonce and last[1] == source:
+            return last[2]
         if len(nonce) != _NONCE_CHARS or not _NONCE_RE.fullmatch(nonce):
             return None
         try:
@@ -515,54 +545,57 @@ class NonceManager:
             return None
         if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != nonce:
             return None  # reject the alternative spellings of the same bytes
-        payload, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
-        if not hmac.compare_digest(mac, self._mac(payload)):
+        tag = raw[:_TAG_BYTES]
+        cipher = int.from_bytes(raw[_TAG_BYTES:], "big")
+        plain = (cipher ^ self._keystream(tag)).to_bytes(_PLAIN_BYTES, "big")
+        if not hmac.compare_digest(tag, self._tag(plain, source)):
             return None
-        self._last_decoded = (nonce, payload)
-        return payload
+        self._last_decoded = (nonce, source, plain)
+        return plain
 
     @staticmethod
-    def _issued_ms(payload: bytes) -> int:
-        issued_ms: int = _TIME.unpack_from(payload)[0]
+    def _issued_ms(plain: bytes) -> int:
+        issued_ms: int = _TIME.unpack_from(plain)[0]
         return issued_ms
 
-    def verifier(self, nonce: str) -> int | None:
+    def verifier(self, nonce: str, source: str = "") -> int | None:
         """The worker a genuine nonce was issued for (see `issue`), None if not ours."""
-        payload = self._decode(nonce)
-        return None if payload is None else payload[_TIME.size]
+        plain = self._decode(nonce, source)
+        return None if plain is None else plain[_TIME.size]
 
-    def validate(self, nonce: str) -> NonceStatus:
-        """VALID if ours and within its lifetime, STALE if ours but expired."""
-        payload = self._decode(nonce)
-        if payload is None:
+    def validate(self, nonce: str, source: str = "") -> NonceStatus:
+        """VALID if ours, issued to `source` and within its lifetime; STALE if ours but
+        expired; INVALID otherwise (forged, corrupt, or issued to another address)."""
+        plain = self._decode(nonce, source)
+        if plain is None:
             return NonceStatus.INVALID
-        age_ms = self._now_ms() - self._issued_ms(payload)
+        age_ms = self._now_ms() - self._issued_ms(plain)
         # A nonce from "the future" means our clock stepped back: re-challenge.
         return NonceStatus.VALID if 0 <= age_ms <= self._lifetime_ms else NonceStatus.STALE
 
-    def check_nc(self, nonce: str, nc: int) -> NonceStatus:
+    def check_nc(self, nonce: str, nc: int, source: str = "") -> NonceStatus:
         """Record ``nc`` for a valid nonce; INVALID if not above the last one seen.
 
         Call only after the request's digest has verified, so that forged
         requests cannot advance the count and lock out the real client.
         """
-        payload = self._decode(nonce)
-        if payload is None:
+        plain = self._decode(nonce, source)
+        if plain is None:
             return NonceStatus.INVALID
         now_ms = self._now_ms()
         self._purge_expired(now_ms)
-        entry = self._counts.get(payload)
+        entry = self._counts.get(plain)
         if entry is None:
-            issued_ms = self._issued_ms(payload)
+            issued_ms = self._issued_ms(plain)
             if self._forgotten_up_to_ms is not None and issued_ms <= self._forgotten_up_to_ms:
                 return NonceStatus.STALE
-            self._counts[payload] = (nc, issued_ms + self._lifetime_ms)
+            self._counts[plain] = (nc, issued_ms + self._lifetime_ms)
             self._evict_over_capacity()
             return NonceStatus.VALID
         last_nc, expires_ms = entry
         if nc <= last_nc:
             return NonceStatus.INVALID
-        self._counts[payload] = (nc, expires_ms)
+        self._counts[plain] = (nc, expires_ms)
         return NonceStatus.VALID
 
     def _purge_expired(self, now_ms: int) -> None:
@@ -593,7 +626,15 @@ class AuthOutcome(Enum):
 
     OK = "ok"
     STALE = "stale"  # right password, old nonce: re-challenge with stale=true
-    FAILED = "failed"  # anything else: re-challenge (or 403) without saying why
+    # A password was tested and was wrong (or the user unknown): re-challenge, and this
+    # is the only outcome that counts as a failed attempt (bans).
+    FAILED = "failed"
+    # Refused before any password could be tested (a nonce we did not issue to this
+    # source, another realm or algorithm, missing qop/nc, opaque changed) or a replayed
+    # nonce-count (the password was right): re-challenge, not a failed attempt.
+    REJECTED = "rejected"
+    # The digest `uri` names another resource than the Request-URI: 400 (RFC 7616 §3.4.6).
+    URI_MISMATCH = "uri_mismatch"
 
 
 HA1Lookup = Callable[[str, str, Algorithm], str | None]
@@ -631,13 +672,16 @@ class Authenticator:
             tuple[str, tuple[Algorithm, ...], str | None, bool], list[tuple[str, str]]
         ] = {}
 
-    def challenges(self, *, stale: bool = False, verifier: int | None = None) -> list[str]:
+    def challenges(
+        self, *, stale: bool = False, verifier: int | None = None, source: str = ""
+    ) -> list[str]:
         """Fresh ``WWW-Authenticate`` values (one per algorithm, strongest first).
 
         Exactly `build_challenges`, with the text around the nonce built once.
-        `verifier`: the worker process that will check the answer (`NonceManager.issue`).
+        `verifier`: the worker process that will check the answer (`NonceManager.issue`);
+        `source`: the client's address, the only one the nonce will verify for.
         """
-        nonce = self.nonces.issue(verifier)
+        nonce = self.nonces.issue(verifier, source)
         key = (self.realm, self.algorithms, self.opaque, stale)
         parts = self._challenge_parts.get(key)
         if parts is None:
@@ -661,33 +705,72 @@ class Authenticator:
         return parts
 
     def authenticate(
-        self, method: str, credentials: DigestCredentials, *, request_uri: str | None = None
+        self,
+        method: str,
+        credentials: DigestCredentials,
+        *,
+        request_uri: str | None = None,
+        source: str = "",
     ) -> AuthOutcome:
-        """Decide OK / STALE / FAILED; ``request_uri`` if given must equal ``uri=``."""
+        """Decide the outcome (see `AuthOutcome`) for credentials received from `source`.
+
+        ``request_uri``, if given, must name the same resource as ``uri=``
+        (`digest_uri_matches`), else URI_MISMATCH before any password is tested.
+        """
         algorithm = Algorithm.parse(credentials.algorithm)
         if (
             algorithm is None
             or algorithm not in self.algorithms
             or credentials.realm != self.realm
-            or (request_uri is not None and credentials.uri != request_uri)
             or (self.opaque is not None and credentials.opaque != self.opaque)
             or (credentials.qop is None and not self.allow_no_qop)
+            or (credentials.qop is not None and (credentials.qop.lower() != "auth" or credentials.nc is None))
         ):
-            return AuthOutcome.FAILED
-        nonce_status = self.nonces.validate(credentials.nonce)
+            return AuthOutcome.REJECTED
+        nonce_status = self.nonces.validate(credentials.nonce, source)
         if nonce_status is NonceStatus.INVALID:
-            return AuthOutcome.FAILED
+            return AuthOutcome.REJECTED
+        if request_uri is not None and not digest_uri_matches(credentials.uri, request_uri):
+            return AuthOutcome.URI_MISMATCH
         stored = self._ha1_lookup(credentials.username, credentials.realm, algorithm)
         matched = verify(credentials, method, stored or self._dummy_ha1[algorithm], algorithm)
         if not matched or stored is None:
             return AuthOutcome.FAILED
         if nonce_status is NonceStatus.STALE:
             return AuthOutcome.STALE
-        if credentials.qop is None:
+        if credentials.qop is None or credentials.nc is None:
             return AuthOutcome.OK  # legacy RFC 2069 form: no nonce-count to check
-        if credentials.nc is None:
-            return AuthOutcome.FAILED
-        nc_status = self.nonces.check_nc(credentials.nonce, int(credentials.nc, 16))
+        nc_status = self.nonces.check_nc(credentials.nonce, int(credentials.nc, 16), source)
         if nc_status is NonceStatus.STALE:
             return AuthOutcome.STALE
-        return AuthOutcome.OK if nc_status is NonceStatus.VALID else AuthOutcome.FAILED
+        return AuthOutcome.OK if nc_status is NonceStatus.VALID else AuthOutcome.REJECTED
+
+
+def digest_uri_matches(digest_uri: str, request_uri: str) -> bool:
+    """Whether the digest `uri` names the Request-URI's resource (RFC 7616 §3.4.6).
+
+    Identical text, or the same scheme, user (unescaped, case-sensitive) and host (case-
+    insensitive), and the same port when both give one, as RFC 3261 §19.1.4 compares
+    those parts.  URI parameters, and a port given on one side only, are ignored on
+    purpose: deployed UAs re-spell them (SIPp puts the port it sent to in `uri`), and
+    they do not change which resource is addressed; refusing them would lock phones out
+    and buy nothing.  Another user or host, as in a digest reused for another request,
+    never matches.
+    """
+    if digest_uri == request_uri:
+        return True
+    try:
+        a, b = parse_uri(digest_uri), parse_uri(request_uri)
+    except SipParseError:
+        return False
+    if a.scheme.lower() != b.scheme.lower():
+        return False
+    if a.opaque is not None or b.opaque is not None:
+        return a.opaque == b.opaque
+    if a.host.lower() != b.host.lower():
+        return False
+    if a.port is not None and b.port is not None and a.port != b.port:
+        return False
+    a_user = None if a.user is None else unescape(a.user)
+    b_user = None if b.user is None else unescape(b.user)
+    return a_user == b_user

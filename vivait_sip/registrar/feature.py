@@ -262,7 +262,10 @@ class RegistrarFeature(Feature[RegistrarConfig]):
         def register_challenge(req: Request, peer: Peer) -> bool:
             return "authorization" not in req.headers and gate.trunk_for(peer.host) is None
 
-        return {"REGISTER": register_challenge}
+        checks: dict[str, StatelessCheck] = {"REGISTER": register_challenge}
+        for method in GUARDED_METHODS:
+            checks[method] = self.guard.challenge_only
+        return checks
 
     def input_filter(self) -> InputFilter:
         """Banned sources get a stateless 403 before any parsing or transaction state."""

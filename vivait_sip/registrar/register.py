@@ -85,8 +85,6 @@ class Registrar:
         if not to_uri.is_sip or not domains.is_local_domain(to_uri.host):
             inc.respond(403, "Forbidden (not a local domain)")
             return
-        contacts = req.contacts
-        expires_header = req.expires
         peer = inc.peer
         username: str | None = None
         if self.gate.trunk_for(peer.host) is None:
@@ -97,6 +95,13 @@ class Registrar:
         if aor_user is None or not self._may_register(aor_user, username):
             inc.respond(403, "Forbidden (AOR not allowed for this user)")
             return
+        # Counted before any contact is parsed: more than the AOR may hold can never be
+        # stored, so the request is refused whole (as Asterisk does; docs/registrar.md).
+        if len(req.headers.get_all("contact")) > self.settings.max_contacts_per_aor:
+            inc.respond(403, "Forbidden (too many contacts)")
+            return
+        contacts = req.contacts
+        expires_header = req.expires
         aor = to_uri.aor
         now = self.clock()
         call_id = req.call_id
@@ -192,7 +197,8 @@ class Registrar:
         """Over max_contacts_per_aor, the least recently refreshed other bindings go.
 
         Rejecting instead would lock out a phone that re-registers with a new Call-ID
-        after each reboot until its stale bindings expire.
+        after each reboot until its stale bindings expire.  (One request carrying more
+        contacts than the limit never gets here: it is refused whole in `handle`.)
         """
         bindings = self.location.bindings(aor, now)
         excess = len(bindings) - self.settings.max_contacts_per_aor
