@@ -35,6 +35,7 @@ class Server:
     proc: subprocess.Popen[str] | None = None
     ports: dict[tuple[str, str], int] = field(default_factory=dict)
     output: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # added to the server's environment
 
     @property
     def data_dir(self) -> Path:
@@ -52,7 +53,7 @@ class Server:
         return cmd + self.args
 
     def start(self) -> Server:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         self.proc = subprocess.Popen(
             self.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
         )

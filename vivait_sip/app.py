@@ -158,6 +158,7 @@ class Application:
         core = self.core
         for method, handler in feature.request_handlers().items():
             core.register(method, handler, feature.name)
+            core.stateless_when.pop(method, None)  # a feature taking a method over decides alone
         core.add_owner(feature.name, feature.on_ua_event)
         core.stateless_when.update(feature.stateless_checks())
         input_filter = feature.input_filter()

@@ -156,6 +156,10 @@ class SipService(Protocol):
         """Our Contact (`<sip:user@host:port;transport=...>`) towards `peer`."""
         ...
 
+    def local_address(self, peer: Peer) -> tuple[str, int]:
+        """The (host, port) we are known by towards `peer`: Via, Record-Route, SDP."""
+        ...
+
 
 class LocalDomains(Protocol):
     def is_local_domain(self, host: str) -> bool:

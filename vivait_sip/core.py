@@ -410,6 +410,9 @@ class SipCore:
     def dialog(self, dialog_id: int) -> DialogInfo | None:
         return self.ua.dialog(dialog_id)
 
+    def local_address(self, peer: Peer) -> tuple[str, int]:
+        return self.local(peer)
+
     def contact_for(self, peer: Peer, user: str | None = None) -> str:
         """Our Contact URI towards `peer` (advertised address of the right listener)."""
         host, port = self.local(peer)
