@@ -33,9 +33,9 @@ import sys
 import time
 import tracemalloc
 import urllib.request
-from pathlib import Path
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from vivait_sip.flow.config import FlowConfig, MdflowConfig
