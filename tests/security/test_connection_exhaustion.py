@@ -164,7 +164,7 @@ def test_pending_tls_handshakes_leave_admin_and_fresh_clients_working(tmp_path: 
             time.sleep(0.2)
         assert all(closed(s) for s in waiting), sum(not closed(s) for s in waiting)
         transport = admin_status(srv)["transport"]
-        assert transport["tls_handshake_faileds"] >= 640
+        assert transport["tls_handshakes_failed"] >= 640
         assert sip_options_works(tls_port, "TLS", "127.0.0.2")  # the flooding address may come back
     finally:
         for sock in pending:

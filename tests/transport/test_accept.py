@@ -104,7 +104,7 @@ async def test_tls_handshake_times_out_and_an_untrusted_proxy_header_is_refused(
         reader, writer = await asyncio.open_connection("127.0.0.1", acceptor.port)
         writer.write(b"\x16\x03\x01")  # a ClientHello that never completes
         assert await asyncio.wait_for(reader.read(100), 3) == b""
-        assert gate.counters["tls_handshake_faileds"] == 1 and gate.total == 0
+        assert gate.counters["tls_handshakes_failed"] == 1 and gate.total == 0
         # Untrusted PROXY header: refused before TLS.
         reader, writer = await asyncio.open_connection("127.0.0.1", acceptor.port, local_addr=("127.0.0.41", 0))
         writer.write(v1_header(("203.0.113.1", 1), ("127.0.0.1", acceptor.port)))

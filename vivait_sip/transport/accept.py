@@ -316,7 +316,7 @@ class Acceptor:
                 conn.close()
             reason = "timeout" if isinstance(exc, TimeoutError | ConnectionAbortedError) else type(exc).__name__
             key = "tls_handshake_failed" if handed and policy.ssl is not None else "connection_setup_failed"
-            self.gate.counters[f"{key}s"] += 1
+            self.gate.counters["tls_handshakes_failed" if key == "tls_handshake_failed" else "connection_setups_failed"] += 1
             throttle.log(
                 log, logging.INFO, key, "event=%s listener=%r peer=%s reason=%s",
                 key, policy.label, addr[0], reason,
