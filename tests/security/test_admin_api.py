@@ -129,6 +129,16 @@ def test_cross_site_text_plain_post_cannot_replace_flows(server: Server) -> None
         headers={**server.admin_headers(), "Sec-Fetch-Site": "cross-site", "Content-Type": "application/json"},
     )
     assert status == 403
+    # Another port of the same host is another origin (a local dev server, another service).
+    status, _, _ = call(
+        f"http://{server.admin}/api/mdflow/reload", "POST", body=evil,
+        headers={**server.admin_headers(), "Origin": "http://127.0.0.1:3000", "Content-Type": "application/json"},
+    )
+    assert status == 403
+    status, _, _ = call(
+        f"http://{server.admin}/api/mdflow/config", headers={**server.admin_headers(), "Origin": f"http://{server.admin}"},
+    )
+    assert status == 200  # its own origin
     assert flows(server) == ["Live"]
     # The same call as ctl makes it (token, JSON) works.
     status, _, body = call(

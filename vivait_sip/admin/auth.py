@@ -7,8 +7,9 @@
 - `Host` must name the bound address (`localhost` too on loopback, any IP literal when
   bound to a wildcard address) or one of `admin.allowed_hosts`: a DNS-rebinding page
   sends its own name (403).
-- A request with an `Origin` (or `Sec-Fetch-Site: cross-site/same-site`) from anywhere
-  else is a browser acting for some page: refused (403).  `ctl` sends none.
+- A request with an `Origin` other than this API's own scheme://host:port (or with
+  `Sec-Fetch-Site: cross-site/same-site`) is a browser acting for some page: refused (403).
+  `ctl`, curl and Prometheus send neither.
 - A state-changing call (POST, PUT, PATCH, DELETE) with a body must say
   `Content-Type: application/json` (415): a cross-site form or `text/plain` POST cannot.
 
@@ -122,6 +123,17 @@ def _host_of_header(value: str) -> str | None:
         return None
 
 
+def _same_origin(origin: str, host: str) -> bool:
+    """The page making the request was served by this very API (scheme://Host): never the
+    case in practice (the API serves no pages), so any Origin from a browser is refused
+    unless it names exactly the host and port the request went to."""
+    try:
+        parts = urlsplit(origin)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.netloc) and parts.netloc.lower() == host.strip().lower()
+
+
 def _error(status: int, message: str, **headers: str) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers or None)
 
@@ -139,7 +151,7 @@ def make_middleware(token: str, hosts: HostPolicy, *, metrics_public: bool) -> M
             throttle.log(log, logging.WARNING, "admin_refused", "event=admin_refused peer=%s reason=foreign_host", _peer(request))
             return _error(403, "Host header does not name this admin API (DNS rebinding?); add the name to admin.allowed_hosts if it is yours")
         origin = request.headers.get("Origin")
-        if origin is not None and not hosts.accepts(urlsplit(origin).hostname if origin != "null" else None):
+        if origin is not None and not _same_origin(origin, request.headers.get("Host", "")):
             throttle.log(log, logging.WARNING, "admin_refused", "event=admin_refused peer=%s reason=foreign_origin", _peer(request))
             return _error(403, "cross-origin request refused: the admin API is not for web pages")
         if request.headers.get("Sec-Fetch-Site", "").lower() in ("cross-site", "same-site"):
