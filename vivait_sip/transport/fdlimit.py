@@ -56,7 +56,10 @@ def accept_budget(limit: int, reserved: int) -> int | None:
     the limit minus what is open now minus `reserved`.  None: no limit known."""
     if limit <= 0:
         return None
-    budget = limit - open_fds() - reserved
-    if budget < 16:
-        log.warning("event=file_limit_low limit=%d reserved=%d budget=%d", limit, reserved, max(budget, 16))
-    return max(budget, 16)
+    in_use = open_fds()
+    budget = max(limit - in_use - reserved, 16)
+    if budget < 1000:
+        log.warning("event=file_limit_low limit=%d open=%d reserved=%d connections=%d hint=raise_LimitNOFILE", limit, in_use, reserved, budget)
+    else:
+        log.info("event=connection_budget limit=%d open=%d reserved=%d connections=%d", limit, in_use, reserved, budget)
+    return budget
