@@ -468,3 +468,31 @@ def test_a_proxy_header_from_an_untrusted_address_is_refused(proxied: Server) ->
     log = "\n".join(proxied.collect_output(0.5))
     assert "reason=proxy_header_from_untrusted_address" in log
     assert "reason=bad_proxy_header" in log
+
+
+def test_proxy_protocol_on_a_plain_http_listener_behind_a_tls_terminating_proxy(tmp_path: Path) -> None:
+    """`http.tls: false` behind a proxy that terminates TLS: the PROXY header comes right
+    before the HTTP request, and a slow or silent connection is timed out like any other."""
+    config = quick_limits(tls=False, trusted_proxies=["127.0.0.5"])
+    srv = Server(tmp_path, config, ["--listen", "udp:127.0.0.1:0", "--http", "127.0.0.1:0", "--admin", "127.0.0.1:0"]).start()
+    try:
+        port = srv.ports[("http", "http")]
+        raw = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=("127.0.0.5", 0))
+        raw.sendall(v2_header(("198.51.100.20", 5000), ("127.0.0.1", port)))
+        ws = WsClient(raw)
+        try:
+            assert received(ws) == "198.51.100.20"
+        finally:
+            ws.close()
+        untrusted = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=("127.0.0.6", 0))
+        untrusted.sendall(v1_header(("198.51.100.21", 5001), ("127.0.0.1", port)) + b"GET / HTTP/1.0\r\n\r\n")
+        with pytest.raises(ConnectionResetError):
+            assert untrusted.recv(100) == b""
+        untrusted.close()
+        silent = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S + 3, source_address=("127.0.0.7", 0))
+        started = time.monotonic()
+        assert silent.recv(100) == b""  # nothing sent: closed after http.header_timeout_s
+        assert TIMEOUT_S - 0.3 <= time.monotonic() - started <= TIMEOUT_S + 2
+        silent.close()
+    finally:
+        assert srv.stop() == 0
