@@ -89,8 +89,14 @@ def open_pending(port: int, sources: list[str], each: int) -> list[socket.socket
             sock.setblocking(False)
             sock.connect_ex(("127.0.0.1", port))
             out.append(sock)
-    for sock in out:  # wait until each connect finished (accepted or not)
-        select.select([], [sock], [], 5)
+    poller = select.poll()  # not select(): these descriptors go past FD_SETSIZE (1024)
+    for sock in out:
+        poller.register(sock, select.POLLOUT)
+    waiting, deadline = len(out), time.monotonic() + 5
+    while waiting and time.monotonic() < deadline:  # each connect finished (accepted or not)
+        for fd, _ in poller.poll(100):
+            poller.unregister(fd)
+            waiting -= 1
     return out
 
 
