@@ -35,6 +35,7 @@ import tracemalloc
 import urllib.request
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from vivait_sip.flow.config import FlowConfig, MdflowConfig
@@ -227,12 +228,17 @@ def decision_microbench(args: argparse.Namespace) -> dict[str, float]:
 # -- feeding a running server through the admin API --------------------------------------
 
 
+ADMIN_TOKEN: list[str] = []  # the server's admin token (--admin-token-file), set by main
+
+
 def admin_call(address: str, path: str, body: object | None = None) -> Any:
     """GET (or POST ``body`` as JSON) on the admin API; the decoded JSON answer."""
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(f"http://{address}{path}", data=data)
     if data is not None:
         request.add_header("Content-Type", "application/json")
+    if ADMIN_TOKEN:
+        request.add_header("Authorization", f"Bearer {ADMIN_TOKEN[0]}")
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
 
@@ -400,6 +406,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     server = parser.add_argument_group("feeding a running server (--admin)")
     server.add_argument("--admin", metavar="HOST:PORT", help="feed this server's admin API")
+    server.add_argument(
+        "--admin-token-file",
+        metavar="FILE",
+        default="./var/admin-token",
+        help="the server's admin token (default ./var/admin-token, the demo's)",
+    )
     server.add_argument("--flow", default="bench", help="flow to feed")
     server.add_argument("--batch-ms", type=int, default=100, help="post arrivals every N ms")
     server.add_argument("--hold-ms", type=int, default=0, help="patience of queued calls")
@@ -410,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.admin:
+        ADMIN_TOKEN[:] = [Path(args.admin_token_file).read_text().strip()]
         if args.scenario == "all":
             args.scenario = "steady"
         feed = feed_server(args)

@@ -199,19 +199,19 @@ for t in $TESTS; do
             res=$(run_sipp reg_noauth.xml "$PORT" "$STORM_RATE" "$MEM_USERS" "$OUT_DIR/mem_fill" "$OUT_DIR/users_mem.csv" "$phones_port")
             log "memory: fill $MEM_USERS bindings at $STORM_RATE/s: $res"
             sleep 2
-            count=$(vivait-sip ctl --admin "127.0.0.1:$ADMIN_PORT" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["registrar"]["bindings"])')
+            count=$(vivait-sip ctl --admin "127.0.0.1:$ADMIN_PORT" --data-dir "$OUT_DIR/data_mem" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["registrar"]["bindings"])')
             log "memory: bindings $count, RSS $(ps -o rss= -p "$SERVER_PID") KB (whole process, UDP transactions still in Timer J)"
             sleep 35
             log "memory: 35 s later (transactions ended), RSS $(ps -o rss= -p "$SERVER_PID") KB"
             kill -KILL "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null; SERVER_PID=""
             log "memory: SIGKILL; restarting"
             start_vivait noauth "$PORT" "$OUT_DIR/data_mem" 200000 0 "$MEM_WORKERS" || continue
-            count=$(vivait-sip ctl --admin "127.0.0.1:$ADMIN_PORT" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["registrar"]["bindings"])')
+            count=$(vivait-sip ctl --admin "127.0.0.1:$ADMIN_PORT" --data-dir "$OUT_DIR/data_mem" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["registrar"]["bindings"])')
             log "memory: after restart bindings $count, RSS $(ps -o rss= -p "$SERVER_PID") KB"
             res=$(run_sipp reg_noauth.xml "$PORT" "$STORM_RATE" "$MEM_USERS" "$OUT_DIR/mem_storm" "$OUT_DIR/users_mem.csv" "$phones_port")
             log "memory: re-registration storm of $MEM_USERS at $STORM_RATE/s: $res"
             sleep 2
-            count=$(vivait-sip ctl --admin "127.0.0.1:$ADMIN_PORT" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["registrar"]["bindings"])')
+            count=$(vivait-sip ctl --admin "127.0.0.1:$ADMIN_PORT" --data-dir "$OUT_DIR/data_mem" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["registrar"]["bindings"])')
             log "memory: after storm bindings $count, RSS $(ps -o rss= -p "$SERVER_PID") KB"
             stop_server
             ;;

@@ -105,6 +105,19 @@ class Server:
     def admin(self) -> str:
         return f"127.0.0.1:{self.ports[('admin', 'http')]}"
 
+    @property
+    def admin_token(self) -> str:
+        """The admin API token the server made in its data directory."""
+        return (self.data_dir / "admin-token").read_text().strip()
+
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_token}"}
+
+    @property
+    def ctl_args(self) -> list[str]:
+        """`vivait-sip ctl` talking to this server (its address and token)."""
+        return ["ctl", "--admin", self.admin, "--data-dir", str(self.data_dir)]
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         assert self.proc is not None
         if self.proc.poll() is None:

@@ -26,6 +26,7 @@ from aiohttp import web
 
 from . import __version__, native
 from .admin import build_admin_app
+from .admin.auth import TokenError, exposure_warning, protect_admin_app
 from .certs import client_context, ensure_self_signed, server_context
 from .config import ConfigError, CoreConfig, load_config
 from .contract import CallHandler, Feature, InputFilter, WorkerMessage
@@ -37,6 +38,10 @@ from .sip.address import Listener
 from .sip.message import Limits, Request
 from .sip.peer import Peer
 from .sip.transaction import TimerConfig
+from .store.private import private_dir
+from .transport.accept import ConnectionGate, parse_networks
+from .transport.fdlimit import accept_budget, raise_nofile_limit
+from .transport.httpserver import HttpLimits, HttpServer
 from .transport.manager import TransportManager
 from .transport.ws import make_ws_handler
 from .workers import (
@@ -104,7 +109,9 @@ class Application:
         self.data_dir = Path(config.data_dir)
         self.opened: list[OpenedListener] = []
         self.stopping = asyncio.Event()
-        self._runners: list[web.AppRunner] = []
+        self._http_servers: list[HttpServer] = []
+        # Connections admitted at accept (per source, per service, descriptor budget).
+        self.gate = ConnectionGate()
         limits = config.sip.limits
         self.limits = Limits(
             max_message_bytes=limits.max_message_bytes,
@@ -122,6 +129,8 @@ class Application:
             idle_timeout_s=limits.tcp_idle_timeout_s,
             udp_receive_buffer_bytes=limits.udp_receive_buffer_bytes,
             ssl_client=client_context(),  # outgoing TLS verifies the peer's certificate
+            gate=self.gate,
+            tls_handshake_timeout_s=limits.tls_handshake_timeout_s,
         )
         timers = config.sip.timers
         self._local_cache: dict[tuple[str, str], tuple[str, int]] = {}
@@ -146,7 +155,7 @@ class Application:
         self._ready: dict[int, asyncio.Future[None]] = {}
         if self.cluster is not None:
             self._wire_cluster(self.cluster)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)  # 0700: HA1s, keys and tokens live here
         self.features: list[Feature[Any]] = [cls(self) for cls in feature_classes()]
         self._message_owner: dict[type[WorkerMessage], Feature[Any]] = {}
         self._input_filters: list[InputFilter] = []
@@ -387,6 +396,7 @@ class Application:
                 cert, key = Path(tls.cert_file), Path(tls.key_file)
             else:
                 hosts = [lst.host for lst in self.config.listeners] + list(self.config.domains)
+                hosts += [self.config.http.host, self.config.admin.host]
                 cert, key = ensure_self_signed(self.data_dir / "certs", hosts)
             try:
                 self.ssl_server = server_context(cert, key)
@@ -397,6 +407,7 @@ class Application:
 
     async def start(self) -> None:
         spec, cluster = self.worker_spec, self.cluster
+        file_limit = raise_nofile_limit()
         if spec is not None and cluster is not None:
             # Features first: a datagram read from the shared socket before them would be
             # answered 405 (worker 0 is already serving).
@@ -409,6 +420,8 @@ class Application:
             return
         for feature in self.features:
             await feature.start()
+        reserved = self.config.sip.limits.reserved_fds
+        self.gate.set_budget(accept_budget(file_limit, reserved), reserved)
         for listener in self.config.listeners:
             if listener.transport in ("ws", "wss"):
                 continue
@@ -428,19 +441,13 @@ class Application:
             await self._spawn_workers(cluster)
         tune_gc()
 
-    async def _serve(self, app: web.Application, host: str, port: int, what: str, context: ssl.SSLContext | None) -> int:
-        runner = web.AppRunner(app, handle_signals=False, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port, ssl_context=context, reuse_address=True)
+    async def _serve(self, server: HttpServer, host: str, port: int) -> int:
         try:
-            await site.start()
+            real_port = await server.start(host, port)
         except OSError as exc:
-            await runner.cleanup()
-            raise StartupError(_bind_message(f"{what} {host}:{port}", exc)) from None
-        self._runners.append(runner)
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        return int(sockets[0].getsockname()[1]) if sockets else port
+            raise StartupError(_bind_message(f"{server.service} {host}:{port}", exc)) from None
+        self._http_servers.append(server)
+        return real_port
 
     async def _start_http(self) -> None:
         http = self.config.http
@@ -453,7 +460,15 @@ class Application:
         app.router.add_get("/", _index)
         for feature in self.features:
             feature.web_routes(app)
-        port = await self._serve(app, http.host, http.port, "http", context)
+        limits = HttpLimits(
+            max_connections_per_ip=http.max_connections_per_ip,
+            tls_handshake_timeout_s=http.tls_handshake_timeout_s,
+            header_timeout_s=http.header_timeout_s,
+            keepalive_timeout_s=http.keepalive_timeout_s,
+            trusted_proxies=parse_networks(http.trusted_proxies),
+        )
+        server = HttpServer(app, service="http", gate=self.gate, limits=limits, ssl_context=context)
+        port = await self._serve(server, http.host, http.port)
         self.opened.append(OpenedListener("http", "https" if http.tls else "http", http.host, port))
         self.opened.append(OpenedListener("sip", ws_name, http.host, port))
         self.transports.add_listener_record(Listener(ws_name, http.host, port))
@@ -464,8 +479,25 @@ class Application:
         if not admin.enabled:
             return
         app = build_admin_app(self)
-        port = await self._serve(app, admin.host, admin.port, "admin", None)
-        self.opened.append(OpenedListener("admin", "http", admin.host, port))
+        try:
+            protect_admin_app(app, admin, self.data_dir)
+        except TokenError as exc:
+            raise StartupError(str(exc)) from None
+        http = self.config.http
+        limits = HttpLimits(
+            max_connections_per_ip=admin.max_connections_per_ip,
+            tls_handshake_timeout_s=http.tls_handshake_timeout_s,
+            header_timeout_s=http.header_timeout_s,
+            keepalive_timeout_s=http.keepalive_timeout_s,
+        )
+        context = self._tls_context() if admin.tls else None
+        server = HttpServer(app, service="admin", gate=self.gate, limits=limits, ssl_context=context, privileged=True)
+        port = await self._serve(server, admin.host, admin.port)
+        self.opened.append(OpenedListener("admin", "https" if admin.tls else "http", admin.host, port))
+        warning = exposure_warning(admin.host, port, admin.tls)
+        if warning is not None:
+            log.warning("event=admin_exposed host=%s port=%d tls=%s", admin.host, port, admin.tls)
+            self.banner.append(warning)
 
     # ---- running --------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -512,8 +544,8 @@ class Application:
         for feature in reversed(self.features):
             await feature.stop()
         await self.transports.close()
-        for runner in self._runners:
-            await runner.cleanup()
+        for server in self._http_servers:
+            await server.close()
         if self.cluster is not None:
             self.cluster.close()
         log.info("event=stopped")
@@ -534,6 +566,7 @@ class Application:
             "sent": self.transports.stats.sent,
             "connections_refused": self.transports.stats.connections_refused,
             "send_errors": self.transports.stats.send_errors,
+            **self.gate.counters,  # refusals at accept, handshake and header timeouts
         }
         if self.cluster is not None:
             out["worker_link_drops"] = self.cluster.dropped

@@ -13,14 +13,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from .store.private import narrow_existing, private_dir
+
 
 def ensure_self_signed(cert_dir: Path, hostnames: list[str]) -> tuple[Path, Path]:
     """Return (cert, key) paths in `cert_dir`, creating a self-signed pair if absent."""
     cert_path = cert_dir / "server.crt"
     key_path = cert_dir / "server.key"
     if cert_path.exists() and key_path.exists():
+        narrow_existing(key_path)
         return cert_path, key_path
-    cert_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(cert_dir)
     key = ec.generate_private_key(ec.SECP256R1())
     names: list[x509.GeneralName] = []
     for name in dict.fromkeys(["localhost", *hostnames]):
@@ -48,6 +51,7 @@ def ensure_self_signed(cert_dir: Path, hostnames: list[str]) -> tuple[Path, Path
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(key_bytes)
+    narrow_existing(key_path)  # O_TRUNC keeps the mode of a key file left there before
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
 

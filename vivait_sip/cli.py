@@ -11,6 +11,7 @@ from typing import Any
 from . import __version__
 from .config import ConfigError, CoreConfig, default_config, load_config
 from .ctlclient import DEFAULT_ADMIN, AdminError, admin_request, print_json
+from .ctlclient import configure as configure_admin_client
 from .features import feature_classes
 from .sip.address import Listener, parse_hostport
 
@@ -58,7 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check_config)
 
     ctl = sub.add_parser("ctl", help="talk to a running server's admin API")
-    ctl.add_argument("--admin", metavar="HOST:PORT", default=DEFAULT_ADMIN, help=f"admin API address (default {DEFAULT_ADMIN})")
+    ctl.add_argument(
+        "--admin", metavar="HOST:PORT", default=DEFAULT_ADMIN,
+        help=f"admin API address (default {DEFAULT_ADMIN}; https://HOST:PORT with admin.tls)",
+    )
+    ctl.add_argument("--data-dir", metavar="DIR", help="the server's data directory, where its admin token is (default ./var)")
+    ctl.add_argument("--admin-token-file", metavar="FILE", help="the admin token (default DIR/admin-token; admin.token_file)")
     ctl_sub = ctl.add_subparsers(dest="ctl_command", required=True)
     ctl_status = ctl_sub.add_parser("status", help="uptime, listeners and counters")
     ctl_status.add_argument("--json", action="store_true", help="raw JSON")
@@ -73,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_admin_client(getattr(args, "data_dir", None), getattr(args, "admin_token_file", None))
     try:
         result: int | None = args.func(args)
     except AdminError as exc:

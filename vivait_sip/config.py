@@ -67,6 +67,20 @@ class HttpConfig(Strict):
     port: int = Field(default=8443, ge=0, le=65535)
     tls: bool = True
     enabled: bool = True
+    # Connections from one client address at once (counted from accept, before the TLS
+    # handshake; WebSockets included). Offices behind one NAT address may need more.
+    max_connections_per_ip: int = Field(default=64, ge=1)
+    tls_handshake_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    # From a request's first byte (or the connection's start) to its complete head.
+    header_timeout_s: float = Field(default=5.0, gt=0, le=300)
+    keepalive_timeout_s: float = Field(default=15.0, gt=0, le=3600)
+    # Proxies whose PROXY protocol header (v1/v2) or X-Forwarded-For names the client.
+    trusted_proxies: list[str] = Field(default_factory=list)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: list[str]) -> list[str]:
+        return [_network(v) for v in value]
 
 
 class AdminConfig(Strict):
@@ -75,6 +89,15 @@ class AdminConfig(Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8081, ge=0, le=65535)
     enabled: bool = True
+    # Bearer token for every call; default DATA_DIR/admin-token, made (0600) on first start.
+    token_file: str | None = None
+    # /metrics without the token (Prometheus can send it: see docs/admin.md).
+    metrics_public: bool = False
+    # HTTPS with the server certificate (tls.cert_file or the self-signed one).
+    tls: bool = False
+    # Host names the API is reached by, besides its bound address (and localhost on loopback).
+    allowed_hosts: list[str] = Field(default_factory=list)
+    max_connections_per_ip: int = Field(default=32, ge=1)
 
 
 class TlsConfig(Strict):
@@ -120,6 +143,11 @@ class LimitsConfig(Strict):
     max_connections_per_ip: int = Field(default=64, ge=1)
     max_connections: int = Field(default=10000, ge=1)
     tcp_idle_timeout_s: float = Field(default=300.0, gt=0)
+    tls_handshake_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    # Descriptors SIP and HTTP(S) connections may never take (the file limit is raised to
+    # its hard limit at start): the admin API, the store, worker links and outgoing
+    # connections always find one.
+    reserved_fds: int = Field(default=128, ge=16)
     max_transactions: int = Field(default=100000, ge=100)
     max_completed_transactions: int = Field(default=50000, ge=100)
     max_dialogs: int = Field(default=100000, ge=10)

@@ -208,7 +208,7 @@ def start_server(tmp: Path, registrar: dict[str, Any], **config: Any) -> Server:
 
 def ctl(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "vivait_sip", "ctl", "--admin", server.admin, *args],
+        [sys.executable, "-m", "vivait_sip", *server.ctl_args, *args],
         capture_output=True,
         text=True,
         timeout=20,

@@ -90,7 +90,7 @@ def test_flood_of_bad_input_hurts_nothing(tmp_path: Path) -> None:
         finally:
             probe.close()
         status = json.loads(subprocess.run(
-            [sys.executable, "-m", "vivait_sip", "ctl", "--admin", srv.admin, "status", "--json"],
+            [sys.executable, "-m", "vivait_sip", *srv.ctl_args, "status", "--json"],
             capture_output=True, text=True, timeout=30,
         ).stdout)
         counters = status["counters"]

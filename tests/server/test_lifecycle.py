@@ -117,7 +117,7 @@ def test_sighup_reloads_config(tmp_path: Path) -> None:
     flow = {"flujo": "Cen_TrunkInternos", "en_paso": 0, "tasa_sal_seg": 2, "dnis_max": 1, "dnis_umbral_masivo": 8, "to_desborda_seg": 5}
     srv = Server(tmp_path, {"mdflow": {"flows": [flow]}}, loopback_args(tls=False, http=False)).start()
     try:
-        before = run_cli("ctl", "--admin", srv.admin, "mdflow", "show", "config", "--json")
+        before = run_cli(*srv.ctl_args, "mdflow", "show", "config", "--json")
         assert json.loads(before.stdout)["flows"][0]["tasa_sal_seg"] == 2
         flow["tasa_sal_seg"] = 7
         srv.config_path.write_text(json.dumps({"mdflow": {"flows": [flow]}}))
@@ -126,7 +126,7 @@ def test_sighup_reloads_config(tmp_path: Path) -> None:
         deadline = time.monotonic() + 5
         value = None
         while time.monotonic() < deadline:
-            after = run_cli("ctl", "--admin", srv.admin, "mdflow", "show", "config", "--json")
+            after = run_cli(*srv.ctl_args, "mdflow", "show", "config", "--json")
             value = json.loads(after.stdout)["flows"][0]["tasa_sal_seg"]
             if value == 7:
                 break
@@ -134,7 +134,7 @@ def test_sighup_reloads_config(tmp_path: Path) -> None:
         assert value == 7
         # a broken file on reload is reported and the running config stays
         srv.config_path.write_text('{"mdflow": {"tick_ms": -5}}')
-        proc = run_cli("ctl", "--admin", srv.admin, "reload")
+        proc = run_cli(*srv.ctl_args, "reload")
         assert proc.returncode == 1
         assert "mdflow.tick_ms" in proc.stderr
     finally:

@@ -26,7 +26,7 @@ def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]
 
 
 def ctl(srv: Server, *args: str) -> str:
-    proc = run_cli("ctl", "--admin", srv.admin, "mdflow", *args)
+    proc = run_cli(*srv.ctl_args, "mdflow", *args)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -36,6 +36,7 @@ def api(srv: Server, path: str, body: object | None = None) -> Any:
     request = urllib.request.Request(f"http://{srv.admin}{path}", data=data)
     if data is not None:
         request.add_header("Content-Type", "application/json")
+    request.add_header("Authorization", f"Bearer {srv.admin_token}")
     with urllib.request.urlopen(request, timeout=10) as response:
         payload = response.read().decode()
     return payload if path.endswith("/metrics") else json.loads(payload)
@@ -89,6 +90,8 @@ def test_show_stats_agrees_with_the_load_generator(tmp_path: Path) -> None:
                 str(BENCH),
                 "--admin",
                 srv.admin,
+                "--admin-token-file",
+                str(srv.data_dir / "admin-token"),
                 "--flow",
                 "Trunk",
                 "--scenario",
@@ -150,6 +153,8 @@ def test_load_generator_exits_non_zero_when_another_source_feeds_the_flow(
                 str(BENCH),
                 "--admin",
                 srv.admin,
+                "--admin-token-file",
+                str(srv.data_dir / "admin-token"),
                 "--flow",
                 "Trunk",
                 "--rate",
@@ -270,7 +275,7 @@ def test_debug_streams_every_interval_until_interrupted(tmp_path: Path) -> None:
     srv = start(tmp_path, mdflow_config(flow("Trunk"), interval=1))
     try:
         debug = subprocess.Popen(
-            [*CLI, "ctl", "--admin", srv.admin, "mdflow", "debug"],
+            [*CLI, *srv.ctl_args, "mdflow", "debug"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -158,7 +158,7 @@ def test_sipp_options_over_tls(server: Server, tmp_path: Path) -> None:
 
 def tls_connections(server: Server) -> int:
     raw = subprocess.run(
-        [sys.executable, "-m", "vivait_sip", "ctl", "--admin", server.admin, "status", "--json"],
+        [sys.executable, "-m", "vivait_sip", *server.ctl_args, "status", "--json"],
         capture_output=True, text=True, timeout=30,
     )
     return int(json.loads(raw.stdout)["counters"].get("connections_tls", 0))
@@ -263,7 +263,7 @@ def test_tcp_framing_error_closes_connection(server: Server) -> None:
 
 def test_ctl_status(server: Server) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "vivait_sip", "ctl", "--admin", server.admin, "status"],
+        [sys.executable, "-m", "vivait_sip", *server.ctl_args, "status"],
         capture_output=True, text=True, timeout=30,
     )
     assert proc.returncode == 0, proc.stderr
@@ -271,7 +271,7 @@ def test_ctl_status(server: Server) -> None:
     assert f"sip udp 127.0.0.1:{server.sip_port('udp')}" in proc.stdout
     assert "requests_in" in proc.stdout
     raw = subprocess.run(
-        [sys.executable, "-m", "vivait_sip", "ctl", "--admin", server.admin, "status", "--json"],
+        [sys.executable, "-m", "vivait_sip", *server.ctl_args, "status", "--json"],
         capture_output=True, text=True, timeout=30,
     )
     data = json.loads(raw.stdout)
@@ -279,7 +279,7 @@ def test_ctl_status(server: Server) -> None:
 
 
 async def test_metrics_endpoint(server: Server) -> None:
-    async with aiohttp.ClientSession() as session, session.get(f"http://{server.admin}/metrics") as resp:
+    async with aiohttp.ClientSession() as session, session.get(f"http://{server.admin}/metrics", headers=server.admin_headers()) as resp:
         text = await resp.text()
     assert resp.status == 200
     assert "# TYPE vivait_sip_events_total counter" in text

@@ -18,8 +18,7 @@ from aiohttp import web
 
 from ..config import CoreConfig, load_config
 from ..contract import Feature, Host, WorkerMessage, worker_message
-from ..ctlclient import AdminError, admin_request, print_json
-from ..sip.address import parse_hostport
+from ..ctlclient import admin_request, admin_stream, print_json
 from .admin import add_routes
 from .config import MdflowConfig
 from .engine import UnknownFlowError
@@ -209,17 +208,9 @@ def cmd_mdflow_show(args: argparse.Namespace) -> int:
 
 
 def cmd_mdflow_debug(args: argparse.Namespace) -> int:
-    import urllib.error
-    import urllib.request
-
-    host, port = parse_hostport(args.admin, "--admin")
-    try:
-        with urllib.request.urlopen(f"http://{host}:{port}/api/mdflow/debug", timeout=3600) as resp:
-            for line in resp:
-                sys.stdout.write(line.decode())
-                sys.stdout.flush()
-    except (urllib.error.URLError, OSError) as exc:
-        raise AdminError(f"cannot reach the admin API at {host}:{port} ({exc})") from None
+    for line in admin_stream(args.admin, "/api/mdflow/debug"):
+        sys.stdout.write(line.decode())
+        sys.stdout.flush()
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import getpass
 import json
 import sys
 import urllib.parse
@@ -22,8 +23,9 @@ from pydantic import ValidationError
 from .. import ctlclient as cli
 from ..config import ConfigError, load_config, validation_errors
 from ..store import Store, StoreError
+from . import demo
 from .config import UserConfig
-from .users import UserRecord, find_conflicts, records_from_rows, user_from_config
+from .users import UserRecord, find_conflicts, make_user, records_from_rows, user_from_config
 
 DEFAULT_REALM = "vivait"
 EXIT_INVALID = 2
@@ -40,13 +42,29 @@ def add_commands(sub: Any, ctl_sub: Any) -> None:
 
     add = user_sub.add_parser("add", help="add or replace a user")
     add.add_argument("number", help="the user's number, e.g. 6140 (also the digest username)")
-    add.add_argument("--password", required=True, help="stored only as MD5 and SHA-256 HA1 digests")
+    add.add_argument(
+        "--password",
+        help="stored only as MD5 and SHA-256 HA1 digests; omitted: asked for (twice) on a "
+        "terminal, else one line read from stdin, so it stays out of the shell history",
+    )
     add.add_argument("--name", default="", help="display name")
     add.add_argument("--extension", help="hard extension (default: the number itself)")
     add.add_argument("--web-extension", help="fixed web extension for the webfon")
     add.add_argument("--class-of-service", choices=["open", "closed"], default="open")
     _common(add, realm=True)
     add.set_defaults(func=cmd_user_add)
+
+    password = user_sub.add_parser(
+        "password",
+        help="set a new password for a user (asked for, or read from stdin)",
+        description="Set a new password, keeping the user's other fields. Without --password "
+        "it is asked for twice on a terminal, or read as one line from stdin. Users from the "
+        "config file change there; the demo's users (6140-6143) change here too.",
+    )
+    password.add_argument("number")
+    password.add_argument("--password", help="the new password (prefer the prompt or stdin)")
+    _common(password, realm=True)
+    password.set_defaults(func=cmd_user_password)
 
     remove = user_sub.add_parser("remove", help="remove a user")
     remove.add_argument("number")
@@ -100,10 +118,36 @@ def _common(parser: argparse.ArgumentParser, *, realm: bool) -> None:
         metavar="HOST:PORT",
         help="admin API of a running server to notify",
     )
+    parser.add_argument(
+        "--admin-token-file",
+        metavar="FILE",
+        help="admin token of that server (default DIR/admin-token of --data-dir)",
+    )
     if realm:
         group = parser.add_mutually_exclusive_group()
         group.add_argument("--realm", help=f"digest realm (default {DEFAULT_REALM!r}, the demo's)")
         group.add_argument("--config", metavar="FILE", help="take the realm from this config file")
+
+
+def read_password(given: str | None, *, stdin: Any = None) -> str:
+    """`--password`, else a prompt (twice) on a terminal, else the first line of stdin."""
+    if given is not None:
+        return given
+    stream = sys.stdin if stdin is None else stdin
+    if stream.isatty():
+        first = getpass.getpass("Password: ")
+        if first != getpass.getpass("Repeat it: "):
+            raise PasswordError("the passwords do not match")
+        password = first
+    else:
+        password = stream.readline().rstrip("\r\n")
+    if not password:
+        raise PasswordError("empty password (give it with --password, at the prompt or on stdin)")
+    return password
+
+
+class PasswordError(ValueError):
+    """No usable password was given."""
 
 
 def _realm(args: argparse.Namespace) -> str:
@@ -163,9 +207,14 @@ def cmd_user_add(args: argparse.Namespace) -> int:
 
 def _user_add(args: argparse.Namespace) -> int:
     try:
+        password = read_password(args.password)
+    except PasswordError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    try:
         config = UserConfig(
             number=args.number,
-            password=args.password,
+            password=password,
             name=args.name,
             extension=args.extension,
             web_extension=args.web_extension,
@@ -180,6 +229,52 @@ def _user_add(args: argparse.Namespace) -> int:
     if status:
         return status
     print(f"user {config.number} saved (extension {config.hard_extension}, realm {realm!r})")
+    _notify(args.admin)
+    return 0
+
+
+def cmd_user_password(args: argparse.Namespace) -> int:
+    return _run(_user_password, args)
+
+
+def _user_password(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    try:
+        row = store.get_user(args.number)
+        if row is None:
+            print(f"error: no user {args.number}", file=sys.stderr)
+            return 1
+        is_demo = demo.load(args.data_dir).get(row.number) is not None
+        if row.origin == "config" and not is_demo:
+            print(
+                f"error: user {row.number} comes from the config file (registrar.users or "
+                "registrar.ranges); change its password there and reload",
+                file=sys.stderr,
+            )
+            return EXIT_INVALID
+        try:
+            password = read_password(args.password)
+        except PasswordError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_INVALID
+        realm = _realm(args) if (args.realm or args.config) else row.realm
+        record = make_user(
+            row.number,
+            password,
+            realm,
+            name=row.name,
+            extension=row.extension,
+            web_extension=row.web_extension,
+            web_pool=row.web_pool,
+            class_of_service=row.class_of_service,
+            origin=row.origin,
+        )
+        if is_demo:
+            demo.set_password(args.data_dir, row.number, password)
+        store.upsert_users([record])
+    finally:
+        store.close()
+    print(f"password of user {row.number} changed (realm {realm!r})")
     _notify(args.admin)
     return 0
 

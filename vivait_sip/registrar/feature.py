@@ -7,8 +7,9 @@ User precedence: the store (DATA_DIR/vivait.db) holds every user.  Users and ran
 from the config file are re-imported at start and on every reload as "config" users
 (overwriting a CLI-added user with the same number: the config wins; config users no
 longer in the file are deleted); users added with `vivait-sip user add/import` stay.
-In demo mode (no --config) users 6140..6143 get random passwords, kept in the store so
-they survive restarts, and printed in the start-up banner.
+In demo mode (no --config) users 6140..6143 get random passwords, kept in
+DATA_DIR/demo-passwords.json (0600, registrar/demo.py) so they survive restarts, and
+printed in the start-up banner when they are made.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from ..sip.message import Request
 from ..sip.peer import Peer
 from ..store import Store
 from . import cli as registrar_cli
+from . import demo
 from .admin import add_routes, list_bindings, remove_bindings
 from .config import RegistrarConfig, UserConfig
 from .digest import Algorithm, Authenticator, NonceManager
@@ -52,6 +54,7 @@ from .users import UserDirectory, UserRecord, config_users, records_from_rows, u
 log = logging.getLogger("vivait_sip.registrar")
 
 DEMO_USERS = ("6140", "6141", "6142", "6143")
+LEGACY_DEMO_KEY = "demo_passwords"  # where versions before 0.2 kept them, in clear
 _ACK = b"ACK "
 
 
@@ -178,6 +181,7 @@ class RegistrarFeature(Feature[RegistrarConfig]):
         self.gate.set_trunks((t.name, t.networks) for t in settings.trunks)
         self.registrar = Registrar(host, self.gate, self.users, self.location, settings)
         self.guard = CallGuard(host, self.gate, self.users)
+        self._demo_made: list[str] = []
         self._demo_passwords: dict[str, str] = self._demo_users() if host.demo else {}
         self._task: asyncio.Task[None] | None = None
         self._tickets = itertools.count(1)
@@ -216,21 +220,29 @@ class RegistrarFeature(Feature[RegistrarConfig]):
 
     # ---- users ----------------------------------------------------------------------
     def _demo_users(self) -> dict[str, str]:
-        """Random demo passwords, created once and kept in the store's meta table."""
+        """Random demo passwords, created once and kept in DATA_DIR/demo-passwords.json.
+        Older versions kept them in clear in the store's meta table: moved out, and erased."""
+        if not self.host.is_primary:
+            return demo.load(self.host.data_dir)
+        legacy_text = self.store.get_meta(LEGACY_DEMO_KEY)
         try:
-            stored = json.loads(self.store.get_meta("demo_passwords") or "{}")
-        except ValueError:
-            stored = {}
-        passwords = {n: str(stored.get(n) or secrets.token_urlsafe(9)) for n in DEMO_USERS}
-        if passwords != stored:
-            self.store.set_meta("demo_passwords", json.dumps(passwords))
+            legacy = {str(k): str(v) for k, v in json.loads(legacy_text or "{}").items()}
+        except (ValueError, AttributeError):
+            legacy = {}
+        passwords, self._demo_made = demo.ensure(self.host.data_dir, DEMO_USERS, legacy)
+        if legacy_text is not None:
+            self.store.delete_meta(LEGACY_DEMO_KEY)
+            log.info("event=demo_passwords_moved to=%s", demo.demo_file(self.host.data_dir))
         return passwords
 
     def _config_users(self, settings: RegistrarConfig) -> list[UserRecord]:
         records = config_users(settings, self.realm)
+        if self._demo_passwords:
+            # Re-read: `vivait-sip user password 6140` changes the file, then asks for a reload.
+            self._demo_passwords.update(demo.load(self.host.data_dir))
         for number, password in self._demo_passwords.items():
-            demo = UserConfig(number=number, name=f"Demo {number}", password=password)
-            records.append(user_from_config(demo, self.realm))
+            user = UserConfig(number=number, name=f"Demo {number}", password=password)
+            records.append(user_from_config(user, self.realm))
         return records
 
     def reload_users(self) -> int:
@@ -370,11 +382,18 @@ class RegistrarFeature(Feature[RegistrarConfig]):
     # ---- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
         self._start()
-        for number, password in self._demo_passwords.items():
+        for number in self._demo_made:
             self.host.banner.append(
-                f"demo user {number} password {password} "
+                f"demo user {number} password {self._demo_passwords[number]} "
                 f"(register sip:{number}@127.0.0.1, auth user {number}, realm {self.realm})"
             )
+        if self._demo_passwords:
+            numbers = ", ".join(n for n in self._demo_passwords if n not in self._demo_made)
+            if numbers:
+                self.host.banner.append(
+                    f"demo users {numbers}: passwords in {demo.demo_file(self.host.data_dir)} "
+                    f"(shown when made; `vivait-sip user password NUMBER` sets a new one)"
+                )
 
     async def start_worker(self) -> None:
         self._start()

@@ -17,6 +17,8 @@ from typing import Any, NamedTuple, Protocol
 
 import sqlite_utils
 
+from .private import narrow_existing, private_dir, private_file
+
 SCHEMA_VERSION = 1
 DB_NAME = "vivait.db"
 BUSY_TIMEOUT_MS = 5000
@@ -123,14 +125,17 @@ class Store:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         try:
+            # 0600 before SQLite opens it: the -wal and -shm files take the database's mode.
+            private_file(self.path)
             self.conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000)
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, OSError) as exc:
             raise StoreError(f"cannot open {self.path}: {exc}") from None
         try:
             self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             self.db = sqlite_utils.Database(self.conn, execute_plugins=False)
             self.db.enable_wal()
             self.conn.execute("PRAGMA synchronous = NORMAL")
+            narrow_existing(f"{self.path}-wal", f"{self.path}-shm")  # left 0644 by older versions
             self._create()
         except sqlite3.DatabaseError as exc:
             self.conn.close()
@@ -141,10 +146,8 @@ class Store:
 
     @classmethod
     def open(cls, data_dir: Path | str) -> Store:
-        """DATA_DIR/vivait.db, creating the directory on first use."""
-        directory = Path(data_dir)
-        directory.mkdir(parents=True, exist_ok=True)
-        return cls(directory / DB_NAME)
+        """DATA_DIR/vivait.db, creating the directory (0700) on first use."""
+        return cls(private_dir(data_dir) / DB_NAME)
 
     def close(self) -> None:
         self.conn.close()
@@ -248,6 +251,18 @@ class Store:
     def get_meta(self, key: str) -> str | None:
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
+
+    def delete_meta(self, key: str) -> bool:
+        """Remove a setting and overwrite its bytes (secure_delete, WAL truncated): for
+        values that must not linger in free pages, like the old demo passwords."""
+        self.conn.execute("PRAGMA secure_delete = ON")
+        try:
+            with self.conn:
+                cur = self.conn.execute("DELETE FROM meta WHERE key = ?", (key,))
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            self.conn.execute("PRAGMA secure_delete = OFF")
+        return cur.rowcount > 0
 
     def set_meta(self, key: str, value: str) -> None:
         with self.conn:

@@ -3,7 +3,8 @@
 UDP datagrams are handed over as they arrive; TCP, TLS and WebSocket connections are
 framed into messages first.  Each connection gets an id so responses and RFC 5626 flows
 go back over the connection a request arrived on (RFC 3261 §18.2.2).  Limits: a cap on
-connections per source IP and in all, an idle timeout, a cap on buffered bytes.
+connections per source IP and in all, applied when a connection is accepted, before its
+TLS handshake (accept.py), a handshake timeout, an idle timeout, a cap on buffered bytes.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..sip.address import Listener
 from ..sip.errors import SipParseError
 from ..sip.message import DEFAULT_LIMITS, Limits, StreamFramer
 from ..sip.peer import Peer
+from .accept import Acceptor, AcceptPolicy, ConnectionGate, Slot, bind_stream_sockets
 
 log = logging.getLogger("vivait_sip.transport")
 
@@ -82,9 +84,10 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 class _StreamProtocol(asyncio.Protocol):
     """One TCP or TLS connection, accepted or opened by us."""
 
-    def __init__(self, manager: TransportManager, transport_name: str) -> None:
+    def __init__(self, manager: TransportManager, transport_name: str, slot: Slot | None = None) -> None:
         self.manager = manager
         self.transport_name = transport_name
+        self.slot = slot  # accepted: its place in the ConnectionGate (admitted already)
         self.conn_id = next(manager._ids)
         self.framer = StreamFramer(manager.limits)
         self.transport: asyncio.Transport | None = None
@@ -97,7 +100,7 @@ class _StreamProtocol(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         addr = self.transport.get_extra_info("peername")
         self.peer = Peer(self.transport_name, addr[0], addr[1], self.conn_id)
-        if not self.manager._admit(self):
+        if self.slot is None and not self.manager._admit(self):
             self.transport.abort()
             return
         self.manager._register(self)
@@ -154,6 +157,8 @@ class _StreamProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.manager._unregister(self)
+        if self.slot is not None:
+            self.slot.release()
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -172,6 +177,8 @@ class TransportManager:
         max_connections: int = 10000,
         idle_timeout_s: float = 300.0,
         udp_receive_buffer_bytes: int | None = None,
+        gate: ConnectionGate | None = None,
+        tls_handshake_timeout_s: float = 5.0,
     ) -> None:
         self.on_message = on_message
         # A stream that cannot be framed (413, 513, 400): the error, the connection and the
@@ -188,12 +195,14 @@ class TransportManager:
         self.max_connections = max_connections
         self.idle_timeout_s = idle_timeout_s
         self.udp_receive_buffer_bytes = udp_receive_buffer_bytes
+        self.gate = gate if gate is not None else ConnectionGate()
+        self.tls_handshake_timeout_s = tls_handshake_timeout_s
         self.stats = TransportStats()
         self._ids = itertools.count(1)
         self._udp: dict[tuple[str, int], _UdpProtocol] = {}
         self._default_udp: _UdpProtocol | None = None
         self._udp_route: dict[str, _UdpProtocol | None] = {}
-        self._servers: list[asyncio.AbstractServer] = []
+        self._acceptors: list[Acceptor] = []
         self._connections: dict[int, Connection] = {}
         self._by_addr: dict[tuple[str, str, int], int] = {}
         self._per_ip: dict[str, int] = {}
@@ -221,12 +230,20 @@ class TransportManager:
                     raise TransportError("a tls listener needs a certificate")
                 context = self.ssl_server
             name = listener.transport
-            server = await loop.create_server(
-                lambda: _StreamProtocol(self, name), listener.host, listener.port, ssl=context,
-                reuse_address=True,
+            sockets = bind_stream_sockets(listener.host, listener.port)
+            port = sockets[0].getsockname()[1]
+            policy = AcceptPolicy(
+                service="sip",
+                label=str(listener.with_port(port)),
+                max_per_ip=self.max_connections_per_ip,
+                max_total=self.max_connections,
+                ssl=context,
+                handshake_timeout_s=self.tls_handshake_timeout_s,
             )
-            self._servers.append(server)
-            port = server.sockets[0].getsockname()[1]
+            for sock in sockets:
+                acceptor = Acceptor(sock, policy, self.gate, lambda slot, client, _: _StreamProtocol(self, name, slot))
+                acceptor.start()
+                self._acceptors.append(acceptor)
         else:
             raise TransportError(f"{listener.transport} listens on the HTTP port (/sip)")
         real = listener.with_port(port)
@@ -435,12 +452,10 @@ class TransportManager:
     async def close(self) -> None:
         if self._reaper is not None:
             self._reaper.cancel()
-        for server in self._servers:
-            server.close()
+        for acceptor in self._acceptors:
+            await acceptor.close()
         for proto in self._udp.values():
             if proto.transport is not None:
                 proto.transport.close()
         for conn in list(self._connections.values()):
             conn.close()
-        for server in self._servers:
-            await server.wait_closed()

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import WSMsgType, web
 
 from ..sip.peer import Peer
+from .httpserver import CLIENT_KEY
 from .manager import TransportError, TransportManager
 
 log = logging.getLogger("vivait_sip.transport")
@@ -72,7 +73,12 @@ def make_ws_handler(
             protocols=(SUBPROTOCOL,), max_msg_size=manager.limits.max_message_bytes, heartbeat=30.0
         )
         await ws.prepare(request)
-        host, port = (request.transport.get_extra_info("peername") or ("0.0.0.0", 0))[:2] if request.transport else ("0.0.0.0", 0)
+        # The client as the HTTP server admitted it (a PROXY header or X-Forwarded-For from
+        # a trusted proxy), so bans and `received=` apply to it and not to the proxy.
+        client = request.get(CLIENT_KEY)
+        if client is None:
+            client = (request.transport.get_extra_info("peername") or ("0.0.0.0", 0))[:2] if request.transport else ("0.0.0.0", 0)
+        host, port = client
         peer = Peer(transport_name, host, port, manager.new_conn_id())
         conn = WsConnection(manager, ws, peer)
         if not manager.admit_external(conn):
