@@ -182,7 +182,7 @@ def test_pending_tls_handshakes_leave_admin_and_fresh_clients_working(tmp_path: 
         assert srv.stop() == 0
     log = "\n".join(srv.output)
     assert "event=file_limit_raised from=256 to=1024" in log
-    assert "event=connection_refused listener='tls:127.0.0.1:" in log and "reason=per_ip_limit" in log
+    assert "event=connection_refused listener=tls:127.0.0.1:" in log and "reason=per_ip_limit" in log
     assert "event=tls_handshake_failed" in log and "reason=timeout" in log
     # Throttled: 360 refusals and 640 timeouts are a handful of lines, not a thousand.
     assert log.count("event=connection_refused") <= 40
