@@ -38,11 +38,13 @@ from .sip.address import Listener
 from .sip.message import Limits, Request
 from .sip.peer import Peer
 from .sip.transaction import TimerConfig
+from .sip.uri import SipUri
 from .store.private import private_dir
 from .transport.accept import ConnectionGate, parse_networks
 from .transport.fdlimit import accept_budget, raise_nofile_limit
 from .transport.httpserver import HttpLimits, HttpServer
 from .transport.manager import TransportManager
+from .transport.resolver import ResolveError, Resolver
 from .transport.ws import make_ws_handler
 from .workers import (
     BOOTSTRAP_CALL,
@@ -152,6 +154,7 @@ class Application:
         self.transports.on_send_failed = self._send_failed
         self.transports.on_framing_error = self.core.reject_unframeable
         self._calls: dict[str, CallHandler] = {}
+        self._resolver = Resolver()
         self._ready: dict[int, asyncio.Future[None]] = {}
         if self.cluster is not None:
             self._wire_cluster(self.cluster)
@@ -227,6 +230,14 @@ class Application:
             self._send(data, peer)
         except Exception as exc:  # a dead connection: nothing to answer on
             log.debug("event=send_raw_failed peer=%s error=%r", peer, str(exc))
+
+    async def resolve(self, uri: SipUri) -> list[Peer]:
+        try:
+            targets = await self._resolver.resolve(uri)
+        except ResolveError as exc:
+            log.info("event=resolve_failed uri=%r error=%r", str(uri), str(exc))
+            return []
+        return [Peer(t.transport, t.host, t.port) for t in targets]
 
     def feature(self, cls: type[F]) -> F | None:
         for feature in self.features:

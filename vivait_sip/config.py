@@ -281,10 +281,18 @@ def default_config() -> CoreConfig:
 
 
 def config_from_data(data: Any) -> CoreConfig:
+    """Validate a whole document: every model first, then the features' checks across
+    sections (`Feature.check_config`); all errors at once."""
     try:
-        return config_model().model_validate(data)
+        config = config_model().model_validate(data)
     except ValidationError as exc:
         raise ConfigError(validation_errors(exc)) from None
+    from .features import feature_classes
+
+    errors = [line for cls in feature_classes() for line in cls.check_config(config)]
+    if errors:
+        raise ConfigError(errors)
+    return config
 
 
 def config_from_json(text: str) -> CoreConfig:

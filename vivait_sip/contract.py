@@ -227,6 +227,10 @@ class Host(LocalDomains, Protocol):
         """Bytes straight to the transport, no transaction (stateless answers)."""
         ...
 
+    async def resolve(self, uri: SipUri) -> list[Peer]:
+        """RFC 3263: the ordered next hops for `uri` (NAPTR, SRV, A/AAAA); [] when none."""
+        ...
+
     def feature(self, cls: type[F]) -> F | None:
         """Another feature's instance in this process, if loaded."""
         ...
@@ -258,6 +262,12 @@ class Feature(Generic[S]):
             raise TypeError(f"feature {cls.name} has no config section")
         value: S = getattr(config, cls.config_key)
         return value
+
+    @classmethod
+    def check_config(cls, config: CoreConfig) -> list[str]:
+        """Checks across sections once every model is valid (a flow a rule names exists,
+        a user a DID maps to...): `path: message` lines, [] when all is well."""
+        return []
 
     # ---- SIP ------------------------------------------------------------------------------
     def request_handlers(self) -> Mapping[str, RequestHandler]:
