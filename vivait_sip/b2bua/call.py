@@ -1,0 +1,727 @@
+"""A call: one inbound (UAS) leg bridged to one or more outbound (UAC) legs.
+
+Pure logic over the user-agent layer's events: nothing here reads a clock, touches a
+socket or awaits.  The feature (`feature.py`) does the asynchronous work — authentication,
+routing, mdflow admission, locating contacts, resolving trunks — and hands the call its
+outcome (`ring`, `fail`, `queued`); every UA event of the call's requests and dialogs
+comes back through `on_event`.  The in-memory harness (tests/b2bua) drives the same
+class with a fake clock.
+
+Each leg has its own Call-ID (minted to hash to this worker), tags and CSeq space; the
+UA layer does each leg's transactions, PRACK, session timers and digest.  The bridge
+relays what crosses: provisional responses (180; 183 with its SDP), the final response,
+CANCEL, BYE, re-INVITE / UPDATE offer-answer, INFO, and the ACK of a late offer.  SDP
+passes through unchanged; `MediaSeam` is where anchoring will rewrite it (the media
+issue).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+from ..contract import SipService
+from ..sip.auth import Credentials
+from ..sip.message import Request, Response
+from ..sip.peer import Peer
+from ..sip.ua import (
+    AckReceived,
+    DialogEnded,
+    RequestCancelled,
+    RequestFailed,
+    RequestPending,
+    RequestReceived,
+    ResponseReceived,
+    UaError,
+    UaEvent,
+)
+from ..sip.uri import SipUri
+
+COMPLETED_ELSEWHERE = 'SIP;cause=200;text="Call completed elsewhere"'
+# In-dialog requests relayed to the other leg (and their answer relayed back).
+RELAYED_METHODS = frozenset(("INVITE", "UPDATE", "INFO", "MESSAGE"))
+# Headers copied from one leg's request to the other's.
+_RELAYED_HEADERS = ("content-type", "reason", "info-package", "recv-info")
+
+
+@dataclass(frozen=True, slots=True)
+class Dest:
+    """One outbound attempt: whom to call and how."""
+
+    uri: str  # Request-URI
+    destinations: tuple[Peer, ...]  # next hops in RFC 3263 order (a phone: the flow it registered over)
+    to: str  # To header
+    from_: str  # From header (our caller identity towards this leg)
+    label: str  # what was dialled on this leg (user, extension, number), for the CDR
+    headers: tuple[tuple[str, str], ...] = ()  # Route (Path), P-Asserted-Identity, Privacy...
+    credentials: Credentials | None = None  # a trunk that challenges us
+    trunk: str | None = None
+
+
+class Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
+class MediaSeam(Protocol):
+    """Where SDP crosses the bridge: the identity by default; the media issue anchors
+    calls here (rtpengine-shaped offer/answer)."""
+
+    def offer(self, call: Call, leg: str, sdp: bytes) -> bytes: ...
+
+    def answer(self, call: Call, leg: str, sdp: bytes) -> bytes: ...
+
+
+class PassThrough:
+    """SDP unchanged: phones on one network talk RTP end to end."""
+
+    def offer(self, call: Call, leg: str, sdp: bytes) -> bytes:
+        return sdp
+
+    def answer(self, call: Call, leg: str, sdp: bytes) -> bytes:
+        return sdp
+
+
+class CallEnv(Protocol):
+    """What a call needs from its feature."""
+
+    @property
+    def sip(self) -> SipService: ...
+
+    @property
+    def owner(self) -> str: ...
+
+    @property
+    def media(self) -> MediaSeam: ...
+
+    def now(self) -> float: ...
+
+    def new_call_id(self) -> str: ...
+
+    def later(self, delay: float, fn: Callable[[], None]) -> Cancellable: ...
+
+    def bind(self, call: Call, *, request_id: int | None = None, dialog_id: int | None = None) -> None:
+        """Route the UA events of this request or dialog to `call.on_event`."""
+        ...
+
+    def leg_ended(self, call: Call, leg: OutLeg) -> None:
+        """An outbound leg is over (trunk accounting, failure reporting)."""
+        ...
+
+    def redirect(self, call: Call, targets: list[SipUri]) -> None:
+        """A callee answered 3xx: route these targets (the feature calls `ring` again)."""
+        ...
+
+    def ended(self, call: Call) -> None:
+        """The call is over: write its CDR, forget it."""
+        ...
+
+
+class CallState(StrEnum):
+    ROUTING = "routing"  # authenticated, being routed / admitted
+    QUEUED = "queued"  # waiting in an mdflow DNIS queue
+    RINGING = "ringing"  # outbound legs placed
+    ANSWERED = "answered"
+    ENDED = "ended"
+
+
+class LegState(StrEnum):
+    TRYING = "trying"
+    EARLY = "early"
+    ANSWERED = "answered"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    ENDED = "ended"
+
+
+_leg_ids = itertools.count(1)
+
+
+@dataclass(eq=False, slots=True)
+class OutLeg:
+    dest: Dest
+    request_id: int
+    call_id: str
+    started_at: float
+    leg_id: str = field(default_factory=lambda: f"leg{next(_leg_ids)}")
+    state: LegState = LegState.TRYING
+    status: int | None = None
+    cause: str | None = None
+    answered_at: float | None = None
+    ended_at: float | None = None
+    dialogs: set[int] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class _Relay:
+    """An in-dialog request we forwarded to the other leg, to answer when it answers."""
+
+    incoming: int  # request id to answer
+    from_inbound: bool  # the request came from the caller's leg
+    method: str
+    late_offer: bool  # a re-INVITE without SDP: the ACK carries the answer across
+
+
+class Call:
+    """One call; see the module docstring."""
+
+    def __init__(
+        self,
+        env: CallEnv,
+        request_id: int,
+        request: Request,
+        peer: Peer,
+        *,
+        call_uuid: str,
+        caller: str,
+        callee: str,
+        user: str | None = None,
+        trunk: str | None = None,
+        did: str | None = None,
+        ring_s: float = 60.0,
+        max_redirects: int = 3,
+    ) -> None:
+        self.env = env
+        self.request_id = request_id
+        self.request = request
+        self.peer = peer
+        self.call_uuid = call_uuid
+        self.caller = caller
+        self.callee = callee
+        self.user = user
+        self.trunk = trunk
+        self.did = did
+        self.ring_s = ring_s
+        self.redirects_left = max_redirects
+        self.state = CallState.ROUTING
+        self.started_at = env.now()
+        self.answered_at: float | None = None
+        self.ended_at: float | None = None
+        self.rule: str | None = None
+        self.flow: str | None = None
+        self.flow_outcome: str | None = None
+        self.callee_user: str | None = None
+        self.linked_to: str | None = None
+        self.legs: list[OutLeg] = []
+        self.failover: list[list[Dest]] = []  # groups still to try
+        self.in_dialog: int | None = None  # the caller's dialog (once we answered or sent 18x)
+        self.out_dialog: int | None = None  # the winning callee dialog
+        self.winner: OutLeg | None = None
+        self.final_status: int | None = None  # what the caller got
+        self.cancelled = False
+        self.hangup_side = "system"
+        self.hangup_cause = ""
+        self.held: set[str] = set()  # "caller" / "callee" when that side put the call on hold
+        self.provisional_sent = 0  # status of the last provisional relayed to the caller
+        self.early_sdp_from: OutLeg | None = None
+        self.late_offer = not request.body
+        self._relays: dict[int, _Relay] = {}  # our relayed request id → what to answer
+        self._acks_due: dict[int, int] = {}  # caller's re-INVITE request id → callee dialog awaiting its ACK
+        self._ring_timer: Cancellable | None = None
+        self._best: tuple[int, str | None] | None = None  # best final failure so far
+        self.extra: dict[str, object] = {}
+        env.bind(self, request_id=request_id)
+
+    # ---- inputs from the feature ------------------------------------------------------------
+    def queued(self, ringing: bool) -> None:
+        """Waiting in an mdflow DNIS queue; 180 to the caller if the rule says so."""
+        if self.state is not CallState.ROUTING:
+            return
+        self.state = CallState.QUEUED
+        if ringing:
+            self._provisional(180, None, b"", [], reliable=False)
+
+    def ring(self, groups: Sequence[Sequence[Dest]], *, ring_s: float | None = None) -> None:
+        """Place the legs: every Dest of the first group in parallel (forking); the next
+        group is tried when all of one fail with 503, 408 or a transport error (trunk
+        failover).  Nothing to ring: 480."""
+        if self.state in (CallState.ANSWERED, CallState.ENDED) or self.cancelled:
+            return
+        self.failover = [list(g) for g in groups if g]
+        if not self.failover:
+            if not self.legs or all(_finished(leg) for leg in self.legs):
+                self.fail(*(self._best or (480, None)))
+            return
+        self.state = CallState.RINGING
+        if self._ring_timer is None:
+            self._ring_timer = self.env.later(ring_s or self.ring_s, self._ring_timeout)
+        self._place(self.failover.pop(0))
+
+    def fail(self, status: int, reason: str | None = None, *, retry_after: int | None = None) -> None:
+        """Answer the caller with a final failure (a hangup target, a routing error)."""
+        if self.state is CallState.ENDED or self.final_status is not None:
+            return
+        headers = [("Retry-After", str(retry_after))] if retry_after is not None else []
+        self._answer_caller(status, reason, headers=headers)
+        self._cancel_legs(None)
+        self.hangup_cause = reason or str(status)
+        self._finish()
+
+    def hangup(self, cause: str = "admin") -> None:
+        """End the call from our side (`ctl hangup`, drain on SIGTERM): BYE to both legs
+        when answered, else 480/503 to the caller and CANCEL to the callees."""
+        if self.state is CallState.ENDED:
+            return
+        self.hangup_side = "system"
+        self.hangup_cause = cause
+        if self.state is CallState.ANSWERED:
+            reason = [("Reason", f'SIP;cause=200;text="{cause}"')]
+            for dialog in (self.in_dialog, self.out_dialog):
+                self._bye(dialog, reason)
+            self._finish()
+        else:
+            self.fail(503 if cause == "shutdown" else 480, f"Temporarily Unavailable ({cause})")
+
+    # ---- UA events --------------------------------------------------------------------------
+    def on_event(self, event: UaEvent) -> None:
+        if isinstance(event, ResponseReceived):
+            self._on_response(event)
+        elif isinstance(event, RequestFailed):
+            leg = self._leg(event.request_id)
+            if leg is not None:
+                self._leg_failed(leg, event.status, event.reason)
+            else:
+                self._relay_failed(event.request_id, event.status)
+        elif isinstance(event, RequestCancelled):
+            self._on_cancelled(event)
+        elif isinstance(event, RequestReceived):
+            self._on_request(event)
+        elif isinstance(event, AckReceived):
+            self._on_ack(event)
+        elif isinstance(event, DialogEnded):
+            self._on_dialog_ended(event)
+
+    # ---- outbound legs ----------------------------------------------------------------------
+    def _place(self, group: list[Dest]) -> None:
+        env = self.env
+        sip = env.sip
+        body = b"" if self.late_offer else env.media.offer(self, "callee", self.request.body)
+        content_type = self.request.headers.get("content-type") or "application/sdp"
+        max_forwards = self.request.max_forwards
+        for dest in group:
+            headers = list(dest.headers)
+            if body:
+                headers.append(("Content-Type", content_type))
+            if max_forwards is not None:
+                headers.append(("Max-Forwards", str(max(0, max_forwards - 1))))
+            call_id = env.new_call_id()
+            try:
+                request_id = sip.send_request(
+                    "INVITE",
+                    dest.uri,
+                    owner=env.owner,
+                    destinations=dest.destinations,
+                    from_=dest.from_,
+                    to=dest.to,
+                    call_id=call_id,
+                    headers=headers,
+                    body=body,
+                    credentials=dest.credentials,
+                    auto_ack=not self.late_offer,
+                )
+            except UaError:
+                self._note_failure(503, "overloaded")
+                continue
+            leg = OutLeg(dest, request_id, call_id, env.now())
+            self.legs.append(leg)
+            env.bind(self, request_id=request_id)
+        if not any(leg.state in (LegState.TRYING, LegState.EARLY) for leg in self.legs):
+            self._all_failed()
+
+    def _leg(self, request_id: int) -> OutLeg | None:
+        for leg in self.legs:
+            if leg.request_id == request_id:
+                return leg
+        return None
+
+    def _leg_of_dialog(self, dialog_id: int) -> OutLeg | None:
+        for leg in self.legs:
+            if dialog_id in leg.dialogs:
+                return leg
+        return None
+
+    def _on_response(self, event: ResponseReceived) -> None:
+        leg = self._leg(event.request_id)
+        if leg is None:
+            self._relay_answered(event)
+            return
+        resp = event.response
+        status = resp.status
+        if event.dialog_id is not None and event.dialog_id not in leg.dialogs:
+            leg.dialogs.add(event.dialog_id)
+            self.env.bind(self, dialog_id=event.dialog_id)
+        if status < 200:
+            if leg.state is LegState.TRYING:
+                leg.state = LegState.EARLY
+            self._relay_provisional(leg, resp)
+        elif status < 300:
+            self._leg_answered(leg, event.dialog_id, resp)
+        elif status < 400 and self.redirects_left > 0 and self.state is CallState.RINGING:
+            self.redirects_left -= 1
+            leg.state = LegState.FAILED
+            leg.status = status
+            leg.ended_at = self.env.now()
+            self.env.leg_ended(self, leg)
+            targets = [c.uri for c in (resp.contacts or [])]
+            if targets:
+                self.env.redirect(self, targets)
+            else:
+                self._leg_failed(leg, 480, "redirect without Contact", already=True)
+        else:
+            self._leg_failed(leg, status, resp.headers.get("reason") or resp.reason)
+
+    def _relay_provisional(self, leg: OutLeg, resp: Response) -> None:
+        if self.state is not CallState.RINGING or self.final_status is not None:
+            return
+        status = resp.status
+        body = b""
+        headers: list[tuple[str, str]] = []
+        if resp.body and self.early_sdp_from in (None, leg) and not self.late_offer:
+            body = self.env.media.answer(self, "caller", resp.body)
+            headers.append(("Content-Type", resp.headers.get("content-type") or "application/sdp"))
+            self.early_sdp_from = leg
+        elif status == self.provisional_sent or (status == 180 and self.provisional_sent == 183):
+            return  # once is enough: forks ring in parallel, the caller hears one ringing
+        reliable = "100rel" in resp.option_tags("require") or "100rel" in self.request.option_tags("require")
+        self._provisional(status, resp.reason, body, headers, reliable=reliable)
+
+    def _provisional(self, status: int, reason: str | None, body: bytes, headers: list[tuple[str, str]], *, reliable: bool) -> None:
+        contact = self.env.sip.contact_for(self.peer)
+        dialog = self.env.sip.respond(
+            self.request_id, status, reason, headers=[*headers, ("Contact", contact)], body=body, reliable=reliable
+        )
+        self.provisional_sent = status
+        if dialog is not None and self.in_dialog is None:
+            self.in_dialog = dialog
+            self.env.bind(self, dialog_id=dialog)
+
+    def _leg_answered(self, leg: OutLeg, dialog_id: int | None, resp: Response) -> None:
+        if dialog_id is None:
+            return
+        if self.winner is not None or self.state is not CallState.RINGING or self.final_status is not None:
+            # A second 2xx (another fork or leg that raced the first): ACKed by the UA, hung up here.
+            self.env.sip.bye(dialog_id, headers=[("Reason", COMPLETED_ELSEWHERE)])
+            return
+        now = self.env.now()
+        self.winner = leg
+        self.out_dialog = dialog_id
+        leg.state = LegState.ANSWERED
+        leg.status = resp.status
+        leg.answered_at = now
+        self.answered_at = now
+        self.state = CallState.ANSWERED
+        if self._ring_timer is not None:
+            self._ring_timer.cancel()
+            self._ring_timer = None
+        for other in self.legs:
+            if other is not leg and other.state in (LegState.TRYING, LegState.EARLY):
+                self._cancel_leg(other, COMPLETED_ELSEWHERE)
+        self.failover = []
+        body = self.env.media.answer(self, "caller", resp.body) if resp.body else b""
+        headers = [("Contact", self.env.sip.contact_for(self.peer))]
+        if body:
+            headers.append(("Content-Type", resp.headers.get("content-type") or "application/sdp"))
+        dialog = self.env.sip.respond(self.request_id, 200, headers=headers, body=body)
+        self.final_status = 200
+        if dialog is None:  # the caller cancelled in the same instant: the callee goes
+            self._bye(dialog_id, [("Reason", 'SIP;cause=487;text="Caller cancelled"')])
+            self.hangup_side = "caller"
+            self.hangup_cause = "cancelled"
+            self.cancelled = True
+            self._finish()
+            return
+        if dialog != self.in_dialog:
+            self.in_dialog = dialog
+            self.env.bind(self, dialog_id=dialog)
+
+    def _leg_failed(self, leg: OutLeg, status: int, reason: str | None, *, already: bool = False) -> None:
+        if not already:
+            if _finished(leg):
+                return
+            leg.state = LegState.CANCELLED if status == 487 and self.cancelled else LegState.FAILED
+            leg.status = status
+            leg.cause = reason
+            leg.ended_at = self.env.now()
+            self.env.leg_ended(self, leg)
+        if self.state is not CallState.RINGING:
+            return
+        self._note_failure(status, reason)
+        if all(_finished(other) for other in self.legs):
+            self._all_failed()
+
+    def _note_failure(self, status: int, reason: str | None) -> None:
+        """RFC 3261 §16.7: keep the best final response to give the caller."""
+        if self._best is None or _rank(status) < _rank(self._best[0]):
+            self._best = (status, reason)
+
+    def _all_failed(self) -> None:
+        best = self._best or (480, None)
+        if self.failover and best[0] in (408, 500, 503, 504):
+            self._place(self.failover.pop(0))  # the next trunk
+            return
+        self.fail(best[0], best[1])
+
+    def _ring_timeout(self) -> None:
+        self._ring_timer = None
+        if self.state is CallState.RINGING and self.final_status is None:
+            self.hangup_cause = "no answer"
+            self._best = (480, "Temporarily Unavailable (no answer)")
+            self.failover = []
+            self.fail(480, "Temporarily Unavailable (no answer)")
+
+    def _cancel_legs(self, reason: str | None) -> None:
+        for leg in self.legs:
+            if leg.state in (LegState.TRYING, LegState.EARLY):
+                self._cancel_leg(leg, reason)
+
+    def _cancel_leg(self, leg: OutLeg, reason: str | None) -> None:
+        leg.state = LegState.CANCELLED
+        leg.status = 487
+        leg.cause = reason
+        leg.ended_at = self.env.now()
+        self.env.sip.cancel(leg.request_id, reason=reason)
+        self.env.leg_ended(self, leg)
+
+    # ---- the caller ---------------------------------------------------------------------------
+    def _answer_caller(self, status: int, reason: str | None, *, headers: list[tuple[str, str]] | None = None) -> None:
+        if self.final_status is not None:
+            return
+        self.final_status = status
+        self.env.sip.respond(self.request_id, status, reason, headers=headers or [])
+
+    def _on_cancelled(self, event: RequestCancelled) -> None:
+        if event.request_id == self.request_id:
+            # The caller's CANCEL (answered 200 + 487 by the UA), or the UA gave up the INVITE.
+            self.final_status = self.final_status or 487
+            self.cancelled = event.reason == "cancel"
+            self.hangup_side = "caller" if self.cancelled else "system"
+            self.hangup_cause = "cancelled" if self.cancelled else event.reason
+            self._cancel_legs('SIP;cause=487;text="Caller cancelled"' if self.cancelled else None)
+            if self.out_dialog is not None:
+                self._bye(self.out_dialog, [])
+            self._finish()
+            return
+        relay = self._relays.pop(event.request_id, None)
+        if relay is None:
+            for ours, pending in list(self._relays.items()):
+                if pending.incoming == event.request_id:
+                    del self._relays[ours]
+
+    # ---- in-dialog requests -------------------------------------------------------------------
+    def _on_request(self, event: RequestReceived) -> None:
+        sip = self.env.sip
+        req = event.request
+        method = req.method
+        if event.dialog_id is None:
+            return
+        from_inbound = event.dialog_id == self.in_dialog
+        other = self.out_dialog if from_inbound else self.in_dialog
+        if method == "PRACK":
+            return  # answered by the UA; each leg has its own reliable provisionals
+        if self.state is not CallState.ANSWERED or other is None:
+            if method not in ("BYE", "ACK"):
+                sip.respond(event.request_id, 491 if method in ("INVITE", "UPDATE") else 481)
+            return
+        if method in ("INVITE", "UPDATE"):
+            self._track_hold(req.body, "caller" if from_inbound else "callee")
+        if method not in RELAYED_METHODS:
+            sip.respond(event.request_id, 200 if method == "OPTIONS" else 501)
+            return
+        body = req.body
+        if body and method in ("INVITE", "UPDATE"):
+            body = self.env.media.offer(self, "callee" if from_inbound else "caller", body)
+        headers = [(name, value) for name, value in _copy_headers(req)]
+        late_offer = method == "INVITE" and not req.body
+        try:
+            ours = sip.send_in_dialog(other, method, headers=headers, body=body, auto_ack=not late_offer)
+        except RequestPending:
+            sip.respond(event.request_id, 491)
+            return
+        except UaError:
+            sip.respond(event.request_id, 481)
+            return
+        self._relays[ours] = _Relay(event.request_id, from_inbound, method, late_offer)
+        self.env.bind(self, request_id=ours)
+
+    def _relay_answered(self, event: ResponseReceived) -> None:
+        relay = self._relays.get(event.request_id)
+        resp = event.response
+        if relay is None or resp.status < 200:
+            return
+        del self._relays[event.request_id]
+        headers = [(name, value) for name, value in _copy_headers(resp)]
+        body = resp.body
+        if body and relay.method in ("INVITE", "UPDATE"):
+            body = self.env.media.answer(self, "caller" if relay.from_inbound else "callee", body)
+        self.env.sip.respond(relay.incoming, resp.status, resp.reason, headers=headers, body=body)
+        if relay.late_offer and 200 <= resp.status < 300 and event.dialog_id is not None:
+            self._acks_due[relay.incoming] = event.dialog_id
+
+    def _relay_failed(self, request_id: int, status: int) -> None:
+        relay = self._relays.pop(request_id, None)
+        if relay is not None:
+            self.env.sip.respond(relay.incoming, status)
+
+    def _on_ack(self, event: AckReceived) -> None:
+        body = event.request.body
+        if event.request_id == self.request_id:
+            # The ACK of our 2xx to the caller: with a late offer it carries the answer.
+            if self.late_offer and self.out_dialog is not None:
+                self._ack_callee(self.out_dialog, body)
+            return
+        dialog = self._acks_due.pop(event.request_id, None)
+        if dialog is not None:
+            self._ack_callee(dialog, body)
+
+    def _ack_callee(self, dialog: int, body: bytes) -> None:
+        sdp = self.env.media.answer(self, "callee", body) if body else b""
+        headers = [("Content-Type", "application/sdp")] if sdp else []
+        try:
+            self.env.sip.ack(dialog, body=sdp, headers=headers)
+        except UaError:
+            return
+
+    def _track_hold(self, sdp: bytes, side: str) -> None:
+        if not sdp:
+            return
+        if _is_hold(sdp):
+            self.held.add(side)
+        else:
+            self.held.discard(side)
+
+    # ---- the end ----------------------------------------------------------------------------
+    def _on_dialog_ended(self, event: DialogEnded) -> None:
+        dialog_id = event.dialog_id
+        if dialog_id == self.in_dialog:
+            self.in_dialog = None
+            if self.state is CallState.ANSWERED:
+                self.hangup_side = "caller" if event.reason == "bye" else "system"
+                self.hangup_cause = _cause(event)
+                self._bye(self.out_dialog, _reason_of(event))
+                self.out_dialog = None
+                self._finish()
+            return
+        leg = self._leg_of_dialog(dialog_id)
+        if leg is None:
+            return
+        leg.dialogs.discard(dialog_id)
+        if dialog_id != self.out_dialog:
+            return  # a fork that never won
+        self.out_dialog = None
+        leg.state = LegState.ENDED
+        leg.ended_at = self.env.now()
+        leg.cause = _cause(event)
+        self.env.leg_ended(self, leg)
+        if self.state is CallState.ANSWERED:
+            self.hangup_side = "callee" if event.reason == "bye" else "system"
+            self.hangup_cause = _cause(event)
+            self._bye(self.in_dialog, _reason_of(event))
+            self.in_dialog = None
+            self._finish()
+
+    def _bye(self, dialog: int | None, headers: list[tuple[str, str]]) -> None:
+        if dialog is None:
+            return
+        try:
+            self.env.sip.bye(dialog, headers=headers)
+        except UaError:
+            return
+
+    def _finish(self) -> None:
+        if self.state is CallState.ENDED:
+            return
+        if self._ring_timer is not None:
+            self._ring_timer.cancel()
+            self._ring_timer = None
+        now = self.env.now()
+        self.state = CallState.ENDED
+        self.ended_at = now
+        for leg in self.legs:
+            if leg.ended_at is None:
+                leg.ended_at = now
+                if leg.state is LegState.ANSWERED:
+                    leg.state = LegState.ENDED
+                self.env.leg_ended(self, leg)
+        self.env.ended(self)
+
+    # ---- status -----------------------------------------------------------------------------
+    @property
+    def duration_s(self) -> float:
+        end = self.ended_at if self.ended_at is not None else self.env.now()
+        return max(0.0, end - self.started_at)
+
+    @property
+    def billable_s(self) -> float:
+        if self.answered_at is None:
+            return 0.0
+        end = self.ended_at if self.ended_at is not None else self.env.now()
+        return max(0.0, end - self.answered_at)
+
+    def snapshot(self) -> dict[str, object]:
+        """What `ctl calls` shows."""
+        return {
+            "call": self.call_uuid,
+            "call_id": self.request.call_id,
+            "state": "on_hold" if self.held and self.state is CallState.ANSWERED else str(self.state),
+            "caller": self.caller,
+            "callee": self.callee,
+            "user": self.user,
+            "trunk": self.trunk,
+            "duration_s": round(self.duration_s, 1),
+            "legs": [
+                {"leg": leg.leg_id, "call_id": leg.call_id, "target": leg.dest.label, "state": str(leg.state),
+                 "status": leg.status, "trunk": leg.dest.trunk}
+                for leg in self.legs
+            ],
+        }
+
+
+def _finished(leg: OutLeg) -> bool:
+    return leg.state in (LegState.FAILED, LegState.CANCELLED, LegState.ENDED)
+
+
+def _rank(status: int) -> tuple[int, int]:
+    """Lower is better (RFC 3261 §16.7 step 6): 6xx first, then busy-like 4xx (486, 600
+    already first), then other 4xx lowest code, 5xx last."""
+    if status >= 600:
+        return (0, status)
+    if status in (486, 487):
+        return (1, status)
+    if 400 <= status < 500:
+        return (2, 0 if status in (401, 407, 415, 420, 484) else status)
+    return (3, status)
+
+
+def _copy_headers(msg: Request | Response) -> list[tuple[str, str]]:
+    out = []
+    for key in _RELAYED_HEADERS:
+        for value in msg.headers.get_all(key):
+            out.append((key.title(), value))
+    return out
+
+
+def _is_hold(sdp: bytes) -> bool:
+    """A re-INVITE/UPDATE offer that puts the other side on hold (RFC 3264 §8.4)."""
+    text = sdp.decode("utf-8", "replace")
+    return "a=sendonly" in text or "a=inactive" in text or "c=IN IP4 0.0.0.0" in text
+
+
+def _cause(event: DialogEnded) -> str:
+    if event.reason == "bye" and event.request is not None:
+        reason = event.request.headers.get("reason")
+        if reason:
+            return f"bye ({reason[:80]})"
+    return event.reason
+
+
+def _reason_of(event: DialogEnded) -> list[tuple[str, str]]:
+    """The Reason of a BYE travels to the other leg (RFC 3326); our own causes too."""
+    if event.request is not None:
+        reason = event.request.headers.get("reason")
+        if reason:
+            return [("Reason", reason)]
+    if event.reason != "bye":
+        return [("Reason", f'SIP;cause=200;text="{event.reason}"')]
+    return []
