@@ -1,0 +1,243 @@
+"""HEP v3 (EEP) export: every SIP message, wrapped as Homer and `sngrep -L` expect, in
+one UDP datagram to each collector.
+
+A HEP3 packet is `"HEP3"`, its total length (16 bits), then chunks of (vendor 0, type,
+length including the 6-byte chunk header, value): address family, IP protocol (UDP 17;
+TCP 6 for TCP, TLS and WebSocket), source and destination address and port, timestamp
+(seconds, microseconds), protocol type 1 (SIP), capture agent id, the optional
+authentication key, and the message itself.
+
+Sampling is per Call-ID (crc32, so a dialog is exported whole or not at all).  Sending
+never blocks and never raises: a full socket buffer or an unreachable collector only
+counts an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ..sip.address import parse_hostport
+from ..sip.peer import Peer
+
+log = logging.getLogger("vivait_sip.trace")
+
+_HEADER = struct.Struct("!4sH")
+_CHUNK = struct.Struct("!HHH")
+_U8 = struct.Struct("!HHHB")
+_U16 = struct.Struct("!HHHH")
+_U32 = struct.Struct("!HHHI")
+PROTO_UDP = 17
+PROTO_TCP = 6
+MAX_PACKET = 65535
+_CALL_ID_NAMES = (b"\r\ncall-id:", b"\r\ni:")
+
+
+def _u8(kind: int, value: int) -> bytes:
+    return _U8.pack(0, kind, 7, value)
+
+
+def _u16(kind: int, value: int) -> bytes:
+    return _U16.pack(0, kind, 8, value)
+
+
+def _u32(kind: int, value: int) -> bytes:
+    return _U32.pack(0, kind, 10, value)
+
+
+def _blob(kind: int, value: bytes) -> bytes:
+    return _CHUNK.pack(0, kind, 6 + len(value)) + value
+
+
+_V4 = (_u8(1, socket.AF_INET), 3, 4, b"\0" * 4)
+_V6 = (_u8(1, 10), 5, 6, b"\0" * 16)  # HEP says 10 for IPv6 whatever the OS's AF_INET6
+_PROTO = {PROTO_UDP: _u8(2, PROTO_UDP), PROTO_TCP: _u8(2, PROTO_TCP)}
+_SIP = _u8(11, 1)
+
+
+def _packed(host: str) -> tuple[int, bytes] | None:
+    """(4 or 6, the address bytes), or None for a name or garbage."""
+    try:
+        return 4, socket.inet_pton(socket.AF_INET, host)
+    except OSError:
+        pass
+    try:
+        return 6, socket.inet_pton(socket.AF_INET6, host.strip("[]"))
+    except OSError:
+        return None
+
+
+def encode(
+    payload: bytes,
+    *,
+    proto: int,
+    src: tuple[str, int],
+    dst: tuple[str, int],
+    ts: float,
+    capture_id: int = 0,
+    auth_key: bytes = b"",
+) -> bytes:
+    """One HEP3 packet.  Addresses that are not IP literals, or of two families, are
+    written as the unspecified address of the other's family (IPv4 when neither is)."""
+    a, b = _packed(src[0]), _packed(dst[0])
+    version = a[0] if a is not None else b[0] if b is not None else 4
+    family, src_kind, dst_kind, zero = _V4 if version == 4 else _V6
+    src_bytes = a[1] if a is not None and a[0] == version else zero
+    dst_bytes = b[1] if b is not None and b[0] == version else zero
+    seconds = int(ts)
+    chunks = [
+        family,
+        _PROTO[proto],
+        _blob(src_kind, src_bytes),
+        _blob(dst_kind, dst_bytes),
+        _u16(7, src[1] & 0xFFFF),
+        _u16(8, dst[1] & 0xFFFF),
+        _u32(9, seconds),
+        _u32(10, int((ts - seconds) * 1_000_000) % 1_000_000),
+        _SIP,
+        _u32(12, capture_id & 0xFFFFFFFF),
+    ]
+    if auth_key:
+        chunks.append(_blob(14, auth_key))
+    chunks.append(_blob(15, payload))
+    body = b"".join(chunks)
+    return _HEADER.pack(b"HEP3", _HEADER.size + len(body)) + body
+
+
+@dataclass(frozen=True)
+class DecodedHep:
+    """What `decode` reads back (tests, and anyone debugging a collector)."""
+
+    proto: int
+    src: tuple[str, int]
+    dst: tuple[str, int]
+    ts: float
+    capture_id: int
+    auth_key: bytes
+    payload: bytes
+
+
+def decode(packet: bytes) -> DecodedHep:
+    magic, total = _HEADER.unpack_from(packet)
+    if magic != b"HEP3" or total != len(packet):
+        raise ValueError("not a HEP3 packet")
+    fields: dict[int, bytes] = {}
+    offset = _HEADER.size
+    while offset < total:
+        _vendor, kind, length = _CHUNK.unpack_from(packet, offset)
+        if length < _CHUNK.size:
+            raise ValueError("bad chunk length")
+        fields[kind] = packet[offset + _CHUNK.size : offset + length]
+        offset += length
+    six = 5 in fields
+    family = socket.AF_INET6 if six else socket.AF_INET
+    src = socket.inet_ntop(family, fields[5 if six else 3])
+    dst = socket.inet_ntop(family, fields[6 if six else 4])
+    return DecodedHep(
+        proto=fields[2][0],
+        src=(src, struct.unpack("!H", fields[7])[0]),
+        dst=(dst, struct.unpack("!H", fields[8])[0]),
+        ts=struct.unpack("!I", fields[9])[0] + struct.unpack("!I", fields[10])[0] / 1_000_000,
+        capture_id=struct.unpack("!I", fields[12])[0],
+        auth_key=fields.get(14, b""),
+        payload=fields[15],
+    )
+
+
+def call_id_of(data: bytes) -> bytes:
+    """The Call-ID value from raw bytes (empty when there is none)."""
+    end = data.find(b"\r\n\r\n")
+    head = (data if end < 0 else data[: end + 2]).lower()
+    for name in _CALL_ID_NAMES:
+        start = head.find(name)
+        if start >= 0:
+            start += len(name)
+            stop = head.find(b"\r\n", start)
+            # The value's case as sent: offsets are the same in `data`.
+            return data[start:stop].strip()
+    return b""
+
+
+def sampled(data: bytes, percent: float) -> bool:
+    """Whether the dialog of this message is in the `percent` exported."""
+    if percent >= 100:
+        return True
+    if percent <= 0:
+        return False
+    return zlib.crc32(call_id_of(data)) % 10000 < percent * 100
+
+
+class HepExporter:
+    """Sends one HEP3 packet per traced message to every collector (this process's own socket)."""
+
+    def __init__(
+        self, collectors: Iterable[str], *, sample_percent: float = 100.0, capture_id: int = 0, auth_key: str | None = None
+    ) -> None:
+        self.sample_percent = sample_percent
+        self.capture_id = capture_id
+        self.auth_key = (auth_key or "").encode()
+        self.names = list(collectors)
+        self.targets: list[tuple[socket.socket, tuple[str, int]]] = []
+        self._sockets: dict[int, socket.socket] = {}
+        self.sent = 0
+        self.errors = 0
+        self.sampled_out = 0
+        for name in self.names:
+            host, port = parse_hostport(name, "trace.hep.collectors")
+            try:
+                infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+            except OSError as exc:
+                log.error("event=hep_collector_unresolved collector=%s error=%r", name, str(exc))
+                continue
+            family, _, _, _, address = infos[0]
+            sock = self._sockets.get(family)
+            if sock is None:
+                sock = socket.socket(family, socket.SOCK_DGRAM)
+                sock.setblocking(False)
+                self._sockets[family] = sock
+            self.targets.append((sock, (str(address[0]), int(address[1]))))
+
+    def export(self, direction: str, data: bytes, peer: Peer, local: tuple[str, int], ts: float) -> None:
+        if self.sample_percent < 100 and not sampled(data, self.sample_percent):
+            self.sampled_out += 1
+            return
+        remote = (peer.host, peer.port)
+        src, dst = (remote, local) if direction == "in" else (local, remote)
+        packet = encode(
+            data,
+            proto=PROTO_UDP if peer.transport == "udp" else PROTO_TCP,
+            src=src,
+            dst=dst,
+            ts=ts,
+            capture_id=self.capture_id,
+            auth_key=self.auth_key,
+        )
+        if len(packet) > MAX_PACKET:
+            self.errors += 1  # a HEP3 length is 16 bits: a >64 KiB message cannot be sent
+            return
+        for sock, target in self.targets:
+            try:
+                sock.sendto(packet, target)
+                self.sent += 1
+            except OSError:
+                self.errors += 1
+
+    def status(self) -> dict[str, object]:
+        return {
+            "collectors": self.names,
+            "sample_percent": self.sample_percent,
+            "capture_id": self.capture_id,
+            "packets_sent": self.sent,
+            "send_errors": self.errors,
+            "sampled_out": self.sampled_out,
+        }
+
+    def close(self) -> None:
+        for sock in self._sockets.values():
+            sock.close()
+        self._sockets.clear()
+        self.targets = []
