@@ -4,8 +4,8 @@ The server traces messages, not packets, so each one gets synthetic headers: Eth
 (zero MACs), IPv4 or IPv6, and UDP (udp) or TCP (tcp, tls, ws, wss: TLS and WebSocket
 appear decrypted and unframed, as plain SIP over TCP, which is what one wants to read).
 TCP segments carry a per-direction sequence number that grows with the bytes sent, so
-Wireshark reassembles nothing and flags nothing; a message longer than one IP packet is
-split into several segments.  Checksums are computed.
+Wireshark flags nothing; a long message is split into several segments (which Wireshark
+reassembles).  Checksums are computed.
 """
 
 from __future__ import annotations
@@ -20,7 +20,10 @@ _GLOBAL = struct.Struct("<IHHiIII")
 _RECORD = struct.Struct("<IIII")
 _ETHER_V4 = b"\0" * 12 + b"\x08\x00"
 _ETHER_V6 = b"\0" * 12 + b"\x86\xdd"
-MAX_SEGMENT = 65000  # TCP payload per synthetic packet (an IPv4 total length is 16 bits)
+# TCP payload per synthetic packet: well under an IPv4 total length (16 bits) and under
+# the 20 KiB sngrep reads of one packet (it skips longer ones, and shows no SIP message
+# longer than that at all; Wireshark and tshark reassemble any size).
+MAX_SEGMENT = 16000
 
 
 def _checksum(data: bytes) -> int:
