@@ -84,6 +84,17 @@ def test_scan_and_filters() -> None:
     for bad in ({"ip": "999.1.1.1"}, {"method": "REG ISTER"}, {"user": "x" * 300}):
         with pytest.raises(ValueError):
             TraceFilter.create(**bad)
+    # The quick test on raw bytes never rules out a message the full test selects.
+    filters = [TraceFilter.create(**kw) for kw in ({}, {"user": "6140"}, {"user": "614"}, {"method": "REGISTER"}, {"method": "invite"},
+               {"call_id": "fmt-1@host"}, {"call_id": "fmt"}, {"ip": "10.0.0.0/8", "user": "6140"}, {"ip": "192.0.2.1"})]
+    for message in (REGISTER, OK, REGISTER.replace(b"REGISTER", b"register"), OK.replace(b"i: ", b"Call-ID : ")):
+        info = scan(message)
+        for flt in filters:
+            for host in ("10.1.1.1", "192.0.2.1", "::1"):
+                if flt.matches(info, host):
+                    assert flt.may_match(message, host), (flt, message)
+    assert scan(OK.replace(b"i: ", b"Call-ID : ")).call_id == "fmt-1@host"
+    assert not TraceFilter.create(user="6141").may_match(REGISTER, "10.0.0.1")
     # A message the SIP parser would refuse is still traced and matched.
     garbage = b"\x00\xffNOT SIP\r\nCall-ID: g1\r\n\r\n"
     assert scan(garbage).call_id == "g1"

@@ -142,9 +142,12 @@ class TraceFeature(Feature[TraceConfig]):
             throttle.log(log, logging.WARNING, "trace_error", "event=trace_error error=%r", repr(exc))
 
     def _select(self, ts: float, direction: str, data: bytes, peer: Peer, local: tuple[str, int]) -> None:
-        info = scan(data)
         host = peer.host
-        if not any(f.matches(info, host) for f in self.filters):
+        candidates = [f for f in self.filters if f.may_match(data, host)]
+        if not candidates:
+            return
+        info = scan(data)
+        if not any(f.matches(info, host) for f in candidates):
             return
         second = int(ts)
         if second != self._second:

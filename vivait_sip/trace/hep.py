@@ -28,35 +28,10 @@ log = logging.getLogger("vivait_sip.trace")
 
 _HEADER = struct.Struct("!4sH")
 _CHUNK = struct.Struct("!HHH")
-_U8 = struct.Struct("!HHHB")
-_U16 = struct.Struct("!HHHH")
-_U32 = struct.Struct("!HHHI")
 PROTO_UDP = 17
 PROTO_TCP = 6
 MAX_PACKET = 65535
 _CALL_ID_NAMES = (b"\r\ncall-id:", b"\r\ni:")
-
-
-def _u8(kind: int, value: int) -> bytes:
-    return _U8.pack(0, kind, 7, value)
-
-
-def _u16(kind: int, value: int) -> bytes:
-    return _U16.pack(0, kind, 8, value)
-
-
-def _u32(kind: int, value: int) -> bytes:
-    return _U32.pack(0, kind, 10, value)
-
-
-def _blob(kind: int, value: bytes) -> bytes:
-    return _CHUNK.pack(0, kind, 6 + len(value)) + value
-
-
-_V4 = (_u8(1, socket.AF_INET), 3, 4, b"\0" * 4)
-_V6 = (_u8(1, 10), 5, 6, b"\0" * 16)  # HEP says 10 for IPv6 whatever the OS's AF_INET6
-_PROTO = {PROTO_UDP: _u8(2, PROTO_UDP), PROTO_TCP: _u8(2, PROTO_TCP)}
-_SIP = _u8(11, 1)
 
 
 def _packed(host: str) -> tuple[int, bytes] | None:
@@ -71,6 +46,27 @@ def _packed(host: str) -> tuple[int, bytes] | None:
         return None
 
 
+# Everything before the optional key and the payload, in one pack: family, protocol,
+# addresses, ports, time, protocol type, capture id (IPv4 and IPv6 layouts).
+_FIXED = {
+    4: struct.Struct("!4sH HHHB HHHB HHH4s HHH4s HHHH HHHH HHHI HHHI HHHB HHHI"),
+    6: struct.Struct("!4sH HHHB HHHB HHH16s HHH16s HHHH HHHH HHHI HHHI HHHB HHHI"),
+}
+_ADDRESS_KINDS = {4: (2, 3, 4), 6: (10, 5, 6)}  # HEP's family code, src and dst chunk types
+_ZERO = {4: b"\0" * 4, 6: b"\0" * 16}
+_packed_cache: dict[str, tuple[int, bytes] | None] = {}
+
+
+def _address(host: str) -> tuple[int, bytes] | None:
+    hit = _packed_cache.get(host, False)
+    if hit is False:
+        hit = _packed(host)
+        if len(_packed_cache) > 4096:
+            _packed_cache.clear()
+        _packed_cache[host] = hit
+    return hit  # type: ignore[return-value]
+
+
 def encode(
     payload: bytes,
     *,
@@ -83,29 +79,32 @@ def encode(
 ) -> bytes:
     """One HEP3 packet.  Addresses that are not IP literals, or of two families, are
     written as the unspecified address of the other's family (IPv4 when neither is)."""
-    a, b = _packed(src[0]), _packed(dst[0])
+    a, b = _address(src[0]), _address(dst[0])
     version = a[0] if a is not None else b[0] if b is not None else 4
-    family, src_kind, dst_kind, zero = _V4 if version == 4 else _V6
+    zero = _ZERO[version]
     src_bytes = a[1] if a is not None and a[0] == version else zero
     dst_bytes = b[1] if b is not None and b[0] == version else zero
+    fixed = _FIXED[version]
+    family, src_kind, dst_kind = _ADDRESS_KINDS[version]
+    alen = len(zero) + 6
+    key = _CHUNK.pack(0, 14, 6 + len(auth_key)) + auth_key if auth_key else b""
+    tail = _CHUNK.pack(0, 15, 6 + len(payload))
+    total = fixed.size + len(key) + len(tail) + len(payload)
     seconds = int(ts)
-    chunks = [
-        family,
-        _PROTO[proto],
-        _blob(src_kind, src_bytes),
-        _blob(dst_kind, dst_bytes),
-        _u16(7, src[1] & 0xFFFF),
-        _u16(8, dst[1] & 0xFFFF),
-        _u32(9, seconds),
-        _u32(10, int((ts - seconds) * 1_000_000) % 1_000_000),
-        _SIP,
-        _u32(12, capture_id & 0xFFFFFFFF),
-    ]
-    if auth_key:
-        chunks.append(_blob(14, auth_key))
-    chunks.append(_blob(15, payload))
-    body = b"".join(chunks)
-    return _HEADER.pack(b"HEP3", _HEADER.size + len(body)) + body
+    head = fixed.pack(
+        b"HEP3", total & 0xFFFF,
+        0, 1, 7, family,
+        0, 2, 7, proto,
+        0, src_kind, alen, src_bytes,
+        0, dst_kind, alen, dst_bytes,
+        0, 7, 8, src[1] & 0xFFFF,
+        0, 8, 8, dst[1] & 0xFFFF,
+        0, 9, 10, seconds & 0xFFFFFFFF,
+        0, 10, 10, int((ts - seconds) * 1_000_000) % 1_000_000,
+        0, 11, 7, 1,
+        0, 12, 10, capture_id & 0xFFFFFFFF,
+    )
+    return b"".join((head, key, tail, payload))  # callers drop it when over MAX_PACKET
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,11 @@ from dataclasses import dataclass, field
 
 MAX_FILTER_CHARS = 256
 _METHOD_RE = re.compile(r"[A-Za-z]{1,32}")
-# Long and compact header names (RFC 3261 §7.3.3) of the headers a filter looks at.
-_HEADERS = {"call-id": "call-id", "i": "call-id", "from": "from", "f": "from", "to": "to", "t": "to", "cseq": "cseq"}
+# The headers a filter looks at, long and compact names (RFC 3261 §7.3.3), at a line start.
+_NAMES = (
+    (b"\r\ncall-id:", "call-id"), (b"\r\ni:", "call-id"), (b"\r\nfrom:", "from"), (b"\r\nf:", "from"),
+    (b"\r\nto:", "to"), (b"\r\nt:", "to"), (b"\r\ncseq:", "cseq"),
+)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -52,39 +55,49 @@ def _uri_user(text: str) -> str | None:
     return user.split(":", 1)[0] or None
 
 
+def _header_values(head: bytes) -> dict[str, bytes]:
+    """First value of each header of `_NAMES` (`head` starts at the CRLF ending the start line)."""
+    lower = head.lower()
+    if b" :" in lower or b"\t:" in lower:  # whitespace before the colon: rare, slow path
+        lower = re.sub(rb"[ \t]+:", b":", lower)
+        head = re.sub(rb"[ \t]+:", b":", head)
+    found: dict[str, bytes] = {}
+    for name, kind in _NAMES:
+        if kind in found:
+            continue
+        start = lower.find(name)
+        if start >= 0:
+            start += len(name)
+            stop = lower.find(b"\r\n", start)
+            found[kind] = head[start : stop if stop >= 0 else len(head)].strip()
+    return found
+
+
 def scan(data: bytes) -> MessageInfo:
+    data = data.lstrip(b"\r\n")
     end = data.find(b"\r\n\r\n")
-    head = (data if end < 0 else data[:end]).decode("utf-8", "replace")
-    lines = head.lstrip("\r\n").split("\r\n")
-    first = lines[0] if lines else ""
+    head = data if end < 0 else data[: end + 2]
+    line_end = head.find(b"\r\n")
+    first = (head if line_end < 0 else head[:line_end]).decode("utf-8", "replace")
     request = not first.startswith("SIP/")
     method = ""
     users: list[str] = []
     if request:
         parts = first.split(" ")
-        method = parts[0].upper() if parts else ""
+        method = parts[0].upper()
         if len(parts) > 1:
             user = _uri_user(parts[1])
             if user:
                 users.append(user)
-    call_id = ""
-    cseq_method = ""
-    for line in lines[1:]:
-        name, colon, value = line.partition(":")
-        if not colon:
-            continue
-        which = _HEADERS.get(name.strip().lower())
-        if which is None:
-            continue
-        value = value.strip()
-        if which == "call-id":
-            call_id = value
-        elif which == "cseq":
-            cseq_method = value.rpartition(" ")[2].upper()
-        else:
-            user = _uri_user(value)
+    values = _header_values(head[line_end:]) if line_end >= 0 else {}
+    for kind in ("from", "to"):
+        value = values.get(kind)
+        if value is not None:
+            user = _uri_user(value.decode("utf-8", "replace"))
             if user:
                 users.append(user)
+    call_id = values.get("call-id", b"").decode("utf-8", "replace")
+    cseq_method = values.get("cseq", b"").rpartition(b" ")[2].decode("utf-8", "replace").upper()
     return MessageInfo(request, method or cseq_method, call_id, tuple(users), first)
 
 
@@ -103,6 +116,8 @@ class TraceFilter:
     ip: str | None = None
     method: str | None = None
     _network: Network | None = field(default=None, compare=False, repr=False)
+    _hosts: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
+    _needles: tuple[bytes, ...] = field(default=(), compare=False, repr=False)  # exact bytes that must occur
 
     @classmethod
     def create(
@@ -122,7 +137,8 @@ class TraceFilter:
             if not _METHOD_RE.fullmatch(method):
                 raise ValueError(f"method: {method!r} is not a SIP method")
             method = method.upper()
-        return cls(user, call_id, ip, method, network)
+        needles = tuple(v.encode("utf-8", "replace") for v in (call_id, user) if v is not None)
+        return cls(user, call_id, ip, method, network, {}, needles)
 
     @classmethod
     def from_dict(cls, data: dict[str, str | None]) -> TraceFilter:
@@ -131,6 +147,30 @@ class TraceFilter:
     def to_dict(self) -> dict[str, str | None]:
         return {"user": self.user, "call_id": self.call_id, "ip": self.ip, "method": self.method}
 
+    def may_match(self, data: bytes, remote_host: str) -> bool:
+        """A cheap test on the raw bytes that only rules out: False means `matches` would
+        be False too (the text a field must equal is not even in the message)."""
+        if self._network is not None and not self._host_in_network(remote_host):
+            return False
+        for needle in self._needles:
+            if needle not in data:
+                return False
+        return self.method is None or self.method.encode() in data.upper()
+
+    def _host_in_network(self, host: str) -> bool:
+        hit = self._hosts.get(host)
+        if hit is None:
+            try:
+                address = ipaddress.ip_address(host.strip("[]"))
+            except ValueError:
+                hit = False
+            else:
+                hit = self._network is not None and address.version == self._network.version and address in self._network
+            if len(self._hosts) > 4096:
+                self._hosts.clear()
+            self._hosts[host] = hit
+        return hit
+
     def matches(self, info: MessageInfo, remote_host: str) -> bool:
         if self.call_id is not None and info.call_id != self.call_id:
             return False
@@ -138,14 +178,7 @@ class TraceFilter:
             return False
         if self.user is not None and self.user not in info.users:
             return False
-        if self._network is not None:
-            try:
-                address = ipaddress.ip_address(remote_host.strip("[]"))
-            except ValueError:
-                return False
-            if address.version != self._network.version or address not in self._network:
-                return False
-        return True
+        return self._network is None or self._host_in_network(remote_host)
 
     def describe(self) -> str:
         parts = [f"{k}={v}" for k, v in self.to_dict().items() if v is not None]
