@@ -143,3 +143,20 @@ def test_render_status_escapes_and_bounds() -> None:
     assert "... and 10 more" in text
     assert re.search(r"^    name +x +y$", text, re.M) and re.search(r"^    b +2 +\\x1b\[2J$", text, re.M)
     assert re.search(r"^  transport_received +6$", text, re.M) and re.search(r"^  requests_in +5$", text, re.M)
+
+
+def test_grafana_dashboard_queries_parse_and_use_served_families(server: Server, tmp_path: Path) -> None:
+    dashboard = json.loads((Path(__file__).resolve().parents[2] / "examples" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert len(exprs) > 20
+    concrete = [e.replace("$__rate_interval", "5m").replace("$__range", "1h").replace("$job", ".*").replace("$instance", ".*") for e in exprs]
+    rules = tmp_path / "rules.yml"
+    rules.write_text("groups:\n  - name: dashboard\n    rules:\n" + "".join(f"      - record: dashboard:q{i}\n        expr: {json.dumps(e)}\n" for i, e in enumerate(concrete)))
+    check = subprocess.run(["promtool", "check", "rules", str(rules)], capture_output=True, text=True, timeout=60, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+    with urllib.request.urlopen(f"http://{server.admin}/metrics", timeout=10) as resp:
+        served = set(re.findall(r"^# TYPE (\S+)", resp.read().decode(), re.M))
+    used = {name for e in exprs for name in re.findall(r"\b(vivait_[a-z_]+)\{", e)}
+    mdflow = {n for n in used if n.startswith("vivait_mdflow_")}  # served when flows are configured
+    assert used - mdflow <= served, (used - mdflow) - served
+    assert mdflow <= {"vivait_mdflow_calls_total", "vivait_mdflow_queued_calls", "vivait_mdflow_oldest_wait_seconds"}
