@@ -180,8 +180,9 @@ class HepExporter:
         self.capture_id = capture_id
         self.auth_key = (auth_key or "").encode()
         self.names = list(collectors)
-        self.targets: list[tuple[socket.socket, tuple[str, int]]] = []
-        self._sockets: dict[int, socket.socket] = {}
+        # One connected socket per collector: `send` skips the per-packet address handling
+        # of `sendto`, and a collector that is down shows up as send errors (ICMP refused).
+        self.targets: list[socket.socket] = []
         self.sent = 0
         self.errors = 0
         self.sampled_out = 0
@@ -193,12 +194,15 @@ class HepExporter:
                 log.error("event=hep_collector_unresolved collector=%s error=%r", name, str(exc))
                 continue
             family, _, _, _, address = infos[0]
-            sock = self._sockets.get(family)
-            if sock is None:
-                sock = socket.socket(family, socket.SOCK_DGRAM)
-                sock.setblocking(False)
-                self._sockets[family] = sock
-            self.targets.append((sock, (str(address[0]), int(address[1]))))
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            try:
+                sock.connect(address)
+            except OSError as exc:
+                sock.close()
+                log.error("event=hep_collector_unreachable collector=%s error=%r", name, str(exc))
+                continue
+            self.targets.append(sock)
 
     def export(self, direction: str, data: bytes, peer: Peer, local: tuple[str, int], ts: float) -> None:
         if self.sample_percent < 100 and not sampled(data, self.sample_percent):
@@ -218,9 +222,9 @@ class HepExporter:
         if len(packet) > MAX_PACKET:
             self.errors += 1  # a HEP3 length is 16 bits: a >64 KiB message cannot be sent
             return
-        for sock, target in self.targets:
+        for sock in self.targets:
             try:
-                sock.sendto(packet, target)
+                sock.send(packet)
                 self.sent += 1
             except OSError:
                 self.errors += 1
@@ -236,7 +240,6 @@ class HepExporter:
         }
 
     def close(self) -> None:
-        for sock in self._sockets.values():
+        for sock in self.targets:
             sock.close()
-        self._sockets.clear()
         self.targets = []
