@@ -8,6 +8,7 @@ trace includes what worker 1 sent, relayed by worker 0.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import queue
 import re
@@ -22,8 +23,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import aiohttp
 import pytest
-from harness import Server, UdpClient, free_port, loopback_args, options_request
+from harness import Server, StreamClient, UdpClient, free_port, loopback_args, options_request
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "registrar"))
 from reg_helpers import Phone, ctl
@@ -168,8 +170,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, collectors: tuple[UdpCollec
     config = {
         "registrar": {"min_expires": 4, "users": [{"number": "6140", "password": "s3cret-6140"}]},
         "trace": {"hep": {"collectors": [f"127.0.0.1:{mine.port}", f"127.0.0.1:{sngrep.port}"], "capture_id": 4242, "auth_key": "hep-secret"}},
+        "http": {"tls": False},  # SIP over plain WebSocket on /sip
     }
-    srv = Server(tmp_path_factory.mktemp("srv"), config, loopback_args(http=False, tls=False)).start()
+    srv = Server(tmp_path_factory.mktemp("srv"), config, loopback_args(http=True, tls=False)).start()
     yield srv
     srv.kill()
 
@@ -224,6 +227,29 @@ def test_ctl_trace_shows_baresip_registering_and_hep_collectors_get_the_same(
     mine_rows = [row for row in rows if row[2] == dialog]
     assert ["REGISTER", "", dialog, str(port)] in mine_rows
     assert ["", "200", dialog, str(records[0]["remote_port"])] in mine_rows
+
+
+async def test_trace_shows_tcp_and_websocket_messages(server: Server) -> None:
+    trace = Trace(server, "--method", "OPTIONS", "--count", "4")
+    try:
+        tcp = StreamClient(server.sip_port("tcp"))
+        tcp.send(options_request(server.sip_port("tcp"), "TCP", call_id="trace-tcp", local_port=tcp.port))
+        assert tcp.recv() is not None
+        tcp.close()
+        port = server.ports[("http", "http")]
+        async with aiohttp.ClientSession() as session, session.ws_connect(f"http://127.0.0.1:{port}/sip", protocols=("sip",)) as ws:
+            await ws.send_str(options_request(port, "WS", call_id="trace-ws").decode())
+            answer = await ws.receive(timeout=5)
+            assert answer.data.startswith("SIP/2.0 200")
+        rc, records, errors = await asyncio.to_thread(trace.wait)
+    finally:
+        trace.kill()
+    assert rc == 0, errors
+    seen = [(r["transport"], r["direction"], r["local_port"], call_id(r["message"])) for r in records]
+    assert seen == [
+        ("tcp", "in", server.sip_port("tcp"), "trace-tcp"), ("tcp", "out", server.sip_port("tcp"), "trace-tcp"),
+        ("ws", "in", port, "trace-ws"), ("ws", "out", port, "trace-ws"),
+    ]
 
 
 def test_trace_filters_are_checked(server: Server) -> None:
