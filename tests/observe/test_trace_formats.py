@@ -146,3 +146,18 @@ def test_pcap_opens_in_tshark_and_sngrep(tmp_path: Path) -> None:
     # (UDP) and fmt-2 (IPv6, TCP); it skips messages over 20 KiB (its MAX_CAPTURE_LEN), fmt-3.
     out = subprocess.run(["sngrep", "-N", "-I", str(path)], capture_output=True, text=True, timeout=60, check=True)
     assert re.findall(r"Dialog count: (\d+)", out.stdout)[-1] == "2"
+
+
+def test_trace_config_reports_every_bad_collector() -> None:
+    from vivait_sip.config import ConfigError, config_from_data
+
+    with pytest.raises(ConfigError) as caught:
+        config_from_data({"trace": {"hep": {"collectors": ["999.1.1.1:9060", "homer", "h:0", "10.0.0.5:9060"], "sample_percent": 150}}})
+    assert caught.value.errors == [
+        "trace.hep.collectors[0]: collector: '999.1.1.1' is not an IPv4 address",
+        "trace.hep.collectors[1]: collector must be HOST:PORT, got 'homer'",
+        "trace.hep.collectors[2]: collector: port 0 in 'h:0'",
+        "trace.hep.sample_percent: Input should be less than or equal to 100",
+    ]
+    config = config_from_data({"trace": {"hep": {"collectors": ["[::1]:9060", "homer.example.com:9060"]}}})
+    assert config.trace.hep.collectors == ["[::1]:9060", "homer.example.com:9060"]  # type: ignore[attr-defined]

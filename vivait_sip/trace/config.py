@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from ..sip.address import parse_hostport
 
@@ -11,22 +13,21 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _collector(value: str) -> str:
+    """`HOST:PORT` of a HEP collector; each bad entry is reported with its index."""
+    _, port = parse_hostport(value, "collector")
+    if port == 0:
+        raise ValueError(f"collector: port 0 in {value!r}")
+    return value
+
+
 class HepConfig(_Strict):
     """Send every SIP message to Homer (heplify-server) or `sngrep -L udp:HOST:PORT`."""
 
-    collectors: list[str] = Field(default_factory=list)  # "host:port" (UDP); none: export off
+    collectors: list[Annotated[str, AfterValidator(_collector)]] = Field(default_factory=list)  # "host:port" (UDP); none: off
     sample_percent: float = Field(default=100.0, ge=0, le=100)  # per Call-ID, whole dialogs
     capture_id: int = Field(default=2001, ge=0, le=0xFFFFFFFF)  # HEP capture agent id
     auth_key: str | None = Field(default=None, max_length=256)  # HEP "authenticate key" chunk
-
-    @field_validator("collectors")
-    @classmethod
-    def _collectors(cls, value: list[str]) -> list[str]:
-        for item in value:
-            _, port = parse_hostport(item, "collector")
-            if port == 0:
-                raise ValueError(f"collector: port 0 in {item!r}")
-        return value
 
 
 class TraceConfig(_Strict):
