@@ -106,6 +106,8 @@ def render_status(status: Mapping[str, object]) -> str:
     native = status.get("native")
     lines = [f"version: {_text(status.get('version'))}" + (f" ({_text(native)} modules)" if native else "")]
     lines.append(f"uptime: {_duration(status.get('uptime_s', 0))} ({_text(status.get('uptime_s'))} s)")
+    if "pid" in status and not status.get("workers"):
+        lines.append(f"pid: {_text(status.get('pid'))}")
     lines += section("listeners", status.get("listeners", []))
     lines.append(f"connections: {_text(status.get('connections'))}")
     waiting = status.get("transactions_completed_waiting")
