@@ -8,12 +8,12 @@ import re
 import shutil
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from harness import Server, loopback_args
+from obs_helpers import admin_get
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "registrar"))
 from reg_helpers import Phone, ctl
@@ -69,9 +69,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def test_metrics_pass_promtool_and_carry_the_registrar(server: Server) -> None:
-    with urllib.request.urlopen(f"http://{server.admin}/metrics", timeout=10) as resp:
-        text = resp.read().decode()
-        assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    text, headers = admin_get(server, "/metrics")
+    assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
     check = promtool(text)
     assert check.returncode == 0 and check.stdout.strip() == "" and check.stderr.strip() == "", check.stdout + check.stderr
     values = samples(text)
@@ -96,8 +95,7 @@ def test_metrics_pass_promtool_and_carry_the_registrar(server: Server) -> None:
 
 def test_everything_in_ctl_status_is_in_metrics(server: Server) -> None:
     status = json.loads(ctl(server, "status", "--json").stdout)
-    with urllib.request.urlopen(f"http://{server.admin}/metrics", timeout=10) as resp:
-        text = resp.read().decode()
+    text, _ = admin_get(server, "/metrics")
     names = set(re.findall(r"^# TYPE (\S+)", text, re.M))
     expected = {
         "uptime_s": "vivait_uptime_seconds", "transactions": "vivait_sip_transactions",
@@ -154,8 +152,7 @@ def test_grafana_dashboard_queries_parse_and_use_served_families(server: Server,
     rules.write_text("groups:\n  - name: dashboard\n    rules:\n" + "".join(f"      - record: dashboard:q{i}\n        expr: {json.dumps(e)}\n" for i, e in enumerate(concrete)))
     check = subprocess.run(["promtool", "check", "rules", str(rules)], capture_output=True, text=True, timeout=60, check=False)
     assert check.returncode == 0, check.stdout + check.stderr
-    with urllib.request.urlopen(f"http://{server.admin}/metrics", timeout=10) as resp:
-        served = set(re.findall(r"^# TYPE (\S+)", resp.read().decode(), re.M))
+    served = set(re.findall(r"^# TYPE (\S+)", admin_get(server, "/metrics")[0], re.M))
     used = {name for e in exprs for name in re.findall(r"\b(vivait_[a-z_]+)\{", e)}
     mdflow = {n for n in used if n.startswith("vivait_mdflow_")}  # served when flows are configured
     assert used - mdflow <= served, (used - mdflow) - served

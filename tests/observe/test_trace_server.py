@@ -26,6 +26,7 @@ from typing import IO, Any
 import aiohttp
 import pytest
 from harness import Server, StreamClient, UdpClient, free_port, loopback_args, options_request
+from obs_helpers import ctl_prefix
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "registrar"))
 from reg_helpers import Phone, ctl
@@ -54,7 +55,7 @@ class Trace:
 
     def __init__(self, server: Server, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vivait_sip", "ctl", "--admin", server.admin, "trace", "--json", *args],
+            [sys.executable, "-m", "vivait_sip", *ctl_prefix(server), "trace", "--json", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -88,8 +88,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     seen = 0
     ended = False
     try:
-        stream = admin_stream(args.admin, path)
-        for line in stream:
+        for line in admin_stream(args.admin, path):
             item = json.loads(line)
             event = item.get("event")
             if event == "started":
@@ -111,7 +110,6 @@ def cmd_trace(args: argparse.Namespace) -> int:
                 break
         else:
             ended = True
-        stream.close()
     except KeyboardInterrupt:
         pass
     except AdminError as exc:
