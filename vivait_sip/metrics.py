@@ -121,6 +121,8 @@ def core_metrics(status: Mapping[str, object]) -> list[str]:
         "Completed transactions kept to absorb retransmissions, all workers.",
         status.get("transactions_completed_waiting", 0),
     )
+    if "dialogs" in status:
+        out += single("vivait_sip_dialogs", "gauge", "Live SIP dialogs.", status.get("dialogs", 0))
     out += single("vivait_connections", "gauge", "Open TCP/TLS/WebSocket connections (held by worker 0).", status.get("connections", 0))
     out += family(
         "vivait_sip_events_total",
@@ -146,6 +148,14 @@ def core_metrics(status: Mapping[str, object]) -> list[str]:
         "Messages the transports failed to send (connect failures, closed connections).",
         transport.get("send_errors", 0),
     )
+    others = {k: v for k, v in transport.items() if k not in _TRANSPORT_KEYS and isinstance(v, (int, float))}
+    if others:
+        out += family(
+            "vivait_transport_events_total",
+            "counter",
+            "Other transport counters (accept refusals, handshake and header timeouts...), all workers.",
+            [({"event": name}, value) for name, value in sorted(others.items())],
+        )
     out += family(
         "vivait_transport_connections_total",
         "counter",
@@ -201,6 +211,9 @@ def core_metrics(status: Mapping[str, object]) -> list[str]:
         [({"worker": row.get("index", 0)}, _int(_dict(row.get("overload")).get("episodes", 0))) for row in rows],
     )
     return out
+
+
+_TRANSPORT_KEYS = frozenset(("received", "sent", "connections_refused", "send_errors"))
 
 
 def _list(value: object) -> list[object]:

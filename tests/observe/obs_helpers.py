@@ -16,6 +16,7 @@ def ctl_prefix(server: Server) -> list[str]:
 
 def admin_get(server: Server, path: str) -> tuple[str, Any]:
     """(body, headers) of a GET on the admin API."""
-    request = urllib.request.Request(f"http://{server.admin}{path}", headers=dict(getattr(server, "admin_headers", {})))
+    headers = getattr(server, "admin_headers", None)
+    request = urllib.request.Request(f"http://{server.admin}{path}", headers=headers() if callable(headers) else {})
     with urllib.request.urlopen(request, timeout=10) as resp:
         return resp.read().decode(), resp.headers

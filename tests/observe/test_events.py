@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "registrar"))
 from reg_helpers import Phone, ctl
 
 from vivait_sip import events
-from vivait_sip.logs import split_kv
+from vivait_sip.logs import KeyValueFormatter, split_kv
 from vivait_sip.registrar.location import Binding, LocationService
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +31,10 @@ def _binding(aor: str, contact: str, expires_at: float, conn_id: int | None = No
 
 
 def _events(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == LOGGER]
+    """The lines as the server writes them (its formatter: values quoted and escaped), from `event=` on."""
+    formatter = KeyValueFormatter()
+    lines = [formatter.format(r) for r in caplog.records if r.name == LOGGER]
+    return [line[line.index("event="):] for line in lines]
 
 
 @pytest.fixture

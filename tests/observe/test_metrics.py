@@ -104,9 +104,17 @@ def test_everything_in_ctl_status_is_in_metrics(server: Server) -> None:
         "workers": "vivait_worker_info", "worker_link_drops": "vivait_worker_link_drops_total",
         "overload": "vivait_overload_shedding", "counters": "vivait_sip_events_total", "transport": "vivait_transport_messages_total",
         "registrar": "vivait_registrar_bindings", "trace": "vivait_trace_sessions", "pid": "vivait_worker_info",
+        "dialogs": "vivait_sip_dialogs",
     }
     assert set(status) <= set(expected), set(status) - set(expected)
     assert {expected[key] for key in status} <= names
+    values = samples(text)
+    known = {
+        "received": 'vivait_transport_messages_total{direction="in"}', "sent": 'vivait_transport_messages_total{direction="out"}',
+        "connections_refused": "vivait_transport_connections_refused_total", "send_errors": "vivait_transport_send_errors_total",
+    }
+    for key in status["transport"]:  # every transport counter, under its own series
+        assert known.get(key, f'vivait_transport_events_total{{event="{key}"}}') in values, key
     for key in status["registrar"]:
         family_name = {"realm": "vivait_registrar_info", "banned_sources": "vivait_registrar_banned_sources",
                        "user_failures": "vivait_registrar_user_auth_failures_total", "bans_total": "vivait_registrar_bans_total",
