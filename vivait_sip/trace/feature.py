@@ -242,7 +242,7 @@ class TraceFeature(Feature[TraceConfig]):
                 if record is None:
                     break
                 # Let more arrive, then write them all at once: under load the stream wakes
-                # up every BATCH_S, not once per message (the wake-up costs more than the line).
+                # up and writes every BATCH_S, not once per message.
                 await asyncio.sleep(BATCH_S)
                 batch = [json_line(record)]
                 ended = False
