@@ -209,14 +209,14 @@ class Application:
         except Exception as exc:  # a dead connection: nothing to answer on
             log.debug("event=send_raw_failed peer=%s error=%r", peer, str(exc))
 
-    def set_trace(self, hook: TraceHook | None) -> None:
-        self.transports.trace = hook
-
     def feature(self, cls: type[F]) -> F | None:
         for feature in self.features:
             if isinstance(feature, cls):
                 return feature
         return None
+
+    def set_trace(self, hook: TraceHook | None) -> None:
+        self.transports.trace = hook
 
     @property
     def is_primary(self) -> bool:
