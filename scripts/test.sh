@@ -5,8 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 # Real peers: SIPp (sip-tester), baresip + sox (softphone, audio), socat (TLS bridge for SIPp,
-# which Debian builds without OpenSSL).
-PACKAGES="sip-tester baresip sox socat python3-venv"
+# which Debian builds without OpenSSL); sngrep (HEP collector, pcap reader) and tshark for the
+# SIP trace, promtool (prometheus) to check /metrics.
+PACKAGES="sip-tester baresip sox socat python3-venv sngrep tshark prometheus"
 missing=""
 for pkg in $PACKAGES; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vivait_sip"
 
-FEATURES = frozenset(("registrar", "flow", "b2bua", "media", "webrtc", "acd"))
+FEATURES = frozenset(("registrar", "flow", "trace", "b2bua", "media", "webrtc", "acd"))
 ALLOWED: dict[str, frozenset[str]] = {
     "sip": frozenset(("sip",)),
     "logs": frozenset(),
@@ -24,8 +24,11 @@ ALLOWED: dict[str, frozenset[str]] = {
     "config": frozenset(("sip", "features")),  # the registry, lazily: never a feature by name
     "ctlclient": frozenset(("sip",)),
     "features": frozenset(("contract",)),  # the one place that names features
+    "metrics": frozenset(),  # Prometheus text helpers and the core families
+    "events": frozenset(("logs",)),  # the event names of the log lines
+    "statusview": frozenset(),  # `ctl status` as text
 }
-FEATURE_MAY_IMPORT = frozenset(("sip", "store", "contract", "config", "logs", "ctlclient"))
+FEATURE_MAY_IMPORT = frozenset(("sip", "store", "contract", "config", "logs", "ctlclient", "metrics", "events"))
 # The application: wires everything, imported by no layer (see ALLOWED and the features).
 APPLICATION = frozenset(("", "__main__", "app", "core", "workers", "admin", "cli", "native", "overload", "certs"))
 

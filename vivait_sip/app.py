@@ -29,7 +29,7 @@ from .admin import build_admin_app
 from .admin.auth import TokenError, exposure_warning, protect_admin_app
 from .certs import client_context, ensure_self_signed, server_context
 from .config import ConfigError, CoreConfig, load_config
-from .contract import CallHandler, Feature, InputFilter, WorkerMessage
+from .contract import CallHandler, Feature, InputFilter, TraceHook, WorkerMessage
 from .core import SipCore, owner_key
 from .features import feature_classes
 from .logs import throttle
@@ -244,6 +244,9 @@ class Application:
             if isinstance(feature, cls):
                 return feature
         return None
+
+    def set_trace(self, hook: TraceHook | None) -> None:
+        self.transports.trace = hook
 
     @property
     def is_primary(self) -> bool:
@@ -568,6 +571,7 @@ class Application:
         for transport, count in self.transports.stats.by_transport.items():
             counters[f"connections_{transport}"] = count
         out["version"] = __version__
+        out["pid"] = os.getpid()
         out["native"] = native.state  # compiled hot modules in use? (vivait_sip/native.py)
         out["listeners"] = [str(o) for o in self.opened]
         out["connections"] = self.transports.connection_count
@@ -621,6 +625,8 @@ def _worker_row(index: int, pid: int, status: dict[str, object]) -> dict[str, ob
         "requests_in": counters.get("requests_in", 0),
         "forwarded_to_worker": counters.get("forwarded_to_worker", 0),
         "transactions": status["transactions"],
+        "overload": dict(status["overload"]),  # type: ignore[call-overload]
+        "transport": dict(status["transport"]),  # type: ignore[call-overload]
     }
 
 

@@ -211,29 +211,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 # ---- ctl ------------------------------------------------------------------------------------
 def cmd_ctl_status(args: argparse.Namespace) -> int:
+    from .statusview import render_status
+
     status = admin_request(args.admin, "GET", "/api/status")
     if args.json:
         return print_json(status)
-    print(f"version: {status.get('version')}")
-    print(f"uptime: {status.get('uptime_s')} s")
-    print("transports:")
-    for item in status.get("listeners", []):
-        print(f"  {item}")
-    print(f"connections: {status.get('connections')}")
-    print(f"transactions: {status.get('transactions')}")
-    for key in sorted(k for k in status if k not in ("version", "uptime_s", "listeners", "connections", "transactions", "counters", "transport")):
-        value = status[key]
-        if isinstance(value, dict):
-            print(f"{key}:")
-            for name, item in sorted(value.items()):
-                shown = ", ".join(f"{k}={v}" for k, v in sorted(item.items())) if isinstance(item, dict) else item
-                print(f"  {name}: {shown if shown != '' else '-'}")
-        else:
-            print(f"{key}: {value}")
-    print("counters:")
-    merged = {**{f"transport_{k}": v for k, v in status.get("transport", {}).items()}, **status.get("counters", {})}
-    for key, value in sorted(merged.items()):
-        print(f"  {key} {value}")
+    print(render_status(status))
     return 0
 
 

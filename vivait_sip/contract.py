@@ -103,6 +103,9 @@ StatelessCheck = Callable[[Request, Peer], bool]
 # Raw input before parsing; True: the filter dealt with it (e.g. a banned source got 403).
 InputFilter = Callable[[bytes, Peer], bool]
 CallHandler = Callable[[dict[str, Any]], "Awaitable[Any] | Any"]
+# Every SIP message this process's transports receive ("in") or send ("out"): the bytes,
+# the remote peer and the local (host, port).  Called only while installed (`set_trace`).
+TraceHook = Callable[[str, bytes, Peer, tuple[str, int]], None]
 F = TypeVar("F", bound="Feature[Any]")
 
 
@@ -235,6 +238,11 @@ class Host(LocalDomains, Protocol):
         """Another feature's instance in this process, if loaded."""
         ...
 
+    def set_trace(self, hook: TraceHook | None) -> None:
+        """Pass every SIP message of this process's transports to `hook` (None: stop).
+        With no hook the transports pay one `is None` test per message."""
+        ...
+
 
 S = TypeVar("S", bound=BaseModel)
 
@@ -343,6 +351,7 @@ __all__ = [
     "RequestHandler",
     "SipService",
     "StatelessCheck",
+    "TraceHook",
     "WorkerMessage",
     "decode_message",
     "encode_message",

@@ -12,6 +12,7 @@ from typing import Any
 from .contract import Feature
 
 FEATURES = (
+    "vivait_sip.trace.feature:TraceFeature",
     "vivait_sip.registrar.feature:RegistrarFeature",
     "vivait_sip.flow.feature:MdflowFeature",
 )

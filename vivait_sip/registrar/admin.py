@@ -54,7 +54,7 @@ def list_bindings(location: LocationService, aor: str | None) -> list[dict[str, 
 
 
 def remove_bindings(location: LocationService, aor: str) -> int:
-    return sum(location.remove_aor(name) for name in matching_aors(location, aor))
+    return sum(location.remove_aor(name, "operator") for name in matching_aors(location, aor))
 
 
 def binding_json(binding: Binding, now: float) -> dict[str, object]:

@@ -47,6 +47,7 @@ from .config import RegistrarConfig, UserConfig
 from .digest import Algorithm, Authenticator, NonceManager
 from .guard import GUARDED_METHODS, CallGuard
 from .location import LocationService
+from .metrics import failure_status, merge_failures, registrar_metrics
 from .register import Registrar
 from .security import AuthGate, SecurityMonitor
 from .users import UserDirectory, UserRecord, config_users, records_from_rows, user_from_config
@@ -434,8 +435,12 @@ class RegistrarFeature(Feature[RegistrarConfig]):
                 "registered_aors": len(self.location.all_aors()),
                 "bindings": self.location.count(),
                 **self.monitor.status(),
+                **failure_status(self.monitor, self.users),
             }
         }
+
+    def metrics(self, status: dict[str, object]) -> list[str]:
+        return registrar_metrics(status)
 
     def merge_status(self, mine: dict[str, object], workers: list[dict[str, object]]) -> None:
         _merge_status(mine, workers)
@@ -455,6 +460,7 @@ def _merge_status(out: dict[str, object], workers: list[dict[str, object]]) -> N
         if isinstance(theirs, dict):
             for key in ("bindings", "registered_aors"):
                 mine[key] = int(mine.get(key, 0)) + int(theirs.get(key, 0))
+            merge_failures(mine, theirs)
 
 
 _unique_base = int.from_bytes(secrets.token_bytes(16), "big")

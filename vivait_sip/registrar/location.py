@@ -16,6 +16,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..events import (
+    REGISTRATION_ADDED,
+    REGISTRATION_EXPIRED,
+    REGISTRATION_REFRESHED,
+    REGISTRATION_REMOVED,
+    emit,
+)
 from ..sip.errors import SipParseError
 from ..sip.uri import parse_uri, unescape
 from ..store import BindingRow, Store
@@ -143,6 +150,19 @@ class Binding:
         return max(0, round(self.expires_at - now))
 
 
+def _binding_event(name: str, level: int, b: Binding, reason: str | None, now: float) -> None:
+    """One event line about a binding (docs/admin.md, Event logs); values from the
+    network (AOR, contact, user agent) are quoted and escaped (%r)."""
+    if not log.isEnabledFor(level):
+        return
+    host = f"[{b.source_host}]" if ":" in b.source_host else b.source_host
+    fields = "aor=%r contact=%r transport=%s source=%s user_agent=%r"
+    if reason is None:
+        emit(log, level, name, fields + " expires=%d", b.aor, b.contact, b.transport, f"{host}:{b.source_port}", b.user_agent, b.expires_in(now))
+    else:
+        emit(log, level, name, fields + " reason=%s", b.aor, b.contact, b.transport, f"{host}:{b.source_port}", b.user_agent, reason)
+
+
 def binding_row(b: Binding) -> BindingRow:
     """What the store keeps of a binding (not its connection: none survives a restart)."""
     return BindingRow(
@@ -229,8 +249,9 @@ class LocationService:
         return [b for entries in self._aors.values() for b in entries.values()]
 
     # ---- changes ----------------------------------------------------------------------
-    def put(self, binding: Binding) -> None:
-        """Add or refresh a binding (same AOR and key replaces); call again after mutating one."""
+    def put(self, binding: Binding, event: bool = True) -> None:
+        """Add or refresh a binding (same AOR and key replaces); call again after mutating one.
+        `event`: log it (registration_added at info, registration_refreshed at debug)."""
         ktext = binding.key_text()
         entries = self._aors.setdefault(binding.aor, {})
         old = entries.get(ktext)
@@ -242,20 +263,26 @@ class LocationService:
         if binding.conn_id is not None:
             self._flows.setdefault(binding.conn_id, set()).add((binding.aor, ktext))
         self._dirty.add((binding.aor, ktext))
+        if event:
+            if old is None:
+                _binding_event(REGISTRATION_ADDED, logging.INFO, binding, None, self.clock())
+            else:
+                _binding_event(REGISTRATION_REFRESHED, logging.DEBUG, binding, None, self.clock())
 
-    def remove(self, aor: str, key: BindingKey) -> bool:
-        return self._remove(aor, key_text(key))
+    def remove(self, aor: str, key: BindingKey, reason: str = "unregistered") -> bool:
+        """`reason` goes into the registration_removed line (docs/admin.md, Event logs)."""
+        return self._remove(aor, key_text(key), reason)
 
-    def remove_aor(self, aor: str) -> int:
+    def remove_aor(self, aor: str, reason: str = "unregistered") -> int:
         entries = self._aors.get(aor)
         if not entries:
             return 0
-        return sum(self._remove(aor, ktext) for ktext in list(entries))
+        return sum(self._remove(aor, ktext, reason) for ktext in list(entries))
 
     def remove_flow(self, conn_id: int) -> int:
         """A connection carrying RFC 5626 flows failed: its bindings go with it."""
         members = self._flows.pop(conn_id, set())
-        return sum(self._remove(aor, ktext) for aor, ktext in members)
+        return sum(self._remove(aor, ktext, "flow_failed") for aor, ktext in members)
 
     def purge_expired(self, now: float | None = None) -> int:
         now = self.clock() if now is None else now
@@ -266,10 +293,10 @@ class LocationService:
             if b.expires_at <= now
         ]
         for aor, ktext in expired:
-            self._remove(aor, ktext)
+            self._remove(aor, ktext, "expired")
         return len(expired)
 
-    def _remove(self, aor: str, ktext: str) -> bool:
+    def _remove(self, aor: str, ktext: str, reason: str) -> bool:
         entries = self._aors.get(aor)
         if entries is None:
             return False
@@ -282,6 +309,10 @@ class LocationService:
             self._unlink_flow(binding.conn_id, aor, ktext)
         self._count -= 1
         self._dirty.add((aor, ktext))
+        if reason == "expired":
+            _binding_event(REGISTRATION_EXPIRED, logging.INFO, binding, reason, 0.0)
+        else:
+            _binding_event(REGISTRATION_REMOVED, logging.INFO, binding, reason, 0.0)
         return True
 
     def _unlink_flow(self, conn_id: int, aor: str, ktext: str) -> None:
@@ -312,7 +343,7 @@ class LocationService:
             if binding.expires_at <= now:
                 stale.append((binding.aor, binding.key_text()))
                 continue
-            self.put(binding)
+            self.put(binding, False)
         self._dirty.clear()
         if stale:
             self.store.save_bindings([], stale)

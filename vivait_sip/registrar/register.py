@@ -206,7 +206,7 @@ class Registrar:
             return
         others = sorted((b for b in bindings if b.key not in keep), key=lambda b: b.expires_at)
         for binding in others[:excess]:
-            self.location.remove(aor, binding.key)
+            self.location.remove(aor, binding.key, "replaced")
 
     def _ok(self, inc: Incoming, aor: str, now: float, path: list[str], outbound: bool) -> None:
         headers: list[tuple[str, str]] = []

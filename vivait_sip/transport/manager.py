@@ -30,6 +30,8 @@ from .accept import Acceptor, AcceptPolicy, ConnectionGate, Slot, bind_stream_so
 log = logging.getLogger("vivait_sip.transport")
 
 MessageHandler = Callable[[bytes, Peer], None]
+# contract.TraceHook: direction ("in"/"out"), the message, the remote peer, the local address.
+TraceHook = Callable[[str, bytes, Peer, tuple[str, int]], None]
 _CRLF = b"\r\n"
 CLOSE_GRACE_S = 1.0  # after a framing error or EOF: time for answers to what was read
 
@@ -39,6 +41,7 @@ class Connection(Protocol):
 
     conn_id: int
     peer: Peer
+    local: tuple[str, int]  # our end's address, for traces
     last_activity: float
 
     def write(self, data: bytes) -> None: ...
@@ -65,9 +68,11 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self.manager = manager
         self.listener = listener
         self.transport: asyncio.DatagramTransport | None = None
+        self.local = (listener.host, listener.port)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
+        self.local = _local_address(transport, self.local)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int] | tuple[str, int, int, int]) -> None:
         manager = self.manager
@@ -75,7 +80,10 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         if data == _CRLF * 2 or data == _CRLF:
             # RFC 5626 §4.4.1 STUN is not supported; a bare CRLF keep-alive needs no answer.
             return
-        manager.on_message(data, Peer("udp", addr[0], addr[1]))
+        peer = Peer("udp", addr[0], addr[1])
+        if manager.trace is not None:
+            manager.trace("in", data, peer, self.local)
+        manager.on_message(data, peer)
 
     def error_received(self, exc: Exception) -> None:
         log.debug("event=udp_error error=%s", exc)
@@ -92,6 +100,7 @@ class _StreamProtocol(asyncio.Protocol):
         self.framer = StreamFramer(manager.limits)
         self.transport: asyncio.Transport | None = None
         self.peer = Peer(transport_name, "", 0, self.conn_id)
+        self.local = ("", 0)
         self.last_activity = time.monotonic()
         self.closed = asyncio.get_running_loop().create_future()
         self._closing_soon = False
@@ -100,6 +109,7 @@ class _StreamProtocol(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         addr = self.transport.get_extra_info("peername")
         self.peer = Peer(self.transport_name, addr[0], addr[1], self.conn_id)
+        self.local = _local_address(transport, self.local)
         if self.slot is None and not self.manager._admit(self):
             self.transport.abort()
             return
@@ -113,6 +123,8 @@ class _StreamProtocol(asyncio.Protocol):
                 self.write(_CRLF)  # RFC 5626 §3.5.1 pong
                 continue
             self.manager.stats.received += 1
+            if self.manager.trace is not None:
+                self.manager.trace("in", msg, self.peer, self.local)
             self.manager.on_message(msg, self.peer)
         error = framer.error
         if error is not None and not self._closing_soon:
@@ -130,6 +142,8 @@ class _StreamProtocol(asyncio.Protocol):
         last = self.framer.finish()
         if last is not None:
             self.manager.stats.received += 1
+            if self.manager.trace is not None:
+                self.manager.trace("in", last, self.peer, self.local)
             self.manager.on_message(last, self.peer)
         self._close_soon()
         return self.transport_name != "tls"  # TLS cannot stay half-open
@@ -163,6 +177,13 @@ class _StreamProtocol(asyncio.Protocol):
             self.closed.set_result(None)
 
 
+def _local_address(transport: asyncio.BaseTransport, default: tuple[str, int]) -> tuple[str, int]:
+    sockname = transport.get_extra_info("sockname")
+    if isinstance(sockname, tuple) and len(sockname) >= 2:
+        return (str(sockname[0]), int(sockname[1]))
+    return default
+
+
 class TransportManager:
     """Owns the listening sockets and live connections; the core sees only bytes and Peers."""
 
@@ -181,6 +202,7 @@ class TransportManager:
         tls_handshake_timeout_s: float = 5.0,
     ) -> None:
         self.on_message = on_message
+        self.trace: TraceHook | None = None  # set while a trace or HEP export runs
         # A stream that cannot be framed (413, 513, 400): the error, the connection and the
         # start of the offending bytes, for a stateless answer before it closes.
         self.on_framing_error: Callable[[SipParseError, Peer, bytes], None] = lambda exc, peer, head: None
@@ -359,6 +381,8 @@ class TransportManager:
                 raise TransportError("no UDP listener to send from")
             proto.transport.sendto(data, (peer.host, peer.port))
             self.stats.sent += 1
+            if self.trace is not None:
+                self.trace("out", data, peer, proto.local)
             return
         conn = None
         if peer.conn_id is not None:
@@ -369,6 +393,8 @@ class TransportManager:
         if conn is not None:
             conn.write(data)
             self.stats.sent += 1
+            if self.trace is not None:
+                self.trace("out", data, conn.peer, conn.local)
             return
         if peer.transport in ("ws", "wss"):
             raise TransportError(f"no WebSocket connection to {peer}")
@@ -379,6 +405,8 @@ class TransportManager:
             conn = await self.connect(peer)
             conn.write(data)
             self.stats.sent += 1
+            if self.trace is not None:
+                self.trace("out", data, conn.peer, conn.local)
         except (OSError, TransportError, TimeoutError) as exc:
             self.stats.send_errors += 1
             throttle.log(log, logging.INFO, "send_failed", "event=send_failed peer=%s error=%r", peer, str(exc))

@@ -27,6 +27,7 @@ class WsConnection:
     def __init__(self, manager: TransportManager, ws: web.WebSocketResponse, peer: Peer) -> None:
         self.conn_id = peer.conn_id if peer.conn_id is not None else manager.new_conn_id()
         self.peer = peer
+        self.local = ("", 0)
         self.ws = ws
         self.last_activity = time.monotonic()
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(MAX_QUEUED_MESSAGES)
@@ -81,6 +82,9 @@ def make_ws_handler(
         host, port = client
         peer = Peer(transport_name, host, port, manager.new_conn_id())
         conn = WsConnection(manager, ws, peer)
+        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+        if isinstance(sockname, tuple) and len(sockname) >= 2:
+            conn.local = (str(sockname[0]), int(sockname[1]))
         if not manager.admit_external(conn):
             await ws.close()
             return ws
@@ -94,6 +98,8 @@ def make_ws_handler(
                 else:
                     continue
                 manager.stats.received += 1
+                if manager.trace is not None:
+                    manager.trace("in", data, peer, conn.local)
                 manager.on_message(data, peer)
         finally:
             manager.release_external(conn)
