@@ -256,7 +256,7 @@ class Call:
         headers = [("Retry-After", str(retry_after))] if retry_after is not None else []
         self._answer_caller(status, reason, headers=headers)
         self._cancel_legs(None)
-        self.hangup_cause = reason or str(status)
+        self.hangup_cause = self.hangup_cause or reason or str(status)
         self._finish()
 
     def hangup(self, cause: str = "admin") -> None:
