@@ -9,7 +9,13 @@ from ua_harness import SDP, SDP_ANSWER, SDP_OFFER, Callee, Net, Node
 
 from vivait_sip.b2bua.call import COMPLETED_ELSEWHERE, Call, CallState, LegState
 from vivait_sip.sip.message import Request, Response
-from vivait_sip.sip.ua import AckReceived, DialogEnded, RequestCancelled, RequestReceived, ResponseReceived
+from vivait_sip.sip.ua import (
+    AckReceived,
+    DialogEnded,
+    RequestCancelled,
+    RequestReceived,
+    ResponseReceived,
+)
 
 HOLD = SDP_ANSWER.replace(b"t=0 0\r\n", b"t=0 0\r\na=sendonly\r\n")
 
@@ -40,7 +46,7 @@ def finals(node: Node) -> list[Response]:
 
 
 def test_a_call_is_relayed_and_the_caller_hangs_up() -> None:
-    net, alice, pbx, (bob,), (callee,) = setup("bob")
+    net, alice, pbx, (bob,), _ = setup("bob")
     alice.invite(pbx.node)
     net.run(duration=3)
     statuses = [e.response.status for e in alice.of(ResponseReceived)]
@@ -88,7 +94,7 @@ def test_the_caller_cancels_while_ringing() -> None:
 
 
 def test_a_busy_callee_is_relayed() -> None:
-    net, alice, pbx, (bob,), _ = setup("bob", status=486)
+    net, alice, pbx, _, _ = setup("bob", status=486)
     alice.invite(pbx.node)
     net.run()
     assert [r.status for r in finals(alice)] == [486]
@@ -210,7 +216,7 @@ def test_update_and_info_are_relayed_with_their_answers() -> None:
 
 
 def test_a_late_offer_crosses_in_the_2xx_and_the_ack() -> None:
-    net, alice, pbx, (bob,), (callee,) = setup("bob")
+    net, alice, pbx, (bob,), _ = setup("bob")
     alice.invite(pbx.node, headers=[], body=b"", auto_ack=False)
     net.run(duration=3)
     (invite,) = received(bob, "INVITE")
