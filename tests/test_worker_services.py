@@ -153,7 +153,8 @@ async def test_an_unknown_flow_is_an_error_outcome_not_a_hang(tmp_path: Path) ->
 
 async def test_contacts_are_located_at_the_worker_owning_the_aor(tmp_path: Path) -> None:
     zero, one = pair(tmp_path, {}, RegistrarFeature)
-    aor = next(a for a in (f"sip:{n}@127.0.0.1" for n in range(6140, 6200)) if owner_index(a, 2) == 0)
+    user = next(u for u in (str(n) for n in range(6140, 6200)) if owner_index(u, 2) == 0)
+    aor = f"sip:{user}@127.0.0.1"
     reg0 = zero.feature(RegistrarFeature)
     reg1 = one.feature(RegistrarFeature)
     assert reg0 is not None and reg1 is not None
@@ -163,15 +164,16 @@ async def test_contacts_are_located_at_the_worker_owning_the_aor(tmp_path: Path)
                     source_port=40000 + n, conn_id=7 + n, path=["<sip:edge.example;lr>"])
         )
     found: list[list[Contact]] = []
-    reg1.locate(aor, found.append)  # asked from worker 1: a message to worker 0 and back
-    reg0.locate(aor, found.append)  # asked at the owner: answered locally, later
+    reg0.location.put(Binding(f"sip:{user}@pbx.example", "sip:6140@192.0.2.9:5062", 4e9, q=0.1))  # another domain
+    reg1.locate(user, found.append)  # asked from worker 1: a message to worker 0 and back
+    reg0.locate(user, found.append)  # asked at the owner: answered locally, later
     assert found == []
     await settle()
     assert found[0] == found[1]
-    assert [c.uri for c in found[0]] == ["sip:6140@192.0.2.2:5062", "sip:6140@192.0.2.1:5062"]
+    assert [c.uri for c in found[0]] == ["sip:6140@192.0.2.2:5062", "sip:6140@192.0.2.1:5062", "sip:6140@192.0.2.9:5062"]
     assert found[0][0].peer == Peer("tcp", "198.51.100.2", 40002, 9)
     assert found[0][0].path == ("<sip:edge.example;lr>",)
-    reg1.locate(aor, found.append)
+    reg1.locate(user, found.append)
     reg1.on_worker_lost(0)  # the owner went away before answering
     assert found[-1] == []
     for reg in (reg0, reg1):

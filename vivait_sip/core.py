@@ -46,7 +46,7 @@ from .sip.ua import (
     UaEvent,
     UserAgent,
 )
-from .sip.uri import SipUri
+from .sip.uri import SipUri, aor_user
 
 if TYPE_CHECKING:
     from .workers import Cluster
@@ -521,10 +521,11 @@ class SipCore:
 
 
 def owner_key(msg: Request | Response) -> str:
-    """What decides which worker owns a message: a REGISTER's AOR (bindings live with
-    their AOR), otherwise the Call-ID (a dialog's transactions meet in one worker)."""
+    """What decides which worker owns a message: a REGISTER's AOR user part (all of a
+    user's bindings, whatever the domain, live in one worker: a call finds them with one
+    message), otherwise the Call-ID (a dialog's transactions meet in one worker)."""
     if isinstance(msg, Request) and msg.method == "REGISTER":
-        return msg.to.uri.aor
+        return aor_user(msg.to.uri.aor)
     return msg.call_id
 
 

@@ -82,7 +82,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def test_the_aors_used_here_are_owned_by_both_workers() -> None:
-    owners = {owner_index(aor(u["number"]), 2) for u in USERS}
+    owners = {owner_index(u["number"], 2) for u in USERS}
     assert owners == {0, 1}
 
 
@@ -125,7 +125,7 @@ def test_registrations_spread_over_workers_and_admin_sees_all(server: Server) ->
 
 def test_unregister_reaches_the_owner(server: Server) -> None:
     port = server.sip_port("udp")
-    user = next(u for u in USERS[10:] if owner_index(aor(u["number"]), 2) == 1)
+    user = next(u for u in USERS[10:] if owner_index(u["number"], 2) == 1)
     p = Phone(port, user["number"], user["password"], algorithm="MD5")
     try:
         assert p.register(600).status == 200
@@ -139,7 +139,7 @@ def test_unregister_reaches_the_owner(server: Server) -> None:
 def test_tcp_flow_owned_by_worker_1_answers_over_worker_0_connection(server: Server) -> None:
     """Worker 0 holds the connection; the owner (worker 1) answers through it; when the
     connection closes, worker 1 removes the flow's binding."""
-    user = next(u for u in USERS if owner_index(aor(u["number"]), 2) == 1)
+    user = next(u for u in USERS if owner_index(u["number"], 2) == 1)
     number = user["number"]
     p = Phone(server.sip_port("tcp"), number, user["password"], transport="tcp", algorithm="MD5")
     ob = p.contact() + ';+sip.instance="<urn:uuid:00000000-0000-0000-0000-00000000aaaa>";reg-id=1'
@@ -156,7 +156,7 @@ def test_tcp_flow_owned_by_worker_1_answers_over_worker_0_connection(server: Ser
 def test_bans_are_decided_once_and_enforced_by_every_worker(server: Server) -> None:
     port = server.sip_port("udp")
     victim_users = USERS[12:20]  # AORs of both workers: failures counted in both
-    assert {owner_index(aor(u["number"]), 2) for u in victim_users} == {0, 1}
+    assert {owner_index(u["number"], 2) for u in victim_users} == {0, 1}
     attackers = [Phone(port, u["number"], "wrong", source="127.0.0.21", algorithm="MD5") for u in victim_users]
     try:
         for i in range(20):
@@ -181,7 +181,7 @@ def test_reload_reaches_every_worker(server: Server) -> None:
     """A user added to the config file and reloaded can register on an AOR of either worker."""
     config = json.loads(server.config_path.read_text())
     added = [{"number": str(n), "password": f"pw-{n}"} for n in range(7100, 7110)]
-    assert {owner_index(aor(u["number"]), 2) for u in added} == {0, 1}
+    assert {owner_index(u["number"], 2) for u in added} == {0, 1}
     config["registrar"]["users"] = USERS + added
     server.config_path.write_text(json.dumps(config))
     assert ctl(server, "reload").returncode == 0

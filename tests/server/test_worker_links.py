@@ -84,7 +84,7 @@ def test_owner_is_stable_and_spreads() -> None:
     assert min(counts) > 800
 
 
-def test_owner_key_register_by_aor_others_by_call_id() -> None:
+def test_owner_key_register_by_aor_user_others_by_call_id() -> None:
     reg = parse_message(
         b"REGISTER sip:pbx.example SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\r\n"
         b"From: <sip:6140@pbx.example>;tag=a\r\nTo: <sip:6140@PBX.example;transport=udp>\r\n"
@@ -95,7 +95,7 @@ def test_owner_key_register_by_aor_others_by_call_id() -> None:
         b"From: <sip:6140@pbx.example>;tag=a\r\nTo: <sip:6141@pbx.example>\r\n"
         b"Call-ID: call-9\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
     )
-    assert owner_key(reg) == "sip:6140@pbx.example"  # the AOR as the registrar keys it
+    assert owner_key(reg) == "6140"  # the AOR's user: every domain's bindings of 6140 in one worker
     assert owner_key(invite) == "call-9"
 
 

@@ -39,6 +39,7 @@ from ..contract import (
 )
 from ..sip.message import Request
 from ..sip.peer import Peer
+from ..sip.uri import aor_user
 from ..store import Store
 from . import cli as registrar_cli
 from . import demo
@@ -100,10 +101,10 @@ class UsersChanged(WorkerMessage):
 @worker_message("registrar.locate")
 @dataclass(frozen=True)
 class Locate(WorkerMessage):
-    """A worker → the owner of `aor`: its current contacts, please (answered by Located)."""
+    """A worker → the owner of `user`: its current contacts, please (answered by Located)."""
 
     ticket: int
-    aor: str
+    user: str
 
 
 @worker_message("registrar.located")
@@ -191,27 +192,27 @@ class RegistrarFeature(Feature[RegistrarConfig]):
             self._wire_workers()
 
     # ---- the location service for calls (the B2BUA) ------------------------------------
-    def contacts(self, aor: str) -> list[Contact]:
-        """This process's live contacts of `aor`, best q first (only its owner has any)."""
-        found = [
+    def contacts(self, user: str) -> list[Contact]:
+        """This process's live contacts of every AOR whose user part is `user` (an
+        extension or user number, in any of our domains), best first; only the worker
+        owning `user` has any."""
+        return [
             Contact(
                 b.contact, b.transport, b.source_host, b.source_port, b.conn_id, tuple(b.path), b.q, b.instance, b.user_agent
             )
-            for b in self.location.bindings(aor)
+            for b in self.location.bindings_of_user(user)
         ]
-        found.sort(key=lambda c: -c.q)
-        return found
 
-    def locate(self, aor: str, on_result: Located_) -> None:
-        """The contacts of `aor` from the worker that owns it; `on_result` runs later
-        (never inside this call), with [] when the owner is gone."""
-        owner = self.host.owner_of(aor)
+    def locate(self, user: str, on_result: Located_) -> None:
+        """The contacts registered as `user` (`contacts`), from the worker that owns them;
+        `on_result` runs later (never inside this call), with [] when the owner is gone."""
+        owner = self.host.owner_of(user)
         if owner == self.host.worker_index:
-            asyncio.get_running_loop().call_soon(on_result, self.contacts(aor))
+            asyncio.get_running_loop().call_soon(on_result, self.contacts(user))
             return
         ticket = next(self._tickets)
         self._locating[ticket] = (owner, on_result)
-        self.host.send_to_worker(owner, Locate(ticket, aor))
+        self.host.send_to_worker(owner, Locate(ticket, user))
 
     def on_worker_lost(self, index: int) -> None:
         for ticket, (owner, callback) in list(self._locating.items()):
@@ -337,7 +338,7 @@ class RegistrarFeature(Feature[RegistrarConfig]):
         elif isinstance(msg, UsersChanged):
             self.users.load(records_from_rows(self.store.list_users()))
         elif isinstance(msg, Locate):
-            self.host.send_to_worker(source, Located(msg.ticket, [c.to_json() for c in self.contacts(msg.aor)]))
+            self.host.send_to_worker(source, Located(msg.ticket, [c.to_json() for c in self.contacts(msg.user)]))
         elif isinstance(msg, Located):
             pending = self._locating.pop(msg.ticket, None)
             if pending is not None:
@@ -402,7 +403,7 @@ class RegistrarFeature(Feature[RegistrarConfig]):
     def _start(self) -> None:
         host = self.host
         count = self.reload_users()
-        self.location.load(None if host.worker_count == 1 else lambda aor: host.owner_of(aor) == host.worker_index)
+        self.location.load(None if host.worker_count == 1 else lambda aor: host.owner_of(aor_user(aor)) == host.worker_index)
         settings = self.settings
         self._task = asyncio.get_running_loop().create_task(
             self.location.start(settings.flush_interval_ms / 1000, settings.purge_interval_s)

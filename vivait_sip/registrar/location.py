@@ -24,7 +24,7 @@ from ..events import (
     emit,
 )
 from ..sip.errors import SipParseError
-from ..sip.uri import parse_uri, unescape
+from ..sip.uri import aor_user, parse_uri, unescape
 from ..store import BindingRow, Store
 
 log = logging.getLogger(__name__)
@@ -218,6 +218,7 @@ class LocationService:
         self.clock = clock
         self._aors: dict[str, dict[str, Binding]] = {}
         self._flows: dict[int, set[tuple[str, str]]] = {}
+        self._by_user: dict[str, list[str]] = {}  # AOR user part → its AORs (any domain)
         self._count = 0
         self._dirty: set[tuple[str, str]] = set()
         self._task: asyncio.Task[None] | None = None
@@ -231,6 +232,17 @@ class LocationService:
             return []
         now = self.clock() if now is None else now
         live = [b for b in entries.values() if b.expires_at > now]
+        live.sort(key=lambda b: (-b.q, -b.registered_at))
+        return live
+
+    def bindings_of_user(self, user: str, now: float | None = None) -> list[Binding]:
+        """Unexpired bindings of every AOR with this user part (`sip:6140@pbx`,
+        `sip:6140@10.0.0.1`...), best first: how calls find a user's devices."""
+        aors = self._by_user.get(user)
+        if not aors:
+            return []
+        now = self.clock() if now is None else now
+        live = [b for aor in aors for b in self._aors.get(aor, {}).values() if b.expires_at > now]
         live.sort(key=lambda b: (-b.q, -b.registered_at))
         return live
 
@@ -253,7 +265,12 @@ class LocationService:
         """Add or refresh a binding (same AOR and key replaces); call again after mutating one.
         `event`: log it (registration_added at info, registration_refreshed at debug)."""
         ktext = binding.key_text()
-        entries = self._aors.setdefault(binding.aor, {})
+        aor = binding.aor
+        entries = self._aors.get(aor)
+        if entries is None:
+            entries = {}
+            self._aors[aor] = entries
+            self._by_user.setdefault(aor_user(aor), []).append(aor)
         old = entries.get(ktext)
         if old is None:
             self._count += 1
@@ -305,6 +322,12 @@ class LocationService:
             return False
         if not entries:
             del self._aors[aor]
+            user = aor_user(aor)
+            aors = self._by_user.get(user)
+            if aors is not None:
+                aors.remove(aor)
+                if not aors:
+                    del self._by_user[user]
         if binding.conn_id is not None:
             self._unlink_flow(binding.conn_id, aor, ktext)
         self._count -= 1
@@ -330,6 +353,7 @@ class LocationService:
         """
         self._aors.clear()
         self._flows.clear()
+        self._by_user = {}
         self._dirty.clear()
         self._count = 0
         if self.store is None:

@@ -400,3 +400,12 @@ def parse_name_addr(text: str) -> NameAddr:
         params=_split_params(param_text) if param_text else [],
         bracketed=False,
     )
+
+
+def aor_user(aor: str) -> str:
+    """The user part of an AOR (`sip:6140@pbx.example` → `6140`); the AOR itself when it
+    has none.  Worker processes partition bindings by it, so a call finds every device of
+    a user, whatever domain each registered with, in one worker."""
+    colon = aor.find(":")
+    at = aor.find("@")
+    return aor[colon + 1 : at] if at > colon >= 0 else aor
