@@ -260,17 +260,17 @@ class _Calendar:
                     day -= timedelta(days=1)
             if not inside:
                 why.append(f"{clock} is not in {self.time}")
-        label = f"{day.isoformat()} ({WEEKDAYS[day.weekday()]})"
+        day_is = f"{day.isoformat()} ({WEEKDAYS[day.weekday()]}) is"
         if day != local.date():
-            label = f"{clock} belongs to the night of {label}"
+            day_is = f"{clock} belongs to the night of {day_is.removesuffix(' is')}, which is"
         if self.weekdays and day.weekday() not in self.weekdays:
-            why.append(f"{label} is not on {self.weekday_text}")
+            why.append(f"{day_is} not on {self.weekday_text}")
         if self.dates and not any(d.holds(day) for d in self.dates):
-            why.append(f"{label} is not one of the dates {', '.join(d.text for d in self.dates)}")
+            why.append(f"{day_is} not one of the dates {', '.join(d.text for d in self.dates)}")
         excluded = [d.text for d in self.not_dates if d.holds(day)]
         if excluded:
-            why.append(f"{label} is in not_dates ({', '.join(excluded)})")
-        return "; ".join(f"calendar: {w}" for w in why) if why else None
+            why.append(f"{day_is} in not_dates ({', '.join(excluded)})")
+        return f"calendar: {'; '.join(why)}" if why else None
 
 
 # ---- rules --------------------------------------------------------------------------------------
