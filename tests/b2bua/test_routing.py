@@ -153,11 +153,11 @@ def test_source_by_user_group_trunk_network_and_any_user() -> None:
     d = route(r, "6140", Source(None, "other", "203.0.113.1"))  # a trunk is not a user
     assert d.rule is None
     assert d.trace[:5] == (
-        'rule "boss" (0): source: trunk other from 203.0.113.1 is none of users 6142',
-        'rule "sales" (1): source: trunk other from 203.0.113.1 is none of groups ventas',
-        'rule "from-pri" (2): source: trunk other from 203.0.113.1 is none of trunks pri',
-        'rule "office" (3): source: trunk other from 203.0.113.1 is none of networks 192.0.2.0/24, 2001:db8::/32',
-        'rule "staff" (4): source: trunk other from 203.0.113.1 is none of any user',
+        'rule "boss" (0): source: trunk other (203.0.113.1) is not one of users 6142',
+        'rule "sales" (1): source: trunk other (203.0.113.1) is not in groups ventas',
+        'rule "from-pri" (2): source: trunk other (203.0.113.1) is not on trunks pri',
+        'rule "office" (3): source: trunk other (203.0.113.1) is not in networks 192.0.2.0/24, 2001:db8::/32',
+        'rule "staff" (4): source: trunk other (203.0.113.1) is not an authenticated user',
     )
 
 
@@ -166,7 +166,7 @@ def test_source_kinds_combine_with_or_and_unknown_hosts_match_no_network() -> No
     assert route(r, "6140", Source("6142", None, "")).rule == "mixed"
     assert route(r, "6140", Source(None, None, "10.1.2.3")).rule == "mixed"
     d = route(r, "6140", Source(None, None, ""))
-    assert d.trace[0] == 'rule "mixed" (0): source: an anonymous caller is none of users 6142; networks 10.0.0.0/8'
+    assert d.trace[0] == 'rule "mixed" (0): source: an anonymous caller is not one of users 6142 or in networks 10.0.0.0/8'
     assert route(r, "6140", Source(None, None, "not-an-ip")).rule is None
 
 
@@ -188,7 +188,7 @@ def test_all_parts_of_a_match_must_hold_and_all_failures_are_told() -> None:
     )
     assert route(r, "6140").trace[0] == (
         'rule "night-sales" (0): number 6140 does not start with "9"; '
-        "source: user 6140 from 192.0.2.10 is none of groups ventas; "
+        "source: user 6140 (192.0.2.10) is not in groups ventas; "
         "calendar: 10:15 is not in 22:00-06:00"
     )
     assert route(r, "900", Source("6141", None, ""), madrid("2026-03-30T23:00")).rule == "night-sales"

@@ -228,7 +228,7 @@ async def test_route_answers_the_decision_and_its_trace(client: Client) -> None:
         "trace": [
             'rule "outside" (0): number 6140 does not start with "0"',
             'rule "night" (1): calendar: 10:15 is not in 22:00-06:00',
-            'rule "inbound" (2): source: user 6141 from 192.0.2.7 is none of trunks pri',
+            'rule "inbound" (2): source: user 6141 (192.0.2.7) is not on trunks pri',
             'rule "internal" (3): matches → user 6140',
         ],
     }
@@ -307,7 +307,7 @@ async def test_ctl_route_explains_a_call_through_a_flow(
     assert code == 0
     assert out.splitlines() == [
         f"Calling 913346140 (a DID) from trunk pri at {MORNING}:",
-        '  rule "outside" (0): number 913346140 does not start with "0"; source: trunk pri is none of any user',
+        '  rule "outside" (0): number 913346140 does not start with "0"; source: trunk pri is not an authenticated user',
         '  rule "night" (1): calendar: 10:15 is not in 22:00-06:00',
         '  rule "inbound" (2): matches → flow Cen_Inicio_SIP (180 while queued), then user 6140 (DID 913346140); '
         "agujero: hangup 486; desborda: 503 + Retry-After (default)",

@@ -58,7 +58,7 @@ class Source:
             who = f"trunk {self.trunk}"
         else:
             who = "an anonymous caller"
-        return f"{who} from {self.host}" if self.host else who
+        return f"{who} ({self.host})" if self.host else who
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,17 +174,17 @@ def _source_check(match: SourceMatch, groups: Mapping[str, frozenset[str]]) -> C
     wanted = [
         label
         for label, given in (
-            (f"users {', '.join(match.users)}", match.users),
-            (f"groups {', '.join(match.groups)}", match.groups),
-            (f"trunks {', '.join(match.trunks)}", match.trunks),
-            (f"networks {', '.join(match.networks)}", match.networks),
-            ("any user", match.any_user),
+            (f"one of users {', '.join(match.users)}", match.users),
+            (f"in groups {', '.join(match.groups)}", match.groups),
+            (f"on trunks {', '.join(match.trunks)}", match.trunks),
+            (f"in networks {', '.join(match.networks)}", match.networks),
+            ("an authenticated user", match.any_user),
         )
         if given
     ]
     if not wanted:
         return None
-    listed = "; ".join(wanted)
+    listed = " or ".join(wanted)
     any_user = match.any_user
 
     def by_source(req: RouteRequest) -> str | None:
@@ -195,7 +195,7 @@ def _source_check(match: SourceMatch, groups: Mapping[str, frozenset[str]]) -> C
             return None
         if networks and _in_networks(src.host, networks):
             return None
-        return f"source: {src.describe()} is none of {listed}"
+        return f"source: {src.describe()} is not {listed}"
 
     return by_source
 
