@@ -68,7 +68,8 @@ def test_every_mistake_is_reported_at_once_with_its_path() -> None:
             "b2bua": {
                 "trunks": [{"name": "pri", "host": "10.0.0.5"}, {"name": "pri", "host": "10.0.0.6"}],
                 "groups": {"ventas": ["6140", "5140", "4005", "ana"]},
-                "dids": {"913346140": "6140", "6141": "6140", "7140": "6140", "915553000": "4000"},
+                "dids": {"913346140": "6140", "6141": "6140", "7140": "6140", "915553000": "4000",
+                         "915553001": "+34915553001"},
                 "dialplan": [
                     {"name": "outside", "match": {"number": {"prefix": "0"}},
                      "action": {"type": "trunk", "trunks": ["pri", "pri2"]}},
@@ -76,9 +77,9 @@ def test_every_mistake_is_reported_at_once_with_its_path() -> None:
                                                            "users": ["7140"]}},
                      "action": {"type": "user"}},
                     {"name": "inbound",
-                     "action": {"type": "flow", "flow": "Cen_Inicio", "then": {"type": "user"},
+                     "action": {"type": "flow", "flow": "Cen_Inicio", "then": {"type": "user", "user": "ana"},
                                 "desborda": {"type": "flow", "flow": "Cen_Inicio_SIP", "then": {"type": "user"}}}},
-                    {"name": "outside", "action": {"type": "hangup"}},
+                    {"name": "outside", "action": {"type": "extension", "extension": "5140#"}},
                 ],
             },
         }
@@ -90,12 +91,15 @@ def test_every_mistake_is_reported_at_once_with_its_path() -> None:
         "b2bua.groups.ventas[2]: 4005 is user 3005's extension; groups list user numbers",
         "b2bua.groups.ventas[3]: 'ana' is not a user number (2 to 15 digits)",
         "b2bua.dids.6141: 6141 is user 6141's number; as a DID of 6140 it would take that user's calls",
+        "b2bua.dids.915553001: '+34915553001' is not a user number (2 to 15 digits)",
         'b2bua.dialplan[0].action.trunks[1]: no trunk named "pri2" (b2bua.trunks[].name)',
         'b2bua.dialplan[1].match.source.trunks[0]: no trunk named "carrier" (b2bua.trunks[].name)',
         'b2bua.dialplan[1].match.source.groups[1]: no group named "soporte" (b2bua.groups)',
         "b2bua.dialplan[1].match.source.users[0]: 7140 is user 6140's web extension; sources list user numbers",
         'b2bua.dialplan[2].action.flow: no mdflow flow named "Cen_Inicio" (mdflow.flows[].flujo)',
+        "b2bua.dialplan[2].action.then.user: 'ana' is not a user number or extension (2 to 15 digits)",
         "b2bua.dialplan[2].action.desborda: a flow's outcome cannot go through another flow (one admission per call)",
+        "b2bua.dialplan[3].action.extension: '5140#' is not a user number or extension (2 to 15 digits)",
     ]
 
 

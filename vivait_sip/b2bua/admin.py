@@ -106,8 +106,9 @@ def _not_a_user(value: str, path: str, users: _ConfigUsers, what: str) -> str | 
 def check_references(config: CoreConfig) -> list[str]:
     """Every reference the `b2bua` section makes that cannot be right, `path: message`
     lines, all at once: unknown trunks, groups and mdflow flows, a flow nested in a flow,
-    names used twice, group members and source users that are not user numbers, and DIDs
-    that are some other user's number or extension.  [] when all is well."""
+    names used twice, numbers that cannot be users' (group members, source users, DID and
+    action targets), and DIDs that are some other user's number or extension.  [] when
+    all is well."""
     b2bua, registrar, mdflow = _sections(config)
     if b2bua is None:
         return []
@@ -122,6 +123,9 @@ def check_references(config: CoreConfig) -> list[str]:
             if error is not None:
                 errors.append(error)
     for did, number in b2bua.dids.items():
+        if not NUMBER_RE.fullmatch(number):
+            errors.append(f"b2bua.dids.{did}: {number!r} is not a user number (2 to 15 digits)")
+            continue
         owner = users.owner(did)
         mapped = users.owner(number)
         if owner is not None and owner[0] != (mapped[0] if mapped is not None else number):
@@ -156,6 +160,11 @@ def _rule_errors(
                 errors.append(f"{where}: a flow's outcome cannot go through another flow (one admission per call)")
             if action.flow not in flows:
                 errors.append(f'{where}.flow: no mdflow flow named "{action.flow}" (mdflow.flows[].flujo)')
+        elif isinstance(action, ToUser | ToExtension):
+            key = "user" if isinstance(action, ToUser) else "extension"
+            value = getattr(action, key)
+            if value is not None and not NUMBER_RE.fullmatch(value):
+                errors.append(f"{where}.{key}: {value!r} is not a user number or extension (2 to 15 digits)")
         elif isinstance(action, ToTrunk):
             for j, trunk in enumerate(action.trunks):
                 if trunk not in trunks:
