@@ -9,7 +9,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -481,8 +481,8 @@ def test_rewriting_never_sends_more_digits_than_the_cap(number: str, strip: int,
     moment=st.datetimes(min_value=datetime(2026, 1, 1), max_value=datetime(2027, 12, 31)),
 )
 def test_a_range_and_its_complement_split_every_day(start: int, end: int, moment: datetime) -> None:
-    if start == end:
-        return
+    assume(start != end)
+
     def hhmm(m: int) -> str:
         return f"{m // 60:02d}:{m % 60:02d}"
 
