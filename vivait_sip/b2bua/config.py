@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from datetime import date
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 DIGITS_RE = re.compile(r"[0-9*#+]{1,32}")
+TIME_RANGE_RE = re.compile(r"(?:[01]\d|2[0-3]):[0-5]\d-(?:(?:[01]\d|2[0-3]):[0-5]\d|24:00)")
 
 
 class _Strict(BaseModel):
@@ -133,16 +136,36 @@ class CalendarMatch(_Strict):
     @field_validator("time")
     @classmethod
     def _time(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-4]):[0-5]\d", value):
-            raise ValueError("time must be HH:MM-HH:MM")
+        if value is None:
+            return None
+        if not TIME_RANGE_RE.fullmatch(value):
+            raise ValueError("time must be HH:MM-HH:MM (00:00 to 24:00)")
+        start, end = value.split("-")
+        if start == end:
+            raise ValueError(f"time {value} is empty (leave time out for the whole day)")
         return value
 
     @field_validator("dates", "not_dates")
     @classmethod
     def _dates(cls, value: list[str]) -> list[str]:
         for item in value:
-            if not re.fullmatch(r"(\d{4}-)?(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])", item):
-                raise ValueError(f"date {item!r} must be YYYY-MM-DD or MM-DD")
+            # MM-DD is checked against a leap year so that 02-29 is allowed.
+            text = item if len(item) == 10 else f"2000-{item}"
+            try:
+                if not re.fullmatch(r"\d{4}-\d\d-\d\d", text):
+                    raise ValueError
+                date.fromisoformat(text)
+            except ValueError:
+                raise ValueError(f"date {item!r} must be a real YYYY-MM-DD or MM-DD") from None
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: "Europe" is a directory
+            raise ValueError(f"unknown time zone {value!r} (an IANA name: Europe/Madrid, Atlantic/Canary, UTC)") from None
         return value
 
 
@@ -179,7 +202,7 @@ class ToTrunk(_Strict):
     type: Literal["trunk"]
     trunks: list[str] = Field(min_length=1)
     strip: int = Field(default=0, ge=0, le=32)
-    prefix: str = ""
+    prefix: str = Field(default="", pattern=r"^[0-9*#+]{0,32}$")
     caller_id: str | None = None  # overrides the trunk's and the user's
 
 
