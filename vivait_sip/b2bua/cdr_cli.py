@@ -93,14 +93,21 @@ def cmd_ctl_cdr(args: argparse.Namespace) -> int:
 def _table_row(call: dict[str, Any]) -> tuple[str, ...]:
     return (
         _local(call["started_at"]),
-        call["caller"],
-        call["callee"],
-        call["user"] or "-",
-        call["did"] or "-",
-        call["trunk"] or "-",
+        _shown(call["caller"]),
+        _shown(call["callee"]),
+        _shown(call["user"]),
+        _shown(call["did"]),
+        _shown(call["trunk"]),
         call["disposition"],
         _seconds(call["duration_s"]),
         _seconds(call["billable_s"]),
-        f"{call['hangup_side']}: {call['hangup_cause']}",
+        f"{call['hangup_side']}: {_shown(call['hangup_cause'])}",
     )
 
+
+def _shown(value: str | None) -> str:
+    """A cell for the terminal: "-" for none; control characters (a caller's From may
+    carry escape sequences) as "?"."""
+    if not value:
+        return "-"
+    return "".join(ch if ch.isprintable() else "?" for ch in value)
