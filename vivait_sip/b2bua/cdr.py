@@ -150,6 +150,7 @@ def call_row(record: CallRecord) -> tuple[CdrCallRow, list[CdrLegRow]]:
 
 
 def record_from_row(row: CdrCallRow, legs: list[CdrLegRow]) -> CallRecord:
+    """The record back from the store's rows (their strings are the Literals written)."""
     return CallRecord(
         call_uuid=row.call_uuid,
         linked_to=row.linked_to,
@@ -192,7 +193,8 @@ def record_from_row(row: CdrCallRow, legs: list[CdrLegRow]) -> CallRecord:
 
 
 class CdrWriter:
-    """Writes and reads CDRs through one store connection (one writer per process).
+    """Writes and reads CDRs through a store connection (the process's own: SQLite
+    connections stay in the thread that opened them).
 
     `retention_days` > 0 (`b2bua.cdr_retention_days`) makes each write also remove a
     few calls that started longer ago than that, in the same transaction: deletion keeps

@@ -160,7 +160,7 @@ _SQL_PARAMS_PER_QUERY = 500  # well under SQLite's smallest host-parameter limit
 
 
 class StoreError(Exception):
-    """The database cannot be used (newer schema, unreadable file)."""
+    """The database cannot be used (newer schema, unreadable file), or a CDR was not saved."""
 
 
 def _upsert_sql(table: str, columns: tuple[str, ...], pk: tuple[str, ...]) -> str:
