@@ -252,6 +252,8 @@ class B2buaConfig(_Strict):
     session_expires: int = Field(default=1800, ge=90)  # RFC 4028 on each leg
     min_se: int = Field(default=90, ge=90)
     cdr: bool = True
+    # CDRs of calls started longer ago are removed as new calls are written; 0 keeps them all.
+    cdr_retention_days: int = Field(default=0, ge=0, le=36_500)
 
     @field_validator("dids")
     @classmethod

@@ -1,9 +1,14 @@
-"""The SQLite store (DATA_DIR/vivait.db): users, bindings and small settings.
+"""The SQLite store (DATA_DIR/vivait.db): users, bindings, call detail records and small
+settings.
 
 WAL mode lets the CLI write users while a server reads and flushes bindings; a busy
 timeout makes the rare writer collision wait instead of failing.  `synchronous=NORMAL`
 in WAL mode survives a killed process (every commit is in the OS before returning);
 only a power cut can lose the last commits.  All SQL is parameterised.
+
+Schema history (`schema_version` holds one row): 1 users, bindings, meta; 2 adds the CDR
+tables `cdr_calls` and `cdr_legs`.  Opening an older database migrates it in place: the
+new tables are added and every row is kept.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import sqlite_utils
 
 from .private import narrow_existing, private_dir, private_file
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DB_NAME = "vivait.db"
 BUSY_TIMEOUT_MS = 5000
 
@@ -55,9 +60,107 @@ _BINDING_COLUMNS = (
     "registered_at",
 )
 
+_CDR_CALL_COLUMNS = (
+    "call_uuid",
+    "linked_to",
+    "caller",
+    "callee",
+    "user",
+    "callee_user",
+    "did",
+    "trunk",
+    "rule",
+    "flow",
+    "flow_outcome",
+    "started_at",
+    "answered_at",
+    "ended_at",
+    "duration_s",
+    "billable_s",
+    "disposition",
+    "hangup_cause",
+    "hangup_side",
+    "extra",
+)
+_CDR_LEG_COLUMNS = (
+    "leg_id",
+    "call_id",
+    "direction",
+    "peer",
+    "target",
+    "contact",
+    "trunk",
+    "started_at",
+    "answered_at",
+    "ended_at",
+    "status",
+    "cause",
+)
+# Schema 2.  Calls are found by start time (exports, retention) and by party (the hotel
+# PMS downloads billing per extension: calls made by a user, or from/to a number); legs
+# live clustered under their call (WITHOUT ROWID: one b-tree, no second index).
+_CDR_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS cdr_calls (
+        call_uuid TEXT PRIMARY KEY,
+        linked_to TEXT,
+        caller TEXT NOT NULL,
+        callee TEXT NOT NULL,
+        user TEXT,
+        callee_user TEXT,
+        did TEXT,
+        trunk TEXT,
+        rule TEXT,
+        flow TEXT,
+        flow_outcome TEXT,
+        started_at REAL NOT NULL,
+        answered_at REAL,
+        ended_at REAL NOT NULL,
+        duration_s REAL NOT NULL,
+        billable_s REAL NOT NULL,
+        disposition TEXT NOT NULL,
+        hangup_cause TEXT NOT NULL,
+        hangup_side TEXT NOT NULL,
+        extra TEXT NOT NULL DEFAULT '{}'
+    )""",
+    """CREATE TABLE IF NOT EXISTS cdr_legs (
+        call_uuid TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        leg_id TEXT NOT NULL,
+        call_id TEXT NOT NULL,
+        direction TEXT NOT NULL,
+        peer TEXT NOT NULL,
+        target TEXT NOT NULL,
+        contact TEXT,
+        trunk TEXT,
+        started_at REAL NOT NULL,
+        answered_at REAL,
+        ended_at REAL,
+        status INTEGER,
+        cause TEXT,
+        PRIMARY KEY (call_uuid, seq)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS cdr_calls_started ON cdr_calls (started_at, call_uuid)",
+    "CREATE INDEX IF NOT EXISTS cdr_calls_user ON cdr_calls (user, started_at)",
+    "CREATE INDEX IF NOT EXISTS cdr_calls_caller ON cdr_calls (caller, started_at)",
+    "CREATE INDEX IF NOT EXISTS cdr_calls_callee ON cdr_calls (callee, started_at)",
+    "CREATE INDEX IF NOT EXISTS cdr_calls_linked ON cdr_calls (linked_to) WHERE linked_to IS NOT NULL",
+)
+_INSERT_CDR_CALL = (
+    f"INSERT INTO cdr_calls ({', '.join(_CDR_CALL_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _CDR_CALL_COLUMNS)})"
+)
+_INSERT_CDR_LEG = (
+    f"INSERT INTO cdr_legs (call_uuid, seq, {', '.join(_CDR_LEG_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in range(len(_CDR_LEG_COLUMNS) + 2))})"
+)
+# Expired calls removed by one write when a retention is set: a bounded, small cost per
+# call that still outpaces any call rate (each write removes up to this many).
+CDR_PRUNE_PER_WRITE = 4
+_SQL_PARAMS_PER_QUERY = 500  # well under SQLite's smallest host-parameter limit (999)
+
 
 class StoreError(Exception):
-    """The database cannot be used (newer schema, unreadable file)."""
+    """The database cannot be used (newer schema, unreadable file), or a CDR was not saved."""
 
 
 def _upsert_sql(table: str, columns: tuple[str, ...], pk: tuple[str, ...]) -> str:
@@ -113,6 +216,48 @@ class BindingRow(NamedTuple):
     source_port: int
     user_agent: str
     registered_at: float
+
+
+class CdrLegRow(NamedTuple):
+    """One leg of a call as stored, in the order the call made them."""
+
+    leg_id: str
+    call_id: str
+    direction: str
+    peer: str
+    target: str
+    contact: str | None
+    trunk: str | None
+    started_at: float
+    answered_at: float | None
+    ended_at: float | None
+    status: int | None
+    cause: str | None
+
+
+class CdrCallRow(NamedTuple):
+    """One call detail record as stored; `extra` is a JSON object's text."""
+
+    call_uuid: str
+    linked_to: str | None
+    caller: str
+    callee: str
+    user: str | None
+    callee_user: str | None
+    did: str | None
+    trunk: str | None
+    rule: str | None
+    flow: str | None
+    flow_outcome: str | None
+    started_at: float
+    answered_at: float | None
+    ended_at: float
+    duration_s: float
+    billable_s: float
+    disposition: str
+    hangup_cause: str
+    hangup_side: str
+    extra: str
 
 
 def _binding_values(row: BindingRow) -> tuple[Any, ...]:
@@ -180,8 +325,14 @@ class Store:
                 if_not_exists=True,
             )
             db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)  # type: ignore[union-attr]
+            for statement in _CDR_SCHEMA:  # schema 2
+                db.execute(statement)
+            # Every step above is idempotent (IF NOT EXISTS), so the version is written
+            # last: a migration cut short is finished by the next open.
             if row[0] is None:
                 db.execute("INSERT INTO schema_version (version) VALUES (?)", [SCHEMA_VERSION])
+            elif row[0] < SCHEMA_VERSION:
+                db.execute("UPDATE schema_version SET version = ?", [SCHEMA_VERSION])
 
     # ---- users ------------------------------------------------------------------------
     def upsert_users(self, records: Iterable[UserFields]) -> int:
@@ -270,3 +421,73 @@ class Store:
                 "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (key, value),
             )
+
+    # ---- call detail records ------------------------------------------------------------
+    def save_cdr(
+        self, call: CdrCallRow, legs: Iterable[CdrLegRow], *, prune_before: float | None = None
+    ) -> None:
+        """One call and its legs in one transaction, committed before returning.  With
+        `prune_before`, up to CDR_PRUNE_PER_WRITE calls started before it go in the same
+        transaction (retention).  A call_uuid already stored raises StoreError."""
+        try:
+            with self.conn:
+                self.conn.execute(_INSERT_CDR_CALL, call)
+                self.conn.executemany(
+                    _INSERT_CDR_LEG, [(call.call_uuid, seq, *leg) for seq, leg in enumerate(legs)]
+                )
+                if prune_before is not None:
+                    self._delete_cdrs_before(prune_before, CDR_PRUNE_PER_WRITE)
+        except sqlite3.Error as exc:  # a duplicate call_uuid, a full disk, a lock held too long
+            raise StoreError(f"call {call.call_uuid} not saved: {exc}") from None
+
+    def _delete_cdrs_before(self, cutoff: float, limit: int) -> None:
+        gone = [
+            (uuid,)
+            for (uuid,) in self.conn.execute(
+                "SELECT call_uuid FROM cdr_calls WHERE started_at < ? ORDER BY started_at LIMIT ?",
+                (cutoff, limit),
+            )
+        ]
+        self.conn.executemany("DELETE FROM cdr_legs WHERE call_uuid = ?", gone)
+        self.conn.executemany("DELETE FROM cdr_calls WHERE call_uuid = ?", gone)
+
+    def query_cdrs(
+        self,
+        since: float,
+        until: float,
+        limit: int | None = None,
+        *,
+        user: str | None = None,
+        after: tuple[float, str] | None = None,
+    ) -> list[tuple[CdrCallRow, list[CdrLegRow]]]:
+        """Calls started in [since, until), oldest first (then by call_uuid), with their
+        legs.  `user`: only calls made by that user.  `after`: the (started_at, call_uuid)
+        of the last call of a previous page, so exports read in pages."""
+        where = ["started_at >= ?", "started_at < ?"]
+        args: list[Any] = [since, until]
+        if user is not None:
+            where.append("user = ?")
+            args.append(user)
+        if after is not None:
+            where.append("(started_at, call_uuid) > (?, ?)")
+            args.extend(after)
+        sql = (
+            f"SELECT {', '.join(_CDR_CALL_COLUMNS)} FROM cdr_calls WHERE {' AND '.join(where)} "
+            "ORDER BY started_at, call_uuid"
+        )
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        calls = [CdrCallRow(*row) for row in self.conn.execute(sql, args)]
+        legs: dict[str, list[CdrLegRow]] = {c.call_uuid: [] for c in calls}
+        uuids = list(legs)
+        for start in range(0, len(uuids), _SQL_PARAMS_PER_QUERY):
+            chunk = uuids[start : start + _SQL_PARAMS_PER_QUERY]
+            cur = self.conn.execute(
+                f"SELECT call_uuid, {', '.join(_CDR_LEG_COLUMNS)} FROM cdr_legs "
+                f"WHERE call_uuid IN ({', '.join('?' for _ in chunk)}) ORDER BY call_uuid, seq",
+                chunk,
+            )
+            for uuid, *leg in cur:
+                legs[uuid].append(CdrLegRow(*leg))
+        return [(c, legs[c.call_uuid]) for c in calls]
