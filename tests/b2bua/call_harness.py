@@ -83,6 +83,7 @@ class Pbx:
     media: PassThrough = field(default_factory=PassThrough)
     calls: list[Call] = field(default_factory=list)
     ended_calls: list[Call] = field(default_factory=list)
+    started_legs: list[OutLeg] = field(default_factory=list)
     ended_legs: list[OutLeg] = field(default_factory=list)
     redirects: list[list[SipUri]] = field(default_factory=list)
     unowned: list[UaEvent] = field(default_factory=list)
@@ -112,6 +113,9 @@ class Pbx:
             self._by_request[request_id] = call
         if dialog_id is not None:
             self._by_dialog[dialog_id] = call
+
+    def leg_started(self, call: Call, leg: OutLeg) -> None:
+        self.started_legs.append(leg)
 
     def leg_ended(self, call: Call, leg: OutLeg) -> None:
         self.ended_legs.append(leg)

@@ -2,6 +2,8 @@
 
 GET /api/route?number=N[&from=SOURCE][&at=ISO8601]   which rule a call would match, and why
                                                      not the earlier ones (`ctl route`)
+GET /api/calls                                       calls in progress, every worker (`ctl calls`)
+DELETE /api/calls/{call}                             hang one up: its uuid or any leg's Call-ID
 
 `check_references` finds what no single model can see (a rule naming a trunk, a group or
 an mdflow flow that does not exist...); `reference_warnings` what may still be right
@@ -288,3 +290,21 @@ def add_routes(app: web.Application, feature: Any) -> None:
         return web.json_response(decision_json(decision, number, source, at))
 
     app.router.add_get("/api/route", route)
+
+
+def add_call_routes(app: web.Application, feature: Any) -> None:
+    """`ctl calls` and `ctl hangup`; `feature` has `all_calls()` and `hangup(key)`."""
+
+    async def calls(request: web.Request) -> web.Response:
+        found = await feature.all_calls()
+        found.sort(key=lambda c: -float(c.get("duration_s", 0)))
+        return web.json_response({"calls": found})
+
+    async def hangup(request: web.Request) -> web.Response:
+        key = request.match_info["call"]
+        if not await feature.hangup(key):
+            return web.json_response({"error": f"no call {key!r} in progress"}, status=404)
+        return web.json_response({"hung_up": key})
+
+    app.router.add_get("/api/calls", calls)
+    app.router.add_delete("/api/calls/{call}", hangup)

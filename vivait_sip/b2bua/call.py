@@ -106,6 +106,10 @@ class CallEnv(Protocol):
         """Route the UA events of this request or dialog to `call.on_event`."""
         ...
 
+    def leg_started(self, call: Call, leg: OutLeg) -> None:
+        """An outbound leg was placed (a trunk's call slot)."""
+        ...
+
     def leg_ended(self, call: Call, leg: OutLeg) -> None:
         """An outbound leg is over (trunk accounting, failure reporting)."""
         ...
@@ -327,6 +331,7 @@ class Call:
             leg = OutLeg(dest, request_id, call_id, env.now())
             self.legs.append(leg)
             env.bind(self, request_id=request_id)
+            env.leg_started(self, leg)
         if not any(leg.state in (LegState.TRYING, LegState.EARLY) for leg in self.legs):
             self._all_failed()
 

@@ -48,6 +48,55 @@ def add_commands(sub: Any, ctl_sub: Any) -> None:
     route.add_argument("--json", action="store_true", help="the admin API's JSON answer")
     route.set_defaults(func=cmd_ctl_route)
 
+    calls = ctl_sub.add_parser("calls", help="calls in progress: legs, states, durations")
+    calls.add_argument("--json", action="store_true", help="the admin API's JSON answer")
+    calls.set_defaults(func=cmd_ctl_calls)
+    hangup = ctl_sub.add_parser(
+        "hangup", help="end a call in progress", description="End a call: BYE to both legs when answered, "
+        "else the caller gets 480 and the callees CANCEL. Exit 1 when no such call is in progress.",
+    )
+    hangup.add_argument("call", help="the call's id (first column of `ctl calls`) or any of its legs' Call-IDs")
+    hangup.set_defaults(func=cmd_ctl_hangup)
+
+
+def cmd_ctl_calls(args: argparse.Namespace) -> int:
+    reply = admin_request(args.admin, "GET", "/api/calls")
+    if args.json:
+        return print_json(reply)
+    calls = reply["calls"]
+    rows = [("CALL", "STATE", "FROM", "TO", "TRUNK", "DURATION", "LEGS")]
+    for call in calls:
+        legs = ", ".join(f"{leg['target']}:{leg['state']}" for leg in call["legs"]) or "-"
+        rows.append((
+            str(call["call"])[:12], str(call["state"]), _shown(call["caller"]), _shown(call["callee"]),
+            _shown(call.get("trunk")), f"{float(call['duration_s']):.0f}s", legs,
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    print(f"{len(calls)} call(s) in progress")
+    return 0
+
+
+def cmd_ctl_hangup(args: argparse.Namespace) -> int:
+    from ..ctlclient import AdminError
+
+    try:
+        admin_request(args.admin, "DELETE", "/api/calls/" + urllib.parse.quote(args.call, safe=""))
+    except AdminError as exc:
+        if "HTTP 404" in str(exc):
+            print(f"no call {args.call} in progress", file=sys.stderr)
+            return EXIT_REFUSED
+        raise
+    print(f"call {args.call} hung up")
+    return 0
+
+
+def _shown(value: object) -> str:
+    """A value from the network, printable (no control characters reach the terminal)."""
+    text = "-" if value in (None, "") else str(value)
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
+
 
 def aware_time(text: str, today: date) -> datetime:
     """A `--at` value as an aware time; naive ones are this machine's local time."""
