@@ -1,0 +1,571 @@
+"""The B2BUA as a feature: calls between phones, users, DIDs and SIP trunks.
+
+It takes INVITE over from the registrar's guard; authentication stays the registrar's
+(`RegistrarFeature.gate`, the stateless 407 included).  For each call: who calls (the
+authenticated user, whatever its From says; or a trunk, recognised by its network), where
+it goes (`routing.Router`), whether mdflow admits it now (`MdflowFeature.admit`, a
+worker-0 role reached by messages), which contacts ring (`RegistrarFeature.locate`, at
+the worker owning the user) or which trunk carries it (`trunks.TrunkManager`), and then
+the call itself (`call.Call`), whose legs all live in this worker (outbound Call-IDs are
+minted to hash here).  When a call ends its CDR is committed (`cdr.CdrWriter`) before
+anything reports it ended.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from ..config import CoreConfig
+from ..contract import Feature, Host, RequestHandler, StatelessCheck, mint_call_id
+from ..events import CALL_ANSWER, CALL_END, CALL_START, emit
+from ..flow.feature import MdflowFeature
+from ..registrar.feature import Contact, RegistrarFeature
+from ..sip.errors import SipParseError
+from ..sip.incoming import Incoming
+from ..sip.message import Request
+from ..sip.peer import Peer
+from ..sip.ua import (
+    AckReceived,
+    DialogEnded,
+    RequestCancelled,
+    RequestFailed,
+    RequestReceived,
+    ResponseReceived,
+    UaEvent,
+)
+from ..sip.uri import SipUri, parse_uri
+from ..store import Store
+from . import admin as b2bua_admin
+from . import cli as b2bua_cli
+from .call import Call, CallState, Dest, LegState, OutLeg, PassThrough
+from .cdr import CallRecord, CdrWriter, LegRecord, disposition_for
+from .cdr_admin import add_cdr_routes
+from .cdr_cli import add_cdr_commands
+from .config import B2buaConfig
+from .routing import Decision, Router, RouteRequest, Source, Target
+from .trunks import TrunkManager, inbound_identity, outgoing_identity
+
+log = logging.getLogger("vivait_sip.b2bua")
+
+QUEUED_RINGING_AFTER_S = 0.05  # an admission slower than this means the call waits in a queue
+
+
+class UserDirectoryView:
+    """`routing.Directory` over the registrar's users (SPEC §4: users, not extensions)."""
+
+    def __init__(self, registrar: RegistrarFeature | None) -> None:
+        self.registrar = registrar
+
+    def user_of(self, number: str) -> str | None:
+        if self.registrar is None:
+            return None
+        users = self.registrar.users
+        record = users.by_number(number) or users.by_extension(number)
+        return record.number if record is not None else None
+
+    def is_extension(self, number: str) -> bool:
+        return self.registrar is not None and self.registrar.users.by_extension(number) is not None
+
+    def devices(self, user: str) -> list[str]:
+        """What rings for a user: its hard extension (and its number, when phones register
+        with it); the webfon's extension joins here with the WebRTC issue (hard XOR web)."""
+        if self.registrar is None:
+            return [user]
+        record = self.registrar.users.by_number(user)
+        if record is None:
+            return [user]
+        return list(dict.fromkeys([record.extension, record.number]))
+
+
+class _Timer:
+    def __init__(self, handle: asyncio.TimerHandle) -> None:
+        self.handle = handle
+
+    def cancel(self) -> None:
+        self.handle.cancel()
+
+
+class B2buaFeature(Feature[B2buaConfig]):
+    """Calls (issue 10); see the module docstring."""
+
+    name = "b2bua"
+    config_key = "b2bua"
+    config_model = B2buaConfig
+    order = 30
+
+    def __init__(self, host: Host) -> None:
+        super().__init__(host)
+        settings = self.settings
+        self.owner = self.name
+        self.media = PassThrough()
+        self.registrar: RegistrarFeature | None = None
+        self.mdflow: MdflowFeature | None = None
+        self.directory = UserDirectoryView(None)
+        self.router = Router(settings, self.directory)
+        self.trunks = TrunkManager(list(settings.trunks), host, self.name)
+        self.store: Store | None = None
+        self.cdr_writer: CdrWriter | None = None
+        self.calls: dict[str, Call] = {}
+        self._by_request: dict[int, Call] = {}
+        self._by_dialog: dict[int, Call] = {}
+        self._tickets: dict[str, int] = {}  # call uuid → mdflow ticket while waiting
+        self._trunk_legs: set[str] = set()  # leg ids holding a trunk's call slot
+        self.draining = False
+        self.counters: dict[str, int] = {"attempts": 0, "answered": 0, "failed": 0, "cancelled": 0, "rejected_overload": 0}
+        self._ids = itertools.count(1)
+
+    # ---- the contract -----------------------------------------------------------------------
+    @classmethod
+    def check_config(cls, config: CoreConfig) -> list[str]:
+        return b2bua_admin.check_references(config)
+
+    def request_handlers(self) -> Mapping[str, RequestHandler]:
+        return {"INVITE": self.on_invite}
+
+    def stateless_checks(self) -> Mapping[str, StatelessCheck]:
+        return {"INVITE": self._challenge_only}
+
+    def _challenge_only(self, req: Request, peer: Peer) -> bool:
+        """A call from no trunk, without credentials answering our nonce: only a 407 (or
+        a refusal) can follow, so it is answered without a transaction (no amplification)."""
+        registrar = self.registrar
+        if registrar is None or self.trunks.trunk_for_source(peer.host) is not None:
+            return False
+        return registrar.guard.challenge_only(req, peer)
+
+    async def start(self) -> None:
+        self._wire()
+        await self.trunks.start()
+
+    async def start_worker(self) -> None:
+        self._wire()
+        await self.trunks.start()
+
+    def _wire(self) -> None:
+        host = self.host
+        self.registrar = host.feature(RegistrarFeature)
+        self.mdflow = host.feature(MdflowFeature)
+        self.directory.registrar = self.registrar
+        settings = self.settings
+        if settings.cdr:
+            self.store = Store.open(host.data_dir)
+            self.cdr_writer = CdrWriter(self.store, retention_days=settings.cdr_retention_days)
+        for line in b2bua_admin.reference_warnings(host.config):
+            log.warning("event=config_warning %s", line)
+        host.on_call("b2bua_calls", lambda args: self.local_calls())
+        host.on_call("b2bua_hangup", lambda args: self.hangup_local(str(args["call"])))
+
+    def reload(self, config: CoreConfig) -> None:
+        settings = self.settings_of(config)
+        self.router = Router(settings, self.directory)
+        self.trunks.reload(list(settings.trunks))
+        if self.cdr_writer is not None:
+            self.cdr_writer.retention_days = settings.cdr_retention_days
+        for line in b2bua_admin.reference_warnings(config):
+            log.warning("event=config_warning %s", line)
+
+    async def stop(self) -> None:
+        """Drain: no new calls (503), active ones may run `drain_s`, then BYE both ways;
+        every CDR is written before the store closes."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.drain_s
+        while self.calls and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        for call in list(self.calls.values()):
+            call.hangup("shutdown")
+        await asyncio.sleep(0.2)  # the BYEs and final responses go out
+        await self.trunks.stop()
+        if self.store is not None:
+            self.store.close()
+
+    # ---- a new call -------------------------------------------------------------------------
+    def on_invite(self, inc: Incoming) -> None:
+        req = inc.request
+        host = self.host
+        registrar = self.registrar
+        if inc.request_id is None or registrar is None:
+            if registrar is not None and self.trunks.trunk_for_source(inc.peer.host) is None:
+                registrar.gate.check(inc, proxy=True)  # the stateless challenge (or refusal)
+            else:
+                inc.respond(500)
+            return
+        settings = self.settings
+        trunk = self.trunks.trunk_for_source(inc.peer.host)
+        if trunk is None and not host.is_local_domain(req.uri.host):
+            inc.respond(403, "Forbidden (relaying not allowed)")
+            return
+        user: str | None = None
+        private = False
+        if trunk is None:
+            username = registrar.gate.check(inc, proxy=True)
+            if username is None:
+                return
+            user = self.directory.user_of(username) or username
+            caller = user
+        else:
+            trunk_config = next((t for t in settings.trunks if t.name == trunk), None)
+            number, private = inbound_identity(req, trunk_config)
+            caller = number or "anonymous"
+        self.counters["attempts"] += 1
+        if self.draining or len(self.calls) >= settings.max_calls:
+            self.counters["rejected_overload"] += 1
+            retry = str(host.config.sip.limits.retry_after_s)
+            inc.respond(503, "Service Unavailable (shutting down)" if self.draining else None, headers=[("Retry-After", retry)])
+            return
+        number = req.uri.user_unescaped or ""
+        call = Call(
+            self, inc.request_id, req, inc.peer,
+            call_uuid=uuid.uuid4().hex, caller=caller, callee=number, user=user, trunk=trunk,
+            ring_s=settings.ring_s, max_redirects=settings.max_redirects,
+        )
+        call.extra["private"] = private
+        call.extra["display"] = None if trunk is not None else self._display(user)
+        self.calls[call.call_uuid] = call
+        emit(log, logging.INFO, CALL_START, "call_id=%r from=%r to=%r source=%s", req.call_id, caller, number, inc.peer.host)
+        try:
+            decision = self.router.route(RouteRequest(number, Source(user, trunk, inc.peer.host), datetime.now(UTC)))
+        except ValueError as exc:
+            log.warning("event=route_failed call=%s error=%r", call.call_uuid, str(exc))
+            call.fail(500, "Server Internal Error (routing)")
+            return
+        self._decided(call, decision)
+
+    def _display(self, user: str | None) -> str | None:
+        if user is None or self.registrar is None:
+            return None
+        record = self.registrar.users.by_number(user)
+        return record.name or None if record is not None else None
+
+    def _decided(self, call: Call, decision: Decision) -> None:
+        call.rule = decision.rule
+        call.did = decision.did
+        if decision.flow is None:
+            self._go(call, decision.target)
+            return
+        mdflow = self.mdflow
+        call.flow = decision.flow
+        if mdflow is None:
+            self._go(call, decision.target)
+            return
+
+        def admitted(outcome: str) -> None:
+            self._tickets.pop(call.call_uuid, None)
+            call.flow_outcome = outcome
+            if call.state is CallState.ENDED:
+                return
+            if outcome == "ok":
+                self._go(call, decision.target)
+                return
+            target = decision.on_agujero if outcome == "agujero" else decision.on_desborda if outcome == "desborda" else None
+            if target is None:
+                call.fail(503, f"Service Unavailable (mdflow {outcome})", retry_after=self.host.config.sip.limits.retry_after_s)
+            else:
+                self._go(call, target)
+
+        self._tickets[call.call_uuid] = mdflow.admit(decision.flow, call.callee, admitted)
+        loop = asyncio.get_running_loop()
+        loop.call_later(
+            QUEUED_RINGING_AFTER_S,
+            lambda: call.queued(decision.ringing) if call.call_uuid in self._tickets else None,
+        )
+
+    def _go(self, call: Call, target: Target) -> None:
+        """Turn a routing target into legs (locating contacts or choosing trunks first)."""
+        if call.state is CallState.ENDED:
+            return
+        if target.kind == "hangup":
+            call.fail(target.status, target.reason, retry_after=target.retry_after)
+            return
+        if target.kind == "trunk":
+            self._ring_trunks(call, target)
+            return
+        registrar = self.registrar
+        if registrar is None:
+            call.fail(480)
+            return
+        numbers = self.directory.devices(target.user) if target.kind == "user" and target.user else [target.extension or ""]
+        call.callee_user = target.user
+        found: list[Contact] = []
+        pending = [len(numbers)]
+
+        def located(contacts: list[Contact]) -> None:
+            found.extend(contacts)
+            pending[0] -= 1
+            if pending[0] > 0 or call.state is CallState.ENDED:
+                return
+            dests = self._phone_dests(call, found, numbers[0])
+            if not dests:
+                call.fail(480, "Temporarily Unavailable (not registered)")
+                return
+            call.ring([dests], ring_s=target.ring_s)
+
+        for number in numbers:
+            registrar.locate(number, located)
+
+    def _phone_dests(self, call: Call, contacts: list[Contact], label: str) -> list[Dest]:
+        seen: set[str] = set()
+        dests = []
+        for contact in contacts:
+            if contact.uri in seen:
+                continue
+            seen.add(contact.uri)
+            local_host, _ = self.host.sip.local_address(contact.peer)
+            from_, headers = outgoing_identity(
+                None, call.caller, _str(call.extra.get("display")), None, bool(call.extra.get("private")), local_host
+            )
+            routes = tuple(("Route", path) for path in contact.path)
+            dests.append(Dest(
+                uri=contact.uri, destinations=(contact_peer(contact),), to=f"<sip:{label}@{local_host}>", from_=from_,
+                label=label, headers=(*routes, *headers),
+            ))
+        return dests
+
+    def _ring_trunks(self, call: Call, target: Target) -> None:
+        routes = self.trunks.candidates(target.trunks)
+        if not routes:
+            call.fail(503, "Service Unavailable (no trunk available)", retry_after=self.host.config.sip.limits.retry_after_s)
+            return
+        groups = []
+        trunk_configs = {t.name: t for t in self.settings.trunks}
+        for route in routes:
+            config = trunk_configs.get(route.name)
+            user_caller_id = target.caller_id
+            from_, headers = outgoing_identity(
+                config, call.caller, _str(call.extra.get("display")), user_caller_id,
+                bool(call.extra.get("private")), route.from_domain,
+            )
+            groups.append([Dest(
+                uri=f"sip:{target.number}@{route.request_uri_host}", destinations=route.destinations,
+                to=f"<sip:{target.number}@{route.request_uri_host}>", from_=from_, label=target.number,
+                headers=tuple(headers), credentials=route.credentials, trunk=route.name,
+            )])
+        call.ring(groups, ring_s=target.ring_s)
+
+    # ---- CallEnv -----------------------------------------------------------------------------
+    @property
+    def sip(self) -> Any:
+        return self.host.sip
+
+    def now(self) -> float:
+        return time.time()
+
+    def new_call_id(self) -> str:
+        return mint_call_id(self.host.worker_index, self.host.worker_count)
+
+    def later(self, delay: float, fn: Callable[[], None]) -> _Timer:
+        return _Timer(asyncio.get_running_loop().call_later(delay, fn))
+
+    def bind(self, call: Call, *, request_id: int | None = None, dialog_id: int | None = None) -> None:
+        if request_id is not None:
+            self._by_request[request_id] = call
+        if dialog_id is not None:
+            self._by_dialog[dialog_id] = call
+
+    def leg_started(self, call: Call, leg: OutLeg) -> None:
+        trunk = leg.dest.trunk
+        if trunk is not None and self.trunks.acquire(trunk):
+            self._trunk_legs.add(leg.leg_id)
+
+    def leg_ended(self, call: Call, leg: OutLeg) -> None:
+        trunk = leg.dest.trunk
+        if trunk is None:
+            return
+        if leg.leg_id in self._trunk_legs:
+            self._trunk_legs.discard(leg.leg_id)
+            self.trunks.release(trunk)
+        if leg.state is LegState.FAILED and leg.status in (408, 500, 503, 504):
+            self.trunks.report_failure(trunk, leg.status or 503)
+
+    def redirect(self, call: Call, targets: list[SipUri]) -> None:
+        """A 3xx: a target in one of our domains is dialled again through the dialplan
+        (call forwarding); others are not followed (an open relay otherwise)."""
+        for uri in targets:
+            number = uri.user_unescaped
+            if number and uri.is_sip and self.host.is_local_domain(uri.host):
+                source = Source(call.user, call.trunk, call.peer.host)
+                decision = self.router.route(RouteRequest(number, source, datetime.now(UTC)))
+                if decision.flow is None:
+                    call.callee = number
+                    self._go(call, decision.target)
+                    return
+        call.ring([])
+
+    def ended(self, call: Call) -> None:
+        self.calls.pop(call.call_uuid, None)
+        ticket = self._tickets.pop(call.call_uuid, None)
+        if ticket is not None and self.mdflow is not None:
+            self.mdflow.withdraw(ticket)
+            call.flow_outcome = call.flow_outcome or "abandoned"
+        for leg in call.legs:
+            self._by_request.pop(leg.request_id, None)
+        self._by_request.pop(call.request_id, None)
+        record = self._record(call)
+        if self.cdr_writer is not None:
+            try:
+                self.cdr_writer.write(record)
+            except Exception as exc:
+                log.error("event=cdr_write_failed call=%s error=%r", call.call_uuid, str(exc))
+        self.counters[{"answered": "answered", "cancelled": "cancelled"}.get(record.disposition, "failed")] += 1
+        emit(log, logging.INFO, CALL_END, "call_id=%r reason=%r duration_s=%.1f", call.request.call_id,
+             record.hangup_cause, record.duration_s)
+
+    def _record(self, call: Call) -> CallRecord:
+        answered = call.answered_at is not None
+        inbound = LegRecord(
+            leg_id=f"{call.call_uuid}-in", call_id=call.request.call_id, direction="in",
+            peer=str(call.request.from_.uri), target=call.callee, contact=None, trunk=call.trunk,
+            started_at=call.started_at, answered_at=call.answered_at, ended_at=call.ended_at,
+            status=call.final_status, cause=None,
+        )
+        legs = [inbound] + [
+            LegRecord(
+                leg_id=leg.leg_id, call_id=leg.call_id, direction="out", peer=leg.dest.uri, target=leg.dest.label,
+                contact=leg.dest.uri, trunk=leg.dest.trunk, started_at=leg.started_at, answered_at=leg.answered_at,
+                ended_at=leg.ended_at, status=leg.status, cause=leg.cause,
+            )
+            for leg in call.legs
+        ]
+        winner_trunk = call.winner.dest.trunk if call.winner is not None else None
+        trunk = call.trunk or winner_trunk or next((leg.dest.trunk for leg in call.legs if leg.dest.trunk), None)
+        ended_at = call.ended_at if call.ended_at is not None else self.now()
+        extra = {k: v for k, v in call.extra.items() if k not in ("display",)}
+        return CallRecord(
+            call_uuid=call.call_uuid, linked_to=call.linked_to, caller=call.caller, callee=call.callee,
+            user=call.user, callee_user=call.callee_user, did=call.did, trunk=trunk, rule=call.rule, flow=call.flow,
+            flow_outcome=call.flow_outcome, started_at=call.started_at, answered_at=call.answered_at,
+            ended_at=ended_at, duration_s=round(call.duration_s, 3), billable_s=round(call.billable_s, 3),
+            disposition=disposition_for(call.final_status, call.cancelled, answered),
+            hangup_cause=call.hangup_cause or _default_cause(call), hangup_side=call.hangup_side,  # type: ignore[arg-type]
+            legs=legs, extra=extra,
+        )
+
+    # ---- UA events ----------------------------------------------------------------------------
+    def on_ua_event(self, event: UaEvent) -> None:
+        if self.trunks.on_ua_event(event):
+            return
+        dialog_id = getattr(event, "dialog_id", None)
+        call = self._by_dialog.get(dialog_id) if dialog_id is not None else None
+        if call is None:
+            call = self._by_request.get(getattr(event, "request_id", -1))
+        if isinstance(event, DialogEnded):
+            self._by_dialog.pop(event.dialog_id, None)
+        if call is None:
+            self._orphan(event)
+            return
+        was_answered = call.answered_at is not None
+        call.on_event(event)
+        if not was_answered and call.answered_at is not None:
+            emit(log, logging.INFO, CALL_ANSWER, "call_id=%r from=%r to=%r", call.request.call_id, call.caller, call.callee)
+
+    def _orphan(self, event: UaEvent) -> None:
+        """An event for a call already over: a 2xx that came too late is hung up; an
+        in-dialog request is refused; the rest needs nothing."""
+        sip = self.host.sip
+        if isinstance(event, ResponseReceived) and event.dialog_id is not None and 200 <= event.response.status < 300:
+            sip.bye(event.dialog_id)
+        elif isinstance(event, RequestReceived) and event.request.method not in ("ACK", "PRACK"):
+            sip.respond(event.request_id, 481)
+        elif not isinstance(event, (AckReceived, DialogEnded, RequestCancelled, RequestFailed, ResponseReceived)):
+            self.host.counters["b2bua_unowned_events"] += 1
+
+    # ---- operations ----------------------------------------------------------------------------
+    def local_calls(self) -> list[dict[str, object]]:
+        return [call.snapshot() for call in self.calls.values()]
+
+    def hangup_local(self, key: str) -> bool:
+        for call in list(self.calls.values()):
+            if key in (call.call_uuid, call.request.call_id) or any(leg.call_id == key for leg in call.legs):
+                call.hangup("admin")
+                return True
+        return False
+
+    def status(self) -> dict[str, object]:
+        return {"b2bua": {"calls": len(self.calls), **self.counters, "trunks": self.trunks.status()}}
+
+    def merge_status(self, mine: dict[str, object], workers: list[dict[str, object]]) -> None:
+        ours = mine.get("b2bua")
+        if not isinstance(ours, dict):
+            return
+        for part in workers:
+            theirs = part.get("b2bua")
+            if isinstance(theirs, dict):
+                for key in ("calls", *self.counters):
+                    ours[key] = int(ours.get(key, 0)) + int(theirs.get(key, 0))
+
+    def metrics(self, status: dict[str, object]) -> list[str]:
+        ours = status.get("b2bua")
+        if not isinstance(ours, dict):
+            return []
+        lines = [
+            "# HELP vivait_calls Calls in progress.",
+            "# TYPE vivait_calls gauge",
+            f"vivait_calls {int(ours.get('calls', 0))}",
+            "# HELP vivait_call_attempts_total INVITEs accepted for routing (authenticated or from a trunk).",
+            "# TYPE vivait_call_attempts_total counter",
+            f"vivait_call_attempts_total {int(ours.get('attempts', 0))}",
+            "# HELP vivait_calls_ended_total Calls ended, by outcome.",
+            "# TYPE vivait_calls_ended_total counter",
+        ]
+        for outcome in ("answered", "cancelled", "failed", "rejected_overload"):
+            lines.append(f'vivait_calls_ended_total{{outcome="{outcome}"}} {int(ours.get(outcome, 0))}')
+        lines.extend(self.trunks.metrics())
+        return lines
+
+    def admin_routes(self, app: web.Application) -> None:
+        b2bua_admin.add_routes(app, self)
+        add_cdr_routes(app, lambda: self.cdr_writer)
+        b2bua_admin.add_call_routes(app, self)
+
+    async def all_calls(self) -> list[dict[str, object]]:
+        found = self.local_calls()
+        for part in await self.host.call_workers("b2bua_calls"):
+            found.extend(part)
+        return found
+
+    async def hangup(self, key: str) -> bool:
+        if self.hangup_local(key):
+            return True
+        return any(await self.host.call_workers("b2bua_hangup", call=key))
+
+    @classmethod
+    def add_commands(cls, sub: argparse._SubParsersAction[Any], ctl_sub: argparse._SubParsersAction[Any]) -> None:
+        b2bua_cli.add_commands(sub, ctl_sub)
+        add_cdr_commands(sub, ctl_sub)
+
+
+def contact_peer(contact: Contact) -> Peer:
+    """Where to send a call for a registered contact.  Over TCP, TLS and WebSocket: the
+    connection it registered over (RFC 5626; a browser has no other).  Over UDP: the
+    Contact's own address when the REGISTER came from that host, else (a phone behind NAT,
+    its Contact a private address) the address the REGISTER came from, as Kamailio's
+    nat_uac_test + fix_nated_contact do; likewise with a Path, the first hop registered."""
+    if contact.transport != "udp" or contact.path:
+        return contact.peer
+    try:
+        uri = parse_uri(contact.uri)
+    except SipParseError:
+        return contact.peer
+    if uri.host.strip("[]") == contact.host:
+        return Peer("udp", contact.host, uri.port or 5060)
+    return contact.peer
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _default_cause(call: Call) -> str:
+    if call.final_status is not None and call.final_status >= 300:
+        return str(call.final_status)
+    return "normal clearing"
