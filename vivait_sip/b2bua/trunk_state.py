@@ -157,8 +157,8 @@ class TrunkState:
     ids of its requests."""
 
     __slots__ = (
-        "awaiting_probe", "calls", "config", "counters", "health", "probe_at", "probes_in_flight",
-        "registration", "resolve_at",
+        "addressed", "awaiting_probe", "calls", "config", "counters", "health", "looking_up", "probe_at",
+        "probes_in_flight", "registration", "resolve_at",
     )
 
     def __init__(self, config: TrunkConfig, now: float) -> None:
@@ -171,6 +171,8 @@ class TrunkState:
         self.probes_in_flight = 0  # OPTIONS transactions not finished (late ones included)
         self.registration = Registration(config.register_expires_s, now) if config.registration else None
         self.resolve_at: float | None = now  # None: resolved for good (an IP) or resolving
+        self.looking_up = False
+        self.addressed = False  # a resolution ever found an address
 
     # ---- configuration --------------------------------------------------------------------
     def same_address(self, config: TrunkConfig) -> bool:
@@ -228,8 +230,13 @@ class TrunkState:
         return self._failure(now)
 
     # ---- OPTIONS --------------------------------------------------------------------------
+    @property
+    def locating(self) -> bool:
+        """Its first resolution is under way: probing or registering now would only fail."""
+        return self.looking_up and not self.addressed
+
     def probe_due(self, now: float) -> bool:
-        return self.probe_at is not None and now >= self.probe_at
+        return self.probe_at is not None and now >= self.probe_at and not self.locating
 
     def probe(self, now: float, reachable: bool) -> bool:
         """A probe is due: the previous one, still unanswered, has failed (an OPTIONS
@@ -273,8 +280,11 @@ class TrunkState:
 
     def resolving(self) -> None:
         self.resolve_at = None
+        self.looking_up = True
 
     def resolved(self, found: bool, now: float) -> None:
+        self.looking_up = False
+        self.addressed = self.addressed or found
         if found and is_ip(self.config.host):
             self.resolve_at = None
         else:
@@ -300,6 +310,8 @@ class TrunkState:
 
     def next_wakeup(self) -> float | None:
         """The earliest moment something is due (the driver sleeps until then)."""
+        if self.locating:
+            return None  # the resolution's end wakes the driver
         times = [self.probe_at, self.resolve_at]
         if self.registration is not None:
             times.append(self.registration.next_wakeup())

@@ -108,6 +108,7 @@ class TrunkManager:
         now = self._now()
         for trunk in self._trunks.values():  # the constructor's clock may have been 0
             trunk.state = TrunkState(trunk.config, now)
+            trunk.state.resolving()
         await asyncio.gather(*(self._resolve(t) for t in self._trunks.values()))
         self._task = asyncio.create_task(self._run(), name="trunks")
 
@@ -115,15 +116,15 @@ class TrunkManager:
         """Stop probing; un-REGISTER (Expires: 0) and wait for the answers, briefly."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait([self._task])  # (not `await task`: our own cancellation must not be swallowed)
             self._task = None
         self._unregistered.clear()
         for trunk in self._trunks.values():
             self._retire(trunk)
         if any(kind == "unregister" for _, kind in self._requests.values()):
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._unregistered.wait(), UNREGISTER_WAIT_S)
+                async with asyncio.timeout(UNREGISTER_WAIT_S):
+                    await self._unregistered.wait()
 
     def reload(self, trunks: list[TrunkConfig]) -> None:
         """Apply a new trunk list: an unchanged trunk keeps everything; a changed one keeps
@@ -159,8 +160,11 @@ class TrunkManager:
                 self._service(trunk, now)
             due = [w for t in self._trunks.values() if (w := t.state.next_wakeup()) is not None]
             timeout = max(0.0, min(due) - loop.time()) if due else None
+            # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancel that arrives
+            # just as the event is set, and stop() would wait for the next timer
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
 
     def _service(self, trunk: _Trunk, now: float) -> None:
         """Do what is due for one trunk."""
@@ -175,7 +179,7 @@ class TrunkManager:
             if state.probe(now, bool(trunk.destinations)) and self._send(trunk, "OPTIONS", "options") is None:
                 state.probe_answered(False, True, now)
         registration = state.registration
-        if registration is not None and registration.due(now):
+        if registration is not None and registration.due(now) and not state.locating:
             if not trunk.destinations:
                 registration.failed(503, now)
             else:
