@@ -66,6 +66,7 @@ class FakeHost:
     resolved: list[str] = field(default_factory=list)
     worker_index: int = 0
     worker_count: int = 1
+    is_primary: bool = True
 
     async def resolve(self, uri: SipUri) -> list[Peer]:
         self.resolved.append(str(uri))
@@ -77,8 +78,9 @@ class FakeHost:
 
 
 @pytest.fixture(autouse=True)
-def quick_stop(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Nobody answers the un-REGISTERs of most tests: do not wait 2 s for them."""
+def no_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No listeners to wait for, and nobody answers the un-REGISTERs of most tests."""
+    monkeypatch.setattr(trunks_module, "START_DELAY_S", 0)
     monkeypatch.setattr(trunks_module, "UNREGISTER_WAIT_S", 0.01)
 
 
@@ -122,7 +124,7 @@ async def started(*configs: TrunkConfig, host: FakeHost | None = None) -> tuple[
 
 async def settle() -> None:
     """Let the manager's task run what is due now."""
-    for _ in range(3):
+    for _ in range(5):
         await asyncio.sleep(0)
 
 
@@ -336,3 +338,14 @@ async def test_an_unknown_request_outside_our_sends_is_left_to_the_call_code() -
     manager, _ = await started(trunk())
     assert manager.on_ua_event(RequestFailed(OWNER, 12345, 408, "Request Timeout")) is False
     await manager.stop()
+
+
+async def test_with_workers_only_the_primary_registers_and_max_calls_is_shared() -> None:
+    second = FakeHost(worker_index=1, worker_count=2, is_primary=False)
+    manager, host = await started(trunk("c", max_calls=3, **{**CARRIER, "host": "10.0.0.7", "options_interval_s": 30}), host=second)
+    assert [s.method for s in host.sip.sent] == ["OPTIONS"]  # health is checked here too
+    assert [manager.acquire("c") for _ in range(3)] == [True, True, False]  # ceil(3 / 2)
+    status = state_of(manager, "c")
+    assert (status["registration"], status["registered"], status["max_calls"]) == (None, False, 2)
+    await manager.stop()
+    assert [s.method for s in host.sip.sent] == ["OPTIONS"]
