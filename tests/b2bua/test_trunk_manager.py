@@ -300,6 +300,7 @@ async def test_trunk_for_source_by_network_most_specific_first() -> None:
     )
     assert manager.trunk_for_source("10.0.0.5") == "narrow"
     assert manager.trunk_for_source("10.9.9.9") == "wide"
+    assert manager.trunk_for_source("::ffff:10.0.0.5") == "narrow"  # IPv4 on a dual-stack socket
     assert manager.trunk_for_source("[2001:db8::1]") == "narrow"
     assert manager.trunk_for_source("192.0.2.1") is None
     assert manager.trunk_for_source("gw.example.com") is None

@@ -342,6 +342,8 @@ class TrunkManager:
             address = ipaddress.ip_address(host.strip("[]"))
         except ValueError:
             return None
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # an IPv4 peer on a dual-stack socket
         for network, name in self._networks:
             if address in network:
                 return name
