@@ -4,6 +4,7 @@ PRI gateway (tests/peers/sipp/trunk_*.xml) for a test feature that owns a
 
 * OPTIONS answered → the trunk is up; the gateway gone → down after `down_after`
   unanswered checks; one answer is not enough to come back (`up_after` 2), two are.
+  Over TCP a gateway gone refuses the connection: down as many checks later, no waiting.
 * Registration to a far end that challenges (401, the digest checked by SIPp's
   `verifyauth`) and grants 2 s: registered, refreshed before it lapses, and Expires: 0
   when the server stops.
@@ -41,15 +42,17 @@ def workers(request: pytest.FixtureRequest) -> int:
 class Gateway:
     """SIPp UAS processes playing the far end on one UDP port, started and stopped at will."""
 
-    def __init__(self, scenario: str, cwd: Path) -> None:
+    def __init__(self, scenario: str, cwd: Path, tcp: bool = False) -> None:
         self.scenario = str(SCENARIOS / scenario)
         self.cwd = cwd
-        self.port = free_port(socket.SOCK_DGRAM)
+        self.tcp = tcp
+        self.port = free_port(socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM)
         self.procs: list[subprocess.Popen[str]] = []
 
     def start(self, *extra: str) -> subprocess.Popen[str]:
         proc = subprocess.Popen(
-            ["sipp", "-sf", self.scenario, "-i", "127.0.0.1", "-p", str(self.port), "-nostdin", "-trace_err", *extra],
+            ["sipp", "-sf", self.scenario, "-i", "127.0.0.1", "-p", str(self.port), "-nostdin", "-trace_err",
+             "-t", "t1" if self.tcp else "u1", *extra],
             cwd=self.cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         self.procs.append(proc)
@@ -172,3 +175,23 @@ def test_registration_refresh_and_unregister(tmp_path: Path, workers: int, gatew
     assert len(registers) >= 3
     assert len(registers) <= counter(refreshed, "registrations_ok") + 2, lines
     assert [line for line in lines if "expires=0 " in line] == [lines[-1]], lines
+
+
+def test_options_over_tcp_and_a_refused_connection(tmp_path: Path) -> None:
+    assert shutil.which("sipp"), "sipp is required (Debian package sip-tester)"
+    gateway = Gateway("trunk_options_uas.xml", tmp_path, tcp=True)
+    gateway.start()
+    config = {"name": "pri", "host": "127.0.0.1", "port": gateway.port, "transport": "tcp",
+              "options_interval_s": INTERVAL, "down_after": 2, "up_after": 2}
+    server = probe_server(tmp_path / "srv", [config], 1)
+    try:
+        up = wait_for(server, "pri", lambda s: s["state"] == "up")
+        assert up["destinations"] == [f"tcp:127.0.0.1:{gateway.port}"]
+        gateway.stop()
+        down = wait_for(server, "pri", lambda s: s["state"] == "down")
+        assert counter(down, "options_failed") >= 2
+        gateway.start()
+        wait_for(server, "pri", lambda s: s["state"] == "up")
+    finally:
+        gateway.stop()
+        server.stop()
