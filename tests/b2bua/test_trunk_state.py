@@ -316,3 +316,25 @@ def test_reconfigure_keeps_health_and_calls() -> None:
 def test_a_new_address_or_account_is_not_the_same_trunk(change: dict[str, Any]) -> None:
     state = TrunkState(trunk(), now=0.0)
     assert not state.same_address(trunk(**change))
+
+
+def test_nothing_is_due_while_the_first_resolution_runs() -> None:
+    state = TrunkState(trunk(registration=True, auth={"username": "u", "password": "p"}), now=0.0)
+    state.resolving()
+    assert not state.probe_due(5.0) and state.next_wakeup() is None
+    state.resolved(True, 5.0)
+    assert state.probe_due(5.0) and state.next_wakeup() == 0.0
+    state.resolving()  # a later lookup does not stop the checks
+    assert state.probe_due(5.0)
+
+
+@pytest.mark.parametrize(("max_calls", "workers", "share"), [(0, 2, 0), (10, 1, 10), (10, 2, 5), (3, 2, 2), (1, 4, 1)])
+def test_max_calls_is_shared_between_workers(max_calls: int, workers: int, share: int) -> None:
+    state = TrunkState(trunk(max_calls=max_calls), now=0.0, workers=workers)
+    assert state.max_calls == share
+
+
+def test_only_the_registering_worker_has_a_registration() -> None:
+    config = trunk(registration=True, auth={"username": "u", "password": "p"})
+    assert TrunkState(config, 0.0, register=False).registration is None
+    assert TrunkState(config, 0.0).registration is not None

@@ -154,23 +154,31 @@ class Registration:
 
 class TrunkState:
     """Everything the driver needs to know about one trunk, but its addresses and the
-    ids of its requests."""
+    ids of its requests.
+
+    With several worker processes each keeps its own state: `register` is True in one
+    of them only (one binding at the far end), and `workers` splits `max_calls` into
+    per-worker shares (calls land on workers by Call-ID hash, so the shares fill evenly;
+    the sum may exceed `max_calls` by at most `workers - 1`)."""
 
     __slots__ = (
-        "awaiting_probe", "calls", "config", "counters", "health", "probe_at", "probes_in_flight",
-        "registration", "resolve_at",
+        "addressed", "awaiting_probe", "calls", "config", "counters", "health", "looking_up", "probe_at",
+        "probes_in_flight", "registration", "resolve_at", "workers",
     )
 
-    def __init__(self, config: TrunkConfig, now: float) -> None:
+    def __init__(self, config: TrunkConfig, now: float, *, workers: int = 1, register: bool = True) -> None:
         self.config = config
+        self.workers = workers
         self.health = Health(config.down_after, config.up_after, now)
         self.calls = 0
         self.counters: dict[str, int] = {}
         self.probe_at: float | None = now if config.options_interval_s > 0 else None
         self.awaiting_probe = False  # the last OPTIONS sent has no answer yet
         self.probes_in_flight = 0  # OPTIONS transactions not finished (late ones included)
-        self.registration = Registration(config.register_expires_s, now) if config.registration else None
+        self.registration = Registration(config.register_expires_s, now) if config.registration and register else None
         self.resolve_at: float | None = now  # None: resolved for good (an IP) or resolving
+        self.looking_up = False
+        self.addressed = False  # a resolution ever found an address
 
     # ---- configuration --------------------------------------------------------------------
     def same_address(self, config: TrunkConfig) -> bool:
@@ -202,8 +210,13 @@ class TrunkState:
 
     # ---- calls ----------------------------------------------------------------------------
     @property
+    def max_calls(self) -> int:
+        """This worker's share of `max_calls` (0: unlimited)."""
+        return -(-self.config.max_calls // self.workers)
+
+    @property
     def has_room(self) -> bool:
-        return self.config.max_calls == 0 or self.calls < self.config.max_calls
+        return self.max_calls == 0 or self.calls < self.max_calls
 
     @property
     def available(self) -> bool:
@@ -228,8 +241,13 @@ class TrunkState:
         return self._failure(now)
 
     # ---- OPTIONS --------------------------------------------------------------------------
+    @property
+    def locating(self) -> bool:
+        """Its first resolution is under way: probing or registering now would only fail."""
+        return self.looking_up and not self.addressed
+
     def probe_due(self, now: float) -> bool:
-        return self.probe_at is not None and now >= self.probe_at
+        return self.probe_at is not None and now >= self.probe_at and not self.locating
 
     def probe(self, now: float, reachable: bool) -> bool:
         """A probe is due: the previous one, still unanswered, has failed (an OPTIONS
@@ -273,8 +291,11 @@ class TrunkState:
 
     def resolving(self) -> None:
         self.resolve_at = None
+        self.looking_up = True
 
     def resolved(self, found: bool, now: float) -> None:
+        self.looking_up = False
+        self.addressed = self.addressed or found
         if found and is_ip(self.config.host):
             self.resolve_at = None
         else:
@@ -300,6 +321,8 @@ class TrunkState:
 
     def next_wakeup(self) -> float | None:
         """The earliest moment something is due (the driver sleeps until then)."""
+        if self.locating:
+            return None  # the resolution's end wakes the driver
         times = [self.probe_at, self.resolve_at]
         if self.registration is not None:
             times.append(self.registration.next_wakeup())

@@ -38,6 +38,9 @@ log = logging.getLogger("vivait_sip.b2bua.trunks")
 
 # stop(): how long the un-REGISTERs (Expires: 0, challenged once) may take.
 UNREGISTER_WAIT_S = 2.0
+# Features start before the SIP listeners open (`Application.start`): the first OPTIONS
+# and REGISTER wait this long, or they would leave from no socket and fail.
+START_DELAY_S = 1.0
 # From user of our OPTIONS: any name does; this one says who pings.
 PROBE_USER = "vivait-sip"
 ANONYMOUS_FROM = '"Anonymous" <sip:anonymous@anonymous.invalid>'  # RFC 3323 §4.1.1.3
@@ -83,7 +86,7 @@ class TrunkManager:
         self.host = host
         self.owner = owner
         now = self._now()
-        self._trunks: dict[str, _Trunk] = {t.name: _Trunk(TrunkState(t, now)) for t in trunks}
+        self._trunks: dict[str, _Trunk] = {t.name: _Trunk(self._state(t, now)) for t in trunks}
         self._networks = _networks(trunks)
         # request id → (trunk, "options" | "register" | "unregister"); a removed trunk's
         # requests stay here until their final event, so it is still recognised as ours.
@@ -93,6 +96,11 @@ class TrunkManager:
         self._wake = asyncio.Event()
         self._unregistered = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+
+    def _state(self, config: TrunkConfig, now: float) -> TrunkState:
+        """Every worker checks a trunk's health itself (no messages, and its failover
+        sees its own failures); only the primary registers."""
+        return TrunkState(config, now, workers=self.host.worker_count, register=self.host.is_primary)
 
     @staticmethod
     def _now() -> float:
@@ -107,7 +115,8 @@ class TrunkManager:
         register in the background."""
         now = self._now()
         for trunk in self._trunks.values():  # the constructor's clock may have been 0
-            trunk.state = TrunkState(trunk.config, now)
+            trunk.state = self._state(trunk.config, now)
+            trunk.state.resolving()
         await asyncio.gather(*(self._resolve(t) for t in self._trunks.values()))
         self._task = asyncio.create_task(self._run(), name="trunks")
 
@@ -115,15 +124,15 @@ class TrunkManager:
         """Stop probing; un-REGISTER (Expires: 0) and wait for the answers, briefly."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait([self._task])  # (not `await task`: our own cancellation must not be swallowed)
             self._task = None
         self._unregistered.clear()
         for trunk in self._trunks.values():
             self._retire(trunk)
         if any(kind == "unregister" for _, kind in self._requests.values()):
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._unregistered.wait(), UNREGISTER_WAIT_S)
+                async with asyncio.timeout(UNREGISTER_WAIT_S):
+                    await self._unregistered.wait()
 
     def reload(self, trunks: list[TrunkConfig]) -> None:
         """Apply a new trunk list: an unchanged trunk keeps everything; a changed one keeps
@@ -137,13 +146,13 @@ class TrunkManager:
         for name, config in wanted.items():
             current = self._trunks.get(name)
             if current is None:
-                self._trunks[name] = _Trunk(TrunkState(config, now))
+                self._trunks[name] = _Trunk(self._state(config, now))
             elif config != current.config or config.model_fields_set != current.config.model_fields_set:
                 if current.state.same_address(config):
                     current.state.reconfigure(config, now)
                 else:
                     self._retire(current)
-                    fresh = TrunkState(config, now)
+                    fresh = self._state(config, now)
                     fresh.calls, fresh.counters = current.state.calls, current.state.counters
                     self._trunks[name] = _Trunk(fresh)
         self._networks = _networks(trunks)
@@ -152,6 +161,7 @@ class TrunkManager:
     # ---- the loop -----------------------------------------------------------------------
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        await asyncio.sleep(START_DELAY_S)
         while True:
             self._wake.clear()  # before servicing: an event arriving meanwhile wakes us again
             now = loop.time()
@@ -159,8 +169,11 @@ class TrunkManager:
                 self._service(trunk, now)
             due = [w for t in self._trunks.values() if (w := t.state.next_wakeup()) is not None]
             timeout = max(0.0, min(due) - loop.time()) if due else None
+            # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancel that arrives
+            # just as the event is set, and stop() would wait for the next timer
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
 
     def _service(self, trunk: _Trunk, now: float) -> None:
         """Do what is due for one trunk."""
@@ -175,7 +188,7 @@ class TrunkManager:
             if state.probe(now, bool(trunk.destinations)) and self._send(trunk, "OPTIONS", "options") is None:
                 state.probe_answered(False, True, now)
         registration = state.registration
-        if registration is not None and registration.due(now):
+        if registration is not None and registration.due(now) and not state.locating:
             if not trunk.destinations:
                 registration.failed(503, now)
             else:
@@ -329,6 +342,8 @@ class TrunkManager:
             address = ipaddress.ip_address(host.strip("[]"))
         except ValueError:
             return None
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # an IPv4 peer on a dual-stack socket
         for network, name in self._networks:
             if address in network:
                 return name
@@ -401,7 +416,7 @@ class TrunkManager:
                     "last_status": registration.last_status,
                 },
                 "calls": state.calls,
-                "max_calls": trunk.config.max_calls,
+                "max_calls": state.max_calls,
                 "destinations": [str(p) for p in trunk.destinations],
                 "counters": dict(sorted(state.counters.items())),
             }
