@@ -18,6 +18,7 @@ USERS = [
     {"number": "6143", "password": "pw-6143"},
     {"number": "6144", "password": "pw-6144"},
     {"number": "6145", "password": "pw-6145"},
+    {"number": "6199", "password": "pw-6199"},  # never registers: calls to it fail at once
 ]
 
 
@@ -164,20 +165,21 @@ def test_guarded_methods_need_proxy_auth(server: Server, phones: list[Phone]) ->
     p = phone(server, phones, "6140")
     p.register(600)
     for method in ("INVITE", "MESSAGE", "SUBSCRIBE", "REFER"):
-        first = p.send(p.request(method, "sip:6142@127.0.0.1", [], ruri="sip:6142@127.0.0.1"))
+        first = p.send(p.request(method, "sip:6199@127.0.0.1", [], ruri="sip:6199@127.0.0.1"))
         assert first.status == 407 and len(first.get_all("Proxy-Authenticate")) == 2
-        assert p.invite("6142", method=method).status == 480
-    reply = p.invite("6140")
-    assert reply.status == 480 and "not yet routed" in reply.reason
-    assert p.invite("5141").status == 480  # a hard extension
+        assert p.invite("6199", method=method).status == 480  # authenticated; 6199 has no phone registered
+    for method in ("MESSAGE", "SUBSCRIBE", "REFER"):  # not routed yet: only calls are
+        reply = p.invite("6140", method=method)
+        assert reply.status == 480 and "not yet routed" in reply.reason
+    assert p.invite("5141").status == 480  # a hard extension, nothing registered
     assert p.invite("9999").status == 404
     assert p.invite("6142", domain="example.com").status == 403  # no open relay
 
 
 def test_trunk_is_trusted_by_source_address(server: Server, phones: list[Phone]) -> None:
     trunk = phone(server, phones, "carrier", source="127.0.0.4")
-    reply = trunk.send(trunk.request("INVITE", "sip:6140@127.0.0.1", [], ruri="sip:6140@127.0.0.1"))
-    assert reply.status == 480
+    reply = trunk.send(trunk.request("INVITE", "sip:6199@127.0.0.1", [], ruri="sip:6199@127.0.0.1"))
+    assert reply.status == 480  # trusted, routed, and 6199 has no phone registered
     # Any other loopback address is not a trunk: challenged.
     other = phone(server, phones, "carrier", source="127.0.0.5")
     assert other.send(other.request("INVITE", "sip:6140@127.0.0.1", [], ruri="sip:6140@127.0.0.1")).status == 407

@@ -29,7 +29,8 @@ from vivait_sip.workers import owner_index
 pytestmark = pytest.mark.timeout(120)
 
 USERS = [{"number": str(n), "password": f"pw-{n}"} for n in range(7000, 7024)]
-REGISTRAR = {"users": USERS, "algorithms": ["MD5"]}
+NOBODY = "7099"  # a user that never registers: calls to it fail at once (480)
+REGISTRAR = {"users": [*USERS, {"number": NOBODY, "password": "pw-nobody"}], "algorithms": ["MD5"]}
 
 
 def start(tmp: Path, workers: int = 2, extra: dict[str, object] | None = None) -> Server:
@@ -182,7 +183,7 @@ def test_reload_reaches_every_worker(server: Server) -> None:
     config = json.loads(server.config_path.read_text())
     added = [{"number": str(n), "password": f"pw-{n}"} for n in range(7100, 7110)]
     assert {owner_index(u["number"], 2) for u in added} == {0, 1}
-    config["registrar"]["users"] = USERS + added
+    config["registrar"]["users"] = [*REGISTRAR["users"], *added]  # type: ignore[misc]
     server.config_path.write_text(json.dumps(config))
     assert ctl(server, "reload").returncode == 0
     port = server.sip_port("udp")
@@ -264,7 +265,7 @@ def test_a_captured_credential_replayed_with_another_call_id_is_rechallenged(ser
     caller = USERS[21]
     p = Phone(server.sip_port("udp"), caller["number"], caller["password"], algorithm="MD5")
     try:
-        target = f"sip:{USERS[22]['number']}@127.0.0.1"
+        target = f"sip:{NOBODY}@127.0.0.1"
         headers = [("Contact", p.contact())]
         for worker in (0, 1):
             p.call_id = call_id_owned_by(worker, f"orig{worker}")

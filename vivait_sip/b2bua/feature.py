@@ -139,9 +139,17 @@ class B2buaFeature(Feature[B2buaConfig]):
         """A call from no trunk, without credentials answering our nonce: only a 407 (or
         a refusal) can follow, so it is answered without a transaction (no amplification)."""
         registrar = self.registrar
-        if registrar is None or self.trunks.trunk_for_source(peer.host) is not None:
+        if registrar is None or self.trunk_for_source(peer.host) is not None:
             return False
         return registrar.guard.challenge_only(req, peer)
+
+    def trunk_for_source(self, host: str) -> str | None:
+        """The trunk a call from `host` comes in on: a `b2bua.trunks` network, else a
+        `registrar.trunks` one (carriers trusted by address for REGISTER and calls)."""
+        name = self.trunks.trunk_for_source(host)
+        if name is None and self.registrar is not None:
+            name = self.registrar.gate.trunk_for(host)
+        return name
 
     async def start(self) -> None:
         self._wire()
@@ -195,13 +203,13 @@ class B2buaFeature(Feature[B2buaConfig]):
         host = self.host
         registrar = self.registrar
         if inc.request_id is None or registrar is None:
-            if registrar is not None and self.trunks.trunk_for_source(inc.peer.host) is None:
+            if registrar is not None and self.trunk_for_source(inc.peer.host) is None:
                 registrar.gate.check(inc, proxy=True)  # the stateless challenge (or refusal)
             else:
                 inc.respond(500)
             return
         settings = self.settings
-        trunk = self.trunks.trunk_for_source(inc.peer.host)
+        trunk = self.trunk_for_source(inc.peer.host)
         if trunk is None and not host.is_local_domain(req.uri.host):
             inc.respond(403, "Forbidden (relaying not allowed)")
             return
