@@ -38,6 +38,7 @@ from .sip.address import Listener
 from .sip.message import Limits, Request
 from .sip.peer import Peer
 from .sip.transaction import TimerConfig
+from .sip.ua import SessionTimerConfig
 from .sip.uri import SipUri
 from .store.private import private_dir
 from .transport.accept import ConnectionGate, parse_networks
@@ -146,6 +147,7 @@ class Application:
             max_transactions=limits.max_transactions,
             max_completed_transactions=limits.max_completed_transactions,
             max_dialogs=limits.max_dialogs,
+            session_timer=session_timer_config(config),
             retry_after_s=limits.retry_after_s,
         )
         self.lag = LagMonitor(limits.overload_lag_ms / 1000, on_change=self.core.set_shedding)
@@ -614,6 +616,11 @@ class Application:
         out["workers"] = workers
         out["worker_link_drops"] = cluster.dropped + sum(int(p.get("worker_link_drops", 0)) for p in parts)  # type: ignore[call-overload]
         return out
+
+
+def session_timer_config(config: CoreConfig) -> SessionTimerConfig | None:
+    timers = config.sip.session_timers
+    return SessionTimerConfig(timers.expires_s, timers.min_se_s) if timers.enabled else None
 
 
 def _worker_row(index: int, pid: int, status: dict[str, object]) -> dict[str, object]:

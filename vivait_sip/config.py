@@ -163,11 +163,27 @@ def _header_text(value: str) -> str:
     return value.strip()
 
 
+class SessionTimersConfig(Strict):
+    """RFC 4028 on every dialog the server is a party to (each leg of a call): the
+    interval asked for or granted, and the smallest accepted (smaller: 422)."""
+
+    enabled: bool = True
+    expires_s: int = Field(default=1800, ge=90, le=86400)
+    min_se_s: int = Field(default=90, ge=90, le=86400)
+
+    @model_validator(mode="after")
+    def _order(self) -> SessionTimersConfig:
+        if self.expires_s < self.min_se_s:
+            raise ValueError("expires_s must be >= min_se_s")
+        return self
+
+
 class SipConfig(Strict):
     timers: TimersConfig = Field(default_factory=TimersConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     # The Server header value, verbatim (no version appended); "" sends no Server header.
     user_agent: str = Field(default="vivait-sip", max_length=200)
+    session_timers: SessionTimersConfig = Field(default_factory=SessionTimersConfig)
     # Processes sharing the UDP sockets (vivait_sip/workers.py); one per core is the norm.
     workers: int = Field(default=1, ge=1, le=64)
 

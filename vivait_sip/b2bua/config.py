@@ -249,8 +249,6 @@ class B2buaConfig(_Strict):
     ring_s: float = Field(default=60.0, gt=0)  # no answer after this: 480
     max_redirects: int = Field(default=3, ge=0, le=10)  # 3xx followed at most this often
     drain_s: float = Field(default=30.0, ge=0)  # SIGTERM: calls may run this long, then BYE
-    session_expires: int = Field(default=1800, ge=90)  # RFC 4028 on each leg
-    min_se: int = Field(default=90, ge=90)
     cdr: bool = True
     # CDRs of calls started longer ago are removed as new calls are written; 0 keeps them all.
     cdr_retention_days: int = Field(default=0, ge=0, le=36_500)
