@@ -199,8 +199,11 @@ class TimersConfig(Strict):
 class LimitsConfig(Strict):
     """Protection limits; each is answered with its own status (see docs/config.md)."""
 
-    max_message_bytes: int = Field(default=65536, ge=1024, le=1 << 24)
-    max_body_bytes: int = Field(default=65536, ge=0, le=1 << 24)
+    # Each limit below the one above it, and the message limit below the largest UDP
+    # datagram (65,507 bytes over IPv4), so that every one of them can be answered with its
+    # own status: 513 for a message over 32 KiB, 413 for a body over 16 KiB (docs/config.md).
+    max_message_bytes: int = Field(default=32768, ge=1024, le=1 << 24)
+    max_body_bytes: int = Field(default=16384, ge=0, le=1 << 24)
     max_headers: int = Field(default=128, ge=8, le=10000)
     max_line_bytes: int = Field(default=8192, ge=256, le=1 << 20)
     max_uri_bytes: int = Field(default=2048, ge=64, le=1 << 20)
