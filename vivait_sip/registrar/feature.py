@@ -280,13 +280,31 @@ class RegistrarFeature(Feature[RegistrarConfig]):
         rows = records_from_rows(self.store.list_users())
         if not self._demo_on(self.host.config):
             rows = [r for r in rows if r.origin != "demo"]
+        if self.host.demo:
+            rows = [r for r in rows if r.origin != "config"]
         self.users.load(rows)
 
-    def demo_users_left_out(self) -> list[str]:
-        """Demo users in the store that this server does not load (it runs from a config)."""
+    def users_left_out(self) -> list[str]:
+        """What start-up says about stored users this server does not load: demo users
+        under a config file, a config file's users under the demo."""
+        rows = self.store.list_users()
+        if self.host.demo:
+            numbers = [r.number for r in rows if r.origin == "config"]
+            if numbers:
+                return [
+                    f"{len(numbers)} user(s) of a config file ({_numbers(numbers)}) are kept in the store but not "
+                    "loaded: this server runs the embedded demo (start it with that --config to use them)"
+                ]
+            return []
         if self._demo_on(self.host.config):
             return []
-        return [r.number for r in self.store.list_users() if r.origin == "demo"]
+        numbers = [r.number for r in rows if r.origin == "demo"]
+        if not numbers:
+            return []
+        return [
+            f"demo users {', '.join(numbers)} are kept in the store but not loaded: this server runs from its config "
+            "file (registrar.demo_users: true loads them; `vivait-sip user remove NUMBER` deletes them)"
+        ]
 
     def reload_users(self) -> int:
         """Config users replace the store's config-managed ones (a CLI user with the same
@@ -298,7 +316,12 @@ class RegistrarFeature(Feature[RegistrarConfig]):
         host = self.host
         if host.is_primary:
             self._mark_demo_rows()
-            self.store.replace_config_users(self._config_users(self.settings))
+            if host.demo:
+                # No config file: the users of one (from an earlier configured run) are left
+                # as they are, and not loaded.
+                self.store.upsert_users(self._config_users(self.settings))
+            else:
+                self.store.replace_config_users(self._config_users(self.settings))
         self._load_directory()
         if host.is_primary:
             host.broadcast(UsersChanged())
@@ -439,13 +462,7 @@ class RegistrarFeature(Feature[RegistrarConfig]):
                     f"demo users {numbers}: passwords in {demo.demo_file(self.host.data_dir)} "
                     f"(shown when made; `vivait-sip user password NUMBER` sets a new one)"
                 )
-        left_out = self.demo_users_left_out()
-        if left_out:
-            self.host.banner.append(
-                f"demo users {', '.join(left_out)} are kept in the store but not loaded: this server runs "
-                "from its config file (registrar.demo_users: true loads them; "
-                "`vivait-sip user remove NUMBER` deletes them)"
-            )
+        self.host.banner.extend(self.users_left_out())
         self.host.banner.extend(self._demo_notes)
         self._demo_notes = []
 
@@ -520,6 +537,11 @@ def _merge_status(out: dict[str, object], workers: list[dict[str, object]]) -> N
             for key in ("bindings", "registered_aors"):
                 mine[key] = int(mine.get(key, 0)) + int(theirs.get(key, 0))
             merge_failures(mine, theirs)
+
+
+def _numbers(numbers: list[str], shown: int = 5) -> str:
+    more = len(numbers) - shown
+    return ", ".join(numbers[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
 _unique_base = int.from_bytes(secrets.token_bytes(16), "big")
