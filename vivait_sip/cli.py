@@ -78,11 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
         "data directory). Exits 1 when the server refuses, or when nothing was done.",
     )
     ctl.add_argument(
-        "--admin", metavar="HOST:PORT", default=DEFAULT_ADMIN,
-        help=f"admin API address (default {DEFAULT_ADMIN}; https://HOST:PORT with admin.tls)",
+        "--admin", metavar="HOST:PORT",
+        help=f"admin API address (default: the --config file's, else {DEFAULT_ADMIN}; https://HOST:PORT with admin.tls)",
     )
-    ctl.add_argument("--data-dir", metavar="DIR", help=f"the server's data directory, where its admin token is (default {DATA_DIR_HELP})")
-    ctl.add_argument("--admin-token-file", metavar="FILE", help="the admin token (default DIR/admin-token; admin.token_file)")
+    ctl.add_argument("--data-dir", metavar="DIR", help=f"the server's data directory, where its admin token is (default: the --config file's data_dir, else {DATA_DIR_HELP})")
+    ctl.add_argument("--admin-token-file", metavar="FILE", help="the admin token (default DIR/admin-token, or the --config file's admin.token_file)")
+    ctl.add_argument("--config", metavar="FILE", help="the server's config file: its admin address, data directory and token file")
     ctl_sub = ctl.add_subparsers(dest="ctl_command", title="commands")
     ctl_status = ctl_sub.add_parser("status", help="uptime, listeners and counters")
     ctl_status.add_argument("--json", action="store_true", help="raw JSON")
@@ -118,7 +119,15 @@ def _missing_subcommand(parser: argparse.ArgumentParser, args: argparse.Namespac
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_admin_client(getattr(args, "data_dir", None), getattr(args, "admin_token_file", None))
+    try:
+        if args.command in ("ctl", "user"):
+            _reach_admin(args)
+        else:
+            configure_admin_client(getattr(args, "data_dir", None), getattr(args, "admin_token_file", None))
+    except ConfigError as exc:
+        for line in exc.lines():
+            print(f"config error: {line}", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         result: int | None = args.func(args)
     except AdminError as exc:
@@ -132,6 +141,26 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     return result or 0
+
+
+def _reach_admin(args: argparse.Namespace) -> None:
+    """Where `ctl` and `user` find the server: the options, else its config file's
+    (`--config`: admin address, data directory, token file), else the defaults, the
+    same data directory a server started without them uses."""
+    config = load_config(args.config) if getattr(args, "config", None) else None
+    if getattr(args, "admin", "") is None:
+        args.admin = admin_address(config) if config is not None else DEFAULT_ADMIN
+    data_dir = getattr(args, "data_dir", None) or (config.data_dir if config is not None else None)
+    token_file = getattr(args, "admin_token_file", None) or (config.admin.token_file if config is not None else None)
+    configure_admin_client(data_dir, token_file)
+
+
+def admin_address(config: CoreConfig) -> str:
+    """How a client on this host reaches the admin API a config describes."""
+    admin = config.admin
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(admin.host, admin.host)
+    shown = f"[{host}]" if ":" in host else host
+    return f"{'https://' if admin.tls else ''}{shown}:{admin.port}"
 
 
 # ---- serve ----------------------------------------------------------------------------------

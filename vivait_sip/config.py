@@ -579,7 +579,7 @@ def config_from_json(text: str) -> CoreConfig:
 
 def load_config(path: str | Path) -> CoreConfig:
     """Read and validate a config file; raise ConfigError listing every problem.
-    A relative `data_dir` is taken from the file's directory."""
+    A relative `data_dir` or `admin.token_file` is taken from the file's directory."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
@@ -592,12 +592,17 @@ def load_config(path: str | Path) -> CoreConfig:
         raise ConfigError([f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"], path) from None
     if isinstance(data, dict):
         data = _strip_comments(data)
-        given = data.get("data_dir")
-        if isinstance(given, str) and given and not Path(given).expanduser().is_absolute():
-            data["data_dir"] = str(Path(path).absolute().parent / Path(given).expanduser())
-        elif isinstance(given, str) and given.startswith("~"):
-            data["data_dir"] = str(Path(given).expanduser())
+        _from_file(data, "data_dir", path)
+        if isinstance(data.get("admin"), dict):
+            _from_file(data["admin"], "token_file", path)
     return config_from_data(data, path)
+
+
+def _from_file(section: dict[str, Any], key: str, config_path: str | Path) -> None:
+    """A relative path in a config file is relative to the file's directory (`~` expanded)."""
+    given = section.get(key)
+    if isinstance(given, str) and given:
+        section[key] = str(Path(config_path).absolute().parent / Path(given).expanduser())
 
 
 def _strip_comments(data: Any) -> Any:

@@ -44,8 +44,12 @@ class AdminError(Exception):
         self.errors = errors or []
 
     def lines(self) -> list[str]:
-        """What `ctl` prints: the sentence, then each detail line."""
-        return [self.message, *(f"  {line}" for line in self.errors)]
+        """What `ctl` prints: the sentence (with the HTTP status, for scripts and bug
+        reports), then each detail line."""
+        first = self.message
+        if self.status is not None and "(HTTP " not in first:
+            first += f" (HTTP {self.status})"
+        return [first, *(f"  {line}" for line in self.errors)]
 
 
 def error_reply(status: int, body: str) -> tuple[str, list[str]]:

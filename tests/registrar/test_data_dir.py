@@ -89,15 +89,30 @@ def test_serve_ctl_and_user_find_the_same_default_from_anywhere(tmp_path: Path) 
     assert not (tmp_path / "a" / "var").exists() and not (tmp_path / "b" / "var").exists()
 
 
-def test_a_relative_data_dir_in_a_config_file_is_next_to_it(tmp_path: Path) -> None:
+def test_a_relative_data_dir_in_a_config_file_is_next_to_it_and_ctl_finds_it(tmp_path: Path) -> None:
     etc = tmp_path / "etc"
     etc.mkdir()
-    (etc / "site.json").write_text(json.dumps({"data_dir": "state"}))
+    site = etc / "site.json"
+    admin_port = free_port()
+    site.write_text(json.dumps({
+        "data_dir": "state",
+        "admin": {"port": admin_port},
+        "registrar": {"users": [{"number": "7000", "password": "seven"}]},
+    }))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    with serve("--config", str(etc / "site.json"), *loopback_args(http=False, tls=False, admin=False), "--admin",
-               f"127.0.0.1:{free_port()}", cwd=tmp_path, env=env) as lines:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with serve("--config", str(site), *loopback_args(http=False, tls=False, admin=False), cwd=tmp_path, env=env) as lines:
         assert f"data dir {etc / 'state'}" in lines
-    assert (etc / "state" / "vivait.db").exists()
+        # `ctl --config` and `user --config`: the config's admin address, data directory, token.
+        status = subprocess.run([*CLI, "ctl", "--config", str(site), "status", "--json"], cwd=elsewhere, env=env,
+                                capture_output=True, text=True, timeout=30)
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["registrar"]["users"] == 1
+        users = subprocess.run([*CLI, "user", "list", "--config", str(site), "--json"], cwd=elsewhere, env=env,
+                               capture_output=True, text=True, timeout=30)
+        assert [u["number"] for u in json.loads(users.stdout)] == ["7000"]
+    assert (etc / "state" / "vivait.db").exists() and (etc / "state" / "admin-token").exists()
 
 
 def origins(data_dir: Path) -> dict[str, str]:

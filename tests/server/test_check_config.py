@@ -138,7 +138,7 @@ def test_every_command_and_argument_has_a_help_text() -> None:
 def test_the_worker_command_is_hidden_and_ctl_shows_its_defaults() -> None:
     top = subprocess.run([*CLI, "--help"], capture_output=True, text=True, timeout=30).stdout
     assert "worker" not in top and "check-config" in top
-    ctl = subprocess.run([*CLI, "ctl", "--help"], capture_output=True, text=True, timeout=30).stdout
-    assert "default 127.0.0.1:8081" in ctl
+    ctl = " ".join(subprocess.run([*CLI, "ctl", "--help"], capture_output=True, text=True, timeout=30).stdout.split())
+    assert "--admin HOST:PORT admin API address (default: the --config file's, else 127.0.0.1:8081" in ctl
     check = subprocess.run([*CLI, "check-config", "--help"], capture_output=True, text=True, timeout=30).stdout
     assert "FILE        the JSON config file to check" in check

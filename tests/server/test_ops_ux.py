@@ -54,14 +54,14 @@ def test_start_prints_the_data_directory_before_ready(demo: Server) -> None:
     ("args", "message"),
     [
         (["reload"], "error: nothing to reload: the server runs without a config file (the embedded demo); "
-         "start it with --config FILE to reload that file"),
+         "start it with --config FILE to reload that file (HTTP 409)"),
         (["mdflow", "reload"], "error: nothing to reload: the server runs without a config file (the embedded "
-         "demo); start it with --config FILE"),
+         "demo); start it with --config FILE (HTTP 409)"),
         (["unregister", "bogus"], "error: no binding found for bogus; nothing removed"),
         (["registrations", "6140"], "no binding for 6140"),
         (["unban", "192.0.2.1"], "error: 192.0.2.1 was not banned; nothing done"),
         # The API's own error sentence, not its JSON.
-        (["registrations", "sip:%%"], "error: aor is not a SIP URI"),
+        (["registrations", "sip:%%"], "error: aor is not a SIP URI (HTTP 400)"),
     ],
     ids=["reload", "mdflow-reload", "unregister", "registrations", "unban", "api-error"],
 )
@@ -185,7 +185,7 @@ def test_reload_with_a_config_file_says_which(tmp_path: Path) -> None:
             proc = ctl(srv, *args)
             assert proc.returncode == 1
             first, *details = proc.stderr.splitlines()
-            assert first.startswith(f"error: {srv.config_path}") and "1 error" in first, first
+            assert first.startswith(f"error: {srv.config_path}") and "1 error" in first and first.endswith("(HTTP 400)"), first
             assert details == ["  mdflow.flows[0].tasa_sal_seg: Input should be greater than 0"]
     finally:
         assert srv.stop() == 0

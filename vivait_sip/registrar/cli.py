@@ -82,6 +82,7 @@ def add_commands(sub: Any, ctl_sub: Any) -> None:
     lst = user_sub.add_parser("list", help="list users (no digests)")
     lst.add_argument("--json", action="store_true", help="JSON output")
     _data_dir_options(lst)
+    _config_option(lst)
     lst.set_defaults(func=cmd_user_list)
 
     imp = user_sub.add_parser(
@@ -129,19 +130,28 @@ def _common(parser: argparse.ArgumentParser, *, realm: bool) -> None:
     _data_dir_options(parser)
     parser.add_argument(
         "--admin",
-        default="127.0.0.1:8081",
         metavar="HOST:PORT",
-        help="admin API of a running server to notify (default 127.0.0.1:8081)",
+        help="admin API of a running server to notify (default: the --config file's, else 127.0.0.1:8081)",
     )
     parser.add_argument(
         "--admin-token-file",
         metavar="FILE",
-        help="admin token of that server (default DIR/admin-token of --data-dir)",
+        help="admin token of that server (default DIR/admin-token, or the --config file's admin.token_file)",
     )
     if realm:
         group = parser.add_mutually_exclusive_group()
         group.add_argument("--realm", help=f"digest realm (default {DEFAULT_REALM!r}, the demo's)")
-        group.add_argument("--config", metavar="FILE", help="take the realm from this config file")
+        _config_option(group)
+    else:
+        _config_option(parser)
+
+
+def _config_option(parser: Any) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the server's config file: its realm, data directory and admin API",
+    )
 
 
 def read_password(given: str | None, *, stdin: Any = None) -> str:
@@ -187,8 +197,7 @@ def _open_store(args: argparse.Namespace) -> Store:
 def _notify(args: argparse.Namespace) -> None:
     """Tell a running server to reload its users; say whether one answered.  Its token is
     in the data directory the command used (or --admin-token-file)."""
-    admin = args.admin
-    cli.configure(data_dir(args), args.admin_token_file)
+    admin = args.admin  # and the token: set by `vivait-sip` itself (cli._reach_admin)
     try:
         reply = cli.admin_request(admin, "POST", "/api/users/reload")
     except cli.AdminError as exc:
