@@ -40,6 +40,7 @@ from typing import Any
 
 from vivait_sip.flow.config import FlowConfig, MdflowConfig
 from vivait_sip.flow.engine import OK, MdflowEngine
+from vivait_sip.paths import default_data_dir
 
 FLOW = "bench"
 
@@ -409,8 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     server.add_argument(
         "--admin-token-file",
         metavar="FILE",
-        default="./var/admin-token",
-        help="the server's admin token (default ./var/admin-token, the demo's)",
+        default=str(default_data_dir() / "admin-token"),
+        help="the server's admin token (default: admin-token in the server's default data directory)",
     )
     server.add_argument("--flow", default="bench", help="flow to feed")
     server.add_argument("--batch-ms", type=int, default=100, help="post arrivals every N ms")

@@ -2,23 +2,86 @@
 # Install vivait-sip into ./.venv and compile its hot modules with mypyc.
 # Debian packages (python3-venv; gcc and python3-dev for the compiled modules) are added
 # with apt when missing.  Without a compiler the server still runs, as pure Python.
+#
+# One line per step (apt, venv, pip, compile), with its time; a step's own output goes to
+# a log that is printed only when the step fails.  Steps with nothing to do are skipped:
+# pip when pyproject.toml, the extras and the Python are those of the last install, the
+# compilation when the sources and the compiler are those of the last build
+# (scripts/native_needed.py).  EXTRAS=test adds extras (scripts/test.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+START=$SECONDS
+LOGS=$(mktemp -d)
+trap 'rm -rf "$LOGS"' EXIT
+
+# quietly LOG COMMAND...: run it with its output in $LOGS/LOG; on failure print that and stop.
+quietly() {
+    local log="$LOGS/$1"; shift
+    if ! "$@" >"$log" 2>&1; then
+        echo "failed" >&2
+        echo "error: \`$*\` failed:" >&2
+        cat "$log" >&2
+        exit 1
+    fi
+}
+took() { echo "$(( SECONDS - $1 )) s"; }
+
+# ---- apt ----
 need=""
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need="$need python3-venv python3-pip"
 command -v gcc >/dev/null 2>&1 || need="$need gcc"
 python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
     || need="$need python3-dev"
 if [ -n "$need" ]; then
-    $SUDO apt-get update -qq
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need
+    t=$SECONDS
+    printf "apt: installing%s ... " "$need"
+    quietly apt-update $SUDO apt-get update -qq
+    quietly apt-install $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need
+    echo "done ($(took $t))"
+else
+    echo "apt: nothing to install (python3-venv, gcc, python3-dev present)"
 fi
-[ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[speed,native${EXTRAS:+,$EXTRAS}]"
-if ! .venv/bin/python scripts/build_native.py > .venv/build_native.log 2>&1; then
-    .venv/bin/python scripts/build_native.py --clean >/dev/null 2>&1 || true
-    echo "warning: compiling with mypyc failed (see .venv/build_native.log); running as pure Python" >&2
+
+# ---- venv ----
+if [ -x .venv/bin/python ]; then
+    echo "venv: .venv present"
+else
+    t=$SECONDS
+    printf "venv: creating .venv ... "
+    quietly venv python3 -m venv .venv
+    quietly pip-upgrade .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+    echo "done ($(took $t))"
 fi
-echo "installed: $(.venv/bin/vivait-sip --version) ($(.venv/bin/python -c 'import vivait_sip.native as n; print(n.state)'))"
+
+# ---- pip ----
+extras="speed,native${EXTRAS:+,$EXTRAS}"
+stamp=".venv/install-stamp"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1) [$extras] $(.venv/bin/python -V 2>&1)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && .venv/bin/python -c 'import vivait_sip' >/dev/null 2>&1; then
+    echo "pip: up to date, skipped (pyproject.toml and extras unchanged)"
+else
+    t=$SECONDS
+    printf "pip: installing vivait-sip [%s] and its dependencies ... " "$extras"
+    quietly pip .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[$extras]"
+    echo "$want" > "$stamp"
+    echo "done ($(took $t))"
+fi
+
+# ---- compile ----
+if reason=$(.venv/bin/python scripts/native_needed.py 2>&1); then
+    echo "compile: $reason, skipped"
+else
+    t=$SECONDS
+    printf "compile: %s; compiling with mypyc (about a minute) ... " "$reason"
+    if .venv/bin/python scripts/build_native.py > .venv/build_native.log 2>&1; then
+        .venv/bin/python scripts/native_needed.py --record
+        echo "done ($(took $t))"
+    else
+        .venv/bin/python scripts/build_native.py --clean >/dev/null 2>&1 || true
+        echo "failed ($(took $t))"
+        echo "warning: compiling with mypyc failed (see .venv/build_native.log); running as pure Python" >&2
+    fi
+fi
+state=$(.venv/bin/python -c 'import vivait_sip.native as n; print(n.state)')
+echo "installed: $(.venv/bin/vivait-sip --version) ($state) in $(took $START)"

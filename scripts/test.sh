@@ -13,8 +13,15 @@ for pkg in $PACKAGES; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
 done
 if [ -n "$missing" ]; then
-    $SUDO apt-get update -qq
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing
+    printf "apt (test peers): installing%s ... " "$missing"
+    log=$(mktemp)
+    if ! { $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing; } >"$log" 2>&1; then
+        echo "failed" >&2; cat "$log" >&2; rm -f "$log"; exit 1
+    fi
+    rm -f "$log"
+    echo "done"
+else
+    echo "apt (test peers): nothing to install"
 fi
 EXTRAS=test ./scripts/install.sh
 .venv/bin/ruff check vivait_sip tests bench scripts

@@ -21,14 +21,15 @@ ALLOWED: dict[str, frozenset[str]] = {
     "transport": frozenset(("sip", "logs", "transport")),
     "store": frozenset(("store",)),
     "contract": frozenset(("sip", "config")),
-    "config": frozenset(("sip", "features")),  # the registry, lazily: never a feature by name
-    "ctlclient": frozenset(("sip",)),
+    "config": frozenset(("sip", "features", "paths")),  # the registry, lazily: never a feature by name
+    "ctlclient": frozenset(("sip", "paths")),
+    "paths": frozenset(),  # the default data directory
     "features": frozenset(("contract",)),  # the one place that names features
     "metrics": frozenset(),  # Prometheus text helpers and the core families
     "events": frozenset(("logs",)),  # the event names of the log lines
     "statusview": frozenset(),  # `ctl status` as text
 }
-FEATURE_MAY_IMPORT = frozenset(("sip", "store", "contract", "config", "logs", "ctlclient", "metrics", "events"))
+FEATURE_MAY_IMPORT = frozenset(("sip", "store", "contract", "config", "logs", "ctlclient", "metrics", "events", "paths"))
 # The application: wires everything, imported by no layer (see ALLOWED and the features).
 APPLICATION = frozenset(("", "__main__", "app", "core", "workers", "admin", "cli", "native", "overload", "certs"))
 

@@ -25,7 +25,7 @@ from typing import Any, Literal, TypeVar
 from aiohttp import web
 
 from . import __version__, native
-from .admin import build_admin_app
+from .admin import build_admin_app, routes
 from .admin.auth import TokenError, exposure_warning, protect_admin_app
 from .certs import client_context, ensure_self_signed, server_context
 from .config import ConfigError, CoreConfig, load_config
@@ -643,7 +643,11 @@ def _resolve(future: asyncio.Future[None] | None) -> None:
 
 
 async def _index(request: web.Request) -> web.Response:
-    return web.Response(text=f"vivait-sip {__version__}\nSIP over WebSocket: /sip (subprotocol 'sip')\n")
+    """The HTTPS root: what is served here (the webfon will replace this page)."""
+    lines = [f"vivait-sip {__version__}", "SIP over WebSocket: GET /sip (subprotocol 'sip', RFC 7118)"]
+    others = [route for route in routes(request.app) if route not in ("GET /", "GET /sip")]
+    lines += [f"also: {route}" for route in others]
+    return web.Response(text="\n".join(lines) + "\n")
 
 
 def tune_gc() -> None:

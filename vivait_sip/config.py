@@ -2,28 +2,36 @@
 
 Every model forbids unknown keys, so a typo is an error naming its JSON path instead of
 a setting silently ignored.  `load_config` turns pydantic's errors into lines like
-`mdflow.flows[1].tasa_sal_seg: Input should be greater than 0`.
+`mdflow.flows[1].tasa_sal_seg: Input should be greater than 0`, every one of them in one
+run: the checks across entries (a user defined twice) and across sections (the features'
+`check_config`) run too, on the document without the parts already in error
+(`check_document`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     create_model,
     field_validator,
     model_validator,
 )
 
-from .sip.address import Listener, parse_hostport
+from .paths import default_data_dir
+from .sip.address import Listener, check_host, parse_hostport
 
 DEFAULT_LISTEN: tuple[str | ListenerConfig, ...] = ("udp:127.0.0.1:5060", "tcp:127.0.0.1:5060", "tls:127.0.0.1:5061")
 
@@ -36,6 +44,34 @@ def _listener(value: str, what: str = "listener") -> Listener:
     return Listener.parse(value, what)
 
 
+def _unnamed(exc: ValueError, what: str) -> ValueError:
+    """The address checks name what they check (`listener: port 99999 is out of range`),
+    for command-line options; in the config the JSON path says it."""
+    msg = str(exc)
+    for prefix in (f"{what}: ", f"{what} "):
+        if msg.startswith(prefix):
+            return ValueError(msg.removeprefix(prefix))
+    return exc
+
+
+def _listener_text(value: str) -> str:
+    """A listener as text, `udp:127.0.0.1:5060`: transport, address and port checked."""
+    try:
+        _listener(value)
+    except ValueError as exc:
+        raise _unnamed(exc, "listener") from None
+    return value
+
+
+def _bind_host(value: str) -> str:
+    """A bind address (`127.0.0.1`, `0.0.0.0`, `::`, a host name): a real address or name."""
+    try:
+        check_host(value, "host")
+    except ValueError as exc:
+        raise _unnamed(exc, "host") from None
+    return value
+
+
 class ListenerConfig(Strict):
     """A listener with the address it is known by: `{"address": "udp:0.0.0.0:5060",
     "advertise": "pbx.example.com:5060"}` (behind NAT, a balancer, or bound to 0.0.0.0)."""
@@ -46,24 +82,52 @@ class ListenerConfig(Strict):
     @field_validator("address")
     @classmethod
     def _address(cls, value: str) -> str:
-        _listener(value)
-        return value
+        return _listener_text(value)
 
     @field_validator("advertise")
     @classmethod
     def _advertise(cls, value: str | None) -> str | None:
         if value is not None:
-            parse_hostport(value, "advertise", default_port=0)
+            try:
+                parse_hostport(value, "advertise", default_port=0)
+            except ValueError as exc:
+                raise _unnamed(exc, "advertise") from None
         return value
 
     def listener(self) -> Listener:
         return _listener(self.address).with_advertised(self.advertise)
 
 
+# Tags of the `listen` entries' union; they never show in an error's path.
+TAG_PREFIX = "tag:"
+
+
+def _listen_kind(value: Any) -> str | None:
+    if isinstance(value, str):
+        return f"{TAG_PREFIX}text"
+    if isinstance(value, dict | ListenerConfig):
+        return f"{TAG_PREFIX}object"
+    return None
+
+
+# One `listen` entry: `"udp:127.0.0.1:5060"` or `{"address": ..., "advertise": ...}`;
+# each bad entry is reported with its index (`listen[1]: ...`).
+ListenEntry = Annotated[
+    Annotated[Annotated[str, AfterValidator(_listener_text)], Tag(f"{TAG_PREFIX}text")]
+    | Annotated[ListenerConfig, Tag(f"{TAG_PREFIX}object")],
+    Discriminator(
+        _listen_kind,
+        custom_error_type="listen_entry",
+        custom_error_message='must be "TRANSPORT:HOST:PORT" or an object {"address": "TRANSPORT:HOST:PORT", "advertise": "HOST[:PORT]"}',
+    ),
+]
+BindHost = Annotated[str, AfterValidator(_bind_host)]
+
+
 class HttpConfig(Strict):
     """HTTPS (webfon, REST, WSS on /sip). `tls: false` serves plain HTTP/WS (tests, behind a proxy)."""
 
-    host: str = "127.0.0.1"
+    host: BindHost = "127.0.0.1"
     port: int = Field(default=8443, ge=0, le=65535)
     tls: bool = True
     enabled: bool = True
@@ -86,7 +150,7 @@ class HttpConfig(Strict):
 class AdminConfig(Strict):
     """Admin API (JSON) and Prometheus /metrics. Keep it on loopback or a management network."""
 
-    host: str = "127.0.0.1"
+    host: BindHost = "127.0.0.1"
     port: int = Field(default=8081, ge=0, le=65535)
     enabled: bool = True
     # Bearer token for every call; default DATA_DIR/admin-token, made (0600) on first start.
@@ -135,8 +199,11 @@ class TimersConfig(Strict):
 class LimitsConfig(Strict):
     """Protection limits; each is answered with its own status (see docs/config.md)."""
 
-    max_message_bytes: int = Field(default=65536, ge=1024, le=1 << 24)
-    max_body_bytes: int = Field(default=65536, ge=0, le=1 << 24)
+    # Each limit below the one above it, and the message limit below the largest UDP
+    # datagram (65,507 bytes over IPv4), so that every one of them can be answered with its
+    # own status: 513 for a message over 32 KiB, 413 for a body over 16 KiB (docs/config.md).
+    max_message_bytes: int = Field(default=32768, ge=1024, le=1 << 24)
+    max_body_bytes: int = Field(default=16384, ge=0, le=1 << 24)
     max_headers: int = Field(default=128, ge=8, le=10000)
     max_line_bytes: int = Field(default=8192, ge=256, le=1 << 20)
     max_uri_bytes: int = Field(default=2048, ge=64, le=1 << 20)
@@ -216,24 +283,18 @@ class CoreConfig(Strict):
     """The server's own sections; `config_model()` adds one section per feature.
     Every section is optional; the defaults are the embedded demo."""
 
-    data_dir: str = "./var"
+    # Absolute once loaded: a relative `data_dir` in a file is taken from the file's
+    # directory (`load_config`); none given: `paths.default_data_dir()`.
+    data_dir: str = Field(default_factory=lambda: str(default_data_dir()), min_length=1)
     domains: list[str] = Field(default_factory=list)
     realm: str | None = None
-    listen: list[str | ListenerConfig] = Field(default_factory=lambda: list(DEFAULT_LISTEN))
+    listen: list[ListenEntry] = Field(default_factory=lambda: list(DEFAULT_LISTEN))
     http: HttpConfig = Field(default_factory=HttpConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     tls: TlsConfig = Field(default_factory=TlsConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     sip: SipConfig = Field(default_factory=SipConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
-
-    @field_validator("listen")
-    @classmethod
-    def _listeners(cls, value: list[str | ListenerConfig]) -> list[str | ListenerConfig]:
-        for item in value:
-            if isinstance(item, str):
-                _listener(item)
-        return value
 
     @field_validator("domains")
     @classmethod
@@ -249,14 +310,28 @@ class CoreConfig(Strict):
 
 
 class ConfigError(ValueError):
-    """Invalid configuration; `errors` holds one `path: message` line per problem."""
+    """Invalid configuration; `errors` holds one `path: message` line per problem and
+    `source` the file they were found in (None: not read from a file)."""
 
-    def __init__(self, errors: list[str]) -> None:
-        super().__init__("\n".join(errors))
+    def __init__(self, errors: list[str], source: str | Path | None = None) -> None:
         self.errors = errors
+        self.source = None if source is None else str(source)
+        super().__init__("\n".join(self.lines()))
+
+    def lines(self) -> list[str]:
+        """The errors as printed: `FILE: path: message`, compiler style."""
+        return [f"{self.source}: {line}" for line in self.errors] if self.source else list(self.errors)
+
+    def summary(self) -> str:
+        count = len(self.errors)
+        where = f"{self.source}: " if self.source else ""
+        return f"{where}{count} error{'s' if count != 1 else ''}"
 
 
-def _format_path(loc: tuple[int | str, ...]) -> str:
+Loc = tuple[int | str, ...]
+
+
+def _format_path(loc: Loc) -> str:
     out = ""
     for part in loc:
         if isinstance(part, int):
@@ -266,14 +341,222 @@ def _format_path(loc: tuple[int | str, ...]) -> str:
     return out or "(root)"
 
 
+def _json_type(value: Any) -> str:
+    """What a JSON value is, in JSON's words (never a Python or pydantic type name)."""
+    if isinstance(value, bool):
+        return "true/false"
+    if value is None:
+        return "null"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list | tuple):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return "another kind of value"
+
+
+# pydantic error types whose message names an internal type ("instance of Config").
+_OBJECT_TYPES = frozenset(("model_type", "model_attributes_type", "dict_type", "dataclass_type", "is_instance_of"))
+
+
+def _message(err: Any, path: Loc) -> str:
+    """pydantic's message as an operator should read it."""
+    kind = err["type"]
+    value = err.get("input")
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required, missing"
+    if kind in _OBJECT_TYPES:
+        return f"must be a JSON object {{...}}, not {_json_type(value)}"
+    if kind == "list_type":
+        return f"must be a JSON array, not {_json_type(value)}"
+    if kind == "string_type":
+        return f"must be a string, not {_json_type(value)}"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if "instance of" in msg:  # a type name from a model we did not foresee
+        msg = f"not valid here ({_json_type(value)})"
+    return msg
+
+
+def _data_path(data: Any, loc: Loc) -> Loc:
+    """`loc` as a path in the document itself: union tags (`tag:…`, a discriminator's
+    value) and validator names dropped.  The last part is kept when it is absent from
+    the document (a missing key, or a key left to its default that a check names)."""
+    out: list[int | str] = []
+    node: Any = data
+    parts = [p for p in loc if not (isinstance(p, str) and p.startswith(("function-", TAG_PREFIX)))]
+    for index, part in enumerate(parts):
+        last = index == len(parts) - 1
+        if isinstance(node, dict):
+            if part in node:
+                out.append(part)
+                node = node[part]
+            elif last:
+                out.append(part)
+            # else: a discriminator's value, not in the document
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            out.append(part)
+            node = node[part]
+        else:
+            break  # under a scalar: pydantic's own detail (`[key]`…), not the document's
+    return tuple(out)
+
+
+def _existing(data: Any, path: Loc) -> Loc:
+    """The longest start of `path` that is in the document."""
+    node = data
+    for depth, part in enumerate(path):
+        present = part in node if isinstance(node, dict) else isinstance(part, int) and isinstance(node, list) and 0 <= part < len(node)
+        if not present:
+            return path[:depth]
+        node = node[part]
+    return path
+
+
+def _prune(node: Any, path: Loc, removed: set[Loc], kept: dict[Loc, list[int]]) -> Any:
+    """A copy of the document without the `removed` paths; `kept[list path]` maps the
+    copy's list indices back to the original's."""
+    if isinstance(node, dict):
+        return {k: _prune(v, (*path, k), removed, kept) for k, v in node.items() if (*path, k) not in removed}
+    if isinstance(node, list):
+        indices = [i for i in range(len(node)) if (*path, i) not in removed]
+        kept[path] = indices
+        return [_prune(node[i], (*path, i), removed, kept) for i in indices]
+    return node
+
+
+def _original(loc: Loc, kept: dict[Loc, list[int]]) -> Loc:
+    out: list[int | str] = []
+    for part in loc:
+        prefix = tuple(out)
+        if isinstance(part, int) and prefix in kept:
+            part = kept[prefix][part]
+        out.append(part)
+    return tuple(out)
+
+
+def _at(data: Any, path: Loc) -> Any:
+    for part in path:
+        data = data[part]
+    return data
+
+
+def _strings(node: Any) -> set[str]:
+    """Every string (values and keys) in a part of the document."""
+    if isinstance(node, str):
+        return {node}
+    if isinstance(node, dict):
+        return {str(k) for k in node} | {s for v in node.values() for s in _strings(v)}
+    if isinstance(node, list):
+        return {s for v in node for s in _strings(v)}
+    return set()
+
+
+class _Removed:
+    """Parts of the document left out after an error, to run the remaining checks on
+    the rest; and which later errors those removals could have caused."""
+
+    def __init__(self) -> None:
+        self.paths: set[Loc] = set()
+        self.prefixes: list[str] = []  # errors under these are artifacts
+        self.models: list[str] = []  # objects that lost a field: their own checks are unreliable
+        self.lists: set[str] = set()  # lists that lost an entry: "at least 1 item" is ours
+        self.names: set[str] = set()  # strings of removed entries: "unknown flow 'X'" when X was removed
+
+    def add(self, path: Loc, data: Any, unknown_key: bool) -> bool:
+        if path in self.paths:
+            return False
+        self.paths.add(path)
+        self.prefixes.append(_format_path(path))
+        if unknown_key:
+            return True  # a typo'd key changes nothing else
+        if len(path) >= 2 and isinstance(path[-1], str):
+            self.models.append(_format_path(path[:-1]))
+        if isinstance(path[-1], int):
+            self.lists.add(_format_path(path[:-1]))
+        with contextlib.suppress(KeyError, IndexError, TypeError):
+            self.names |= {s for s in _strings(_at(data, path)) if s.strip()}
+        return True
+
+    def explains(self, line: str) -> bool:
+        """True when an error found without the removed parts may be due to their absence."""
+        path = line.partition(": ")[0]
+        if path in self.lists:
+            return True
+        for prefix in self.prefixes:
+            if _under(path, prefix):
+                return True
+        for model in self.models:
+            if _under(path, model):
+                return True
+        return any(f"'{name}'" in line or f'"{name}"' in line for name in self.names)
+
+
+def _under(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith((prefix + ".", prefix + "["))
+
+
+MAX_ROUNDS = 8
+
+
+def check_document(data: Any) -> tuple[CoreConfig | None, list[str]]:
+    """Every problem of a document, as `path: message` lines, and the config when there
+    is none.
+
+    pydantic stops at a model whose fields are in error, so the checks across entries
+    (a number used by two users, a flow name used twice) and across sections (each
+    feature's `check_config`) would only show once the rest is fixed.  Here each round
+    leaves out the parts in error (the entry holding a bad or missing required key, or
+    the key itself) and validates the rest again, until it is valid; then the
+    features' checks run on it.  Errors those removals could have caused (a rule naming
+    a flow that was left out) are not reported: they would be wrong."""
+    model = config_model()
+    if not isinstance(data, dict):
+        return None, [f"the document must be a JSON object {{...}}, not {_json_type(data)}"]
+    from .features import feature_classes
+
+    lines: list[str] = []
+    removed = _Removed()
+
+    def report(line: str, first: bool) -> None:
+        if line not in lines and (first or not removed.explains(line)):
+            lines.append(line)
+
+    for round_ in range(MAX_ROUNDS):
+        kept: dict[Loc, list[int]] = {}
+        pruned = _prune(data, (), removed.paths, kept)
+        try:
+            config = model.model_validate(pruned)
+        except ValidationError as exc:
+            progress = False
+            for err in exc.errors():
+                path = _original(_data_path(pruned, tuple(err["loc"])), kept)
+                report(f"{_format_path(path)}: {_message(err, path)}", round_ == 0)
+                # Leave out what is in error: the key, or the entry holding a missing key
+                # (or a check's defaulted key): the nearest part that is in the document.
+                target = _existing(data, path[:-1] if err["type"] == "missing" else path)
+                if target and removed.add(target, data, err["type"] == "extra_forbidden"):
+                    progress = True
+            if not progress:
+                break
+            continue
+        for cls in feature_classes():
+            for line in cls.check_config(config):
+                report(line, round_ == 0)
+        return (config if not lines else None), lines
+    return None, lines
+
+
 def validation_errors(exc: ValidationError) -> list[str]:
+    """pydantic's errors as `path: message` lines (for models validated on their own)."""
     lines = []
     for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        lines.append(f"{_format_path(loc)}: {msg}")
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", TAG_PREFIX))))
+        lines.append(f"{_format_path(loc)}: {_message(err, loc)}")
     return lines
 
 
@@ -296,18 +579,12 @@ def default_config() -> CoreConfig:
     return config_model()()
 
 
-def config_from_data(data: Any) -> CoreConfig:
-    """Validate a whole document: every model first, then the features' checks across
-    sections (`Feature.check_config`); all errors at once."""
-    try:
-        config = config_model().model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(validation_errors(exc)) from None
-    from .features import feature_classes
-
-    errors = [line for cls in feature_classes() for line in cls.check_config(config)]
-    if errors:
-        raise ConfigError(errors)
+def config_from_data(data: Any, source: str | Path | None = None) -> CoreConfig:
+    """Validate a whole document: every model, then the features' checks across
+    sections (`Feature.check_config`); all errors at once (`check_document`)."""
+    config, errors = check_document(data)
+    if errors or config is None:
+        raise ConfigError(errors, source)
     return config
 
 
@@ -317,18 +594,31 @@ def config_from_json(text: str) -> CoreConfig:
 
 
 def load_config(path: str | Path) -> CoreConfig:
-    """Read and validate a config file; raise ConfigError listing every problem."""
+    """Read and validate a config file; raise ConfigError listing every problem.
+    A relative `data_dir` or `admin.token_file` is taken from the file's directory."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError([f"(file): cannot read {path}: {exc.strerror}"]) from None
+        raise ConfigError([f"cannot read the file: {exc.strerror}"], path) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"not UTF-8 text (byte {exc.start})"], path) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError([f"(file): invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"]) from None
+        raise ConfigError([f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"], path) from None
     if isinstance(data, dict):
         data = _strip_comments(data)
-    return config_from_data(data)
+        _from_file(data, "data_dir", path)
+        if isinstance(data.get("admin"), dict):
+            _from_file(data["admin"], "token_file", path)
+    return config_from_data(data, path)
+
+
+def _from_file(section: dict[str, Any], key: str, config_path: str | Path) -> None:
+    """A relative path in a config file is relative to the file's directory (`~` expanded)."""
+    given = section.get(key)
+    if isinstance(given, str) and given:
+        section[key] = str(Path(config_path).absolute().parent / Path(given).expanduser())
 
 
 def _strip_comments(data: Any) -> Any:

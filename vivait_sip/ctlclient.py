@@ -1,11 +1,15 @@
 """The client side of the admin API, for `vivait-sip ctl ...` and the features' commands.
 
 Every call carries the admin token (`Authorization: Bearer …`).  It is read from
-`--admin-token-file`, else from DATA_DIR/admin-token (`--data-dir`, default ./var, the
-server's default); `configure` is called once with the parsed command line.  Without a
-token file the call is still made, so the server's 401 says what is missing.
-`--admin https://HOST:PORT` talks TLS (`admin.tls`), trusting the server's self-signed
-certificate from DATA_DIR/certs when there is one, else the system's CAs.
+`--admin-token-file`, else from DATA_DIR/admin-token (`--data-dir`, default
+`paths.default_data_dir()`, the server's default); `configure` is called once with the
+parsed command line.  Without a token file the call is still made, so the server's 401
+says what is missing.  `--admin https://HOST:PORT` talks TLS (`admin.tls`), trusting the
+server's self-signed certificate from DATA_DIR/certs when there is one, else the system's
+CAs.
+
+The API answers errors as `{"error": "a sentence", "errors": ["path: message", …]}`;
+`AdminError` carries the sentence and the lines, which is what `ctl` prints.
 """
 
 from __future__ import annotations
@@ -19,24 +23,63 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .paths import default_data_dir
 from .sip.address import parse_hostport
 
 DEFAULT_ADMIN = "127.0.0.1:8081"
-DEFAULT_DATA_DIR = "./var"
 TOKEN_FILE_NAME = "admin-token"
 
 
 class AdminError(Exception):
-    """The admin API refused or could not be reached; the message says which."""
+    """The admin API refused or could not be reached; the message says which.
+
+    `status` is the HTTP status (None: no answer), `errors` the detail lines the server
+    sent with it (a config file's errors on reload)."""
+
+    def __init__(self, message: str, status: int | None = None, errors: list[str] | None = None, request: str = "") -> None:
+        # str(): "DELETE /api/calls/x: HTTP 404: no call x", for code that tests the status.
+        super().__init__(f"{request}: HTTP {status}: {message}" if status is not None else message)
+        self.message = message
+        self.status = status
+        self.errors = errors or []
+
+    def lines(self) -> list[str]:
+        """What `ctl` prints: the sentence (with the HTTP status, for scripts and bug
+        reports), then each detail line."""
+        first = self.message
+        if self.status is not None and "(HTTP " not in first:
+            first += f" (HTTP {self.status})"
+        return [first, *(f"  {line}" for line in self.errors)]
+
+
+def error_reply(status: int, body: str) -> tuple[str, list[str]]:
+    """The sentence and detail lines of an error answer: the JSON `error` (and
+    `errors`), else the text itself; never raw JSON."""
+    text = body.strip()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("error"), str):
+        details = data.get("errors")
+        lines = [str(d) for d in details] if isinstance(details, list) else []
+        return data["error"], lines
+    if text.startswith("<") or not text:  # an HTML error page, or nothing
+        return f"HTTP {status}", []
+    return text.splitlines()[0][:500], []
 
 
 @dataclass
 class Credentials:
-    data_dir: str = DEFAULT_DATA_DIR
+    data_dir: str = ""  # "": the default data directory (paths.default_data_dir)
     token_file: str | None = None  # explicit: must be readable
 
+    @property
+    def directory(self) -> Path:
+        return Path(self.data_dir) if self.data_dir else default_data_dir()
+
     def token_path(self) -> Path:
-        return Path(self.token_file) if self.token_file else Path(self.data_dir) / TOKEN_FILE_NAME
+        return Path(self.token_file) if self.token_file else self.directory / TOKEN_FILE_NAME
 
     def token(self) -> str | None:
         path = self.token_path()
@@ -57,7 +100,7 @@ _credentials = Credentials()
 def configure(data_dir: str | None = None, token_file: str | None = None) -> None:
     """Where the token comes from (the parsed `--data-dir` and `--admin-token-file`)."""
     global _credentials
-    _credentials = Credentials(data_dir or DEFAULT_DATA_DIR, token_file)
+    _credentials = Credentials(data_dir or "", token_file)
 
 
 def _url_and_context(address: str) -> tuple[str, ssl.SSLContext | None]:
@@ -70,7 +113,7 @@ def _url_and_context(address: str) -> tuple[str, ssl.SSLContext | None]:
     shown = f"[{host}]" if ":" in host else host
     if scheme == "http":
         return f"http://{shown}:{port}", None
-    own = Path(_credentials.data_dir) / "certs" / "server.crt"
+    own = _credentials.directory / "certs" / "server.crt"
     if own.exists():
         # Exactly the server's own self-signed certificate as the one trust anchor: a
         # pinned certificate, so its names need not match the address used.
@@ -103,14 +146,13 @@ def _call(address: str, method: str, path: str, body: Any, *, timeout: float, wh
     try:
         resp = urllib.request.urlopen(req, timeout=timeout, context=context)
     except urllib.error.HTTPError as exc:
-        detail = exc.read().decode(errors="replace").strip()
-        hint = ""
+        message, lines = error_reply(exc.code, exc.read().decode(errors="replace"))
         if exc.code == 401 and token is None:
-            hint = (
-                f" (no token at {_credentials.token_path()}: give the server's data directory "
+            message += (
+                f" (HTTP 401; no token at {_credentials.token_path()}: give the server's data directory "
                 "with --data-dir DIR, or --admin-token-file FILE)"
             )
-        raise AdminError(f"{method} {path}: HTTP {exc.code}: {detail}{hint}") from None
+        raise AdminError(message, exc.code, lines, f"{method} {path}") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise AdminError(f"cannot reach the admin API at {base.partition('://')[2]} ({reason}); is the server running?") from None

@@ -179,7 +179,7 @@ def test_json_config_errors_carry_the_config_path() -> None:
 def test_duplicate_flow_names_are_rejected_clearly() -> None:
     with pytest.raises(
         ValidationError,
-        match=r"duplicate flow name 'A' at flows\[2\] \(first defined at flows\[0\]\)",
+        match=r"flows\.2\.flujo\n.*duplicate flow name 'A' \(first defined at flows\[0\]\)",
     ):
         config(flow("A"), flow("B"), flow("A"))
 

@@ -179,10 +179,18 @@ async def test_admin_reload_from_source_and_from_body(admin: Admin) -> None:
     client, service, _ = admin
     service.simulate("A", [("1", 0.0), ("1", 0.0)])
     response = await client.post("/api/mdflow/reload")
-    assert await response.json() == {"flows": ["A", "B"], "released": 0}
+    assert await response.json() == {
+        "flows": ["A", "B"], "released": 0,
+        "added": ["B"], "removed": [], "changed": {"A": {"tasa_sal_seg": [1.0, 5.0]}}, "unchanged": [], "general": {},
+    }
     assert service.snapshot().flows[0].queued == 1
-    response = await client.post("/api/mdflow/reload", json={"flows": [flow("B").model_dump()]})
-    assert await response.json() == {"flows": ["B"], "released": 1}
+    changed = {**flow("B").model_dump(), "tasa_sal_seg": 9.0}
+    response = await client.post("/api/mdflow/reload", json={"flows": [changed], "tick_ms": 50, "estad_interv_seg": 1})
+    reply = await response.json()
+    assert reply["flows"] == ["B"] and reply["released"] == 1
+    assert reply["removed"] == ["A"] and reply["added"] == []
+    assert reply["changed"] == {"B": {"tasa_sal_seg": [flow("B").tasa_sal_seg, 9.0]}}
+    assert reply["general"] == {"tick_ms": [100, 50]}
     response = await client.post("/api/mdflow/reload", json={"flows": [{"flujo": "C"}]})
     assert response.status == 400
     assert "invalid mdflow config" in (await response.json())["error"]

@@ -167,7 +167,7 @@ def test_realm_from_config_file(
         "--admin",
         nobody,
     )
-    assert code == 2 and "config error: domainz: unknown key" in err
+    assert code == 2 and f"config error: {config}: domainz: unknown key" in err
 
 
 def test_import_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str], nobody: str) -> None:

@@ -44,11 +44,12 @@ def test_check_config_lists_every_error_with_its_path(tmp_path: Path) -> None:
     proc = run_cli("check-config", str(path))
     assert proc.returncode == 2
     err = proc.stderr
-    assert "listen: " in err and "smtp" in err
-    assert "sip.timers.t1_ms: " in err
-    assert "sip.limits.max_headerz: unknown key" in err
-    assert "mdflow.flows[0].tasa_sal_seg: " in err
-    assert "colour: unknown key" in err
+    assert f"{path}: listen[1]: must be TRANSPORT:HOST:PORT" in err and "smtp" in err
+    assert f"{path}: sip.timers.t1_ms: " in err
+    assert f"{path}: sip.limits.max_headerz: unknown key" in err
+    assert f"{path}: mdflow.flows[0].tasa_sal_seg: " in err
+    assert f"{path}: colour: unknown key" in err
+    assert err.endswith(f"{path}: 5 errors\n")
 
 
 def test_check_config_accepts_a_good_file_and_reports_bad_json(tmp_path: Path) -> None:
@@ -74,7 +75,8 @@ def test_serve_with_bad_config_exits_2_without_listening(tmp_path: Path) -> None
     proc = run_cli("serve", "--config", str(path), "--data-dir", str(tmp_path / "d"))
     assert proc.returncode == 2
     assert "listening" not in proc.stdout
-    assert "sip.timers.t1_ms" in proc.stderr
+    assert f"config error: {path}: sip.timers.t1_ms" in proc.stderr
+    assert f"{path}: 5 errors; nothing started" in proc.stderr
 
 
 def test_port_taken_is_a_clear_error(tmp_path: Path) -> None:

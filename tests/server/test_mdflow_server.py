@@ -224,8 +224,11 @@ def test_reload_applies_new_limits_without_dropping_queued_calls(tmp_path: Path)
                 mdflow_config(flow("Trunk", tasa_sal_seg=20, to_desborda_seg=60), interval=60)
             )
         )
-        answer = json.loads(ctl(srv, "reload"))
-        assert answer == {"flows": ["Trunk"], "released": 0}
+        summary = ctl(srv, "reload")
+        assert summary.splitlines() == [
+            "mdflow reloaded: 1 flow now",
+            "  flow Trunk: tasa_sal_seg 1 -> 20",
+        ], summary
         assert "tasa_sal_seg=20 " in ctl(srv, "show", "config")
         # 20/s drains the remaining calls well within a second; 1/s would need 10 s.
         deadline = time.monotonic() + 3
@@ -255,7 +258,7 @@ def test_reload_removing_a_flow_releases_its_queue_as_ok(tmp_path: Path) -> None
         assert offer(srv, "Gone", "555", 6) == {"ok": 1, "agujero": 0, "queued": 5}
         assert offer(srv, "Keep", "777", 4) == {"ok": 1, "agujero": 0, "queued": 3}
         srv.config_path.write_text(json.dumps(mdflow_config(keep, interval=60)))
-        answer = json.loads(ctl(srv, "reload"))
+        answer = json.loads(ctl(srv, "reload", "--json"))
         snapshot = api(srv, "/api/mdflow/stats?format=json")
         text = ctl(srv, "show", "stats")
         metrics = api(srv, "/metrics")

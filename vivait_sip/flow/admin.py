@@ -4,7 +4,8 @@ GET  /api/mdflow/config   text (``?format=json`` for the JSON config)
 GET  /api/mdflow/stats    text (``?format=json`` or ``?format=prometheus``)
 GET  /api/mdflow/metrics  Prometheus text exposition
 GET  /api/mdflow/debug    streams the stats text at every closed interval
-POST /api/mdflow/reload   re-read the config (``reload_source``) or take a JSON body
+POST /api/mdflow/reload   re-read the config (``reload_source``) or take a JSON body; the
+                          answer says what changed (flows added, removed, changed keys)
 POST /api/mdflow/calls    offer synthetic calls (load generator, tests)
 """
 
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from vivait_sip.config import ConfigError, validation_errors
 from vivait_sip.flow.config import MdflowConfig
 from vivait_sip.flow.engine import UnknownFlowError
 from vivait_sip.flow.service import MdflowService
@@ -42,8 +44,39 @@ class SyntheticCalls(BaseModel):
     calls: list[SyntheticCall] = Field(max_length=MAX_SYNTHETIC_CALLS)
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+class NoReloadSource(Exception):
+    """There is nothing to reload from (the server runs without a config file)."""
+
+
+def _error(status: int, message: str, errors: list[str] | None = None) -> web.Response:
+    body: dict[str, object] = {"error": message}
+    if errors:
+        body["errors"] = errors
+    return web.json_response(body, status=status)
+
+
+def changes(old: MdflowConfig, new: MdflowConfig) -> dict[str, object]:
+    """What a reload changes: flows added, removed, changed (key → [old, new]), unchanged,
+    and the general keys."""
+    before = {f.flujo: f.model_dump(mode="json") for f in old.flows}
+    after = {f.flujo: f.model_dump(mode="json") for f in new.flows}
+    changed: dict[str, dict[str, list[object]]] = {}
+    for name in before.keys() & after.keys():
+        diff = {k: [before[name][k], after[name][k]] for k in after[name] if before[name].get(k) != after[name][k]}
+        if diff:
+            changed[name] = diff
+    general = {
+        key: [getattr(old, key), getattr(new, key)]
+        for key in ("tick_ms", "estad_interv_seg")
+        if getattr(old, key) != getattr(new, key)
+    }
+    return {
+        "added": [n for n in after if n not in before],
+        "removed": [n for n in before if n not in after],
+        "changed": {n: changed[n] for n in after if n in changed},
+        "unchanged": [n for n in after if n in before and n not in changed],
+        "general": general,
+    }
 
 
 def add_routes(
@@ -86,12 +119,17 @@ def add_routes(
                 config = reload_source()
             else:
                 return _error(400, "no reload source configured: send the mdflow JSON as body")
+        except NoReloadSource as exc:
+            return _error(409, str(exc))
         except ValidationError as exc:
-            return _error(400, f"invalid mdflow config: {exc}")
+            return _error(400, "invalid mdflow config; mdflow unchanged", validation_errors(exc))
+        except ConfigError as exc:
+            return _error(400, f"{exc.summary()}; mdflow unchanged", exc.errors)
         except (OSError, ValueError) as exc:
             return _error(400, f"cannot reload mdflow config: {exc}")
+        diff = changes(service.config, config)
         released = service.reload(config)
-        return web.json_response({"flows": [f.flujo for f in config.flows], "released": released})
+        return web.json_response({"flows": [f.flujo for f in config.flows], "released": released, **diff})
 
     async def post_calls(request: web.Request) -> web.Response:
         try:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 #: Flow names appear unquoted in ``show stats`` lines and as Prometheus label values,
 #: so they are restricted to characters that need no escaping in either.
@@ -57,13 +58,20 @@ class MdflowConfig(BaseModel):
 
     @model_validator(mode="after")
     def _unique_names(self) -> MdflowConfig:
-        """Flows are addressed by name (offers, stats, reload), so names must be unique."""
+        """Flows are addressed by name (offers, stats, reload), so names must be unique;
+        every repeated name is reported on its own entry (`flows[2].flujo`)."""
         first: dict[str, int] = {}
+        errors: list[InitErrorDetails] = []
         for index, flow in enumerate(self.flows):
             if flow.flujo in first:
-                raise ValueError(
-                    f"duplicate flow name {flow.flujo!r} at flows[{index}]"
-                    f" (first defined at flows[{first[flow.flujo]}])"
+                message = f"duplicate flow name {flow.flujo!r} (first defined at flows[{first[flow.flujo]}])"
+                errors.append(
+                    InitErrorDetails(
+                        type=PydanticCustomError("mdflow", message), loc=("flows", index, "flujo"), input=flow.flujo
+                    )
                 )
-            first[flow.flujo] = index
+            else:
+                first[flow.flujo] = index
+        if errors:
+            raise ValidationError.from_exception_data("MdflowConfig", errors)
         return self

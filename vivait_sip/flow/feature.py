@@ -19,7 +19,7 @@ from aiohttp import web
 from ..config import CoreConfig, load_config
 from ..contract import Feature, Host, WorkerMessage, worker_message
 from ..ctlclient import admin_request, admin_stream, print_json
-from .admin import add_routes
+from .admin import NoReloadSource, add_routes
 from .config import MdflowConfig
 from .engine import UnknownFlowError
 from .service import MdflowService
@@ -158,7 +158,10 @@ class MdflowFeature(Feature[MdflowConfig]):
     def _reload_source(self) -> MdflowConfig:
         path = self.host.config_path
         if path is None:
-            return self.settings
+            raise NoReloadSource(
+                "nothing to reload: the server runs without a config file (the embedded demo); "
+                "start it with --config FILE"
+            )
         return self.settings_of(load_config(path))
 
     def metrics(self, status: dict[str, object]) -> list[str]:
@@ -181,21 +184,29 @@ class MdflowFeature(Feature[MdflowConfig]):
     # ---- command line ---------------------------------------------------------------------
     @classmethod
     def add_commands(cls, sub: argparse._SubParsersAction[Any], ctl_sub: argparse._SubParsersAction[Any]) -> None:
-        mdflow = ctl_sub.add_parser("mdflow", help="mdflow admission control")
-        md_sub = mdflow.add_subparsers(dest="mdflow_command", required=True)
+        mdflow = ctl_sub.add_parser("mdflow", help="mdflow admission control: show, reload, debug")
+        md_sub = mdflow.add_subparsers(dest="mdflow_command", title="commands")
         show = md_sub.add_parser("show", help="show config | show stats")
-        show.add_argument("what", choices=["config", "stats"])
-        show.add_argument("--json", action="store_true")
+        show.add_argument("what", choices=["config", "stats"], help="config: the flows as configured; stats: the last interval's statistics, one line per flow (what Zabbix polls)")
+        show.add_argument("--json", action="store_true", help="JSON instead of text")
         show.set_defaults(func=cmd_mdflow_show)
-        md_reload = md_sub.add_parser("reload", help="apply the config file's mdflow section live")
-        md_reload.set_defaults(func=lambda a: print_json(admin_request(a.admin, "POST", "/api/mdflow/reload")))
+        md_reload = md_sub.add_parser(
+            "reload", help="apply the config file's mdflow section live and say what changed (exit 1 without a config file)"
+        )
+        md_reload.add_argument("--json", action="store_true", help="the raw answer: flows added, removed, changed")
+        md_reload.set_defaults(func=cmd_mdflow_reload)
         md_debug = md_sub.add_parser("debug", help="print the stats every interval until interrupted")
         md_debug.set_defaults(func=cmd_mdflow_debug)
 
         flow = sub.add_parser("flow", help="mdflow configuration tools")
-        flow_sub = flow.add_subparsers(dest="flow_command", required=True)
-        flow_import = flow_sub.add_parser("import", help="convert the deck's MDflow.conf (INI) to the JSON form")
-        flow_import.add_argument("file")
+        flow_sub = flow.add_subparsers(dest="flow_command", title="commands")
+        flow_import = flow_sub.add_parser(
+            "import",
+            help="convert the deck's MDflow.conf (INI) to the JSON form",
+            description="Print the JSON `mdflow` section for the deck's MDflow.conf on stdout (exit 2 naming "
+            "the section and key of the first problem).",
+        )
+        flow_import.add_argument("file", metavar="FILE", help="the deck's MDflow.conf (INI)")
         flow_import.set_defaults(func=cmd_flow_import)
 
 
@@ -203,7 +214,46 @@ def cmd_mdflow_show(args: argparse.Namespace) -> int:
     path = f"/api/mdflow/{args.what}"
     if args.json:
         return print_json(admin_request(args.admin, "GET", path + "?format=json"))
-    sys.stdout.write(admin_request(args.admin, "GET", path, raw=True))
+    text = admin_request(args.admin, "GET", path, raw=True)
+    sys.stdout.write(text)
+    if args.what == "stats" and not text.strip():
+        print("no mdflow flows configured", file=sys.stderr)
+    return 0
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def reload_summary(reply: dict[str, Any]) -> list[str]:
+    """`ctl mdflow reload`'s answer as sentences: what changed, flow by flow."""
+    added, removed = list(reply.get("added", [])), list(reply.get("removed", []))
+    changed: dict[str, dict[str, list[Any]]] = dict(reply.get("changed", {}))
+    general: dict[str, list[Any]] = dict(reply.get("general", {}))
+    released = int(reply.get("released", 0))
+    flows = len(reply.get("flows", []))
+    if not (added or removed or changed or general):
+        return [f"mdflow reloaded: nothing changed ({flows} flow{'s' if flows != 1 else ''})"]
+    lines = [f"mdflow reloaded: {flows} flow{'s' if flows != 1 else ''} now"]
+    lines += [f"  flow {name} added" for name in added]
+    lines += [f"  flow {name} removed" for name in removed]
+    for name, keys in changed.items():
+        lines.append(
+            f"  flow {name}: " + ", ".join(f"{key} {_value(old)} -> {_value(new)}" for key, (old, new) in keys.items())
+        )
+    lines += [f"  {key} {_value(old)} -> {_value(new)}" for key, (old, new) in general.items()]
+    if released:
+        lines.append(f"  {released} queued call(s) released (their flow was removed or put in en_paso)")
+    return lines
+
+
+def cmd_mdflow_reload(args: argparse.Namespace) -> int:
+    reply = admin_request(args.admin, "POST", "/api/mdflow/reload")
+    if args.json:
+        return print_json(reply)
+    print("\n".join(reload_summary(reply)))
     return 0
 
 

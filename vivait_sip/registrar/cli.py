@@ -3,7 +3,9 @@
 User commands edit DATA_DIR/vivait.db directly, so they work with no server running;
 then they ask a running server (if any) to reload its users through the admin API.
 Passwords are hashed here with the realm, which must be the server's realm
-(`Config.effective_realm()`): pass `--realm` or `--config`.
+(`Config.effective_realm()`): pass `--realm` or `--config`.  DATA_DIR is `--data-dir`,
+else the `--config` file's `data_dir`, else the server's default
+(`paths.default_data_dir()`), so a command run from any directory finds the server's store.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pydantic import ValidationError
 
 from .. import ctlclient as cli
 from ..config import ConfigError, load_config, validation_errors
+from ..paths import DATA_DIR_HELP, default_data_dir
 from ..store import Store, StoreError
 from . import demo
 from .config import UserConfig
@@ -38,7 +41,7 @@ def add_commands(sub: Any, ctl_sub: Any) -> None:
     user = sub.add_parser(
         "user", help="manage users in the store (works with or without a running server)"
     )
-    user_sub = user.add_subparsers(dest="user_command", required=True)
+    user_sub = user.add_subparsers(dest="user_command", title="commands")
 
     add = user_sub.add_parser("add", help="add or replace a user")
     add.add_argument("number", help="the user's number, e.g. 6140 (also the digest username)")
@@ -50,7 +53,12 @@ def add_commands(sub: Any, ctl_sub: Any) -> None:
     add.add_argument("--name", default="", help="display name")
     add.add_argument("--extension", help="hard extension (default: the number itself)")
     add.add_argument("--web-extension", help="fixed web extension for the webfon")
-    add.add_argument("--class-of-service", choices=["open", "closed"], default="open")
+    add.add_argument(
+        "--class-of-service",
+        choices=["open", "closed"],
+        default="open",
+        help="open (default) or closed: may the user call out",
+    )
     _common(add, realm=True)
     add.set_defaults(func=cmd_user_add)
 
@@ -61,21 +69,20 @@ def add_commands(sub: Any, ctl_sub: Any) -> None:
         "it is asked for twice on a terminal, or read as one line from stdin. Users from the "
         "config file change there; the demo's users (6140-6143) change here too.",
     )
-    password.add_argument("number")
+    password.add_argument("number", help="the user's number")
     password.add_argument("--password", help="the new password (prefer the prompt or stdin)")
     _common(password, realm=True)
     password.set_defaults(func=cmd_user_password)
 
-    remove = user_sub.add_parser("remove", help="remove a user")
-    remove.add_argument("number")
+    remove = user_sub.add_parser("remove", help="remove a user (exit 1 if there is none)")
+    remove.add_argument("number", help="the user's number")
     _common(remove, realm=False)
     remove.set_defaults(func=cmd_user_remove)
 
     lst = user_sub.add_parser("list", help="list users (no digests)")
     lst.add_argument("--json", action="store_true", help="JSON output")
-    lst.add_argument(
-        "--data-dir", default="./var", metavar="DIR", help="store directory (default ./var)"
-    )
+    _data_dir_options(lst)
+    _config_option(lst)
     lst.set_defaults(func=cmd_user_list)
 
     imp = user_sub.add_parser(
@@ -93,9 +100,12 @@ def add_commands(sub: Any, ctl_sub: Any) -> None:
     regs = ctl_sub.add_parser("registrations", help="list registered contacts (all, or one AOR)")
     regs.add_argument("aor", nargs="?", help="sip:6140@example.com, or just 6140 for any domain")
     regs.add_argument("--json", action="store_true", help="raw JSON")
+    regs.description = "List the registered contacts; with an AOR, exit 1 when it has none."
     regs.set_defaults(func=cmd_ctl_registrations)
 
-    unreg = ctl_sub.add_parser("unregister", help="remove every binding of an AOR")
+    unreg = ctl_sub.add_parser(
+        "unregister", help="remove every binding of an AOR (exit 1 if it has none)"
+    )
     unreg.add_argument("aor", help="sip:6140@example.com, or just 6140 for any domain")
     unreg.set_defaults(func=cmd_ctl_unregister)
 
@@ -108,25 +118,40 @@ def add_commands(sub: Any, ctl_sub: Any) -> None:
     unban.set_defaults(func=cmd_ctl_unban)
 
 
-def _common(parser: argparse.ArgumentParser, *, realm: bool) -> None:
+def _data_dir_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--data-dir", default="./var", metavar="DIR", help="store directory (default ./var)"
+        "--data-dir",
+        metavar="DIR",
+        help=f"the server's data directory (default: the --config file's data_dir, else {DATA_DIR_HELP})",
     )
+
+
+def _common(parser: argparse.ArgumentParser, *, realm: bool) -> None:
+    _data_dir_options(parser)
     parser.add_argument(
         "--admin",
-        default="127.0.0.1:8081",
         metavar="HOST:PORT",
-        help="admin API of a running server to notify",
+        help="admin API of a running server to notify (default: the --config file's, else 127.0.0.1:8081)",
     )
     parser.add_argument(
         "--admin-token-file",
         metavar="FILE",
-        help="admin token of that server (default DIR/admin-token of --data-dir)",
+        help="admin token of that server (default DIR/admin-token, or the --config file's admin.token_file)",
     )
     if realm:
         group = parser.add_mutually_exclusive_group()
         group.add_argument("--realm", help=f"digest realm (default {DEFAULT_REALM!r}, the demo's)")
-        group.add_argument("--config", metavar="FILE", help="take the realm from this config file")
+        _config_option(group)
+    else:
+        _config_option(parser)
+
+
+def _config_option(parser: Any) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the server's config file: its realm, data directory and admin API",
+    )
 
 
 def read_password(given: str | None, *, stdin: Any = None) -> str:
@@ -156,16 +181,27 @@ def _realm(args: argparse.Namespace) -> str:
     return str(args.realm or DEFAULT_REALM)
 
 
+def data_dir(args: argparse.Namespace) -> str:
+    """`--data-dir`, else the `--config` file's `data_dir`, else the server's default."""
+    if args.data_dir:
+        return str(args.data_dir)
+    if getattr(args, "config", None):
+        return load_config(args.config).data_dir
+    return str(default_data_dir())
+
+
 def _open_store(args: argparse.Namespace) -> Store:
-    return Store.open(args.data_dir)
+    return Store.open(data_dir(args))
 
 
-def _notify(admin: str) -> None:
-    """Tell a running server to reload its users; say whether one answered."""
+def _notify(args: argparse.Namespace) -> None:
+    """Tell a running server to reload its users; say whether one answered.  Its token is
+    in the data directory the command used (or --admin-token-file)."""
+    admin = args.admin  # and the token: set by `vivait-sip` itself (cli._reach_admin)
     try:
         reply = cli.admin_request(admin, "POST", "/api/users/reload")
     except cli.AdminError as exc:
-        print(f"no running server notified ({exc}); a server loads the store when it starts")
+        print(f"no running server notified ({exc.message}); a server loads the store when it starts")
         return
     print(f"running server at {admin} notified: {reply.get('users')} users loaded")
 
@@ -229,7 +265,7 @@ def _user_add(args: argparse.Namespace) -> int:
     if status:
         return status
     print(f"user {config.number} saved (extension {config.hard_extension}, realm {realm!r})")
-    _notify(args.admin)
+    _notify(args)
     return 0
 
 
@@ -244,7 +280,8 @@ def _user_password(args: argparse.Namespace) -> int:
         if row is None:
             print(f"error: no user {args.number}", file=sys.stderr)
             return 1
-        is_demo = demo.load(args.data_dir).get(row.number) is not None
+        directory = data_dir(args)
+        is_demo = row.origin == "demo" or demo.load(directory).get(row.number) is not None
         if row.origin == "config" and not is_demo:
             print(
                 f"error: user {row.number} comes from the config file (registrar.users or "
@@ -270,12 +307,12 @@ def _user_password(args: argparse.Namespace) -> int:
             origin=row.origin,
         )
         if is_demo:
-            demo.set_password(args.data_dir, row.number, password)
+            demo.set_password(directory, row.number, password)
         store.upsert_users([record])
     finally:
         store.close()
     print(f"password of user {row.number} changed (realm {realm!r})")
-    _notify(args.admin)
+    _notify(args)
     return 0
 
 
@@ -293,7 +330,7 @@ def _user_remove(args: argparse.Namespace) -> int:
         print(f"error: no user {args.number}", file=sys.stderr)
         return 1
     print(f"user {args.number} removed")
-    _notify(args.admin)
+    _notify(args)
     return 0
 
 
@@ -410,7 +447,7 @@ def _user_import(args: argparse.Namespace) -> int:
     if status:
         return status
     print(f"{len(records)} user(s) imported (realm {realm!r})")
-    _notify(args.admin)
+    _notify(args)
     return 0
 
 
@@ -436,6 +473,12 @@ def cmd_ctl_registrations(args: argparse.Namespace) -> int:
         )
         for r in reply["registrations"]
     ]
+    if not reply["registrations"]:
+        if args.aor:
+            print(f"no binding for {args.aor}", file=sys.stderr)
+            return 1
+        print("no bindings: no phone is registered")
+        return 0
     _table(rows)
     print(f"{len(reply['registrations'])} binding(s)")
     return 0
@@ -443,7 +486,11 @@ def cmd_ctl_registrations(args: argparse.Namespace) -> int:
 
 def cmd_ctl_unregister(args: argparse.Namespace) -> int:
     reply = cli.admin_request(args.admin, "DELETE", "/api/registrations" + _aor_query(args.aor))
-    print(f"{reply['removed']} binding(s) removed for {args.aor}")
+    removed = int(reply["removed"])
+    if not removed:
+        print(f"error: no binding found for {args.aor}; nothing removed", file=sys.stderr)
+        return 1
+    print(f"{removed} binding(s) removed for {args.aor}")
     return 0
 
 
@@ -462,7 +509,7 @@ def cmd_ctl_bans(args: argparse.Namespace) -> int:
 def cmd_ctl_unban(args: argparse.Namespace) -> int:
     reply = cli.admin_request(args.admin, "DELETE", "/api/bans?" + urllib.parse.urlencode({"source": args.source}))
     if not reply["unbanned"]:
-        print(f"{args.source} was not banned")
+        print(f"error: {args.source} was not banned; nothing done", file=sys.stderr)
         return 1
     print(f"{args.source} unbanned")
     return 0

@@ -215,6 +215,9 @@ class RegistrarConfig(_Strict):
     purge_interval_s: float = Field(default=10.0, gt=0)
     nonce_lifetime_s: float = Field(default=300.0, gt=0)
     algorithms: list[AlgorithmName] = Field(default_factory=_default_algorithms, min_length=1)
+    # The demo users 6140-6143 (DATA_DIR/demo-passwords.json) with a config file too;
+    # without --config they are always loaded.
+    demo_users: bool = False
     users: list[UserConfig] = Field(default_factory=list)
     user_ranges: list[UserRangeConfig] = Field(default_factory=list)
     web_pools: list[WebPoolConfig] = Field(default_factory=list)

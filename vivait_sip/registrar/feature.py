@@ -7,9 +7,14 @@ User precedence: the store (DATA_DIR/vivait.db) holds every user.  Users and ran
 from the config file are re-imported at start and on every reload as "config" users
 (overwriting a CLI-added user with the same number: the config wins; config users no
 longer in the file are deleted); users added with `vivait-sip user add/import` stay.
-In demo mode (no --config) users 6140..6143 get random passwords, kept in
-DATA_DIR/demo-passwords.json (0600, registrar/demo.py) so they survive restarts, and
-printed in the start-up banner when they are made.
+
+Demo users: in demo mode (no --config), or with `registrar.demo_users: true`, users
+6140..6143 get random passwords, kept in DATA_DIR/demo-passwords.json (0600,
+registrar/demo.py) so they survive restarts, and printed in the start-up banner when they
+are made.  They are stored with origin "demo": a server started with a config file (and
+without `demo_users`) leaves them in the store untouched but does not load them, and says
+so at start; nothing is deleted behind the operator's back (`vivait-sip user remove`
+does it on purpose).
 """
 
 from __future__ import annotations
@@ -184,7 +189,8 @@ class RegistrarFeature(Feature[RegistrarConfig]):
         self.registrar = Registrar(host, self.gate, self.users, self.location, settings)
         self.guard = CallGuard(host, self.gate, self.users)
         self._demo_made: list[str] = []
-        self._demo_passwords: dict[str, str] = self._demo_users() if host.demo else {}
+        self._demo_passwords: dict[str, str] = self._demo_users() if self._demo_on(config) else {}
+        self._demo_notes: list[str] = []  # what start-up says about demo users
         self._task: asyncio.Task[None] | None = None
         self._tickets = itertools.count(1)
         self._locating: dict[int, tuple[int, Located_]] = {}  # ticket → (owner, callback)
@@ -237,26 +243,86 @@ class RegistrarFeature(Feature[RegistrarConfig]):
             log.info("event=demo_passwords_moved to=%s", demo.demo_file(self.host.data_dir))
         return passwords
 
+    def _demo_on(self, config: CoreConfig) -> bool:
+        """Are the demo users loaded: the embedded demo, or `registrar.demo_users`."""
+        return self.host.demo or self.settings_of(config).demo_users
+
     def _config_users(self, settings: RegistrarConfig) -> list[UserRecord]:
         records = config_users(settings, self.realm)
         if self._demo_passwords:
             # Re-read: `vivait-sip user password 6140` changes the file, then asks for a reload.
             self._demo_passwords.update(demo.load(self.host.data_dir))
+        configured = {r.number for r in records}
+        replaced = [n for n in self._demo_passwords if n in configured]
+        self._demo_notes = []
+        if replaced:
+            note = f"demo user(s) {', '.join(replaced)} replaced by the config's user(s) of that number"
+            self._demo_notes = [note]
+            log.info("event=demo_users_replaced users=%s", ",".join(replaced))
         for number, password in self._demo_passwords.items():
-            user = UserConfig(number=number, name=f"Demo {number}", password=password)
-            records.append(user_from_config(user, self.realm))
+            if number not in configured:
+                user = UserConfig(number=number, name=f"Demo {number}", password=password)
+                records.append(user_from_config(user, self.realm, origin="demo"))
         return records
+
+    def _mark_demo_rows(self) -> None:
+        """Stores written before demo users had their own origin hold them as "config"
+        users, which a config-file start would delete: give them back their origin."""
+        known = demo.load(self.host.data_dir)
+        rows = [r for r in records_from_rows(self.store.list_users()) if r.origin == "config" and r.number in known]
+        for row in rows:
+            row.origin = "demo"
+        if rows:
+            self.store.upsert_users(rows)
+
+    def _load_directory(self) -> None:
+        """The directory: every stored user, but demo users only while they are on."""
+        rows = records_from_rows(self.store.list_users())
+        if not self._demo_on(self.host.config):
+            rows = [r for r in rows if r.origin != "demo"]
+        if self.host.demo:
+            rows = [r for r in rows if r.origin != "config"]
+        self.users.load(rows)
+
+    def users_left_out(self) -> list[str]:
+        """What start-up says about stored users this server does not load: demo users
+        under a config file, a config file's users under the demo."""
+        rows = self.store.list_users()
+        if self.host.demo:
+            numbers = [r.number for r in rows if r.origin == "config"]
+            if numbers:
+                return [
+                    f"{len(numbers)} user(s) of a config file ({_numbers(numbers)}) are kept in the store but not "
+                    "loaded: this server runs the embedded demo (start it with that --config to use them)"
+                ]
+            return []
+        if self._demo_on(self.host.config):
+            return []
+        numbers = [r.number for r in rows if r.origin == "demo"]
+        if not numbers:
+            return []
+        return [
+            f"demo users {', '.join(numbers)} are kept in the store but not loaded: this server runs from its config "
+            "file (registrar.demo_users: true loads them; `vivait-sip user remove NUMBER` deletes them)"
+        ]
 
     def reload_users(self) -> int:
         """Config users replace the store's config-managed ones (a CLI user with the same
-        number is overwritten: config wins); the directory is then the whole store.
+        number is overwritten: config wins); the directory is then the whole store (demo
+        users only while they are on).
 
         With worker processes, worker 0 writes the store and the others then read it.
         """
         host = self.host
         if host.is_primary:
-            self.store.replace_config_users(self._config_users(self.settings))
-        self.users.load(records_from_rows(self.store.list_users()))
+            self._mark_demo_rows()
+            if host.demo:
+                # No config file: the users of one (from an earlier configured run) are left
+                # as they are, and not loaded.
+                self.store.upsert_users(self._config_users(self.settings))
+            else:
+                self.store.replace_config_users(self._config_users(self.settings))
+        self._load_directory()
         if host.is_primary:
             host.broadcast(UsersChanged())
         return len(self.users)
@@ -336,7 +402,7 @@ class RegistrarFeature(Feature[RegistrarConfig]):
         elif isinstance(msg, Unban):
             self.monitor.lift_ban(msg.source)
         elif isinstance(msg, UsersChanged):
-            self.users.load(records_from_rows(self.store.list_users()))
+            self._load_directory()
         elif isinstance(msg, Locate):
             self.host.send_to_worker(source, Located(msg.ticket, [c.to_json() for c in self.contacts(msg.user)]))
         elif isinstance(msg, Located):
@@ -396,6 +462,9 @@ class RegistrarFeature(Feature[RegistrarConfig]):
                     f"demo users {numbers}: passwords in {demo.demo_file(self.host.data_dir)} "
                     f"(shown when made; `vivait-sip user password NUMBER` sets a new one)"
                 )
+        self.host.banner.extend(self.users_left_out())
+        self.host.banner.extend(self._demo_notes)
+        self._demo_notes = []
 
     async def start_worker(self) -> None:
         self._start()
@@ -421,6 +490,12 @@ class RegistrarFeature(Feature[RegistrarConfig]):
         """Limits, trunks, security thresholds and config users apply live; the realm does not."""
         settings = self.settings_of(config)
         self.registrar.settings = settings
+        if self.host.is_primary:
+            if self._demo_on(config) and not self._demo_passwords:
+                self._demo_passwords = self._demo_users()  # registrar.demo_users turned on
+                log.info("event=demo_users_loaded users=%s", ",".join(self._demo_passwords))
+            elif not self._demo_on(config):
+                self._demo_passwords = {}
         self.monitor.reconfigure(config.security)
         self.gate.set_trunks((t.name, t.networks) for t in settings.trunks)
         # Other workers reload users on worker 0's UsersChanged, sent once it has
@@ -462,6 +537,11 @@ def _merge_status(out: dict[str, object], workers: list[dict[str, object]]) -> N
             for key in ("bindings", "registered_aors"):
                 mine[key] = int(mine.get(key, 0)) + int(theirs.get(key, 0))
             merge_failures(mine, theirs)
+
+
+def _numbers(numbers: list[str], shown: int = 5) -> str:
+    more = len(numbers) - shown
+    return ", ".join(numbers[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
 _unique_base = int.from_bytes(secrets.token_bytes(16), "big")

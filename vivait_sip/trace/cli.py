@@ -113,7 +113,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     except AdminError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        for number, text in enumerate(exc.lines()):
+            print(f"error: {text}" if number == 0 else text, file=sys.stderr)
         return 1
     finally:
         if pcap is not None:
