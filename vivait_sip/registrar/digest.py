@@ -495,9 +495,11 @@ class NonceManager:
         """
         random_part = self._random_bytes(_RANDOM_BYTES)
         if verifier is not None:
-            random_part = bytes((verifier & 0xFF,)) + random_part[1:]
-        payload = _TIME.pack(self._now_ms()) + random_part
-        raw = payload + self._mac(payload)
+            random_part = b"".join((bytes((verifier & 0xFF,)), random_part[1:]))
+        # b"".join, not `+`: compiled by mypyc <= 2.0, bytes + bytes leaks its left
+        # operand (tests/native_shapes.py).
+        payload = b"".join((_TIME.pack(self._now_ms()), random_part))
+        raw = b"".join((payload, self._mac(payload)))
         return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
     def _decode(self, nonce: str) -> bytes | None:

@@ -257,9 +257,10 @@ class LocationService:
 
         `owns(aor)`: with several worker processes, each loads only the AORs it owns.
         """
-        self._aors.clear()
-        self._flows.clear()
-        self._dirty.clear()
+        # New containers, not clear(): the compiled-code rule of tests/native_shapes.py.
+        self._aors = {}
+        self._flows = {}
+        self._dirty = set()
         self._count = 0
         if self.store is None:
             return 0
@@ -273,7 +274,7 @@ class LocationService:
                 stale.append((binding.aor, binding.key_text()))
                 continue
             self.put(binding)
-        self._dirty.clear()
+        self._dirty = set()
         if stale:
             self.store.save_bindings([], stale)
         return self._count
@@ -281,7 +282,7 @@ class LocationService:
     def flush(self) -> int:
         """Write dirty bindings and removals in one transaction; returns rows written."""
         if self.store is None or not self._dirty:
-            self._dirty.clear()
+            self._dirty = set()
             return 0
         dirty, self._dirty = self._dirty, set()
         upserts: list[Binding] = []
