@@ -386,8 +386,8 @@ class SipCore:
         ]
 
     def _options(self, inc: Incoming) -> None:
-        req = inc.request
-        if not self.is_local_domain(req.uri.host):
+        uri = inc.request.uri  # a local, not `req.uri.host`: tests/native_shapes.py, property-borrow
+        if not self.is_local_domain(uri.host):
             inc.respond(403, "Forbidden (relaying not allowed)")
             return
         inc.respond(200, headers=self.capability_headers())
@@ -425,7 +425,8 @@ def owner_key(msg: Request | Response) -> str:
     """What decides which worker owns a message: a REGISTER's AOR (bindings live with
     their AOR), otherwise the Call-ID (a dialog's transactions meet in one worker)."""
     if isinstance(msg, Request) and msg.method == "REGISTER":
-        return msg.to.uri.aor
+        to = msg.to  # a local: tests/native_shapes.py, property-borrow
+        return to.uri.aor
     return msg.call_id
 
 

@@ -88,7 +88,7 @@ class Binding:
     registered_at: float
     # key_text() cache: the contact and flow identity of a binding never change, a
     # refresh is a new Binding or the same one with new expiry/CSeq.
-    _key: str | None = field(repr=False, compare=False)
+    _key: str | None = field(init=False, repr=False, compare=False)  # init=False: replace() works
 
     # An explicit __init__: mypyc compiles it (a dataclass-made one runs as Python).
     def __init__(

@@ -16,6 +16,7 @@ from email.utils import formatdate
 
 from ..core import Incoming, SipCore
 from ..sip.errors import SipParseError
+from ..sip.message import Request
 from ..sip.uri import NameAddr
 from .config import RegistrarConfig
 from .location import Binding, LocationService
@@ -77,10 +78,14 @@ class Registrar:
         """Answer one request; a SipParseError it raises becomes a 400 in the core."""
         req = inc.request
         core = self.core
-        if not core.is_local_domain(req.uri.host):
+        # Properties of the message read into locals first: tests/native_shapes.py,
+        # property-borrow (req.uri.host leaked a SipUri per request, compiled).
+        uri = req.uri
+        if not core.is_local_domain(uri.host):
             inc.respond(403, "Forbidden (relaying not allowed)")
             return
-        to_uri = req.to.uri
+        to = req.to
+        to_uri = to.uri
         if not to_uri.is_sip or not core.is_local_domain(to_uri.host):
             inc.respond(403, "Forbidden (not a local domain)")
             return
@@ -99,7 +104,8 @@ class Registrar:
         aor = to_uri.aor
         now = self.clock()
         call_id = req.call_id
-        cseq = req.cseq.number
+        cseq_header = req.cseq
+        cseq = cseq_header.number
         if contacts is None:
             self._wildcard(inc, aor, expires_header, call_id, cseq, now)
             return
@@ -121,7 +127,7 @@ class Registrar:
             if reg_id is not None and instance is not None:
                 if peer.transport not in OUTBOUND_TRANSPORTS:
                     reg_id = None  # RFC 5626 over UDP needs STUN keep-alives, which we lack
-                elif len(req.vias) > 1 and not any(p.uri.has_param("ob") for p in req.name_addrs("path")):
+                elif _via_count(req) > 1 and not any(p.uri.has_param("ob") for p in req.name_addrs("path")):
                     inc.respond(439)
                     return
                 else:
@@ -217,3 +223,10 @@ class Registrar:
             headers.append(("Require", "outbound"))
         headers.append(("Date", self._date(now)))
         inc.respond(200, headers=headers)
+
+
+def _via_count(req: Request) -> int:
+    # Not len(req.vias): a property of another compiled module read where mypyc borrows
+    # (tests/native_shapes.py, property-borrow).
+    vias = req.vias
+    return len(vias)

@@ -526,7 +526,9 @@ class Message:
 
     headers: Headers
     body: bytes
-    _wire: _Wire | None = field(repr=False)
+    # init=False: set by __init__ and the parser, never a constructor argument, so
+    # dataclasses.replace() works on every message (it passes every init field).
+    _wire: _Wire | None = field(init=False, repr=False)
 
     # An explicit __init__: mypyc compiles it (a dataclass-made one runs as Python).
     def __init__(self, headers: Headers | None = None, body: bytes = b"") -> None:
@@ -729,7 +731,7 @@ class Request(Message):
     method: str
     uri_text: str
     version: str
-    _ruri: tuple[str, SipUri] | None = field(repr=False)
+    _ruri: tuple[str, SipUri] | None = field(init=False, repr=False)
 
     # An explicit __init__: mypyc compiles it (a dataclass-made one runs as Python).
     def __init__(
@@ -757,6 +759,14 @@ class Request(Message):
 
     def set_uri(self, uri: SipUri | str) -> None:
         self.uri_text = str(uri)
+
+    def copy(self) -> Request:
+        """An independent copy: its own headers (raw lines kept), same body and start line.
+
+        Prefer it to `dataclasses.replace()`, which works (compiled too) but, being
+        shallow, leaves both messages sharing one `Headers`.
+        """
+        return Request(self.method, self.uri_text, self.version, self.headers.copy(), self.body)
 
     def start_line(self) -> str:
         return f"{self.method} {self.uri_text} {self.version}"
@@ -788,6 +798,10 @@ class Response(Message):
 
     def start_line(self) -> str:
         return f"{self.version} {self.status} {self.reason}"
+
+    def copy(self) -> Response:
+        """An independent copy (see `Request.copy`)."""
+        return Response(self.status, self.reason, self.version, self.headers.copy(), self.body)
 
     @property
     def is_request(self) -> bool:
