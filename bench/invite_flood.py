@@ -356,6 +356,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     pid = server.proc.pid
     timer_h = 64 * args.t1_ms / 1000
     results: list[FloodResult] = []
+    end_status: dict[str, object] = {}
     try:
         phone = Phone(server.udp_port)
         first = phone.register()
@@ -400,6 +401,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                   flush=True)
         final = phone.register()
         phone.close()
+        end_status = status(server, workdir) or {}
     finally:
         server.proc.terminate()
         try:
@@ -426,7 +428,9 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "probes_503": sum(r.probes_503 for r in results),
         "probes_lost": sum(r.probes_lost for r in results),
         "gc_pauses_ge_50ms": len(pauses),
-        "gc_max_pause_ms": max((ms for _, ms in pauses), default=0),
+        "gc_pauses_by_generation": {str(g): sorted(ms for gen, ms in pauses if gen == g) for g in sorted({g for g, _ in pauses})},
+        # The server's own account (every collection timed, vivait_sip/gcpolicy.py).
+        "gc": end_status.get("gc"),
         "overload_episodes": sum("event=overload_start" in line for line in server.lines),
         "internal_errors": sum("event=internal_error" in line for line in server.lines),
         "register_after": final,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import gc
 import logging
 import os
 import secrets
@@ -16,7 +15,6 @@ import signal
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +28,8 @@ from .certs import client_context, ensure_self_signed, server_context
 from .config import Config, ConfigError, Listener, load_config
 from .core import SipCore
 from .flow.service import MdflowService
-from .logs import throttle
+from .gcpolicy import GcKeeper, tune_gc
+from .gcpolicy import stats as gc_stats
 from .overload import LagMonitor
 from .sip.message import Limits
 from .sip.peer import Peer
@@ -120,6 +119,8 @@ class Application:
         )
         self.mdflow = MdflowService(config.mdflow)
         self.lag = LagMonitor(limits.overload_lag_ms / 1000, on_change=self.core.set_shedding)
+        # Full collections when few transactions are alive (vivait_sip/gcpolicy.py).
+        self.gc_keeper = GcKeeper(lambda: self.core.tl.active + self.core.tl.lingering)
         self.core.cluster = self.cluster
         self.features: list[object] = []
         # Per-worker status contributions, merged by worker 0 (features append here).
@@ -254,6 +255,7 @@ class Application:
             await self._adopt_worker_sockets(spec)
             self.lag.start()
             tune_gc()
+            self.gc_keeper.start()
             cluster.emit(0, "ready", index=cluster.index)
             return
         for feature_start in _feature_starters:
@@ -277,6 +279,7 @@ class Application:
         if cluster is not None:
             await self._spawn_workers(cluster)
         tune_gc()
+        self.gc_keeper.start()
 
     async def _serve(self, app: web.Application, host: str, port: int, what: str, context: ssl.SSLContext | None) -> int:
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
@@ -358,6 +361,7 @@ class Application:
             await asyncio.sleep(0.05)
         await self.mdflow.stop()
         await self.lag.stop()
+        await self.gc_keeper.stop()
         for hook in reversed(self.stop_hooks):
             result = hook()
             if asyncio.iscoroutine(result):
@@ -379,6 +383,7 @@ class Application:
         out["native"] = native.state  # compiled hot modules in use? (vivait_sip/native.py)
         out["listeners"] = [str(o) for o in self.opened]
         out["connections"] = self.transports.connection_count
+        out["gc"] = dict(gc_stats)
         out["overload"] = {"shedding": self.lag.overloaded, "lag_ms": round(self.lag.lag_s * 1000, 1), "episodes": self.lag.episodes}
         out["transport"] = {
             "received": self.transports.stats.received,
@@ -449,38 +454,6 @@ def _resolve(future: asyncio.Future[None] | None) -> None:
 
 async def _index(request: web.Request) -> web.Response:
     return web.Response(text=f"vivait-sip {__version__}\nSIP over WebSocket: /sip (subprotocol 'sip')\n")
-
-
-def tune_gc() -> None:
-    """Move start-up objects out of the collector's sight and collect young objects less often.
-
-    Under load the live set is mostly short-lived transactions; with CPython's defaults the
-    full collections over that set paused the loop long enough for UDP retransmissions
-    (measured in bench/options_bench.py: 1,500/s clean with defaults, 8,000/s without pauses).
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 50, 100)
-    if _log_slow_collections not in gc.callbacks:
-        gc.callbacks.append(_log_slow_collections)
-
-
-_gc_started = 0.0
-SLOW_GC_S = 0.05
-
-
-def _log_slow_collections(phase: str, info: dict[str, int]) -> None:
-    """A collection long enough to delay SIP traffic is worth a (throttled) log line."""
-    global _gc_started
-    if phase == "start":
-        _gc_started = time.perf_counter()
-        return
-    took = time.perf_counter() - _gc_started
-    if took >= SLOW_GC_S:
-        throttle.log(
-            log, logging.WARNING, "gc_pause", "event=gc_pause generation=%d ms=%.0f collected=%d",
-            info.get("generation", -1), took * 1000, info.get("collected", 0),
-        )
 
 
 def _bind_message(what: str, exc: OSError) -> str:

@@ -33,6 +33,11 @@ Choices worth knowing:
   are capped on their own (`max_lingering`); past it the oldest ends early, which only
   means a retransmission arriving later than that is handled as a new request.  They
   expire from a FIFO (Timer J is the same for all), not from the timer heap.
+* A completed server transaction (non-INVITE, or INVITE after a 300-699) keeps only the
+  bytes it re-sends: its `request` becomes a shared stand-in carrying just the method,
+  and `last_response` is dropped (an INVITE keyed the RFC 2543 way keeps it for the To
+  tag its ACK is matched by).  Under an INVITE flood this is the difference between ~35
+  and ~4 objects per transaction for the cyclic GC to walk.
 * Loop/hop checks are the TU's: `too_many_hops(req)` says when a 483 is due.
 """
 
@@ -554,6 +559,14 @@ class InviteServerTransaction(ServerTransaction):
             else:
                 self.state = State.COMPLETED
                 self._final = data
+                self._provisional = None
+                # Timers G/H keep it 64*T1 only to re-send `_final` and absorb the ACK: drop
+                # the parsed messages (as completed non-INVITE transactions do), so a flood
+                # of unacknowledged INVITEs weighs ~4 objects each on the cyclic GC, not ~35.
+                # An RFC 2543 ACK (no magic-cookie branch) is matched by To tag: keep it.
+                self.request = _completed_request(self.request.method)
+                if len(self.key) == 4:
+                    self.last_response = None
                 if not self.peer.reliable:
                     self._start_retx(now, config.t1)
                 self._start_timeout(now, config.timeout)
