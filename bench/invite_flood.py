@@ -170,6 +170,13 @@ def transactions_left(server: ServerProc, workdir: Path) -> int | None:
     return int(data.get("transactions", 0)) + int(data.get("transactions_completed_waiting", 0))  # type: ignore[call-overload]
 
 
+def gc_count(server: ServerProc, workdir: Path, key: str) -> int | None:
+    """A counter of the server's GC policy (`ctl status` → gc), None if not reported."""
+    data = status(server, workdir)
+    gc_stats = data.get("gc") if data else None
+    return int(gc_stats[key]) if isinstance(gc_stats, dict) and key in gc_stats else None
+
+
 # ---- messages ---------------------------------------------------------------------------
 
 
@@ -392,6 +399,15 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 if left == 0 or left is None or time.monotonic() > deadline:
                     break
                 time.sleep(1)
+            # Quiet again: the server's next full collection (and malloc_trim) is due
+            # within a few seconds (vivait_sip/gcpolicy.py); RSS is read after it.
+            full_before = gc_count(server, workdir, "full")
+            deadline = time.monotonic() + 20
+            while full_before is not None and time.monotonic() < deadline:
+                time.sleep(1)
+                full = gc_count(server, workdir, "full")
+                if full is None or full > full_before:
+                    break
             time.sleep(args.settle_s)
             result.transactions_left = transactions_left(server, workdir)
             result.rss_mb = rss_mb(pid)
