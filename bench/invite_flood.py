@@ -250,7 +250,9 @@ class Phone:
         return ("\r\n".join([*lines, "Content-Length: 0", "", ""])).encode()
 
     def _final(self, data: bytes, timeout: float) -> bytes | None:
-        """Send `data`, retransmitting like a UAC (T1 = 0.5 s) until a final response."""
+        """Send `data`, retransmitting like a UAC (T1 = 0.5 s) until its final response
+        (late answers to earlier, timed-out REGISTERs are skipped by CSeq)."""
+        cseq = f"{self.cseq} REGISTER"
         deadline = time.monotonic() + timeout
         interval = 0.5
         while (left := deadline - time.monotonic()) > 0:
@@ -262,7 +264,7 @@ class Phone:
                     reply = self.sock.recv(65535)
                 except TimeoutError:
                     break
-                if not reply.startswith(b"SIP/2.0 1"):
+                if not reply.startswith(b"SIP/2.0 1") and header(reply, "CSeq") == cseq:
                     return reply
             interval = min(interval * 2, 4.0)
         return None
