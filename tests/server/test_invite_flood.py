@@ -12,9 +12,10 @@ must be gone before RSS is read.
 Tolerance: RSS after the second flood may exceed RSS after the first by at most
 FLAT_MB.  The first flood takes the process to its high-water mark (pymalloc arenas,
 malloc's heap, dict tables sized for the peak); a second identical flood reuses that
-memory.  The leaks this guards against kept ~500 bytes per INVITE, 7 MB per flood of
-15,000 (0.5 KB x 15,000), with the ~45 MB per 90,000 of issue 9 at full size; run to
-run noise measured on the shared 2-vCPU box was within ~3 MB (bench/RESULTS.md).
+memory.  Measured on the shared 2-vCPU box (2026-11-30): +0.5 to +1.0 MB compiled,
++1.9 to +2.0 MB pure.  The build before the fixes (b3f23ca) gave 197.5 -> 209.3 MB,
++11.8 MB, with this very command: the leak it had (~500 bytes per INVITE) costs 7 MB or
+more per flood of 15,000, so 5 MB catches it with room for noise.
 """
 
 from __future__ import annotations
