@@ -5,8 +5,10 @@
 
 Optional, like uvloop: without it the same code runs as plain Python, slower.  The
 extension modules land next to their sources (git-ignored) together with
-vivait_sip/_native_manifest.json, the SHA-256 of each compiled source; a module edited
-after the build makes the server fall back to the sources until the next build.
+vivait_sip/_native_manifest.json, the SHA-256 of each compiled source and the compiler
+(mypy/mypyc version, Python); a module edited after the build, or another mypy, makes the
+server fall back to the sources until the next build.  mypy is pinned in pyproject.toml:
+mypyc's reference-counting bugs become ours (tests/native_shapes.py).
 """
 
 from __future__ import annotations
@@ -48,8 +50,9 @@ def build() -> None:
         ext_modules=mypycify(paths, opt_level="3", group_name="vivait_sip._native_group"),
         script_args=["build_ext", "--inplace", "--build-temp", "build/native", "-q"],
     )
-    MANIFEST.write_text(json.dumps(manifest_for_build(), indent=1) + "\n")
-    print(f"compiled {len(NATIVE_MODULES)} modules with mypyc")
+    manifest = manifest_for_build()
+    MANIFEST.write_text(json.dumps(manifest, indent=1) + "\n")
+    print(f"compiled {len(NATIVE_MODULES)} modules with mypyc {manifest['compiler']['mypy']}")  # type: ignore[index]
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import gc
 import logging
 import os
 import secrets
@@ -16,7 +15,6 @@ import signal
 import ssl
 import subprocess
 import sys
-import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +30,8 @@ from .config import ConfigError, CoreConfig, load_config
 from .contract import CallHandler, Feature, InputFilter, TraceHook, WorkerMessage
 from .core import SipCore, owner_key
 from .features import feature_classes
-from .logs import throttle
+from .gcpolicy import GcKeeper, tune_gc
+from .gcpolicy import stats as gc_stats
 from .overload import LagMonitor
 from .sip.address import Listener
 from .sip.message import Limits, Request
@@ -151,6 +150,8 @@ class Application:
             retry_after_s=limits.retry_after_s,
         )
         self.lag = LagMonitor(limits.overload_lag_ms / 1000, on_change=self.core.set_shedding)
+        # Full collections when few transactions are alive (vivait_sip/gcpolicy.py).
+        self.gc_keeper = GcKeeper(lambda: self.core.ua.active_transactions + self.core.ua.lingering_transactions)
         self.core.cluster = self.cluster
         self.transports.on_connection_lost = self._connection_lost
         self.transports.on_send_failed = self._send_failed
@@ -432,6 +433,7 @@ class Application:
             await self._adopt_worker_sockets(spec)
             self.lag.start()
             tune_gc()
+            self.gc_keeper.start()
             cluster.send(0, WorkerReady(cluster.index))
             return
         for feature in self.features:
@@ -456,6 +458,7 @@ class Application:
         if cluster is not None:
             await self._spawn_workers(cluster)
         tune_gc()
+        self.gc_keeper.start()
 
     async def _serve(self, server: HttpServer, host: str, port: int) -> int:
         try:
@@ -557,6 +560,7 @@ class Application:
         while self.core.ua.active_transactions and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
         await self.lag.stop()
+        await self.gc_keeper.stop()
         for feature in reversed(self.features):
             await feature.stop()
         await self.transports.close()
@@ -577,6 +581,7 @@ class Application:
         out["native"] = native.state  # compiled hot modules in use? (vivait_sip/native.py)
         out["listeners"] = [str(o) for o in self.opened]
         out["connections"] = self.transports.connection_count
+        out["gc"] = dict(gc_stats)
         out["overload"] = {"shedding": self.lag.overloaded, "lag_ms": round(self.lag.lag_s * 1000, 1), "episodes": self.lag.episodes}
         out["transport"] = {
             "received": self.transports.stats.received,
@@ -648,38 +653,6 @@ async def _index(request: web.Request) -> web.Response:
     others = [route for route in routes(request.app) if route not in ("GET /", "GET /sip")]
     lines += [f"also: {route}" for route in others]
     return web.Response(text="\n".join(lines) + "\n")
-
-
-def tune_gc() -> None:
-    """Move start-up objects out of the collector's sight and collect young objects less often.
-
-    Under load the live set is mostly short-lived transactions; with CPython's defaults the
-    full collections over that set paused the loop long enough for UDP retransmissions
-    (measured in bench/options_bench.py: 1,500/s clean with defaults, 8,000/s without pauses).
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 50, 100)
-    if _log_slow_collections not in gc.callbacks:
-        gc.callbacks.append(_log_slow_collections)
-
-
-_gc_started = 0.0
-SLOW_GC_S = 0.05
-
-
-def _log_slow_collections(phase: str, info: dict[str, int]) -> None:
-    """A collection long enough to delay SIP traffic is worth a (throttled) log line."""
-    global _gc_started
-    if phase == "start":
-        _gc_started = time.perf_counter()
-        return
-    took = time.perf_counter() - _gc_started
-    if took >= SLOW_GC_S:
-        throttle.log(
-            log, logging.WARNING, "gc_pause", "event=gc_pause generation=%d ms=%.0f collected=%d",
-            info.get("generation", -1), took * 1000, info.get("collected", 0),
-        )
 
 
 def _bind_message(what: str, exc: OSError) -> str:

@@ -500,8 +500,8 @@ class SipCore:
         ]
 
     def _options(self, inc: Incoming) -> None:
-        req = inc.request
-        if not self.is_local_domain(req.uri.host):
+        uri = inc.request.uri  # a local, not `req.uri.host`: tests/native_shapes.py, property-borrow
+        if not self.is_local_domain(uri.host):
             inc.respond(403, "Forbidden (relaying not allowed)")
             return
         inc.respond(200, headers=self.capability_headers())
@@ -525,7 +525,9 @@ def owner_key(msg: Request | Response) -> str:
     user's bindings, whatever the domain, live in one worker: a call finds them with one
     message), otherwise the Call-ID (a dialog's transactions meet in one worker)."""
     if isinstance(msg, Request) and msg.method == "REGISTER":
-        return aor_user(msg.to.uri.aor)
+        to = msg.to  # a local: tests/native_shapes.py, property-borrow
+        to_uri = to.uri
+        return aor_user(to_uri.aor)
     return msg.call_id
 
 

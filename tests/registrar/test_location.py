@@ -278,3 +278,19 @@ def test_hundred_thousand_bindings_fit_in_300_mb(clock: FakeClock) -> None:
     assert loc.count() == 100_000
     print(f"100,000 bindings: +{after - before:.0f} MB, process RSS {after:.0f} MB")
     assert after < 300, f"process RSS {after:.0f} MB"
+
+
+def test_dataclasses_replace_on_a_binding_compiled_and_pure() -> None:
+    """Binding is a mypyc-compiled dataclass; replace() gives a refreshed binding whose
+    cached key follows the new contact."""
+    import dataclasses
+
+    old = Binding("sip:6140@example.com", "sip:6140@192.0.2.1:5060", 100.0, q=0.5, call_id="c1", cseq=3)
+    assert old.key_text() == normalise_contact("sip:6140@192.0.2.1:5060")
+    refreshed = dataclasses.replace(old, expires_at=200.0, cseq=4)
+    assert type(refreshed) is Binding
+    assert (refreshed.expires_at, refreshed.cseq, refreshed.q, refreshed.call_id) == (200.0, 4, 0.5, "c1")
+    assert refreshed.key_text() == old.key_text() and old.expires_at == 100.0
+    moved = dataclasses.replace(old, contact="sip:6140@192.0.2.2:5060")
+    assert moved.key_text() == normalise_contact("sip:6140@192.0.2.2:5060")
+    assert refreshed == dataclasses.replace(old, expires_at=200.0, cseq=4)

@@ -644,3 +644,37 @@ def test_find_header_end_prefers_the_earliest_blank_line() -> None:
     assert find_header_end(b"a\n\nb\r\n\r\n") == (1, 2)
     assert find_header_end(b"a\r\n\nb") == (1, 3)
     assert find_header_end(b"abc") == (-1, 0)
+
+
+def test_copy_and_dataclasses_replace_work_compiled_and_pure() -> None:
+    """Request/Response are mypyc-compiled dataclasses: `copy()` is the independent copy,
+    `dataclasses.replace()` works too (shallow: the copy shares the headers)."""
+    import dataclasses
+
+    data = (
+        b"INVITE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP h.example.com;branch=z9hG4bKc1\r\n"
+        b"From: <sip:alice@example.com>;tag=a1\r\nTo: <sip:bob@example.com>\r\nCall-ID: copy-1\r\n"
+        b"CSeq: 1 INVITE\r\nX-Odd:   spaced\r\nContent-Length: 4\r\n\r\nbody"
+    )
+    req = parse_message(data)
+    assert isinstance(req, Request)
+    copy = req.copy()
+    assert type(copy) is Request and copy.to_bytes() == data
+    copy.headers.set("X-Odd", "changed")
+    copy.set_uri("sip:carol@example.com")
+    assert req.to_bytes() == data  # the original is untouched
+    assert copy.uri.user == "carol" and copy.headers.get("x-odd") == "changed"
+    assert req.uri.user == "bob"
+
+    moved = dataclasses.replace(req, uri_text="sip:dave@example.com")
+    assert type(moved) is Request and moved.uri.user == "dave" and moved.method == "INVITE"
+    assert moved.headers is req.headers  # shallow, as documented
+    assert moved.to_bytes() == data.replace(b"sip:bob@example.com SIP", b"sip:dave@example.com SIP")
+
+    resp = make_response(req, 180, to_tag="t1")
+    resp_copy = resp.copy()
+    assert type(resp_copy) is Response and resp_copy.to_bytes() == resp.to_bytes()
+    resp_copy.headers.add("X-Extra", "1")
+    assert "x-extra" not in resp.headers
+    ok = dataclasses.replace(resp, status=200, reason="OK")
+    assert ok.to_bytes().startswith(b"SIP/2.0 200 OK\r\n") and resp.status == 180

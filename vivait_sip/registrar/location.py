@@ -92,7 +92,7 @@ class Binding:
     registered_at: float
     # key_text() cache: the contact and flow identity of a binding never change, a
     # refresh is a new Binding or the same one with new expiry/CSeq.
-    _key: str | None = field(repr=False, compare=False)
+    _key: str | None = field(init=False, repr=False, compare=False)  # init=False: replace() works
 
     # An explicit __init__: mypyc compiles it (a dataclass-made one runs as Python).
     def __init__(
@@ -351,10 +351,11 @@ class LocationService:
 
         `owns(aor)`: with several worker processes, each loads only the AORs it owns.
         """
-        self._aors.clear()
-        self._flows.clear()
+        # New containers, not clear(): the compiled-code rule of tests/native_shapes.py.
+        self._aors = {}
+        self._flows = {}
         self._by_user = {}
-        self._dirty.clear()
+        self._dirty = set()
         self._count = 0
         if self.store is None:
             return 0
@@ -368,7 +369,7 @@ class LocationService:
                 stale.append((binding.aor, binding.key_text()))
                 continue
             self.put(binding, False)
-        self._dirty.clear()
+        self._dirty = set()
         if stale:
             self.store.save_bindings([], stale)
         return self._count
@@ -376,7 +377,7 @@ class LocationService:
     def flush(self) -> int:
         """Write dirty bindings and removals in one transaction; returns rows written."""
         if self.store is None or not self._dirty:
-            self._dirty.clear()
+            self._dirty = set()
             return 0
         dirty, self._dirty = self._dirty, set()
         upserts: list[BindingRow] = []

@@ -17,6 +17,7 @@ from email.utils import formatdate
 from ..contract import LocalDomains
 from ..sip.errors import SipParseError
 from ..sip.incoming import Incoming
+from ..sip.message import Request
 from ..sip.uri import NameAddr
 from .config import RegistrarConfig
 from .location import Binding, LocationService
@@ -78,10 +79,14 @@ class Registrar:
         """Answer one request; a SipParseError it raises becomes a 400 in the core."""
         req = inc.request
         domains = self.domains
-        if not domains.is_local_domain(req.uri.host):
+        # Properties of the message read into locals first: tests/native_shapes.py,
+        # property-borrow (req.uri.host leaked a SipUri per request, compiled).
+        uri = req.uri
+        if not domains.is_local_domain(uri.host):
             inc.respond(403, "Forbidden (relaying not allowed)")
             return
-        to_uri = req.to.uri
+        to = req.to
+        to_uri = to.uri
         if not to_uri.is_sip or not domains.is_local_domain(to_uri.host):
             inc.respond(403, "Forbidden (not a local domain)")
             return
@@ -105,7 +110,8 @@ class Registrar:
         aor = to_uri.aor
         now = self.clock()
         call_id = req.call_id
-        cseq = req.cseq.number
+        cseq_header = req.cseq
+        cseq = cseq_header.number
         if contacts is None:
             self._wildcard(inc, aor, expires_header, call_id, cseq, now)
             return
@@ -127,7 +133,7 @@ class Registrar:
             if reg_id is not None and instance is not None:
                 if peer.transport not in OUTBOUND_TRANSPORTS:
                     reg_id = None  # RFC 5626 over UDP needs STUN keep-alives, which we lack
-                elif len(req.vias) > 1 and not any(p.uri.has_param("ob") for p in req.name_addrs("path")):
+                elif _via_count(req) > 1 and not any(p.uri.has_param("ob") for p in req.name_addrs("path")):
                     inc.respond(439)
                     return
                 else:
@@ -224,3 +230,10 @@ class Registrar:
             headers.append(("Require", "outbound"))
         headers.append(("Date", self._date(now)))
         inc.respond(200, headers=headers)
+
+
+def _via_count(req: Request) -> int:
+    # Not len(req.vias): a property of another compiled module read where mypyc borrows
+    # (tests/native_shapes.py, property-borrow).
+    vias = req.vias
+    return len(vias)

@@ -136,7 +136,7 @@ class SecurityMonitor:
         if username:
             count = self._user_failures.get(username, 0) + 1
             if len(self._user_failures) >= 100_000 and username not in self._user_failures:
-                self._user_failures.clear()  # bounded: attackers can invent usernames
+                self._user_failures = {}  # bounded: attackers can invent usernames
             self._user_failures[username] = count
             throttle.log(log, logging.INFO, "auth_failure", "event=auth_failure source=%s user=%s user_failures=%d", ip, username, count)
         if ip in self.trusted:

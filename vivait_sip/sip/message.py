@@ -526,7 +526,9 @@ class Message:
 
     headers: Headers
     body: bytes
-    _wire: _Wire | None = field(repr=False)
+    # init=False: set by __init__ and the parser, never a constructor argument, so
+    # dataclasses.replace() works on every message (it passes every init field).
+    _wire: _Wire | None = field(init=False, repr=False)
 
     # An explicit __init__: mypyc compiles it (a dataclass-made one runs as Python).
     def __init__(self, headers: Headers | None = None, body: bytes = b"") -> None:
@@ -710,7 +712,13 @@ class Message:
         if not has_length:
             lines.append(f"Content-Length: {body_len}")
         lines.append("\r\n")
-        return "\r\n".join(lines).encode("utf-8", "surrogateescape") + self.body
+        head = "\r\n".join(lines).encode("utf-8", "surrogateescape")
+        body = self.body
+        if not body:
+            return head
+        # Not `head + body`: compiled by mypyc <= 2.0, bytes + bytes leaks its left
+        # operand, here every serialised message (tests/native_shapes.py).
+        return b"".join((head, body))
 
 
 def _declared_length(value: str) -> int:
@@ -723,7 +731,7 @@ class Request(Message):
     method: str
     uri_text: str
     version: str
-    _ruri: tuple[str, SipUri] | None = field(repr=False)
+    _ruri: tuple[str, SipUri] | None = field(init=False, repr=False)
 
     # An explicit __init__: mypyc compiles it (a dataclass-made one runs as Python).
     def __init__(
@@ -751,6 +759,14 @@ class Request(Message):
 
     def set_uri(self, uri: SipUri | str) -> None:
         self.uri_text = str(uri)
+
+    def copy(self) -> Request:
+        """An independent copy: its own headers (raw lines kept), same body and start line.
+
+        Prefer it to `dataclasses.replace()`, which works (compiled too) but, being
+        shallow, leaves both messages sharing one `Headers`.
+        """
+        return Request(self.method, self.uri_text, self.version, self.headers.copy(), self.body)
 
     def start_line(self) -> str:
         return f"{self.method} {self.uri_text} {self.version}"
@@ -782,6 +798,10 @@ class Response(Message):
 
     def start_line(self) -> str:
         return f"{self.version} {self.status} {self.reason}"
+
+    def copy(self) -> Response:
+        """An independent copy (see `Request.copy`)."""
+        return Response(self.status, self.reason, self.version, self.headers.copy(), self.body)
 
     @property
     def is_request(self) -> bool:
@@ -1074,7 +1094,7 @@ class StreamFramer:
         buf = self._buf
         if self.error is not None or not buf.rstrip(b"\r\n") or find_header_end(buf, 0)[0] >= 0:
             return None
-        head = bytes(buf).rstrip(b"\r\n") + b"\r\n\r\n"
+        head = b"".join((bytes(buf).rstrip(b"\r\n"), b"\r\n\r\n"))
         self._buf = bytearray()
         try:
             if _stream_content_length(head[:-4]) != 0:

@@ -33,6 +33,11 @@ Choices worth knowing:
   are capped on their own (`max_lingering`); past it the oldest ends early, which only
   means a retransmission arriving later than that is handled as a new request.  They
   expire from a FIFO (Timer J is the same for all), not from the timer heap.
+* A completed server transaction (non-INVITE, or INVITE after a 300-699) keeps only the
+  bytes it re-sends: its `request` becomes a shared stand-in carrying just the method,
+  and `last_response` is dropped (an INVITE keyed the RFC 2543 way keeps it for the To
+  tag its ACK is matched by).  Under an INVITE flood this is the difference between ~35
+  and ~4 objects per transaction for the cyclic GC to walk.
 * Loop/hop checks are the TU's: `too_many_hops(req)` says when a 483 is due.
 """
 
@@ -255,7 +260,8 @@ def _hop_request(invite: Request, method: str) -> Request:
     req.headers.add("Max-Forwards", mf.strip(" \t") if mf else "70")
     _copy(req, invite, "from")
     _copy(req, invite, "call-id")
-    req.headers.add("CSeq", f"{invite.cseq.number} {method}")
+    cseq = invite.cseq  # a local: tests/native_shapes.py, property-borrow
+    req.headers.add("CSeq", f"{cseq.number} {method}")
     return req
 
 
@@ -278,7 +284,9 @@ def _server_key(req: Request, via: Via, method: str) -> TxKey:
     branch = via.branch
     if branch is not None and branch.startswith(MAGIC_COOKIE):
         return (branch, via.host, via.port, method)
-    return (req.uri_text, req.from_.tag, req.call_id, req.cseq.number, str(via), method)
+    from_ = req.from_  # locals: tests/native_shapes.py, property-borrow
+    cseq = req.cseq
+    return (req.uri_text, from_.tag, req.call_id, cseq.number, str(via), method)
 
 
 # ---- transactions -------------------------------------------------------------------------
@@ -551,6 +559,14 @@ class InviteServerTransaction(ServerTransaction):
             else:
                 self.state = State.COMPLETED
                 self._final = data
+                self._provisional = None
+                # Timers G/H keep it 64*T1 only to re-send `_final` and absorb the ACK: drop
+                # the parsed messages (as completed non-INVITE transactions do), so a flood
+                # of unacknowledged INVITEs weighs ~4 objects each on the cyclic GC, not ~35.
+                # An RFC 2543 ACK (no magic-cookie branch) is matched by To tag: keep it.
+                self.request = _completed_request(self.request.method)
+                if len(self.key) == 4:
+                    self.last_response = None
                 if not self.peer.reliable:
                     self._start_retx(now, config.t1)
                 self._start_timeout(now, config.timeout)
@@ -764,19 +780,20 @@ class TransactionLayer:
     def _receive_ack(self, req: Request, via: Via, peer: Peer, now: float) -> None:
         tx = self._server.get(_server_key(req, via, "INVITE"))
         if isinstance(tx, InviteServerTransaction):
-            stale_2543 = (
-                len(tx.key) != 4
-                and tx.last_response is not None
-                and tx.last_response.to.tag != req.to.tag
-            )
+            last = tx.last_response
+            stale_2543 = False
+            if len(tx.key) != 4 and last is not None:
+                ours, theirs = last.to, req.to  # locals: tests/native_shapes.py, property-borrow
+                stale_2543 = ours.tag != theirs.tag
             if not stale_2543 and tx._on_ack(now):
                 return
         self._events.append(AckReceived(req, peer))
 
     def receive_response(self, resp: Response, peer: Peer, now: float) -> None:
         """A validated response (see `message.validate_response`); matched per §17.1.3."""
-        branch = resp.top_via.branch
-        tx = self._client.get((branch, resp.cseq.method))
+        via = resp.top_via  # locals: tests/native_shapes.py, property-borrow
+        cseq = resp.cseq
+        tx = self._client.get((via.branch, cseq.method))
         if tx is None:
             self._events.append(StrayResponse(resp, peer))
         else:
@@ -786,7 +803,8 @@ class TransactionLayer:
         """Start a client transaction; the top Via must carry a fresh z9hG4bK branch."""
         if req.method == "ACK":
             raise ValueError("ACK is sent without a transaction: use send_stateless")
-        branch = req.top_via.branch
+        via = req.top_via  # a local: tests/native_shapes.py, property-borrow
+        branch = via.branch
         if branch is None or not branch.startswith(MAGIC_COOKIE):
             raise ValueError("top Via needs an RFC 3261 branch (see push_via)")
         key: TxKey = (branch, req.method)
