@@ -518,11 +518,10 @@ class B2buaFeature(Feature[B2buaConfig]):
         call.on_event(event)
         if not was_answered and call.answered_at is not None:
             emit(log, logging.INFO, CALL_ANSWER, "call_id=%r from=%r to=%r", call.request.call_id, call.caller, call.callee)
-        if isinstance(event, (ResponseReceived, RequestFailed)) and _final(event):
-            if not any(leg.request_id == event.request_id for leg in call.legs):
-                # An in-dialog request of the call (a relayed re-INVITE, INFO, a transfer's):
-                # answered once, so its binding goes (legs keep theirs: forks answer again).
-                self._by_request.pop(event.request_id, None)
+        if isinstance(event, (ResponseReceived, RequestFailed)) and _final(event) and not _is_leg(call, event.request_id):
+            # An in-dialog request of the call (a relayed re-INVITE, INFO, a transfer's):
+            # answered once, so its binding goes (legs keep theirs: forks answer again).
+            self._by_request.pop(event.request_id, None)
 
     def dispatch(self, event: UaEvent) -> None:
         """An event of a dialog another worker holds for us (remote.py), as if the UA gave it."""
@@ -634,6 +633,10 @@ def contact_peer(contact: Contact) -> Peer:
     if uri.host.strip("[]") == contact.host:
         return Peer("udp", contact.host, uri.port or 5060)
     return contact.peer
+
+
+def _is_leg(call: Call, request_id: int) -> bool:
+    return any(leg.request_id == request_id for leg in call.legs)
 
 
 def _final(event: ResponseReceived | RequestFailed) -> bool:
