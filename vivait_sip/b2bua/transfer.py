@@ -427,13 +427,6 @@ class TransferCall(Call):
         self._offer_type = resp.headers.get("content-type") or "application/sdp"
         self._send_join()
 
-    def on_event(self, event: UaEvent) -> None:
-        if (self._join_rid is not None and isinstance(event, (ResponseReceived, RequestFailed))
-                and event.request_id == self._join_rid):
-            self._join_answered(event)
-            return
-        super().on_event(event)
-
     def _on_dialog_ended(self, event: DialogEnded) -> None:
         dialog_id = event.dialog_id
         if not self.joined and self.state is not CallState.ENDED:
@@ -469,7 +462,16 @@ class TransferCall(Call):
             self._join_failed(481, "Call/Transaction Does Not Exist (transferee gone)")
             return
         self._join_rid = rid
-        self.env.bind(self, request_id=rid)
+        # Its answer belongs to this call, though the dialog is still the original call's.
+        self.refer.manager.watch(rid, self._join_event)
+
+    def _join_event(self, event: UaEvent) -> bool:
+        if isinstance(event, (ResponseReceived, RequestFailed)) and event.request_id == self._join_rid:
+            if isinstance(event, RequestFailed) or event.response.status >= 200:
+                self.refer.manager.unwatch(event.request_id)
+            self._join_answered(event)
+            return True
+        return False
 
     def _retry_join(self) -> None:
         self._join_tries += 1
@@ -517,7 +519,9 @@ class TransferCall(Call):
         """Give the target up (blind: ACK and BYE the new leg; attended: ACK it with what
         it had, it goes back to its call) and end this call as failed."""
         target, self._target_dialog = self._target_dialog, None
-        self._join_rid = None
+        if self._join_rid is not None:
+            self.refer.manager.unwatch(self._join_rid)
+            self._join_rid = None
         if target is not None:
             sip = self.env.sip
             if self.restore_target:
