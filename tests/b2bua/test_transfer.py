@@ -102,3 +102,139 @@ def test_blind_transfer_to_a_busy_target_is_notified_and_the_call_stays() -> Non
     assert not carol.dialogs
     alice.bye(alice.dialogs[0])
     drained(net, [pbx])
+
+
+def replaces_of(pbx_node_dialog: object) -> str:
+    """The Replaces value (escaped for a Refer-To URI) naming a phone's dialog."""
+    info = pbx_node_dialog
+    value = f"{info.call_id};to-tag={info.remote_tag};from-tag={info.local_tag}"  # type: ignore[attr-defined]
+    return value.replace("@", "%40").replace(";", "%3B").replace("=", "%3D")
+
+
+def consult(net: Net, pbxs: list[TransferPbx], p: dict[str, Phone], *, second_worker: int = 0) -> tuple[Call, Call]:
+    """alice calls bob (worker 0); bob calls carol (worker `second_worker`): bob holds both."""
+    first = connected(net, pbxs[0], p["alice"], "bob")
+    second = connected(net, pbxs[second_worker], p["bob"], "carol")
+    return first, second
+
+
+def test_attended_transfer_joins_the_two_remaining_parties() -> None:
+    net, pbxs, p = office()
+    alice, bob, carol = p["alice"], p["bob"], p["carol"]
+    first, second = consult(net, pbxs, p)
+    b_first, b_second = bob.dialogs
+    info = bob.node.ua.dialog(b_second)
+    bob.refer(b_first, f"<sip:carol@pbx.example?Replaces={replaces_of(info)}>")
+    net.run(duration=3)
+    assert notifies(bob) == [(100, "active"), (200, "terminated")]
+    assert alice.talks_to() == {"carol"} and carol.talks_to() == {"alice"}
+    assert carol.invites and len(carol.invites) == 1  # nobody rang: carol got a re-INVITE, not a new call
+    assert bob.dialogs == [] and sorted(e.reason for e in bob.ended()) == ["bye", "bye"]  # both of bob's legs
+    assert first.hangup_cause == "transferred" and second.hangup_cause == "transferred"
+    (joined,) = [c for c in pbxs[0].calls.values()]
+    assert joined.linked_to == first.call_uuid and second.extra["transferred_into"] == joined.call_uuid
+    assert joined.extra["transfer"]["replaced_call"] == second.call_uuid  # type: ignore[index]
+    assert (joined.caller, joined.callee) == ("alice", "carol")
+    # The joined call is an ordinary call: hold passes, then carol hangs up.
+    carol.hold(carol.dialogs[0])
+    net.run(duration=1)
+    assert joined.snapshot()["state"] == "on_hold"
+    carol.bye(carol.dialogs[0])
+    net.run(duration=1)
+    assert alice.dialogs == [] and joined.hangup_side == "callee"
+    drained(net, pbxs)
+
+
+def test_attended_transfer_across_two_workers_joins_by_messages() -> None:
+    net, pbxs, p = office(workers=2)
+    alice, bob, carol = p["alice"], p["bob"], p["carol"]
+    first, second = consult(net, pbxs, p, second_worker=1)
+    b_first, b_second = bob.dialogs
+    bob.refer(b_first, f"<sip:carol@pbx.example?Replaces={replaces_of(bob.node.ua.dialog(b_second))}>")
+    net.run(duration=3)
+    assert notifies(bob) == [(100, "active"), (200, "terminated")]
+    assert alice.talks_to() == {"carol"} and carol.talks_to() == {"alice"}
+    assert bob.dialogs == []
+    kinds = {kind for _, _, kind in pbxs[0].cluster.messages}
+    assert {"b2bua.xfer_take", "b2bua.xfer_taken", "b2bua.xfer_release", "b2bua.rd_command", "b2bua.rd_event"} <= kinds
+    (joined,) = pbxs[0].calls.values()  # worker 0 holds the joined call, worker 1 carol's dialog
+    assert pbxs[1].calls == {} and second.hangup_cause == "transferred"
+    assert joined.out_dialog is not None and joined.out_dialog < 0  # carol's dialog is remote
+    # Both directions keep working across the workers: a hold from alice, then carol's BYE.
+    alice.hold(alice.dialogs[0])
+    net.run(duration=1)
+    assert carol.media[carol.dialogs[0]] == "alice" and joined.held == {"caller"}
+    alice.hold(alice.dialogs[0], held=False)
+    net.run(duration=1)
+    assert joined.held == set()
+    carol.bye(carol.dialogs[0])
+    net.run(duration=1)
+    assert alice.dialogs == [] and joined.state is CallState.ENDED and joined.hangup_side == "callee"
+    drained(net, pbxs)
+
+
+def test_attended_transfer_refer_sent_to_the_other_call_works_too() -> None:
+    """The transferor may REFER in the consultation call, naming the first one."""
+    net, pbxs, p = office(workers=2)
+    alice, bob, carol = p["alice"], p["bob"], p["carol"]
+    consult(net, pbxs, p, second_worker=1)
+    b_first, b_second = bob.dialogs
+    bob.refer(b_second, f"<sip:alice@pbx.example?Replaces={replaces_of(bob.node.ua.dialog(b_first))}>")
+    net.run(duration=3)
+    assert alice.talks_to() == {"carol"} and carol.talks_to() == {"alice"} and bob.dialogs == []
+    alice.bye(alice.dialogs[0])
+    drained(net, pbxs)
+
+
+def test_the_consultation_call_ended_before_the_refer_is_notified_481() -> None:
+    for workers in (1, 2):
+        net, pbxs, p = office(workers=workers)
+        alice, bob, carol = p["alice"], p["bob"], p["carol"]
+        first, second = consult(net, pbxs, p, second_worker=workers - 1)
+        b_first, b_second = bob.dialogs
+        stale = bob.node.ua.dialog(b_second)
+        carol.bye(carol.dialogs[0])  # carol hangs up the consultation
+        net.run(duration=1)
+        bob.refer(b_first, f"<sip:carol@pbx.example?Replaces={replaces_of(stale)}>")
+        net.run(duration=2)
+        assert notifies(bob) == [(100, "active"), (481, "terminated")]
+        assert first.state is CallState.ANSWERED and first.transfer is None
+        assert alice.talks_to() == {"bob"}
+        alice.bye(alice.dialogs[0])
+        drained(net, pbxs)
+
+
+def test_invite_with_replaces_takes_the_replaced_partys_place() -> None:
+    for workers in (1, 2):
+        net, pbxs, p = office(workers=workers)
+        alice, bob, dave = p["alice"], p["bob"], p["dave"]
+        call = connected(net, pbxs[0], alice, "bob")
+        info = bob.node.ua.dialog(bob.dialogs[0])
+        replaces = f"{info.call_id};to-tag={info.remote_tag};from-tag={info.local_tag}"
+        dave.call(pbxs[workers - 1], "bob", headers=[("Replaces", replaces)])
+        net.run(duration=2)
+        assert dave.talks_to() == {"alice"} and alice.talks_to() == {"dave"}
+        assert bob.dialogs == [] and call.hangup_cause == "replaced"
+        (new,) = pbxs[workers - 1].calls.values()
+        assert new.linked_to == call.call_uuid and call.extra["transferred_into"] == new.call_uuid
+        assert dave.finals("INVITE") == [200]
+        dave.bye(dave.dialogs[0])
+        drained(net, pbxs)
+
+
+def test_invite_with_replaces_late_offer_and_errors() -> None:
+    net, pbxs, p = office()
+    alice, bob, dave, carol = p["alice"], p["bob"], p["dave"], p["carol"]
+    connected(net, pbxs[0], alice, "bob")
+    info = bob.node.ua.dialog(bob.dialogs[0])
+    dave.call(pbxs[0], "bob", headers=[("Replaces", f"nope@x;to-tag={info.remote_tag};from-tag={info.local_tag}")])
+    dave.call(pbxs[0], "bob", headers=[("Replaces", f"{info.call_id};to-tag=a;from-tag=b")])
+    carol.call(pbxs[0], "bob", headers=[("Replaces", f"{info.call_id};to-tag={info.remote_tag};from-tag={info.local_tag};early-only")])
+    net.run(duration=2)
+    assert dave.finals("INVITE") == [481, 481] and carol.finals("INVITE") == [486]
+    dave.call(pbxs[0], "bob", offer=False,
+              headers=[("Replaces", f"{info.call_id};to-tag={info.remote_tag};from-tag={info.local_tag}")])
+    net.run(duration=2)
+    assert dave.talks_to() == {"alice"} and alice.talks_to() == {"dave"}  # offer in the 200, answer in the ACK
+    alice.bye(alice.dialogs[0])
+    drained(net, pbxs)

@@ -248,6 +248,7 @@ class Phone:
     media: dict[int, str] = field(default_factory=dict)  # dialog → whose SDP we last received
     invites: list[Request] = field(default_factory=list)
     held: bool = False
+    late: set[int] = field(default_factory=set)  # our INVITEs without offer: we answer in the ACK
 
     def __post_init__(self) -> None:
         self.node.ua.set_handler("INVITE", "phone")
@@ -300,6 +301,8 @@ class Phone:
                 if event.dialog_id is not None and event.dialog_id not in self.dialogs:
                     self.dialogs.append(event.dialog_id)
                 self._learn(event.dialog_id, resp.body)
+                if event.request_id in self.late and event.dialog_id is not None:
+                    ua.ack(event.dialog_id, body=self.sdp(), headers=CT_SDP, now=now)
         elif isinstance(event, DialogEnded) and event.dialog_id in self.dialogs:
             self.dialogs.remove(event.dialog_id)
 
@@ -315,10 +318,13 @@ class Phone:
         """INVITE `number` at the pbx (an offer unless `offer` is False)."""
         node = self.node
         extra = list(headers or [])
-        return int(node.act(lambda ua, now: ua.send_request(
+        request_id = int(node.act(lambda ua, now: ua.send_request(  # type: ignore[arg-type]
             "INVITE", f"sip:{number}@{pbx.node.host}:{pbx.node.port}", owner="phone", destinations=[pbx.node.peer],
             now=now, from_=f"<sip:{self.name}@pbx.example>", headers=[*(CT_SDP if offer else []), *extra],
-            body=self.sdp() if offer else b"")))  # type: ignore[arg-type]
+            body=self.sdp() if offer else b"", auto_ack=offer)))
+        if not offer:
+            self.late.add(request_id)
+        return request_id
 
     def refer(self, dialog: int, refer_to: str, *, referred_by: str | None = None,
               headers: list[tuple[str, str]] | None = None) -> int:
