@@ -11,7 +11,7 @@ from ua_harness import Net
 from vivait_sip.b2bua.call import Call, CallState
 from vivait_sip.b2bua.routing import Source
 from vivait_sip.b2bua.transfer import TransferCall
-from vivait_sip.sip.ua import DialogEnded, RequestReceived
+from vivait_sip.sip.ua import DialogEnded
 
 
 def office(*, workers: int = 1, **phone_kwargs: dict[str, object]) -> tuple[Net, list[TransferPbx], dict[str, Phone]]:
@@ -148,7 +148,7 @@ def test_attended_transfer_joins_the_two_remaining_parties() -> None:
 def test_attended_transfer_across_two_workers_joins_by_messages() -> None:
     net, pbxs, p = office(workers=2)
     alice, bob, carol = p["alice"], p["bob"], p["carol"]
-    first, second = consult(net, pbxs, p, second_worker=1)
+    _first, second = consult(net, pbxs, p, second_worker=1)
     b_first, b_second = bob.dialogs
     bob.refer(b_first, f"<sip:carol@pbx.example?Replaces={replaces_of(bob.node.ua.dialog(b_second))}>")
     net.run(duration=3)
@@ -190,7 +190,7 @@ def test_the_consultation_call_ended_before_the_refer_is_notified_481() -> None:
     for workers in (1, 2):
         net, pbxs, p = office(workers=workers)
         alice, bob, carol = p["alice"], p["bob"], p["carol"]
-        first, second = consult(net, pbxs, p, second_worker=workers - 1)
+        first, _second = consult(net, pbxs, p, second_worker=workers - 1)
         b_first, b_second = bob.dialogs
         stale = bob.node.ua.dialog(b_second)
         carol.bye(carol.dialogs[0])  # carol hangs up the consultation
@@ -237,4 +237,156 @@ def test_invite_with_replaces_late_offer_and_errors() -> None:
     net.run(duration=2)
     assert dave.talks_to() == {"alice"} and alice.talks_to() == {"dave"}  # offer in the 200, answer in the ACK
     alice.bye(alice.dialogs[0])
+    drained(net, pbxs)
+
+
+def test_the_transferor_hanging_up_at_once_leaves_the_transferee_waiting_for_the_target() -> None:
+    net, (pbx,), p = office(carol={"answer_after": 2.0})
+    alice, bob, carol = p["alice"], p["bob"], p["carol"]
+    call = connected(net, pbx, alice, "bob")
+    bob.refer(bob.dialogs[0], "<sip:carol@pbx.example>")
+    net.run(duration=0.2)
+    bob.bye(bob.dialogs[0])  # many phones hang up right after the 202
+    net.run(duration=0.5)
+    assert call.state is CallState.ENDED and call.hangup_cause == "transferred" and alice.dialogs
+    (new,) = pbx.calls.values()
+    assert new.state is CallState.RINGING and new.snapshot()["state"] == "ringing"
+    net.run(duration=3)
+    assert alice.talks_to() == {"carol"} and carol.talks_to() == {"alice"}
+    carol.bye(carol.dialogs[0])
+    drained(net, [pbx])
+
+
+def test_the_transferor_gone_and_the_target_busy_hangs_the_transferee_up() -> None:
+    net, (pbx,), p = office(carol={"status": 486, "answer_after": 1.0})
+    alice, bob = p["alice"], p["bob"]
+    connected(net, pbx, alice, "bob")
+    bob.refer(bob.dialogs[0], "<sip:carol@pbx.example>")
+    net.run(duration=0.2)
+    bob.bye(bob.dialogs[0])
+    net.run(duration=3)
+    assert alice.dialogs == [] and [e.reason for e in alice.ended()] == ["bye"]
+    (failed,) = [c for c in pbx.ended_calls if isinstance(c, TransferCall)]
+    assert failed.final_status == 486
+    drained(net, [pbx])
+
+
+def test_the_transferee_hanging_up_cancels_the_target() -> None:
+    net, (pbx,), p = office(carol={"status": None})
+    alice, bob, carol = p["alice"], p["bob"], p["carol"]
+    call = connected(net, pbx, alice, "bob")
+    bob.refer(bob.dialogs[0], "<sip:carol@pbx.example>")
+    net.run(duration=0.5)
+    alice.bye(alice.dialogs[0])
+    net.run(duration=1)
+    assert bob.dialogs == [] and call.hangup_side == "caller"
+    assert carol.node.of(DialogEnded) and not carol.dialogs  # the ringing INVITE was cancelled
+    (abandoned,) = [c for c in pbx.ended_calls if isinstance(c, TransferCall)]
+    assert abandoned.hangup_cause == "transfer abandoned"
+    assert call.extra["transfers"][0]["result"] == "abandoned"  # type: ignore[index]
+    drained(net, [pbx])
+
+
+def test_refer_sub_false_sends_no_notify() -> None:
+    net, (pbx,), p = office()
+    alice, bob, carol = p["alice"], p["bob"], p["carol"]
+    connected(net, pbx, alice, "bob")
+    bob.refer(bob.dialogs[0], "<sip:carol@pbx.example>", headers=[("Refer-Sub", "false"), ("Supported", "norefersub")])
+    net.run(duration=3)
+    (accepted,) = [r for r in responses(bob.node, "REFER")]
+    assert accepted.status == 202 and accepted.headers.get("refer-sub") == "false"
+    assert bob.notifies == [] and bob.dialogs == [] and alice.talks_to() == {"carol"}
+    carol.bye(carol.dialogs[0])
+    drained(net, [pbx])
+
+
+def test_refers_the_b2bua_refuses() -> None:
+    net, (pbx,), p = office(carol={"status": None})
+    alice, bob = p["alice"], p["bob"]
+    call = connected(net, pbx, alice, "bob")
+    dialog = bob.dialogs[0]
+    bob.node.act(lambda ua, now: ua.send_in_dialog(dialog, "REFER", now=now))  # no Refer-To
+    bob.refer(dialog, "<sip:carol@elsewhere.example>")
+    bob.refer(dialog, "<sip:carol@pbx.example;method=BYE>")
+    bob.refer(dialog, "<mailto:carol@pbx.example>")
+    net.run(duration=1)
+    assert bob.finals("REFER") == [400, 403, 403, 403]
+    bob.refer(dialog, "<tel:carol>")  # tel: names a number too
+    net.run(duration=0.5)
+    bob.refer(dialog, "<sip:dave@pbx.example>")
+    net.run(duration=0.5)
+    assert bob.finals("REFER")[4:] == [202, 491]  # one transfer at a time
+    assert call.snapshot()["state"] == "transferring"
+    bob.bye(dialog)
+    net.run(duration=0.5)
+    alice.bye(alice.dialogs[0])
+    drained(net, [pbx])
+
+
+def test_a_join_that_fails_leaves_both_calls_as_they_were() -> None:
+    net, pbxs, p = office(workers=2, carol={"answer_reinvite": 488})
+    alice, bob, carol = p["alice"], p["bob"], p["carol"]
+    first, second = consult(net, pbxs, p, second_worker=1)
+    b_first, b_second = bob.dialogs
+    bob.refer(b_first, f"<sip:carol@pbx.example?Replaces={replaces_of(bob.node.ua.dialog(b_second))}>")
+    net.run(duration=3)
+    assert notifies(bob) == [(100, "active"), (488, "terminated")]
+    assert first.state is CallState.ANSWERED and second.state is CallState.ANSWERED
+    assert first.transfer is None and second.transfer is None and second.snapshot()["state"] == "answered"
+    assert alice.talks_to() == {"bob"} and carol.talks_to() == {"bob"}
+    carol.answer_reinvite = 200
+    carol.hold(carol.dialogs[0])  # the consultation call works again: carol's re-INVITE reaches bob
+    net.run(duration=1)
+    assert bob.media[b_second] == "carol" and second.held == {"callee"}
+    for phone in (alice, carol):
+        phone.bye(phone.dialogs[0])
+    drained(net, pbxs)
+
+
+def test_glare_on_the_join_is_retried() -> None:
+    net, (pbx,), p = office()
+    alice, bob, carol = p["alice"], p["bob"], p["carol"]
+    connected(net, pbx, alice, "bob")
+    alice.answer_reinvite = 491
+    net.at(net.now + 1.4, lambda: setattr(alice, "answer_reinvite", 200))
+    bob.refer(bob.dialogs[0], "<sip:carol@pbx.example>")
+    net.run(duration=5)
+    assert alice.talks_to() == {"carol"} and carol.talks_to() == {"alice"}
+    assert [s for s in responses(pbx.node, "INVITE") if s.status == 491]
+    carol.bye(carol.dialogs[0])
+    drained(net, [pbx])
+
+
+def test_a_transferred_call_can_be_transferred_again() -> None:
+    net, pbxs, p = office(workers=2)
+    alice, bob, carol, dave = p["alice"], p["bob"], p["carol"], p["dave"]
+    _first, _second = consult(net, pbxs, p, second_worker=1)
+    b_first, b_second = bob.dialogs
+    bob.refer(b_first, f"<sip:carol@pbx.example?Replaces={replaces_of(bob.node.ua.dialog(b_second))}>")
+    net.run(duration=3)
+    (joined,) = pbxs[0].calls.values()
+    carol.refer(carol.dialogs[0], "<sip:dave@pbx.example>")  # carol's dialog is held by worker 1
+    net.run(duration=3)
+    assert notifies(carol) == [(100, "active"), (180, "active"), (200, "terminated")]
+    assert alice.talks_to() == {"dave"} and dave.talks_to() == {"alice"} and carol.dialogs == []
+    (again,) = pbxs[0].calls.values()
+    assert again.linked_to == joined.call_uuid and joined.hangup_cause == "transferred"
+    dave.bye(dave.dialogs[0])
+    drained(net, pbxs)
+
+
+def test_a_lost_worker_ends_the_calls_joined_across_it() -> None:
+    net, pbxs, p = office(workers=2)
+    alice, bob, carol = p["alice"], p["bob"], p["carol"]
+    consult(net, pbxs, p, second_worker=1)
+    b_first, b_second = bob.dialogs
+    bob.refer(b_first, f"<sip:carol@pbx.example?Replaces={replaces_of(bob.node.ua.dialog(b_second))}>")
+    net.run(duration=3)
+    assert alice.talks_to() == {"carol"}
+    pbxs[0].cluster.lose(1)  # worker 0 sees worker 1 die: alice's call ends
+    net.run(duration=1)
+    assert alice.dialogs == [] and not pbxs[0].calls
+    pbxs[0].cluster.lose(0)  # and, had worker 1 survived worker 0, it hangs carol up
+    net.run(duration=1)
+    assert carol.dialogs == []
     drained(net, pbxs)

@@ -59,7 +59,7 @@ def test_refer_in_a_dialog_is_the_tus_and_its_notifies_travel_in_that_dialog() -
 
 def test_a_481_to_a_notify_ends_the_subscription_not_the_call() -> None:
     net = Net()
-    alice, bob, a_dialog, b_dialog = established(net)
+    alice, bob, _a_dialog, b_dialog = established(net)
 
     def no_subscription(node: Node, event: UaEvent) -> None:
         if isinstance(event, RequestReceived):

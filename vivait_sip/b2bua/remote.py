@@ -268,6 +268,24 @@ class RemoteDialogs:
         self._virtual_by_link[(worker, link)] = virtual
         return vid
 
+    def detach(self, dialog_id: int) -> None:
+        """Forget a virtual dialog given back to its holder (its events no longer come);
+        requests still pending in it fail now."""
+        virtual = self._virtuals.pop(dialog_id, None)
+        if virtual is None:
+            return
+        self._virtual_by_link.pop((virtual.worker, virtual.link), None)
+        pending = sorted(virtual.pending, reverse=True)
+        for ref in pending:
+            self._virtual_by_request.pop(ref, None)
+        for ours in virtual.incoming:
+            self._virtual_by_request.pop(ours, None)
+        virtual.pending = set()
+        virtual.incoming = {}
+        virtual.by_remote = {}
+        for ref in pending:
+            self._dispatch(RequestFailed(self.owner, ref, 481, "given back"))
+
     def is_virtual(self, dialog_id: int) -> bool:
         return dialog_id in self._virtuals
 

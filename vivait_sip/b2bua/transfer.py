@@ -828,8 +828,8 @@ class TransferManager:
                 return
         elif target.scheme == "tel" and target.opaque:
             number = unescape(target.opaque.split(";", 1)[0])
-        else:
-            sip.respond(request_id, 416, "Unsupported URI Scheme")
+        else:  # not 416: that one ends the dialog (RFC 5057 §5.1), it is about the Request-URI
+            sip.respond(request_id, 403, "Forbidden (Refer-To must be a sip, sips or tel URI)")
             return
         if not number and replaces is None:
             sip.respond(request_id, 400, "Bad Request (Refer-To has no number)")
@@ -956,6 +956,8 @@ class TransferManager:
         elif isinstance(handle, tuple):
             worker, link = handle
             self.workers.send(worker, ReleaseDialog(link, joined, call_uuid, cause))
+            if not joined:  # it goes back to its call there: we no longer drive it
+                self.remote.detach(result.dialog)
         result.handle = None
 
     # ---- INVITE with Replaces ----------------------------------------------------------------------
