@@ -1,0 +1,126 @@
+"""Hold and transfer against real phones, with one and two workers: baresip A, B and C are
+registered users calling each other through the server.  B holds and resumes A; B
+transfers A blind to C (baresip's `transfer`); SIPp plays B for an attended transfer
+(REFER with Replaces naming its consultation call with C, tests/peers/sipp/).  Audio is
+checked in the recordings: each phone sends its own tone and the other's is found in what
+it received.  `ctl calls` and the CDRs are checked on the way."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from harness import Server, free_port, loopback_args
+from peer_phones import Baresip, read_growing, tone_share, wav_samples_size
+
+pytestmark = pytest.mark.timeout(150)
+
+USERS = {"6140": "pw-6140", "6141": "pw-6141", "6142": "pw-6142", "6143": "pw-6143"}
+TONES = {"A": 1000.0, "B": 400.0, "C": 700.0}
+SIPP = Path(__file__).resolve().parents[1] / "peers" / "sipp"
+
+
+def config(workers: int) -> dict[str, object]:
+    return {
+        "sip": {"workers": workers},
+        "registrar": {"algorithms": ["MD5"], "users": [{"number": n, "password": pw} for n, pw in USERS.items()]},
+        "b2bua": {},
+    }
+
+
+@pytest.fixture(params=[1, 2], ids=["1worker", "2workers"])
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
+    assert shutil.which("baresip"), "baresip is required (Debian package baresip)"
+    (tmp_path / "srv").mkdir()
+    srv = Server(tmp_path / "srv", config(int(request.param)), loopback_args(http=False, tls=False)).start()
+    yield srv
+    srv.stop()
+
+
+def ctl(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vivait_sip", *server.ctl_args, *args],
+                          capture_output=True, text=True, timeout=30, check=False)
+
+
+def calls(server: Server) -> list[dict[str, object]]:
+    return list(json.loads(ctl(server, "calls", "--json").stdout)["calls"])
+
+
+def cdrs(server: Server) -> list[dict[str, object]]:
+    raw = json.loads(ctl(server, "cdr", "--format", "json").stdout)
+    return list(raw["calls"] if isinstance(raw, dict) else raw)
+
+
+def wait_for(predicate: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def phones(tmp: Path, server: Server, names: str = "ABC") -> dict[str, Baresip]:
+    users = dict(zip("ABC", ("6140", "6141", "6142"), strict=True))
+    found: dict[str, Baresip] = {}
+    try:
+        for name in names:
+            phone = Baresip(tmp, name, TONES[name])
+            found[name] = phone
+            phone.register(users[name], USERS[users[name]], server.sip_port("udp"))
+    except BaseException:
+        for phone in found.values():
+            phone.close()
+        raise
+    return found
+
+
+def heard(phone: Baresip, hz: float, *, last_s: float = 2.0, recording: int = -1) -> float:
+    """The share of tone `hz` in the last `last_s` seconds `phone` received."""
+    files = phone.received()
+    assert files, f"{phone.name} recorded nothing:\n{phone.log()}"
+    samples = read_growing(files[recording])
+    return tone_share(samples[-int(8000 * last_s):], hz)
+
+
+def server_log(server: Server) -> str:
+    return "\n".join(server.collect_output())[-5000:]
+
+
+def test_blind_transfer_with_baresip(server: Server, tmp_path: Path) -> None:
+    p = phones(tmp_path, server)
+    a, b, c = p["A"], p["B"], p["C"]
+    try:
+        a.command("dial", f"sip:6141@127.0.0.1:{server.sip_port('udp')}")
+        a.wait_event("CALL_ESTABLISHED", 10)
+        b.wait_event("CALL_ESTABLISHED", 10)
+        time.sleep(1.5)
+        assert heard(a, TONES["B"]) > 0.8 and heard(b, TONES["A"]) > 0.8
+        b.command("transfer", f"sip:6142@127.0.0.1:{server.sip_port('udp')}")
+        c.wait_event("CALL_ESTABLISHED", 10)
+        b.wait_event("CALL_CLOSED", 10)
+        time.sleep(2.5)
+        assert heard(c, TONES["A"]) > 0.8, server_log(server)
+        assert heard(a, TONES["C"]) > 0.8, server_log(server)
+        (active,) = calls(server)
+        assert active["state"] == "answered" and active["linked_to"]
+        a.command("hangup")
+        c.wait_event("CALL_CLOSED", 10)
+        wait_for(lambda: not calls(server), 5, "no calls")
+        records = {r["call_uuid"]: r for r in cdrs(server)}
+        (original,) = [r for r in records.values() if not r["linked_to"]]
+        (transferred,) = [r for r in records.values() if r["linked_to"]]
+        assert transferred["linked_to"] == original["call_uuid"]
+        assert original["hangup_cause"] == "transferred" and original["hangup_side"] == "callee"
+        assert (transferred["caller"], transferred["callee"], transferred["user"]) == ("6140", "6142", "6141")
+        assert transferred["disposition"] == "answered" and transferred["hangup_side"] == "caller"
+    finally:
+        for phone in p.values():
+            phone.close()
