@@ -105,7 +105,8 @@ def rms_dbfs(samples: list[int]) -> float:
 class Baresip:
     """One headless baresip (see the module docstring)."""
 
-    def __init__(self, workdir: Path, name: str, tone_hz: float, *, seconds: float = 90, quit_after: int = 110) -> None:
+    def __init__(self, workdir: Path, name: str, tone_hz: float, *, seconds: float = 90, quit_after: int = 110,
+                 sip_trace: bool = True) -> None:
         self.name = name
         self.dir = workdir / name
         self.dir.mkdir(parents=True)
@@ -114,6 +115,7 @@ class Baresip:
         self.sip_port = free_port(socket.SOCK_DGRAM)
         self.ctrl_port = free_port()
         rtp = free_port(socket.SOCK_DGRAM) & ~1
+        self.rtp_ports = (rtp, rtp + 20)
         (self.dir / "config").write_text(CONFIG.format(
             sip_port=self.sip_port, name=name, tone=tone, rtp=rtp, rtp_end=rtp + 20, ctrl_port=self.ctrl_port,
             snd_path=self.dir,
@@ -122,7 +124,8 @@ class Baresip:
         (self.dir / "contacts").write_text("")
         self.log_path = self.dir / "baresip.log"
         self._log = self.log_path.open("w")
-        self.proc = subprocess.Popen(["baresip", "-f", str(self.dir), "-t", str(quit_after)],
+        trace = ["-s"] if sip_trace else []
+        self.proc = subprocess.Popen(["baresip", "-f", str(self.dir), "-t", str(quit_after), *trace],
                                      stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while True:
@@ -242,3 +245,77 @@ def read_growing(path: Path) -> list[int]:
     data = path.read_bytes()[44:]
     count = len(data) // 2
     return list(struct.unpack(f"<{count}h", data[: count * 2]))
+
+
+class RtpCapture:
+    """RTP arriving at a phone, captured on the loopback with dumpcap (capture rights
+    needed: root, or a dumpcap with CAP_NET_RAW).  For what a phone's own recording cannot
+    show: baresip 1.0 loses its receive filters (the sndfile recording) on the first SDP
+    direction change (src/audio.c: `audio_decoder_set` flushes them when the direction is
+    not sendrecv, `aufilt_setup` does not set them up again), so after a hold only the
+    packets tell what the phone receives."""
+
+    def __init__(self, path: Path, ports: tuple[int, int]) -> None:
+        self.path = path
+        self.proc = subprocess.Popen(
+            ["dumpcap", "-q", "-P", "-i", "lo", "-f", f"udp dst portrange {ports[0]}-{ports[1]}", "-w", str(path)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        deadline = time.monotonic() + 5
+        while not (path.exists() and path.stat().st_size >= 24):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                err = self.proc.stderr.read() if self.proc.stderr else ""
+                raise AssertionError(f"dumpcap could not capture on lo (root or CAP_NET_RAW needed): {err}")
+            time.sleep(0.05)
+        time.sleep(0.3)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def packets(self) -> list[tuple[float, int, bytes]]:
+        """(arrival time, RTP payload type, payload) of each RTP packet captured."""
+        data = self.path.read_bytes()
+        if len(data) < 24:
+            return []
+        magic = data[:4]
+        endian = "<" if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+        nano = magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
+        linktype = struct.unpack(endian + "I", data[20:24])[0]
+        offset, out = 24, []
+        while offset + 16 <= len(data):
+            sec, frac, incl, _orig = struct.unpack(endian + "IIII", data[offset:offset + 16])
+            frame = data[offset + 16:offset + 16 + incl]
+            offset += 16 + incl
+            when = sec + frac / (1e9 if nano else 1e6)
+            ip = frame[14:] if linktype == 1 else frame[16:] if linktype == 113 else frame[4:] if linktype == 0 else frame
+            if len(ip) < 28 or ip[0] >> 4 != 4 or ip[9] != 17:
+                continue
+            udp = ip[(ip[0] & 0x0F) * 4:]
+            rtp = udp[8:]
+            if len(rtp) < 12 or rtp[0] >> 6 != 2:
+                continue
+            start = 12 + 4 * (rtp[0] & 0x0F)
+            if rtp[0] & 0x10 and len(rtp) >= start + 4:
+                start += 4 + 4 * struct.unpack("!H", rtp[start + 2:start + 4])[0]
+            payload_type = rtp[1] & 0x7F
+            if payload_type >= 72 and payload_type <= 76:  # RTCP sent to the RTP port (rtcp-mux)
+                continue
+            out.append((when, payload_type, rtp[start:]))
+        return out
+
+
+def ulaw_samples(payloads: list[bytes]) -> list[int]:
+    """G.711 mu-law (PCMU) to 16-bit samples."""
+    out: list[int] = []
+    for payload in payloads:
+        for byte in payload:
+            u = ~byte & 0xFF
+            magnitude = (((u & 0x0F) << 3) + 0x84) << ((u & 0x70) >> 4)
+            out.append((0x84 - magnitude) if u & 0x80 else (magnitude - 0x84))
+    return out

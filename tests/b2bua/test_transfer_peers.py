@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,8 +16,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import Server, free_port, loopback_args
-from peer_phones import Baresip, read_growing, tone_share, wav_samples_size
+from harness import Server, loopback_args
+from peer_phones import (
+    Baresip,
+    RtpCapture,
+    read_growing,
+    tone_share,
+    ulaw_samples,
+    wav_samples_size,
+)
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -121,6 +127,50 @@ def test_blind_transfer_with_baresip(server: Server, tmp_path: Path) -> None:
         assert original["hangup_cause"] == "transferred" and original["hangup_side"] == "callee"
         assert (transferred["caller"], transferred["callee"], transferred["user"]) == ("6140", "6142", "6141")
         assert transferred["disposition"] == "answered" and transferred["hangup_side"] == "caller"
+        assert "407 Proxy" not in b.log_path.read_text()  # the REFER inside the call is not challenged
     finally:
+        for phone in p.values():
+            phone.close()
+
+
+def test_hold_and_resume_with_baresip(server: Server, tmp_path: Path) -> None:
+    """B holds A and resumes.  A's recording holds B's tone and stops growing at the hold
+    (nothing arrives); after the resume A's RTP carries B's tone again (captured: see
+    `RtpCapture` for why the recording cannot show it); `ctl calls` says on_hold."""
+    p = phones(tmp_path, server, "AB")
+    a, b = p["A"], p["B"]
+    capture = RtpCapture(tmp_path / "a-rtp.pcap", a.rtp_ports)
+    try:
+        a.command("dial", f"sip:6141@127.0.0.1:{server.sip_port('udp')}")
+        a.wait_event("CALL_ESTABLISHED", 10)
+        b.wait_event("CALL_ESTABLISHED", 10)
+        time.sleep(1.5)
+        assert heard(a, TONES["B"]) > 0.8 and heard(b, TONES["A"]) > 0.8
+        b.command("hold")
+        wait_for(lambda: [c["state"] for c in calls(server)] == ["on_hold"], 5, "on_hold in ctl calls")
+        time.sleep(0.3)
+        a_file = a.received()[-1]
+        before = wav_samples_size(a_file)
+        held_from = time.time()
+        time.sleep(2.0)
+        held_until = time.time()
+        during = wav_samples_size(a_file) - before
+        assert during < 800, f"A recorded {during} samples (more than 0.1 s) while held"
+        b.command("resume")
+        wait_for(lambda: [c["state"] for c in calls(server)] == ["answered"], 5, "answered again in ctl calls")
+        resumed = time.time()
+        time.sleep(2.0)
+        capture.stop()
+        packets = capture.packets()
+        assert not [t for t, _, _ in packets if held_from < t < held_until], "RTP reached A while it was held"
+        after = [payload for t, pt, payload in packets if t > resumed + 0.3 and pt == 0]
+        assert len(after) > 50, f"{len(after)} PCMU packets reached A after the resume"
+        assert tone_share(ulaw_samples(after), TONES["B"]) > 0.8  # B's tone, again
+        a.command("hangup")
+        b.wait_event("CALL_CLOSED", 10)
+        wait_for(lambda: not calls(server), 5, "no calls")
+        assert "407 Proxy" not in b.log_path.read_text()  # a re-INVITE inside a call is not challenged
+    finally:
+        capture.stop()
         for phone in p.values():
             phone.close()

@@ -157,13 +157,15 @@ class B2buaFeature(Feature[B2buaConfig]):
         return {"INVITE": self.on_invite}
 
     def stateless_checks(self) -> Mapping[str, StatelessCheck]:
-        return {"INVITE": self._challenge_only}
+        return {"INVITE": self._challenge_only, "REFER": self._challenge_only}
 
     def _challenge_only(self, req: Request, peer: Peer) -> bool:
         """A call from no trunk, without credentials answering our nonce: only a 407 (or
-        a refusal) can follow, so it is answered without a transaction (no amplification)."""
+        a refusal) can follow, so it is answered without a transaction (no amplification).
+        Not a request inside a dialog (a re-INVITE, a REFER): its dialog was authenticated
+        by its INVITE, and the UA answers 481 when it matches none."""
         registrar = self.registrar
-        if registrar is None or self.trunk_for_source(peer.host) is not None:
+        if registrar is None or req.to.tag or self.trunk_for_source(peer.host) is not None:
             return False
         return registrar.guard.challenge_only(req, peer)
 
