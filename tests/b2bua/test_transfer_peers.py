@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import Server, loopback_args
+from harness import Server, free_port, loopback_args
 from peer_phones import (
     Baresip,
     RtpCapture,
@@ -31,13 +33,17 @@ pytestmark = pytest.mark.timeout(150)
 USERS = {"6140": "pw-6140", "6141": "pw-6141", "6142": "pw-6142", "6143": "pw-6143"}
 TONES = {"A": 1000.0, "B": 400.0, "C": 700.0}
 SIPP = Path(__file__).resolve().parents[1] / "peers" / "sipp"
+SIPP_HOST = "127.0.0.6"
 
 
 def config(workers: int) -> dict[str, object]:
     return {
         "sip": {"workers": workers},
         "registrar": {"algorithms": ["MD5"], "users": [{"number": n, "password": pw} for n, pw in USERS.items()]},
-        "b2bua": {},
+        # SIPp plays B of the attended transfer from a trusted address (no digest: SIPp
+        # computes its digest uri from the address, never from each call's Request-URI).
+        "b2bua": {"trunks": [{"name": "pbx-b", "host": SIPP_HOST, "port": 5999, "networks": [f"{SIPP_HOST}/32"],
+                              "options_interval_s": 0}]},
     }
 
 
@@ -172,5 +178,72 @@ def test_hold_and_resume_with_baresip(server: Server, tmp_path: Path) -> None:
         assert "407 Proxy" not in b.log_path.read_text()  # a re-INVITE inside a call is not challenged
     finally:
         capture.stop()
+        for phone in p.values():
+            phone.close()
+
+
+def salt_for_workers(count: int) -> str:
+    """A Call-ID suffix putting SIPp's first call in worker 0 and its second in worker 1
+    (`-cid_str xfer%u-SALT`, owner = crc32 % count): the attended transfer then joins
+    calls of two workers, not by chance."""
+    for n in range(10_000):
+        salt = f"s{n}"
+        if count < 2 or (zlib.crc32(f"xfer1-{salt}".encode()) % count, zlib.crc32(f"xfer2-{salt}".encode()) % count) == (0, 1):
+            return salt
+    raise AssertionError("no salt")
+
+
+def test_attended_transfer_driven_by_sipp(server: Server, tmp_path: Path) -> None:
+    """SIPp is B (a trusted peer calling as 6141): it calls A, then C (the consultation),
+    then REFERs A to C with Replaces naming the consultation dialog.  A and C end up
+    talking.  With two workers the two calls are in different workers (Call-IDs chosen
+    so), joined by messages."""
+    assert shutil.which("sipp"), "sipp is required (Debian package sip-tester)"
+    workers = int(server.config["sip"]["workers"])  # type: ignore[index]
+    p = phones(tmp_path, server, "AC")
+    a, c = p["A"], p["C"]
+    inf = tmp_path / "b.csv"
+    inf.write_text("SEQUENTIAL\n6140;first;\n6142;consult;\n")
+    sipp = subprocess.Popen(
+        ["sipp", f"127.0.0.1:{server.sip_port('udp')}", "-sf", str(SIPP / "xfer_attended_b.xml"), "-inf", str(inf),
+         "-s", "6141", "-i", SIPP_HOST, "-p", str(free_port(socket.SOCK_DGRAM, SIPP_HOST)),
+         "-mp", str(free_port(socket.SOCK_DGRAM, SIPP_HOST)), "-m", "2", "-l", "2", "-r", "1", "-rp", "1000",
+         "-cid_str", f"xfer%u-{salt_for_workers(workers)}", "-nostdin", "-timeout", "40s", "-timeout_error",
+         "-trace_err", "-trace_msg"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        a.wait_event("CALL_ESTABLISHED", 15)
+        c.wait_event("CALL_ESTABLISHED", 15)
+        out, _ = sipp.communicate(timeout=60)
+        messages = "".join(f.read_text(errors="replace") for f in tmp_path.glob("*_messages.log"))
+        errors = "".join(f.read_text(errors="replace") for f in tmp_path.glob("*_errors.log"))
+        assert sipp.returncode == 0, f"{errors[-3000:]}\n{out[-2000:]}\n{messages[-6000:]}\n{server_log(server)}"
+        time.sleep(2.5)
+        assert heard(a, TONES["C"]) > 0.8, f"{a.log()}\n{server_log(server)}"
+        assert heard(c, TONES["A"]) > 0.8, f"{c.log()}\n{server_log(server)}"
+        (active,) = calls(server)
+        assert active["state"] == "answered" and active["linked_to"]
+        if workers == 2:  # A's dialog and C's live in different workers: the join crossed them
+            legs = active["legs"]
+            assert isinstance(legs, list)
+            owners = {zlib.crc32(str(active["call_id"]).encode()) % 2, zlib.crc32(str(legs[0]["call_id"]).encode()) % 2}
+            assert owners == {0, 1}
+        a.command("hangup")
+        c.wait_event("CALL_CLOSED", 10)
+        wait_for(lambda: not calls(server), 5, "no calls")
+        records = cdrs(server)
+        (joined,) = [r for r in records if r["linked_to"]]
+        (first,) = [r for r in records if r["callee"] == "6140"]
+        (consultation,) = [r for r in records if r["callee"] == "6142" and not r["linked_to"]]
+        assert first["hangup_cause"] == consultation["hangup_cause"] == "transferred"
+        assert joined["linked_to"] == first["call_uuid"]
+        assert consultation["extra"]["transferred_into"] == joined["call_uuid"]
+        assert joined["caller"] == "6140" and joined["trunk"] is None  # A and C are phones: no trunk in it
+        assert first["trunk"] == consultation["trunk"] == "pbx-b"  # the transferor's calls came from the trunk
+    finally:
+        if sipp.poll() is None:
+            sipp.kill()
+            sipp.wait(5)
         for phone in p.values():
             phone.close()
