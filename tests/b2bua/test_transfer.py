@@ -390,3 +390,37 @@ def test_a_lost_worker_ends_the_calls_joined_across_it() -> None:
     net.run(duration=1)
     assert carol.dialogs == []
     drained(net, pbxs)
+
+
+def test_a_remote_transferee_is_reconnected_through_its_worker() -> None:
+    """After an attended transfer across workers alice transfers carol (whose dialog worker
+    1 holds) to dave: the new leg and the join re-INVITE go through the remote dialog."""
+    net, pbxs, p = office(workers=2)
+    alice, bob, carol, dave = p["alice"], p["bob"], p["carol"], p["dave"]
+    consult(net, pbxs, p, second_worker=1)
+    b_first, b_second = bob.dialogs
+    bob.refer(b_first, f"<sip:carol@pbx.example?Replaces={replaces_of(bob.node.ua.dialog(b_second))}>")
+    net.run(duration=3)
+    alice.refer(alice.dialogs[0], "<sip:dave@pbx.example>")
+    net.run(duration=3)
+    assert notifies(alice) == [(100, "active"), (180, "active"), (200, "terminated")]
+    assert carol.talks_to() == {"dave"} and dave.talks_to() == {"carol"} and alice.dialogs == []
+    dave.bye(dave.dialogs[0])
+    drained(net, pbxs)
+
+
+def test_an_operator_hanging_up_the_new_call_ends_only_the_transfer() -> None:
+    net, (pbx,), p = office(carol={"status": None})
+    alice, bob = p["alice"], p["bob"]
+    call = connected(net, pbx, alice, "bob")
+    bob.refer(bob.dialogs[0], "<sip:carol@pbx.example>")
+    net.run(duration=1)
+    (new,) = [c for c in pbx.calls.values() if c is not call]
+    net.at(net.now, lambda: new.hangup("admin"))
+    net.run(duration=1)
+    assert notifies(bob) == [(100, "active"), (180, "active"), (480, "terminated")]
+    assert call.state is CallState.ANSWERED and alice.talks_to() == {"bob"}
+    assert new.hangup_cause == "admin" and new.state is CallState.ENDED
+    assert pbx.transfers.counters["blind_failed"] == 1
+    alice.bye(alice.dialogs[0])
+    drained(net, [pbx])

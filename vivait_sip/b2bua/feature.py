@@ -578,6 +578,10 @@ class B2buaFeature(Feature[B2buaConfig]):
             if isinstance(theirs, dict):
                 for key in ("calls", *self.counters):
                     ours[key] = int(ours.get(key, 0)) + int(theirs.get(key, 0))
+                mine_t, theirs_t = ours.get("transfers"), theirs.get("transfers")
+                if isinstance(mine_t, dict) and isinstance(theirs_t, dict):
+                    for key, value in theirs_t.items():
+                        mine_t[key] = int(mine_t.get(key, 0)) + int(value)
 
     def metrics(self, status: dict[str, object]) -> list[str]:
         ours = status.get("b2bua")
@@ -595,6 +599,13 @@ class B2buaFeature(Feature[B2buaConfig]):
         ]
         for outcome in ("answered", "cancelled", "failed", "rejected_overload"):
             lines.append(f'vivait_calls_ended_total{{outcome="{outcome}"}} {int(ours.get(outcome, 0))}')
+        transfers = ours.get("transfers")
+        if isinstance(transfers, dict):
+            lines += ["# HELP vivait_transfers_total Transfers carried out (REFER blind or attended, INVITE with Replaces), by result.",
+                      "# TYPE vivait_transfers_total counter"]
+            for key, value in sorted(transfers.items()):
+                kind, _, result = key.rpartition("_")
+                lines.append(f'vivait_transfers_total{{kind="{kind}",result="{result}"}} {int(value)}')
         lines.extend(self.trunks.metrics())
         return lines
 

@@ -394,6 +394,16 @@ class TransferCall(Call):
             return
         self.hangup("transfer abandoned")
 
+    def hangup(self, cause: str = "admin", *, side: str = "system") -> None:
+        """Before the join this is a failed transfer (the transferor hears why, the
+        transferee stays where it is); after it, an ordinary hangup."""
+        if self.joined or self.state is CallState.ENDED:
+            super().hangup(cause, side=side)
+            return
+        self.hangup_side = side
+        self.hangup_cause = cause
+        self._join_failed(503 if cause == "shutdown" else 480, f"Temporarily Unavailable ({cause})")
+
     # ---- Call's seams ---------------------------------------------------------------------
     def ring(self, groups: Any, *, ring_s: float | None = None) -> None:
         if self.referred_by:
@@ -744,7 +754,8 @@ class TransferManager:
         self._tickets = itertools.count(1)
         self._pending: dict[int, tuple[int, Callable[[TakeResult], None]]] = {}  # ticket → (worker, done)
         self._taken: dict[str, _Taken] = {}  # link → what we hold for another worker
-        self.counters: dict[str, int] = {}
+        self.counters: dict[str, int] = {f"{kind}_{result}": 0 for kind in ("blind", "attended", "replaces")
+                                         for result in ("ok", "failed")}
 
     def _dispatch(self, event: UaEvent) -> None:
         self.env.dispatch(event)
@@ -967,6 +978,7 @@ class TransferManager:
         values = call.request.headers.get_all("replaces")
         replaces = parse_replaces(values[0]) if len(values) == 1 else None
         if replaces is None:
+            self.count("replaces_failed")
             call.fail(400, "Bad Request (Replaces)")
             return
         self.take(replaces, call, lambda result: self._replace(call, result))
@@ -977,6 +989,7 @@ class TransferManager:
                 self.release(result, joined=False)
             return
         if result.status != 200 or result.info is None or result.party is None:
+            self.count("replaces_failed")
             call.fail(result.status, result.reason or None)
             return
         party = result.party
@@ -991,6 +1004,7 @@ class TransferManager:
             leg = place_reinvite(call, result.dialog, dest_for(result.info, party.number), result.info.call_id, body,
                                  content_type, auto_ack=not call.late_offer)
         except UaError as exc:
+            self.count("replaces_failed")
             self.release(result, joined=False)
             call.fail(491 if isinstance(exc, RequestPending) else 481, None)
             return
