@@ -169,6 +169,8 @@ class TransferPbx:
     # UA events, as the feature dispatches them ---------------------------------------------------
     def handle(self, node: Node, event: UaEvent) -> None:
         if self.transfers.on_ua_event(event):
+            if isinstance(event, DialogEnded):
+                self._by_dialog.pop(event.dialog_id, None)
             return
         if isinstance(event, RequestReceived) and event.dialog_id is None and event.request.method == "INVITE":
             req = event.request
@@ -202,9 +204,10 @@ class TransferPbx:
         sizes = {k: v for k, v in self.transfers.table_sizes().items() if v}
         if self.calls:
             sizes["calls"] = len(self.calls)
-        live = {d for d, c in self._by_dialog.items() if c.state.value != "ended"}
-        if live:
-            sizes["bound_dialogs"] = len(live)
+        if self._by_dialog:
+            sizes["bound_dialogs"] = len(self._by_dialog)
+        if self._by_request:
+            sizes["bound_requests"] = len(self._by_request)
         return sizes
 
 

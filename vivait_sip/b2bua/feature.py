@@ -508,7 +508,11 @@ class B2buaFeature(Feature[B2buaConfig]):
 
     # ---- UA events ----------------------------------------------------------------------------
     def on_ua_event(self, event: UaEvent) -> None:
-        if self.trunks.on_ua_event(event) or self.transfers.on_ua_event(event):
+        if self.trunks.on_ua_event(event):
+            return
+        if self.transfers.on_ua_event(event):  # a REFER, a NOTIFY's answer, a dialog held for another worker
+            if isinstance(event, DialogEnded):
+                self._by_dialog.pop(event.dialog_id, None)
             return
         call = self.call_for(event)
         if isinstance(event, DialogEnded):

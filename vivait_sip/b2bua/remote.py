@@ -269,8 +269,8 @@ class RemoteDialogs:
         return vid
 
     def detach(self, dialog_id: int) -> None:
-        """Forget a virtual dialog given back to its holder (its events no longer come);
-        requests still pending in it fail now."""
+        """Forget a virtual dialog given back to its holder (its events no longer come
+        here): requests still pending in it fail, and it ends ("given_back")."""
         virtual = self._virtuals.pop(dialog_id, None)
         if virtual is None:
             return
@@ -285,6 +285,8 @@ class RemoteDialogs:
         virtual.by_remote = {}
         for ref in pending:
             self._dispatch(RequestFailed(self.owner, ref, 481, "given back"))
+        # Here the dialog is over like any other (its id gets its one DialogEnded).
+        self._dispatch(DialogEnded(self.owner, dialog_id, "given_back", None))
 
     def is_virtual(self, dialog_id: int) -> bool:
         return dialog_id in self._virtuals
