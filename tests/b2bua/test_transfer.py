@@ -424,3 +424,19 @@ def test_an_operator_hanging_up_the_new_call_ends_only_the_transfer() -> None:
     assert pbx.transfers.counters["blind_failed"] == 1
     alice.bye(alice.dialogs[0])
     drained(net, [pbx])
+
+
+def test_the_caller_may_transfer_too() -> None:
+    net, (pbx,), p = office()
+    alice, bob, carol = p["alice"], p["bob"], p["carol"]
+    call = connected(net, pbx, alice, "bob")
+    alice.refer(alice.dialogs[0], "<sip:carol@pbx.example>")
+    net.run(duration=3)
+    assert notifies(alice) == [(100, "active"), (180, "active"), (200, "terminated")]
+    assert bob.talks_to() == {"carol"} and carol.talks_to() == {"bob"} and alice.dialogs == []
+    assert call.hangup_side == "caller" and call.hangup_cause == "transferred"
+    (new,) = pbx.calls.values()
+    assert (new.caller, new.callee, new.user) == ("bob", "carol", "alice")
+    assert carol.invites[0].headers.get("referred-by") == f"<sip:alice@{pbx.node.host}>"  # none in the REFER
+    carol.bye(carol.dialogs[0])
+    drained(net, [pbx])
