@@ -13,6 +13,11 @@ relays what crosses: provisional responses (180; 183 with its SDP), the final re
 CANCEL, BYE, re-INVITE / UPDATE offer-answer, INFO, and the ACK of a late offer.  SDP
 passes through unchanged; `MediaSeam` is where anchoring will rewrite it (the media
 issue).
+
+Transfers (transfer.py) use two seams: `Call.transfer` (a `TransferHook` consulted when a
+dialog ends mid-transfer; `snapshot` says "transferring") and `TransferCall`, a subclass
+whose caller is a party already in a dialog, overriding `ring`, `hangup`, `_provisional`,
+`_answer_caller`, `_connect_caller` and `_on_dialog_ended`: keep their signatures.
 """
 
 from __future__ import annotations
