@@ -849,6 +849,8 @@ class TransferManager:
         sip.respond(request_id, 202, "Accepted", headers=[("Refer-Sub", "false")] if no_sub else [])
         subscription = None if no_sub else Subscription(self, sip, dialog, req.cseq.number)
         refer = Refer(self, call, dialog, other, subscription, "attended" if replaces else "blind", number)
+        log.info("event=transfer_requested kind=%s call=%s by=%s to=%r", refer.kind, call.call_uuid,
+                 refer.transferor.number, number)
         call.transfer = refer
         self._refers[call.call_uuid] = refer
         if subscription is not None:
