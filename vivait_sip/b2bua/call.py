@@ -13,6 +13,11 @@ relays what crosses: provisional responses (180; 183 with its SDP), the final re
 CANCEL, BYE, re-INVITE / UPDATE offer-answer, INFO, and the ACK of a late offer.  SDP
 passes through unchanged; `MediaSeam` is where anchoring will rewrite it (the media
 issue).
+
+Transfers (transfer.py) use two seams: `Call.transfer` (a `TransferHook` consulted when a
+dialog ends mid-transfer; `snapshot` says "transferring") and `TransferCall`, a subclass
+whose caller is a party already in a dialog, overriding `ring`, `hangup`, `_provisional`,
+`_answer_caller`, `_connect_caller` and `_on_dialog_ended`: keep their signatures.
 """
 
 from __future__ import annotations
@@ -123,6 +128,17 @@ class CallEnv(Protocol):
         ...
 
 
+class TransferHook(Protocol):
+    """A transfer in progress on a call (transfer.py); `Call.snapshot` shows
+    "transferring" while one is set."""
+
+    def dialog_ended(self, call: Call, event: DialogEnded) -> bool:
+        """One of the call's dialogs ended during the transfer.  True: the transfer deals
+        with what is left (the other party goes on in another call, it must not be hung
+        up here); False: the call ends as usual."""
+        ...
+
+
 class CallState(StrEnum):
     ROUTING = "routing"  # authenticated, being routed / admitted
     QUEUED = "queued"  # waiting in an mdflow DNIS queue
@@ -226,6 +242,7 @@ class Call:
         self._ring_timer: Cancellable | None = None
         self._best: tuple[int, str | None] | None = None  # best final failure so far
         self.extra: dict[str, object] = {}
+        self.transfer: TransferHook | None = None
         env.bind(self, request_id=request_id)
 
     # ---- inputs from the feature ------------------------------------------------------------
@@ -263,12 +280,13 @@ class Call:
         self.hangup_cause = self.hangup_cause or reason or str(status)
         self._finish()
 
-    def hangup(self, cause: str = "admin") -> None:
-        """End the call from our side (`ctl hangup`, drain on SIGTERM): BYE to both legs
-        when answered, else 480/503 to the caller and CANCEL to the callees."""
+    def hangup(self, cause: str = "admin", *, side: str = "system") -> None:
+        """End the call from our side (`ctl hangup`, drain on SIGTERM; a completed transfer
+        with the transferor's `side`): BYE to both legs when answered, else 480/503 to
+        the caller and CANCEL to the callees."""
         if self.state is CallState.ENDED:
             return
-        self.hangup_side = "system"
+        self.hangup_side = side
         self.hangup_cause = cause
         if self.state is CallState.ANSWERED:
             reason = [("Reason", f'SIP;cause=200;text="{cause}"')]
@@ -424,6 +442,11 @@ class Call:
             if other is not leg and other.state in (LegState.TRYING, LegState.EARLY):
                 self._cancel_leg(other, COMPLETED_ELSEWHERE)
         self.failover = []
+        self._connect_caller(leg, dialog_id, resp)
+
+    def _connect_caller(self, leg: OutLeg, dialog_id: int, resp: Response) -> None:
+        """The callee answered: 200 to the caller with the callee's SDP (a transferred
+        call overrides this: its caller is already in a dialog, transfer.py)."""
         body = self.env.media.answer(self, "caller", resp.body) if resp.body else b""
         headers = [("Contact", self.env.sip.contact_for(self.peer))]
         if body:
@@ -598,6 +621,8 @@ class Call:
 
     # ---- the end ----------------------------------------------------------------------------
     def _on_dialog_ended(self, event: DialogEnded) -> None:
+        if self.transfer is not None and self.transfer.dialog_ended(self, event):
+            return
         dialog_id = event.dialog_id
         if dialog_id == self.in_dialog:
             self.in_dialog = None
@@ -666,10 +691,14 @@ class Call:
 
     def snapshot(self) -> dict[str, object]:
         """What `ctl calls` shows."""
+        state = str(self.state)
+        if self.state is CallState.ANSWERED:
+            state = "transferring" if self.transfer is not None else "on_hold" if self.held else state
         return {
             "call": self.call_uuid,
             "call_id": self.request.call_id,
-            "state": "on_hold" if self.held and self.state is CallState.ANSWERED else str(self.state),
+            "state": state,
+            "linked_to": self.linked_to,
             "caller": self.caller,
             "callee": self.callee,
             "user": self.user,

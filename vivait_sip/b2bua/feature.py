@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -26,7 +27,7 @@ from typing import Any
 from aiohttp import web
 
 from ..config import CoreConfig
-from ..contract import Feature, Host, RequestHandler, StatelessCheck, mint_call_id
+from ..contract import Feature, Host, RequestHandler, StatelessCheck, WorkerMessage, mint_call_id
 from ..events import CALL_ANSWER, CALL_END, CALL_START, emit
 from ..flow.feature import MdflowFeature
 from ..registrar.feature import Contact, RegistrarFeature
@@ -41,6 +42,7 @@ from ..sip.ua import (
     RequestFailed,
     RequestReceived,
     ResponseReceived,
+    UaError,
     UaEvent,
 )
 from ..sip.uri import SipUri, parse_uri
@@ -53,6 +55,8 @@ from .cdr_admin import add_cdr_routes
 from .cdr_cli import add_cdr_commands
 from .config import B2buaConfig
 from .routing import Decision, Router, RouteRequest, Source, Target
+from .transfer import MESSAGES as TRANSFER_MESSAGES
+from .transfer import TransferManager
 from .trunks import TrunkManager, inbound_identity, outgoing_identity
 
 log = logging.getLogger("vivait_sip.b2bua")
@@ -95,6 +99,23 @@ class _Timer:
         self.handle.cancel()
 
 
+class _HostWorkers:
+    """`transfer.Workers` over the host: who owns a Call-ID, typed messages."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+
+    @property
+    def index(self) -> int:
+        return self.host.worker_index
+
+    def owner_of(self, call_id: str) -> int:
+        return self.host.owner_of(call_id)
+
+    def send(self, worker: int, msg: WorkerMessage) -> None:
+        self.host.send_to_worker(worker, msg)
+
+
 class B2buaFeature(Feature[B2buaConfig]):
     """Calls (issue 10); see the module docstring."""
 
@@ -102,6 +123,7 @@ class B2buaFeature(Feature[B2buaConfig]):
     config_key = "b2bua"
     config_model = B2buaConfig
     order = 30
+    messages = TRANSFER_MESSAGES
 
     def __init__(self, host: Host) -> None:
         super().__init__(host)
@@ -122,6 +144,8 @@ class B2buaFeature(Feature[B2buaConfig]):
         self._trunk_legs: set[str] = set()  # leg ids holding a trunk's call slot
         self.draining = False
         self.counters: dict[str, int] = {"attempts": 0, "answered": 0, "failed": 0, "cancelled": 0, "rejected_overload": 0}
+        # REFER, Replaces, and dialogs joined across workers (transfer.py, remote.py).
+        self.transfers = TransferManager(self, lambda: host.sip, _HostWorkers(host))
         self._ids = itertools.count(1)
 
     # ---- the contract -----------------------------------------------------------------------
@@ -133,13 +157,15 @@ class B2buaFeature(Feature[B2buaConfig]):
         return {"INVITE": self.on_invite}
 
     def stateless_checks(self) -> Mapping[str, StatelessCheck]:
-        return {"INVITE": self._challenge_only}
+        return {"INVITE": self._challenge_only, "REFER": self._challenge_only}
 
     def _challenge_only(self, req: Request, peer: Peer) -> bool:
         """A call from no trunk, without credentials answering our nonce: only a 407 (or
-        a refusal) can follow, so it is answered without a transaction (no amplification)."""
+        a refusal) can follow, so it is answered without a transaction (no amplification).
+        Not a request inside a dialog (a re-INVITE, a REFER): its dialog was authenticated
+        by its INVITE, and the UA answers 481 when it matches none."""
         registrar = self.registrar
-        if registrar is None or self.trunk_for_source(peer.host) is not None:
+        if registrar is None or req.to.tag or self.trunk_for_source(peer.host) is not None:
             return False
         return registrar.guard.challenge_only(req, peer)
 
@@ -192,6 +218,7 @@ class B2buaFeature(Feature[B2buaConfig]):
             await asyncio.sleep(0.1)
         for call in list(self.calls.values()):
             call.hangup("shutdown")
+        self.transfers.shutdown()
         await asyncio.sleep(0.2)  # the BYEs and final responses go out
         await self.trunks.stop()
         if self.store is not None:
@@ -241,13 +268,31 @@ class B2buaFeature(Feature[B2buaConfig]):
         call.extra["display"] = None if trunk is not None else self._display(user)
         self.calls[call.call_uuid] = call
         emit(log, logging.INFO, CALL_START, "call_id=%r from=%r to=%r source=%s", req.call_id, caller, number, inc.peer.host)
+        if "replaces" in req.headers:  # RFC 3891: it takes the place of one of our dialogs
+            self.transfers.on_replaces(call)
+            return
+        self.route(call, number, Source(user, trunk, inc.peer.host))
+
+    def route(self, call: Call, number: str, source: Source) -> None:
+        """Route `number` through the dialplan for `call` as `source`, then ring it (also a
+        transfer's new call: the transferor is the source)."""
         try:
-            decision = self.router.route(RouteRequest(number, Source(user, trunk, inc.peer.host), datetime.now(UTC)))
+            decision = self.router.route(RouteRequest(number, source, datetime.now(UTC)))
         except ValueError as exc:
             log.warning("event=route_failed call=%s error=%r", call.call_uuid, str(exc))
             call.fail(500, "Server Internal Error (routing)")
             return
         self._decided(call, decision)
+
+    def add_call(self, call: Call) -> None:
+        """A call the B2BUA made itself (a transfer's): listed, counted, drained."""
+        self.calls[call.call_uuid] = call
+        self.counters["attempts"] += 1
+        emit(log, logging.INFO, CALL_START, "call_id=%r from=%r to=%r source=transfer", call.request.call_id,
+             call.caller, call.callee)
+
+    def is_local_domain(self, host: str) -> bool:
+        return self.host.is_local_domain(host)
 
     def _display(self, user: str | None) -> str | None:
         if user is None or self.registrar is None:
@@ -363,7 +408,9 @@ class B2buaFeature(Feature[B2buaConfig]):
     # ---- CallEnv -----------------------------------------------------------------------------
     @property
     def sip(self) -> Any:
-        return self.host.sip
+        """The UA for calls: dialogs another worker holds (a join across workers) have
+        negative ids, which `remote.VirtualSip` turns into messages."""
+        return self.transfers.sip
 
     def now(self) -> float:
         return time.time()
@@ -411,6 +458,7 @@ class B2buaFeature(Feature[B2buaConfig]):
 
     def ended(self, call: Call) -> None:
         self.calls.pop(call.call_uuid, None)
+        self.transfers.call_ended(call)
         ticket = self._tickets.pop(call.call_uuid, None)
         if ticket is not None and self.mdflow is not None:
             self.mdflow.withdraw(ticket)
@@ -462,10 +510,11 @@ class B2buaFeature(Feature[B2buaConfig]):
     def on_ua_event(self, event: UaEvent) -> None:
         if self.trunks.on_ua_event(event):
             return
-        dialog_id = getattr(event, "dialog_id", None)
-        call = self._by_dialog.get(dialog_id) if dialog_id is not None else None
-        if call is None:
-            call = self._by_request.get(getattr(event, "request_id", -1))
+        if self.transfers.on_ua_event(event):  # a REFER, a NOTIFY's answer, a dialog held for another worker
+            if isinstance(event, DialogEnded):
+                self._by_dialog.pop(event.dialog_id, None)
+            return
+        call = self.call_for(event)
         if isinstance(event, DialogEnded):
             self._by_dialog.pop(event.dialog_id, None)
         if call is None:
@@ -475,13 +524,35 @@ class B2buaFeature(Feature[B2buaConfig]):
         call.on_event(event)
         if not was_answered and call.answered_at is not None:
             emit(log, logging.INFO, CALL_ANSWER, "call_id=%r from=%r to=%r", call.request.call_id, call.caller, call.callee)
+        if isinstance(event, (ResponseReceived, RequestFailed)) and _final(event) and not _is_leg(call, event.request_id):
+            # An in-dialog request of the call (a relayed re-INVITE, INFO, a transfer's):
+            # answered once, so its binding goes (legs keep theirs: forks answer again).
+            self._by_request.pop(event.request_id, None)
+
+    def dispatch(self, event: UaEvent) -> None:
+        """An event of a dialog another worker holds for us (remote.py), as if the UA gave it."""
+        self.on_ua_event(event)
+
+    def call_for(self, event: UaEvent) -> Call | None:
+        dialog_id = getattr(event, "dialog_id", None)
+        call = self._by_dialog.get(dialog_id) if dialog_id is not None else None
+        if call is None:
+            call = self._by_request.get(getattr(event, "request_id", -1))
+        return call
+
+    def on_worker_message(self, source: int, msg: WorkerMessage) -> None:
+        self.transfers.on_worker_message(source, msg)
+
+    def on_worker_lost(self, index: int) -> None:
+        self.transfers.on_worker_lost(index)
 
     def _orphan(self, event: UaEvent) -> None:
         """An event for a call already over: a 2xx that came too late is hung up; an
         in-dialog request is refused; the rest needs nothing."""
-        sip = self.host.sip
+        sip = self.sip  # a virtual dialog's too (remote.py)
         if isinstance(event, ResponseReceived) and event.dialog_id is not None and 200 <= event.response.status < 300:
-            sip.bye(event.dialog_id)
+            with contextlib.suppress(UaError):  # a 2xx to a request of a dialog already gone
+                sip.bye(event.dialog_id)
         elif isinstance(event, RequestReceived) and event.request.method not in ("ACK", "PRACK"):
             sip.respond(event.request_id, 481)
         elif not isinstance(event, (AckReceived, DialogEnded, RequestCancelled, RequestFailed, ResponseReceived)):
@@ -499,7 +570,8 @@ class B2buaFeature(Feature[B2buaConfig]):
         return False
 
     def status(self) -> dict[str, object]:
-        return {"b2bua": {"calls": len(self.calls), **self.counters, "trunks": self.trunks.status()}}
+        return {"b2bua": {"calls": len(self.calls), **self.counters, "trunks": self.trunks.status(),
+                          "transfers": dict(self.transfers.counters)}}
 
     def merge_status(self, mine: dict[str, object], workers: list[dict[str, object]]) -> None:
         ours = mine.get("b2bua")
@@ -510,6 +582,10 @@ class B2buaFeature(Feature[B2buaConfig]):
             if isinstance(theirs, dict):
                 for key in ("calls", *self.counters):
                     ours[key] = int(ours.get(key, 0)) + int(theirs.get(key, 0))
+                mine_t, theirs_t = ours.get("transfers"), theirs.get("transfers")
+                if isinstance(mine_t, dict) and isinstance(theirs_t, dict):
+                    for key, value in theirs_t.items():
+                        mine_t[key] = int(mine_t.get(key, 0)) + int(value)
 
     def metrics(self, status: dict[str, object]) -> list[str]:
         ours = status.get("b2bua")
@@ -527,6 +603,13 @@ class B2buaFeature(Feature[B2buaConfig]):
         ]
         for outcome in ("answered", "cancelled", "failed", "rejected_overload"):
             lines.append(f'vivait_calls_ended_total{{outcome="{outcome}"}} {int(ours.get(outcome, 0))}')
+        transfers = ours.get("transfers")
+        if isinstance(transfers, dict):
+            lines += ["# HELP vivait_transfers_total Transfers carried out (REFER blind or attended, INVITE with Replaces), by result.",
+                      "# TYPE vivait_transfers_total counter"]
+            for key, value in sorted(transfers.items()):
+                kind, _, result = key.rpartition("_")
+                lines.append(f'vivait_transfers_total{{kind="{kind}",result="{result}"}} {int(value)}')
         lines.extend(self.trunks.metrics())
         return lines
 
@@ -567,6 +650,14 @@ def contact_peer(contact: Contact) -> Peer:
     if uri.host.strip("[]") == contact.host:
         return Peer("udp", contact.host, uri.port or 5060)
     return contact.peer
+
+
+def _is_leg(call: Call, request_id: int) -> bool:
+    return any(leg.request_id == request_id for leg in call.legs)
+
+
+def _final(event: ResponseReceived | RequestFailed) -> bool:
+    return isinstance(event, RequestFailed) or event.response.status >= 200
 
 
 def _str(value: object) -> str | None:

@@ -76,6 +76,10 @@ KNOWN_METHODS = frozenset(
 )
 #: Responses to an in-dialog request that end the dialog (RFC 5057 §5.1).
 _ENDS_DIALOG = frozenset((404, 408, 410, 416, 481, 482, 483, 484, 485, 502, 604))
+#: Methods of a subscription usage sharing an INVITE dialog (RFC 3515 §2.4.4: the implicit
+#: subscription of a REFER): a 481 to one of them ends that usage only (RFC 5057 §5.1),
+#: never the call.
+_USAGE_METHODS = frozenset(("NOTIFY", "SUBSCRIBE", "REFER"))
 #: Out-of-dialog requests that get our Contact when the TU gives none.
 _CONTACT_METHODS = frozenset(("INVITE", "SUBSCRIBE", "REFER"))
 TIMER_C_REASON = "Request Timeout (Timer C)"
@@ -230,6 +234,7 @@ class DialogInfo:
     peer: Peer
     session_expires: int | None
     we_refresh: bool
+    local_sdp: bytes = b""  # the last session description we sent in the dialog
 
 
 # ---- internal records -------------------------------------------------------------------
@@ -906,6 +911,7 @@ class UserAgent:
             peer=d.peer,
             session_expires=d.session_interval,
             we_refresh=d.we_refresh,
+            local_sdp=d.sdp,
         )
 
     @property
@@ -1601,7 +1607,7 @@ class UserAgent:
         if client.kind == _REFRESH and status in (408, 481, 503):
             self._send_bye(dialog, _INTERNAL_BYE, [], now)
             self._end_dialog(dialog, str(status), None, now)
-        elif status in _ENDS_DIALOG:
+        elif status in _ENDS_DIALOG and not (status == 481 and client.method in _USAGE_METHODS):
             self._end_dialog(dialog, str(status), None, now)
 
     def _client_failed(self, client: _Client, status: int, now: float) -> None:
