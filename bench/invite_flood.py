@@ -151,8 +151,9 @@ def start_server(workdir: Path, mode: str, t1_ms: int, workers: int) -> ServerPr
 def status(server: ServerProc, workdir: Path) -> dict[str, object] | None:
     """`ctl status --json` (whatever authentication the admin API asks, ctl knows it)."""
     run = subprocess.run(
-        [sys.executable, "-m", "vivait_sip", "ctl", "--admin", server.admin, "status", "--json"],
-        capture_output=True, text=True, timeout=20, check=False, cwd=workdir / "data",
+        [sys.executable, "-m", "vivait_sip", "ctl", "--admin", server.admin, "--data-dir", str(workdir / "data"),
+         "status", "--json"],
+        capture_output=True, text=True, timeout=20, check=False,
     )
     if run.returncode != 0:
         return None

@@ -64,7 +64,7 @@ def measure(mode: str, rate: int, step_s: int, workers: int, work: Path) -> tupl
         wait_udp_ready(PORT)
         if mode.startswith("trace"):
             filters = ["--user", "9999"] if mode == "trace-miss" else ["--method", "OPTIONS", "-q"]
-            client = subprocess.Popen([sys.executable, "-m", "vivait_sip", "ctl", "--admin", ADMIN, "trace", *filters],
+            client = subprocess.Popen([sys.executable, "-m", "vivait_sip", "ctl", "--admin", ADMIN, "--data-dir", str(work / mode), "trace", *filters],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         step = run_step(f"127.0.0.1:{PORT}", SCENARIO, rate, step_s, server.pid)
         return step.server_cpu, step.failed

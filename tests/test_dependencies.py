@@ -31,7 +31,7 @@ ALLOWED: dict[str, frozenset[str]] = {
 }
 FEATURE_MAY_IMPORT = frozenset(("sip", "store", "contract", "config", "logs", "ctlclient", "metrics", "events", "paths"))
 # The application: wires everything, imported by no layer (see ALLOWED and the features).
-APPLICATION = frozenset(("", "__main__", "app", "core", "workers", "admin", "cli", "native", "overload", "certs"))
+APPLICATION = frozenset(("", "__main__", "app", "core", "workers", "admin", "cli", "native", "overload", "certs", "gcpolicy"))
 
 
 def area(module: str) -> str:

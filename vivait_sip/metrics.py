@@ -210,6 +210,19 @@ def core_metrics(status: Mapping[str, object]) -> list[str]:
         "Times a worker started shedding load.",
         [({"worker": row.get("index", 0)}, _int(_dict(row.get("overload")).get("episodes", 0))) for row in rows],
     )
+    gc = _dict(status.get("gc"))
+    out += family(
+        "vivait_gc_collections_total", "counter", "Garbage collections of worker 0, by kind (vivait_sip/gcpolicy.py).",
+        [({"kind": "all"}, _int(gc.get("collections", 0))), ({"kind": "full"}, _int(gc.get("full", 0)))],
+    )
+    out += family(
+        "vivait_gc_max_pause_seconds", "gauge", "Longest garbage-collection pause of worker 0 since start.",
+        [({}, float(str(gc.get("max_pause_ms", 0))) / 1000)],
+    )
+    out += family(
+        "vivait_malloc_trims_total", "counter", "Times worker 0 returned freed heap to the OS after a busy period.",
+        [({}, _int(gc.get("trims", 0)))],
+    )
     return out
 
 
