@@ -422,7 +422,8 @@ class MediaBackend(Protocol):
     False when no new session could be placed now; `status()` is JSON for `ctl media`
     (`backend`, `healthy`, `sessions`, and the backend's own detail)."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     async def start(self) -> None: ...
 
