@@ -249,6 +249,7 @@ class Call:
         self._best: tuple[int, str | None] | None = None  # best final failure so far
         self._offer_sdp: bytes | None = None  # the caller's offer as the callees get it
         self._media_busy = False  # a media step is running: later ones wait in order
+        self._media_release = False  # ended during a step: the seam is released once it is done
         self._media_queue: deque[tuple[str, str, bytes, Callable[[bytes], None], Callable[[str], None]]] = deque()
         self.extra: dict[str, object] = {}
         env.bind(self, request_id=request_id)
@@ -351,7 +352,11 @@ class Call:
             self._media_busy = False
             if self.state is CallState.ENDED:
                 failed("call ended")
-            elif error is not None:
+                if self._media_release:
+                    self._media_release = False
+                    self._release_media()
+                return
+            if error is not None:
                 failed(str(error) or type(error).__name__)
             elif not isinstance(value, (bytes, bytearray)):
                 failed("no SDP from the media backend")
@@ -817,14 +822,22 @@ class Call:
                 if leg.state is LegState.ANSWERED:
                     leg.state = LegState.ENDED
                 self.env.leg_ended(self, leg)
-        self._media_queue.clear()
+        queued, self._media_queue = self._media_queue, deque()
+        for *_, failed in queued:
+            failed("call ended")
+        if self._media_busy:
+            self._media_release = True  # after the step in flight: a session it creates is deleted too
+        else:
+            self._release_media()
+        self.env.ended(self)
+
+    def _release_media(self) -> None:
         try:
             release = self.env.media.release(self)
         except Exception:
             release = None
         if release is not None:
             self.env.await_media(self, release, lambda value, error: None)
-        self.env.ended(self)
 
     # ---- status -----------------------------------------------------------------------------
     @property
