@@ -659,6 +659,7 @@ class RtpengineBackend:
         self.ping_interval_s = ping_interval_s
         self.max_sessions = max_sessions
         self._pinned: dict[str, Daemon] = {}  # Call-ID → the daemon holding it
+        self._placing: dict[str, asyncio.Future[None]] = {}  # Call-ID → its first offer, in flight
         self._pinging: asyncio.Task[None] | None = None
         self.counters: dict[str, int] = {"requests": 0, "errors": 0, "failovers": 0, "refused_no_daemon": 0}
 
@@ -734,6 +735,9 @@ class RtpengineBackend:
             return await self._ping_reply()
         call_id = msg.session_id()
         assert call_id is not None
+        placing = self._placing.get(call_id)
+        if placing is not None:  # a delete (or anything) racing the session's first offer goes after it
+            await asyncio.shield(placing)
         daemon = self._pinned.get(call_id)
         if daemon is not None:
             if daemon.state == "down":
@@ -746,7 +750,13 @@ class RtpengineBackend:
             if isinstance(msg, Delete):
                 return MediaReply("ok", warning=f"call {call_id} has no media session", backend=self.name)
             return self._error(f"rtpengine: no media session for call {call_id}")
-        return await self._new_session(call_id, payload)
+        placed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._placing[call_id] = placed
+        try:
+            return await self._new_session(call_id, payload)
+        finally:
+            del self._placing[call_id]
+            placed.set_result(None)
 
     async def _new_session(self, call_id: str, payload: Mapping[str, object]) -> MediaReply:
         if self.max_sessions and len(self._pinned) >= self.max_sessions:
