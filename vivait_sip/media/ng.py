@@ -740,10 +740,15 @@ class RtpengineBackend:
             await asyncio.shield(placing)
         daemon = self._pinned.get(call_id)
         if daemon is not None:
+            whole_delete = isinstance(msg, Delete) and msg.from_tag is None and msg.to_tag is None
             if daemon.state == "down":
+                if whole_delete:  # gone with its daemon: nothing left to free
+                    self._unpin(call_id)
+                    return MediaReply("ok", warning=f"rtpengine {daemon.address} is down: session forgotten",
+                                      backend=f"rtpengine {daemon.address}")
                 return self._error(f"rtpengine {daemon.address} holding call {call_id} is down ({daemon.last_error})")
             reply = await self._send(daemon, payload)
-            if isinstance(msg, Delete) and msg.from_tag is None and msg.to_tag is None:
+            if whole_delete:
                 self._unpin(call_id)
             return reply
         if not isinstance(msg, Offer):
