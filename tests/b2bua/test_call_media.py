@@ -14,6 +14,7 @@ import re
 
 from call_harness import Pbx, dest_to
 from ua_harness import SDP, SDP_ANSWER, SDP_OFFER, Callee, Net, Node
+
 from vivait_sip.b2bua.call import Call, CallState, LegState
 from vivait_sip.media.anchor import AnchoringPolicy, AnchoringSeam
 from vivait_sip.media.control import Answer, Delete, MediaCommand, MediaReply, Offer
@@ -222,7 +223,7 @@ def test_unanchored_calls_are_untouched() -> None:
 
 def test_the_policy_anchors_by_user_and_by_feature() -> None:
     by_user = AnchoringPolicy(users=["alice"])
-    net, alice, bob, pbx, backend, seam, _ = setup(by_user, None)
+    net, alice, bob, pbx, _, _, _ = setup(by_user, None)
     pbx.route = lambda call: (setattr(call, "user", "alice"), call.ring([[dest_to(bob, pbx)]]))  # type: ignore[func-returns-value]
     alice.invite(pbx.node)
     net.run(duration=3)
@@ -230,7 +231,7 @@ def test_the_policy_anchors_by_user_and_by_feature() -> None:
 
     by_feature = AnchoringPolicy()
     by_feature.require("recording", lambda call: call.callee_user == "bob")
-    net, alice, bob, pbx, backend, seam, _ = setup(by_feature, None)
+    net, alice, bob, pbx, _, _, _ = setup(by_feature, None)
     pbx.route = lambda call: (setattr(call, "callee_user", "bob"), call.ring([[dest_to(bob, pbx)]]))  # type: ignore[func-returns-value]
     alice.invite(pbx.node)
     net.run(duration=3)
@@ -287,7 +288,7 @@ def test_a_caller_who_cancels_while_the_offer_is_with_the_backend() -> None:
 
 
 def test_an_admin_hang_up_while_the_answer_is_with_the_backend() -> None:
-    net, alice, bob, pbx, backend, _, _ = setup()
+    net, alice, bob, pbx, _, _, _ = setup()
     pbx.media_delay = 1.0
     alice.invite(pbx.node)
     net.run(duration=2.5)  # offer done at 1.0; bob answered at ~2.0, its answer with the backend

@@ -7,6 +7,7 @@ daemon, clear errors."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 import time
 from typing import Any
@@ -54,7 +55,7 @@ async def test_lost_requests_are_resent_with_back_off_under_the_same_cookie() ->
     assert await client.request({"command": "ping"}) == {"result": b"pong"}
     assert len(daemon.received) == 4 and len({data for _, data in daemon.received}) == 1  # one cookie
     times = [t for t, _ in daemon.received]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert 0.04 < gaps[0] < 0.09 and 0.09 < gaps[1] < 0.16 and 0.18 < gaps[2] < 0.3  # doubling
     assert client.counters["retransmissions"] == 3 and client.counters["timeouts"] == 0
     await client.stop()

@@ -18,7 +18,17 @@ import pytest
 from rtpengine_proc import Rtpengine
 
 from vivait_sip.media.anchor import AnchoringPolicy, AnchoringSeam
-from vivait_sip.media.control import Answer, CallKey, Delete, MediaFlags, MediaReply, Offer, Ping, Query, Replace
+from vivait_sip.media.control import (
+    Answer,
+    CallKey,
+    Delete,
+    MediaFlags,
+    MediaReply,
+    Offer,
+    Ping,
+    Query,
+    Replace,
+)
 from vivait_sip.media.ng import NgClient, RtpengineBackend
 from vivait_sip.sip.message import Request, parse_message
 
@@ -161,7 +171,7 @@ async def test_offer_answer_rewrite_sdp_to_rtpengine_and_rtp_is_relayed(daemon: 
     assert stats.ok
     legs = {leg.tag: leg for leg in stats.legs}
     assert legs["alice-tag"].packets == 5 and legs["bob-tag"].packets == 5
-    assert legs["alice-tag"].bytes == 5 * 172 and legs["alice-tag"].address == "127.0.0.2:%d" % call.alice.address[1]
+    assert legs["alice-tag"].bytes == 5 * 172 and legs["alice-tag"].address == f"127.0.0.2:{call.alice.address[1]}"
     deleted = await backend.request(Delete("relay-1@test"))
     assert deleted.ok and backend.sessions == 0
     raw = NgClient("127.0.0.1", daemon.ng_port)
