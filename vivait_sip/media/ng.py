@@ -616,8 +616,10 @@ class Daemon:
     def _set(self, state: DaemonState) -> None:
         self.state = state
         self.last_change = time.time()
-        log.log(logging.WARNING if state == "down" else logging.INFO,
-                "event=rtpengine_%s daemon=%s error=%r", state, self.address, self.last_error if state == "down" else None)
+        if state == "down":
+            log.warning("event=rtpengine_down daemon=%s error=%r", self.address, self.last_error)
+        else:
+            log.info("event=rtpengine_%s daemon=%s", state, self.address)
 
     def status(self) -> dict[str, object]:
         return {
