@@ -131,7 +131,7 @@ async def test_the_builtin_factory_is_used_when_present(monkeypatch: pytest.Monk
     await feature.stop()
 
 
-async def test_rtpengine_backend_starts_and_reports() -> None:
+async def test_rtpengine_backend_starts_and_reports(caplog: pytest.LogCaptureFixture) -> None:
     daemon = await FakeDaemon.start()
     host = FakeHost({
         "media": {"backend": "rtpengine", "rtpengine": {"daemons": [daemon.address], "ping_interval_s": 0}},
@@ -151,6 +151,10 @@ async def test_rtpengine_backend_starts_and_reports() -> None:
     assert merged["workers"] == 2 and merged["daemons"][0]["requests"] == 2  # type: ignore[index]
     text = "\n".join(render(merged))
     assert "backend rtpengine: healthy" in text and f"  {daemon.address}  up" in text and "in 2 worker(s)" in text
+    changed = make_config({"media": {"backend": "rtpengine", "rtpengine": {"daemons": ["127.0.0.1:9"]}}})
+    with caplog.at_level("WARNING", logger="vivait_sip.media"):
+        feature.reload(changed)
+    assert "media: backend changes apply at the next restart" in caplog.text
     lines = feature.metrics(feature.status())
     assert 'vivait_media_sessions{backend="rtpengine"} 0' in lines
     assert f'vivait_media_daemon_up{{daemon="{daemon.address}"}} 1' in lines

@@ -108,6 +108,7 @@ class MediaFeature(Feature[MediaConfig]):
             default=settings.default, users=settings.anchor_users, rules=_rules_of(host.config)
         )
         self.backend: MediaBackend | None = None
+        self._backend_config: tuple[object, ...] | None = None  # what the running backend was made from
         self.start_error: str | None = None
         self._lock: asyncio.Lock | None = None
         self.seam = AnchoringSeam(
@@ -150,8 +151,9 @@ class MediaFeature(Feature[MediaConfig]):
         async with self._lock:
             if self.backend is not None:
                 return self.backend
+            settings = self.settings
             try:
-                backend = self.make_backend(self.settings)
+                backend = self.make_backend(settings)
                 await backend.start()
             except MediaError as exc:
                 self.start_error = str(exc)
@@ -161,6 +163,7 @@ class MediaFeature(Feature[MediaConfig]):
                 raise MediaError(self.start_error) from None
             self.start_error = None
             self.backend = backend
+            self._backend_config = (settings.backend, settings.rtpengine)
             log.info("event=media_backend_started backend=%s worker=%d", backend.name, self.host.worker_index)
             return backend
 
@@ -184,8 +187,8 @@ class MediaFeature(Feature[MediaConfig]):
         self.policy.configure(default=settings.default, users=settings.anchor_users, rules=_rules_of(config))
         self.seam.flags = settings.flags.to_flags()
         self.seam.timeout_s = settings.timeout_s
-        old = self.settings
-        if settings.backend != old.backend or settings.rtpengine != old.rtpengine:
+        running = self._backend_config
+        if running is not None and running != (settings.backend, settings.rtpengine):
             log.warning("event=config_warning media: backend changes apply at the next restart")
 
     async def stop(self) -> None:
