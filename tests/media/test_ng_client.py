@@ -194,6 +194,9 @@ async def test_a_daemon_that_does_not_answer_fails_over_for_new_calls_only() -> 
     reply = await backend.request(offer("next"))
     assert reply.ok and reply.backend == f"rtpengine {two.address}" and backend.counters["failovers"] == 1
     assert backend.daemons[0].state == "down"
+    # "next" timed out on one before two took it: its delete goes to both (one may have made it late).
+    assert (await backend.request(Delete("next"))).ok
+    assert one.commands()[-1] == "delete" and two.commands()[-1] == "delete"
     kept = await backend.request(Answer(CallKey("kept", "ft", "tt"), SDP))
     assert not kept.ok and kept.error is not None and f"rtpengine {one.address} holding call kept is down" in kept.error
     await backend.stop()

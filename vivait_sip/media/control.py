@@ -52,7 +52,7 @@ __all__ = [
 
 MAX_SDP = 256 * 1024  # an SDP larger than this is refused before it reaches a backend
 _DTMF_RE = re.compile(r"[0-9*#A-Da-d]")
-_TOKEN_RE = re.compile(r"[!-~]{1,256}")  # printable ASCII, no spaces: Call-IDs, tags, codec names
+_TOKEN_RE = re.compile(r"[!-~]{1,1024}")  # printable ASCII, no spaces: Call-IDs, tags, codec names
 
 
 class MediaError(Exception):
@@ -120,7 +120,7 @@ class Replace(StrEnum):
 def _tokens(values: tuple[str, ...], what: str) -> tuple[str, ...]:
     for value in values:
         if not _TOKEN_RE.fullmatch(value):
-            raise ValueError(f"{what}: {value!r} is not a token (1-256 printable characters, no spaces)")
+            raise ValueError(f"{what}: {value!r} is not a token (1-1024 printable characters, no spaces)")
     return values
 
 

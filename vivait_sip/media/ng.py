@@ -555,6 +555,7 @@ class NgClient:
 # ---- the backend --------------------------------------------------------------------------
 
 DaemonState = Literal["unknown", "up", "down"]
+MAX_STRAYS = 10_000  # calls remembered for a delete to daemons that did not answer their offer
 
 
 def parse_daemon(text: str) -> tuple[str, int]:
@@ -662,6 +663,9 @@ class RtpengineBackend:
         self.max_sessions = max_sessions
         self._pinned: dict[str, Daemon] = {}  # Call-ID → the daemon holding it
         self._placing: dict[str, asyncio.Future[None]] = {}  # Call-ID → its first offer, in flight
+        # Call-ID → daemons its first offer timed out on: they may have made the session
+        # after all (a late reply), so the call's delete goes to them too.
+        self._stray: dict[str, list[Daemon]] = {}
         self._pinging: asyncio.Task[None] | None = None
         self.counters: dict[str, int] = {"requests": 0, "errors": 0, "failovers": 0, "refused_no_daemon": 0}
 
@@ -752,9 +756,11 @@ class RtpengineBackend:
             reply = await self._send(daemon, payload)
             if whole_delete:
                 self._unpin(call_id)
+                await self._delete_strays(call_id, payload)
             return reply
         if not isinstance(msg, Offer):
             if isinstance(msg, Delete):
+                await self._delete_strays(call_id, payload)
                 return MediaReply("ok", warning=f"call {call_id} has no media session", backend=self.name)
             return self._error(f"rtpengine: no media session for call {call_id}")
         placed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -782,7 +788,8 @@ class RtpengineBackend:
             except NgError as exc:
                 daemon.failure(str(exc))
                 failures.append(str(exc))
-                continue  # no answer: the next daemon (nothing was set up, or it will time out there)
+                self._note_stray(call_id, daemon)
+                continue  # no answer: the next daemon
             daemon.success()
             reply = from_ng(raw, f"rtpengine {daemon.address}")
             if reply.ok:
@@ -812,6 +819,23 @@ class RtpengineBackend:
         if up:
             return MediaReply("pong", backend=f"rtpengine {', '.join(up)}")
         return self._error("rtpengine: no daemon answers ping")
+
+    def _note_stray(self, call_id: str, daemon: Daemon) -> None:
+        if len(self._stray) >= MAX_STRAYS and call_id not in self._stray:
+            del self._stray[next(iter(self._stray))]  # the oldest: bounded, best effort
+        self._stray.setdefault(call_id, []).append(daemon)
+
+    async def _delete_strays(self, call_id: str, payload: Mapping[str, object]) -> None:
+        """Best effort: the delete also to daemons the call's first offer timed out on."""
+        strays = self._stray.pop(call_id, [])
+        if not strays:
+            return
+
+        async def one(daemon: Daemon) -> None:
+            with contextlib.suppress(NgError):
+                await daemon.client.request(payload)
+
+        await asyncio.gather(*(one(d) for d in strays))
 
     def _unpin(self, call_id: str) -> None:
         daemon = self._pinned.pop(call_id, None)
