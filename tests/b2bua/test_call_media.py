@@ -321,3 +321,18 @@ def test_many_anchored_calls_leave_nothing_behind() -> None:
     assert len(pbx.ended_calls) == 100 and seam.active == 0 and len(backend.of(Delete)) == 100
     assert all(c.state is CallState.ENDED for c in pbx.calls)
     net.assert_idle()
+
+
+def test_a_callee_who_hangs_up_while_its_answer_is_with_the_backend() -> None:
+    net, alice, bob, pbx, backend, seam, callee = setup()
+    pbx.media_delay = 1.0
+    alice.invite(pbx.node)
+    net.run(until=2.2)  # offer done at ~1.0; bob answered at ~2.02, its answer with the backend until ~3.03
+    call = pbx.calls[0]
+    assert call.state is CallState.ANSWERED and call.final_status is None and bob.of(AckReceived)
+    bob.act(lambda ua, now: ua.bye(callee.dialogs[0], now))
+    net.run()
+    assert [r.status for r in finals(alice)] == [480]  # never a 200 for a call already gone
+    assert call.answered_at is None and call.hangup_side == "callee"
+    assert [m.command for m in backend.requests] == ["offer", "answer", "delete"] and seam.active == 0
+    net.assert_idle()
