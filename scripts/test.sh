@@ -6,8 +6,9 @@ cd "$(dirname "$0")/.."
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 # Real peers: SIPp (sip-tester), baresip + sox (softphone, audio), socat (TLS bridge for SIPp,
 # which Debian builds without OpenSSL); sngrep (HEP collector, pcap reader) and tshark for the
-# SIP trace, promtool (prometheus) to check /metrics.
-PACKAGES="sip-tester baresip sox socat python3-venv sngrep tshark prometheus"
+# SIP trace, promtool (prometheus) to check /metrics; rtpengine-daemon (the media backend's
+# real peer: userspace forwarding, run by the tests in the foreground, no kernel module).
+PACKAGES="sip-tester baresip sox socat python3-venv sngrep tshark prometheus rtpengine-daemon"
 missing=""
 for pkg in $PACKAGES; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"

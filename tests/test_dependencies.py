@@ -116,6 +116,24 @@ def test_planted_violations_are_caught() -> None:
     assert "vivait_sip.core" in found[2] and "sip may import only ['sip']" in found[2]
 
 
+def test_media_is_a_feature_area() -> None:
+    """media/ (control API, NG client, anchoring) uses sip, contract, config, logs, store
+    and other features' public modules (the B2BUA imports its seam); never the application."""
+    allowed = {
+        "vivait_sip.media.good": "from ..sip.sdp import parse_sdp\nfrom ..contract import Feature\nfrom ..config import CoreConfig\n"
+        "from ..logs import throttle\nfrom ..store import Store\nfrom .control import Offer\n",
+        "vivait_sip.b2bua.uses_media": "from ..media.feature import MediaFeature\n",
+    }
+    assert violations(allowed) == []
+    planted = {
+        "vivait_sip.media.bad_app": "from ..app import Application\n",
+        "vivait_sip.media.bad_transport": "def f():\n    from ..transport.manager import TransportManager\n",
+        "vivait_sip.media.bad_workers": "import vivait_sip.workers\n",
+    }
+    assert [line.split(":")[0] for line in violations(planted)] == sorted(planted)
+    assert "media" in FEATURES
+
+
 def test_relative_imports_resolve_from_packages_and_modules() -> None:
     assert imports_of("vivait_sip.registrar.feature", "from ..sip import message\nfrom . import cli\n") == {
         "vivait_sip.sip",

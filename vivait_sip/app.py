@@ -27,7 +27,7 @@ from .admin import build_admin_app, routes
 from .admin.auth import TokenError, exposure_warning, protect_admin_app
 from .certs import client_context, ensure_self_signed, server_context
 from .config import ConfigError, CoreConfig, load_config
-from .contract import CallHandler, Feature, InputFilter, TraceHook, WorkerMessage
+from .contract import CallHandler, Feature, InputFilter, StartError, TraceHook, WorkerMessage
 from .core import SipCore, owner_key
 from .features import feature_classes
 from .gcpolicy import GcKeeper, tune_gc
@@ -429,7 +429,10 @@ class Application:
             # Features first: a datagram read from the shared socket before them would be
             # answered 405 (worker 0 is already serving).
             for feature in self.features:
-                await feature.start_worker()
+                try:
+                    await feature.start_worker()
+                except StartError as exc:
+                    raise StartupError(f"{feature.name}: {exc}") from None
             await self._adopt_worker_sockets(spec)
             self.lag.start()
             tune_gc()
@@ -437,7 +440,10 @@ class Application:
             cluster.send(0, WorkerReady(cluster.index))
             return
         for feature in self.features:
-            await feature.start()
+            try:
+                await feature.start()
+            except StartError as exc:
+                raise StartupError(f"{feature.name}: {exc}") from None
         reserved = self.config.sip.limits.reserved_fds
         self.gate.set_budget(accept_budget(file_limit, reserved), reserved)
         for listener in self.config.listeners:

@@ -96,6 +96,11 @@ def mint_call_id(worker: int, count: int, host: str = "") -> str:
             return call_id
 
 
+class StartError(Exception):
+    """A feature cannot start (its backend is missing or unusable): `serve` prints the
+    sentence and exits 1, as for a port already taken."""
+
+
 # ---- what a feature sees of the server ---------------------------------------------------
 
 RequestHandler = Callable[[Incoming], None]
@@ -350,6 +355,7 @@ __all__ = [
     "LocalDomains",
     "RequestHandler",
     "SipService",
+    "StartError",
     "StatelessCheck",
     "TraceHook",
     "WorkerMessage",

@@ -15,6 +15,7 @@ FEATURES = (
     "vivait_sip.trace.feature:TraceFeature",
     "vivait_sip.registrar.feature:RegistrarFeature",
     "vivait_sip.flow.feature:MdflowFeature",
+    "vivait_sip.media.feature:MediaFeature",
     "vivait_sip.b2bua.feature:B2buaFeature",
 )
 # Out-of-tree features (a site's own, or a test's): comma-separated `module:Class`,

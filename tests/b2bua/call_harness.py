@@ -5,12 +5,13 @@ fake clock.  Phones are plain UA nodes scripted by the tests."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ua_harness import Net, Node
 
-from vivait_sip.b2bua.call import Call, Dest, OutLeg, PassThrough
+from vivait_sip.b2bua.call import Call, Dest, MediaDone, MediaSeam, OutLeg, PassThrough
 from vivait_sip.sip.auth import Credentials
 from vivait_sip.sip.peer import Peer
 from vivait_sip.sip.ua import DialogInfo, RequestReceived, ResponseReceived, UaEvent
@@ -80,7 +81,8 @@ class Pbx:
     node: Node
     route: Callable[[Call], None] = lambda call: None
     owner: str = "b2bua"
-    media: PassThrough = field(default_factory=PassThrough)
+    media: MediaSeam = field(default_factory=PassThrough)
+    media_delay: float = 0.05  # an awaitable media step completes this long after it starts
     calls: list[Call] = field(default_factory=list)
     ended_calls: list[Call] = field(default_factory=list)
     started_legs: list[OutLeg] = field(default_factory=list)
@@ -107,6 +109,11 @@ class Pbx:
         timer = _Timer()
         self.net.at(self.net.now + delay, lambda: None if timer.cancelled else fn())
         return timer
+
+    def await_media(self, call: Call, work: Awaitable[Any], done: MediaDone) -> None:
+        """Run the step on the fake clock: `media_delay` later the coroutine runs to its
+        end at once (the fake backends never really wait)."""
+        self.net.at(self.net.now + self.media_delay, lambda: _finish(work, done))
 
     def bind(self, call: Call, *, request_id: int | None = None, dialog_id: int | None = None) -> None:
         if request_id is not None:
@@ -146,6 +153,19 @@ class Pbx:
                 self.sip.bye(event.dialog_id)
             return
         call.on_event(event)
+
+
+def _finish(work: Awaitable[Any], done: MediaDone) -> None:
+    coro = work.__await__()
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        done(stop.value, None)
+        return
+    except Exception as exc:
+        done(None, exc)
+        return
+    raise AssertionError("a harness media step awaited something real (use a fake backend)")
 
 
 def dest_to(node: Node, pbx: Pbx, *, label: str | None = None, trunk: str | None = None) -> Dest:

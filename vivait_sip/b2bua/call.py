@@ -10,9 +10,15 @@ class with a fake clock.
 Each leg has its own Call-ID (minted to hash to this worker), tags and CSeq space; the
 UA layer does each leg's transactions, PRACK, session timers and digest.  The bridge
 relays what crosses: provisional responses (180; 183 with its SDP), the final response,
-CANCEL, BYE, re-INVITE / UPDATE offer-answer, INFO, and the ACK of a late offer.  SDP
-passes through unchanged; `MediaSeam` is where anchoring will rewrite it (the media
-issue).
+CANCEL, BYE, re-INVITE / UPDATE offer-answer, INFO, and the ACK of a late offer.
+
+Every SDP crosses through `env.media` (`MediaSeam`): the identity by default, a media
+backend's rewriting for an anchored call (docs/media.md).  The seam answers at once
+(bytes) or later (an awaitable, run by `env.await_media`): then the message carrying
+that SDP is held until the rewritten SDP comes, and media steps run one at a time in
+the order they arose, so the relay keeps SIP's order.  A failed step never leaves a
+broken call: a failed first offer answers the caller 503, a failed answer ends the
+call (503 to a caller not yet answered), a failed re-offer answers that request 503.
 
 Transfers (transfer.py) use two seams: `Call.transfer` (a `TransferHook` consulted when a
 dialog ends mid-transfer; `snapshot` says "transferring") and `TransferCall`, a subclass
@@ -23,10 +29,11 @@ whose caller is a party already in a dialog, overriding `ring`, `hangup`, `_prov
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..contract import SipService
 from ..sip.auth import Credentials
@@ -71,12 +78,16 @@ class Cancellable(Protocol):
 
 
 class MediaSeam(Protocol):
-    """Where SDP crosses the bridge: the identity by default; the media issue anchors
-    calls here (rtpengine-shaped offer/answer)."""
+    """Where SDP crosses the bridge (`leg`: the side the SDP goes to, "caller" or
+    "callee").  The SDP to pass on comes back at once (bytes) or as an awaitable (an
+    anchored call's media backend request; an exception fails that step).  `release`:
+    the call is over (an awaitable to run, or None)."""
 
-    def offer(self, call: Call, leg: str, sdp: bytes) -> bytes: ...
+    def offer(self, call: Call, leg: str, sdp: bytes) -> bytes | Awaitable[bytes]: ...
 
-    def answer(self, call: Call, leg: str, sdp: bytes) -> bytes: ...
+    def answer(self, call: Call, leg: str, sdp: bytes) -> bytes | Awaitable[bytes]: ...
+
+    def release(self, call: Call) -> Awaitable[None] | None: ...
 
 
 class PassThrough:
@@ -87,6 +98,12 @@ class PassThrough:
 
     def answer(self, call: Call, leg: str, sdp: bytes) -> bytes:
         return sdp
+
+    def release(self, call: Call) -> None:
+        return None
+
+
+MediaDone = Callable[[Any, BaseException | None], None]
 
 
 class CallEnv(Protocol):
@@ -106,6 +123,11 @@ class CallEnv(Protocol):
     def new_call_id(self) -> str: ...
 
     def later(self, delay: float, fn: Callable[[], None]) -> Cancellable: ...
+
+    def await_media(self, call: Call, work: Awaitable[Any], done: MediaDone) -> None:
+        """Run a media step (an awaitable from the seam), then `done(result, None)` or
+        `done(None, error)`: the feature as a task on its loop, the harness on its clock."""
+        ...
 
     def bind(self, call: Call, *, request_id: int | None = None, dialog_id: int | None = None) -> None:
         """Route the UA events of this request or dialog to `call.on_event`."""
@@ -241,6 +263,10 @@ class Call:
         self._acks_due: dict[int, int] = {}  # caller's re-INVITE request id → callee dialog awaiting its ACK
         self._ring_timer: Cancellable | None = None
         self._best: tuple[int, str | None] | None = None  # best final failure so far
+        self._offer_sdp: bytes | None = None  # the caller's offer as the callees get it
+        self._media_busy = False  # a media step is running: later ones wait in order
+        self._media_release = False  # ended during a step: the seam is released once it is done
+        self._media_queue: deque[tuple[str, str, bytes, Callable[[bytes], None], Callable[[str], None]]] = deque()
         self.extra: dict[str, object] = {}
         self.transfer: TransferHook | None = None
         env.bind(self, request_id=request_id)
@@ -288,12 +314,14 @@ class Call:
             return
         self.hangup_side = side
         self.hangup_cause = cause
-        if self.state is CallState.ANSWERED:
-            reason = [("Reason", f'SIP;cause=200;text="{cause}"')]
+        reason = [("Reason", f'SIP;cause=200;text="{cause}"')]
+        if self.state is CallState.ANSWERED and self.final_status is not None:
             for dialog in (self.in_dialog, self.out_dialog):
                 self._bye(dialog, reason)
             self._finish()
         else:
+            self._bye(self.out_dialog, reason)  # a callee that answered while its SDP was with the media backend
+            self.out_dialog = None
             self.fail(503 if cause == "shutdown" else 480, f"Temporarily Unavailable ({cause})")
 
     # ---- UA events --------------------------------------------------------------------------
@@ -315,11 +343,74 @@ class Call:
         elif isinstance(event, DialogEnded):
             self._on_dialog_ended(event)
 
+    # ---- SDP through the media seam -----------------------------------------------------------
+    def _media(self, kind: str, leg: str, sdp: bytes, then: Callable[[bytes], None], failed: Callable[[str], None]) -> None:
+        """`then(sdp as the seam passes it on)`, at once when the seam answers at once and
+        no step is waiting, else in order once the earlier steps and this one are done;
+        `failed(why)` instead when the seam fails, or when the call ended meanwhile."""
+        if self._media_busy or self._media_queue:
+            self._media_queue.append((kind, leg, sdp, then, failed))
+            return
+        self._media_run(kind, leg, sdp, then, failed)
+
+    def _media_run(self, kind: str, leg: str, sdp: bytes, then: Callable[[bytes], None], failed: Callable[[str], None]) -> None:
+        seam = self.env.media
+        try:
+            result = seam.offer(self, leg, sdp) if kind == "offer" else seam.answer(self, leg, sdp)
+        except Exception as exc:  # a seam that fails at once fails this step, never the call's state
+            failed(str(exc) or type(exc).__name__)
+            self._media_next()
+            return
+        if isinstance(result, (bytes, bytearray)):
+            then(bytes(result))
+            return
+        self._media_busy = True
+
+        def done(value: Any, error: BaseException | None) -> None:
+            self._media_busy = False
+            if self.state is CallState.ENDED:
+                failed("call ended")
+                if self._media_release:
+                    self._media_release = False
+                    self._release_media()
+                return
+            if error is not None:
+                failed(str(error) or type(error).__name__)
+            elif not isinstance(value, (bytes, bytearray)):
+                failed("no SDP from the media backend")
+            else:
+                then(bytes(value))
+            self._media_next()
+
+        self.env.await_media(self, result, done)
+
+    def _media_next(self) -> None:
+        while self._media_queue and not self._media_busy:
+            self._media_run(*self._media_queue.popleft())
+
+    def _media_failed(self, why: str) -> None:
+        """The first offer could not be anchored: 503 to the caller, nothing placed."""
+        if self.state is CallState.ENDED:
+            return
+        self.hangup_cause = f"media: {why}"[:200]
+        self.fail(503, "Service Unavailable (media)")
+
     # ---- outbound legs ----------------------------------------------------------------------
     def _place(self, group: list[Dest]) -> None:
+        if self.late_offer or self._offer_sdp is not None:
+            self._place_legs(group, b"" if self.late_offer else self._offer_sdp or b"")
+            return
+
+        def offered(body: bytes) -> None:
+            self._offer_sdp = body
+            if self.state is CallState.RINGING and self.final_status is None and not self.cancelled:
+                self._place_legs(group, body)
+
+        self._media("offer", "callee", self.request.body, offered, self._media_failed)
+
+    def _place_legs(self, group: list[Dest], body: bytes) -> None:
         env = self.env
         sip = env.sip
-        body = b"" if self.late_offer else env.media.offer(self, "callee", self.request.body)
         content_type = self.request.headers.get("content-type") or "application/sdp"
         max_forwards = self.request.max_forwards
         for dest in group:
@@ -399,16 +490,21 @@ class Call:
         if self.state is not CallState.RINGING or self.final_status is not None:
             return
         status = resp.status
-        body = b""
-        headers: list[tuple[str, str]] = []
-        if resp.body and self.early_sdp_from in (None, leg) and not self.late_offer:
-            body = self.env.media.answer(self, "caller", resp.body)
-            headers.append(("Content-Type", resp.headers.get("content-type") or "application/sdp"))
-            self.early_sdp_from = leg
-        elif status == self.provisional_sent or (status == 180 and self.provisional_sent == 183):
-            return  # once is enough: forks ring in parallel, the caller hears one ringing
         reliable = "100rel" in resp.option_tags("require") or "100rel" in self.request.option_tags("require")
-        self._provisional(status, resp.reason, body, headers, reliable=reliable)
+        if resp.body and self.early_sdp_from in (None, leg) and not self.late_offer:
+            headers = [("Content-Type", resp.headers.get("content-type") or "application/sdp")]
+            self.early_sdp_from = leg
+
+            def early(body: bytes) -> None:
+                if self.state is CallState.RINGING and self.final_status is None:
+                    self._provisional(status, resp.reason, body, headers, reliable=reliable)
+
+            # A failed early answer relays nothing: the final answer tries again (and fails the call).
+            self._media("answer", "caller", resp.body, early, lambda why: None)
+            return
+        if status == self.provisional_sent or (status == 180 and self.provisional_sent == 183):
+            return  # once is enough: forks ring in parallel, the caller hears one ringing
+        self._provisional(status, resp.reason, b"", [], reliable=reliable)
 
     def _provisional(self, status: int, reason: str | None, body: bytes, headers: list[tuple[str, str]], *, reliable: bool) -> None:
         contact = self.env.sip.contact_for(self.peer)
@@ -445,12 +541,26 @@ class Call:
         self._connect_caller(leg, dialog_id, resp)
 
     def _connect_caller(self, leg: OutLeg, dialog_id: int, resp: Response) -> None:
-        """The callee answered: 200 to the caller with the callee's SDP (a transferred
-        call overrides this: its caller is already in a dialog, transfer.py)."""
-        body = self.env.media.answer(self, "caller", resp.body) if resp.body else b""
+        """The callee answered: 200 to the caller with the callee's SDP, through the media
+        seam (a transferred call overrides this: its caller is already in a dialog,
+        transfer.py)."""
+        content_type = resp.headers.get("content-type") or "application/sdp"
+        if not resp.body:
+            self._answer_caller_ok(dialog_id, b"", content_type)
+            return
+        self._media(
+            "answer", "caller", resp.body,
+            lambda body: self._answer_caller_ok(dialog_id, body, content_type),
+            lambda why: self._answer_failed(dialog_id, why),
+        )
+
+    def _answer_caller_ok(self, dialog_id: int, body: bytes, content_type: str) -> None:
+        """The callee's 2xx reaches the caller (its SDP through the seam)."""
+        if self.state is not CallState.ANSWERED or self.final_status is not None:
+            return
         headers = [("Contact", self.env.sip.contact_for(self.peer))]
         if body:
-            headers.append(("Content-Type", resp.headers.get("content-type") or "application/sdp"))
+            headers.append(("Content-Type", content_type))
         dialog = self.env.sip.respond(self.request_id, 200, headers=headers, body=body)
         self.final_status = 200
         if dialog is None:  # the caller cancelled in the same instant: the callee goes
@@ -463,6 +573,17 @@ class Call:
         if dialog != self.in_dialog:
             self.in_dialog = dialog
             self.env.bind(self, dialog_id=dialog)
+
+    def _answer_failed(self, dialog_id: int, why: str) -> None:
+        """The callee answered but its SDP could not be anchored: it is hung up and the
+        caller, not answered yet, gets 503."""
+        if self.state is CallState.ENDED or self.final_status is not None:
+            return
+        self._bye(dialog_id, [("Reason", 'SIP;cause=503;text="Media unavailable"')])
+        self.out_dialog = None
+        self.answered_at = None
+        self.hangup_cause = f"media: {why}"[:200]
+        self.fail(503, "Service Unavailable (media)")
 
     def _leg_failed(self, leg: OutLeg, status: int, reason: str | None, *, already: bool = False) -> None:
         if not already:
@@ -557,21 +678,43 @@ class Call:
         if method not in RELAYED_METHODS:
             sip.respond(event.request_id, 200 if method == "OPTIONS" else 501)
             return
-        body = req.body
-        if body and method in ("INVITE", "UPDATE"):
-            body = self.env.media.offer(self, "callee" if from_inbound else "caller", body)
         headers = [(name, value) for name, value in _copy_headers(req)]
         late_offer = method == "INVITE" and not req.body
+        request_id = event.request_id
+        if req.body and method in ("INVITE", "UPDATE"):
+            self._media(
+                "offer", "callee" if from_inbound else "caller", req.body,
+                lambda body: self._forward(request_id, from_inbound, method, headers, body, late_offer),
+                lambda why: self._refuse(request_id, 503),
+            )
+            return
+        self._forward(request_id, from_inbound, method, headers, req.body, late_offer)
+
+    def _forward(self, request_id: int, from_inbound: bool, method: str, headers: list[tuple[str, str]],
+                 body: bytes, late_offer: bool) -> None:
+        """Relay an in-dialog request to the other leg (its SDP through the seam already)."""
+        sip = self.env.sip
+        other = self.out_dialog if from_inbound else self.in_dialog
+        if self.state is not CallState.ANSWERED or other is None:
+            self._refuse(request_id, 481)
+            return
         try:
             ours = sip.send_in_dialog(other, method, headers=headers, body=body, auto_ack=not late_offer)
         except RequestPending:
-            sip.respond(event.request_id, 491)
+            sip.respond(request_id, 491)
             return
         except UaError:
-            sip.respond(event.request_id, 481)
+            sip.respond(request_id, 481)
             return
-        self._relays[ours] = _Relay(event.request_id, from_inbound, method, late_offer)
+        self._relays[ours] = _Relay(request_id, from_inbound, method, late_offer)
         self.env.bind(self, request_id=ours)
+
+    def _refuse(self, request_id: int, status: int) -> None:
+        headers = [("Retry-After", "1")] if status == 503 else []
+        try:
+            self.env.sip.respond(request_id, status, headers=headers)
+        except UaError:
+            return
 
     def _relay_answered(self, event: ResponseReceived) -> None:
         relay = self._relays.get(event.request_id)
@@ -580,12 +723,28 @@ class Call:
             return
         del self._relays[event.request_id]
         headers = [(name, value) for name, value in _copy_headers(resp)]
-        body = resp.body
-        if body and relay.method in ("INVITE", "UPDATE"):
-            body = self.env.media.answer(self, "caller" if relay.from_inbound else "callee", body)
-        self.env.sip.respond(relay.incoming, resp.status, resp.reason, headers=headers, body=body)
         if relay.late_offer and 200 <= resp.status < 300 and event.dialog_id is not None:
             self._acks_due[relay.incoming] = event.dialog_id
+        if not (resp.body and relay.method in ("INVITE", "UPDATE")):
+            self._respond_relayed(relay.incoming, resp, headers, resp.body)
+            return
+
+        def failed(why: str) -> None:
+            # The far side accepted an offer whose answer cannot be anchored: the call ends.
+            self._refuse(relay.incoming, 500)
+            if self.state is not CallState.ENDED:
+                self.hangup("media failure")
+
+        self._media(
+            "answer", "caller" if relay.from_inbound else "callee", resp.body,
+            lambda body: self._respond_relayed(relay.incoming, resp, headers, body), failed,
+        )
+
+    def _respond_relayed(self, incoming: int, resp: Response, headers: list[tuple[str, str]], body: bytes) -> None:
+        try:
+            self.env.sip.respond(incoming, resp.status, resp.reason, headers=headers, body=body)
+        except UaError:
+            return
 
     def _relay_failed(self, request_id: int, status: int) -> None:
         relay = self._relays.pop(request_id, None)
@@ -604,7 +763,18 @@ class Call:
             self._ack_callee(dialog, body)
 
     def _ack_callee(self, dialog: int, body: bytes) -> None:
-        sdp = self.env.media.answer(self, "callee", body) if body else b""
+        if not body:
+            self._send_ack(dialog, b"")
+            return
+
+        def failed(why: str) -> None:
+            self._send_ack(dialog, b"")  # a 2xx is always ACKed; the call then ends
+            if self.state is not CallState.ENDED:
+                self.hangup("media failure")
+
+        self._media("answer", "callee", body, lambda sdp: self._send_ack(dialog, sdp), failed)
+
+    def _send_ack(self, dialog: int, sdp: bytes) -> None:
         headers = [("Content-Type", "application/sdp")] if sdp else []
         try:
             self.env.sip.ack(dialog, body=sdp, headers=headers)
@@ -647,6 +817,10 @@ class Call:
         if self.state is CallState.ANSWERED:
             self.hangup_side = "callee" if event.reason == "bye" else "system"
             self.hangup_cause = _cause(event)
+            if self.final_status is None:  # gone while its answer was with the media backend
+                self.answered_at = None
+                self.fail(480, "Temporarily Unavailable (callee hung up)")
+                return
             self._bye(self.in_dialog, _reason_of(event))
             self.in_dialog = None
             self._finish()
@@ -674,7 +848,22 @@ class Call:
                 if leg.state is LegState.ANSWERED:
                     leg.state = LegState.ENDED
                 self.env.leg_ended(self, leg)
+        queued, self._media_queue = self._media_queue, deque()
+        for *_, failed in queued:
+            failed("call ended")
+        if self._media_busy:
+            self._media_release = True  # after the step in flight: a session it creates is deleted too
+        else:
+            self._release_media()
         self.env.ended(self)
+
+    def _release_media(self) -> None:
+        try:
+            release = self.env.media.release(self)
+        except Exception:
+            release = None
+        if release is not None:
+            self.env.await_media(self, release, lambda value, error: None)
 
     # ---- status -----------------------------------------------------------------------------
     @property

@@ -232,6 +232,9 @@ class Rule(_Strict):
     name: str = Field(min_length=1, max_length=64)
     match: RuleMatch = Field(default_factory=RuleMatch)
     action: Action
+    # Anchoring of this rule's calls (docs/media.md): "anchor" through the media backend;
+    # "pass" not by the rule (media.default does not apply; users and features still may).
+    media: Literal["anchor", "pass"] | None = None
 
 
 # ---- the section ----------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import itertools
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,6 +30,7 @@ from ..config import CoreConfig
 from ..contract import Feature, Host, RequestHandler, StatelessCheck, WorkerMessage, mint_call_id
 from ..events import CALL_ANSWER, CALL_END, CALL_START, emit
 from ..flow.feature import MdflowFeature
+from ..media.feature import MediaFeature
 from ..registrar.feature import Contact, RegistrarFeature
 from ..sip.errors import SipParseError
 from ..sip.incoming import Incoming
@@ -49,7 +50,7 @@ from ..sip.uri import SipUri, parse_uri
 from ..store import Store
 from . import admin as b2bua_admin
 from . import cli as b2bua_cli
-from .call import Call, CallState, Dest, LegState, OutLeg, PassThrough
+from .call import Call, CallState, Dest, LegState, MediaDone, MediaSeam, OutLeg, PassThrough
 from .cdr import CallRecord, CdrWriter, LegRecord, disposition_for
 from .cdr_admin import add_cdr_routes
 from .cdr_cli import add_cdr_commands
@@ -129,7 +130,8 @@ class B2buaFeature(Feature[B2buaConfig]):
         super().__init__(host)
         settings = self.settings
         self.owner = self.name
-        self.media = PassThrough()
+        self.media: MediaSeam = PassThrough()
+        self._media_tasks: set[asyncio.Future[Any]] = set()
         self.registrar: RegistrarFeature | None = None
         self.mdflow: MdflowFeature | None = None
         self.directory = UserDirectoryView(None)
@@ -189,6 +191,9 @@ class B2buaFeature(Feature[B2buaConfig]):
         host = self.host
         self.registrar = host.feature(RegistrarFeature)
         self.mdflow = host.feature(MdflowFeature)
+        media = host.feature(MediaFeature)
+        if media is not None:
+            self.media = media.seam  # SDP of anchored calls through the media backend (docs/media.md)
         self.directory.registrar = self.registrar
         settings = self.settings
         if settings.cdr:
@@ -220,6 +225,8 @@ class B2buaFeature(Feature[B2buaConfig]):
             call.hangup("shutdown")
         self.transfers.shutdown()
         await asyncio.sleep(0.2)  # the BYEs and final responses go out
+        if self._media_tasks:  # media sessions deleted before the media backend stops
+            await asyncio.wait(list(self._media_tasks), timeout=2.0)
         await self.trunks.stop()
         if self.store is not None:
             self.store.close()
@@ -420,6 +427,27 @@ class B2buaFeature(Feature[B2buaConfig]):
 
     def later(self, delay: float, fn: Callable[[], None]) -> _Timer:
         return _Timer(asyncio.get_running_loop().call_later(delay, fn))
+
+    def await_media(self, call: Call, work: Awaitable[Any], done: MediaDone) -> None:
+        """A media step of `call` as a task; `done` runs on the loop when it completes."""
+        task = asyncio.ensure_future(work)
+        self._media_tasks.add(task)
+
+        def finished(task: asyncio.Future[Any]) -> None:
+            self._media_tasks.discard(task)
+            result: Any = None
+            error: BaseException | None
+            if task.cancelled():
+                error = asyncio.CancelledError("media step cancelled")
+            else:
+                error = task.exception()
+                result = None if error is not None else task.result()
+            try:
+                done(result, error)
+            except Exception:
+                log.exception("event=media_step_failed call=%s", call.call_uuid)
+
+        task.add_done_callback(finished)
 
     def bind(self, call: Call, *, request_id: int | None = None, dialog_id: int | None = None) -> None:
         if request_id is not None:

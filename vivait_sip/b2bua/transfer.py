@@ -37,9 +37,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -175,6 +176,17 @@ class Replaces:
     to_tag: str
     from_tag: str
     early_only: bool = False
+
+
+def sdp_now(value: bytes | Awaitable[bytes]) -> bytes | None:
+    """The SDP the media seam gave at once; None when its rewriting would be awaited (an
+    anchored call): transferring anchored calls is not supported yet (docs/b2bua.md), and
+    the transfer is refused instead of joining parties whose media would not meet."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if inspect.iscoroutine(value):
+        value.close()
+    return None
 
 
 def parse_replaces(value: str) -> Replaces | None:
@@ -433,7 +445,11 @@ class TransferCall(Call):
         if not resp.body:
             self._join_failed(488, "Not Acceptable Here (the target sent no offer)")
             return
-        self._offer = self.env.media.offer(self, "caller", resp.body)
+        offer = sdp_now(self.env.media.offer(self, "caller", resp.body))
+        if offer is None:
+            self._join_failed(488, "Not Acceptable Here (anchored media cannot be transferred yet)")
+            return
+        self._offer = offer
         self._offer_type = resp.headers.get("content-type") or "application/sdp"
         self._send_join()
 
@@ -512,7 +528,7 @@ class TransferCall(Call):
         target = self._target_dialog
         if target is None:
             return
-        answer = self.env.media.answer(self, "callee", resp.body) if resp.body else b""
+        answer = (sdp_now(self.env.media.answer(self, "callee", resp.body)) or b"") if resp.body else b""
         content_type = resp.headers.get("content-type") or "application/sdp"
         with contextlib.suppress(UaError):
             self.env.sip.ack(target, body=answer, headers=[("Content-Type", content_type)] if answer else [])
@@ -1000,8 +1016,13 @@ class TransferManager:
         call.linked_to = party.call_uuid
         call.extra["replaces"] = {"call": party.call_uuid}
         request = call.request
-        body = b"" if call.late_offer else call.env.media.offer(call, "callee", request.body)
+        body = b"" if call.late_offer else sdp_now(call.env.media.offer(call, "callee", request.body))
         content_type = request.headers.get("content-type") or "application/sdp"
+        if body is None:
+            self.count("replaces_failed")
+            self.release(result, joined=False)
+            call.fail(488, "Not Acceptable Here (anchored media cannot be transferred yet)")
+            return
         try:
             leg = place_reinvite(call, result.dialog, dest_for(result.info, party.number), result.info.call_id, body,
                                  content_type, auto_ack=not call.late_offer)

@@ -1,0 +1,81 @@
+"""Run the real Debian `rtpengine` daemon (userspace forwarding, no kernel module) for a
+test: in the foreground, on loopback, NG on a free UDP port, RTP ports from a range of
+its own (below the kernel's ephemeral range, so nothing else takes them)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+from vivait_sip.media.ng import NgClient, NgError
+
+BINARY = shutil.which("rtpengine") or "/usr/bin/rtpengine"
+_ranges = itertools.count()
+PORT_BASE = 23000 + (os.getpid() % 20) * 400  # each test process its own 400 ports (xdist-safe enough)
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Rtpengine:
+    """One daemon: `address` is its NG `host:port`; `port_min`..`port_max` its RTP ports."""
+
+    def __init__(self, *, ports: int = 40) -> None:
+        block = next(_ranges) % 10
+        self.port_min = PORT_BASE + block * ports
+        self.port_max = self.port_min + ports - 1
+        self.ng_port = free_udp_port()
+        self.address = f"127.0.0.1:{self.ng_port}"
+        self.log = Path(tempfile.mkstemp(prefix="rtpengine-", suffix=".log")[1])
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> Rtpengine:
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [
+                    BINARY, "--config-file=none", "--foreground", "--log-stderr", "--log-level=5",
+                    "--interface=127.0.0.1", f"--listen-ng=127.0.0.1:{self.ng_port}", "--table=-1",
+                    f"--port-min={self.port_min}", f"--port-max={self.port_max}", "--delete-delay=0",
+                    "--num-threads=1", "--media-num-threads=1", "--timeout=60",
+                ],
+                stdout=out, stderr=subprocess.STDOUT,
+            )
+        client = NgClient("127.0.0.1", self.ng_port, timeout_s=0.2, retransmit_s=0.05)
+        try:
+            for _ in range(100):
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"rtpengine exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+                try:
+                    await client.request({"command": "ping"})
+                    return self
+                except NgError:
+                    await asyncio.sleep(0.05)
+            raise RuntimeError(f"rtpengine did not answer ping: {self.log.read_text()[-2000:]}")
+        finally:
+            await client.stop()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash (no goodbye to anyone)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(5)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.unlink(missing_ok=True)

@@ -1,0 +1,278 @@
+"""The NG client and `RtpengineBackend` against fake daemons on loopback UDP:
+retransmission with back-off (same cookie), timeout, replies with a foreign cookie
+ignored, malformed replies, the bounded pending table, a refused port failing at once;
+health by ping with hysteresis, failover of new sessions, sessions pinned to their
+daemon, clear errors."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import socket
+import time
+from typing import Any
+
+import pytest
+from ng_fake import FakeDaemon, rtpengine_like
+
+from vivait_sip.media.control import (
+    Answer,
+    CallKey,
+    Delete,
+    MediaReply,
+    Offer,
+    Ping,
+    PlayDtmf,
+    Query,
+)
+from vivait_sip.media.ng import NgClient, NgError, RtpengineBackend, bencode, parse_daemon
+
+SDP = b"v=0\r\no=a 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
+
+
+async def client_for(daemon: FakeDaemon, **kwargs: Any) -> NgClient:
+    client = NgClient("127.0.0.1", daemon.port, **kwargs)
+    await client.start()
+    return client
+
+
+async def test_a_request_gets_its_reply() -> None:
+    daemon = await FakeDaemon.start()
+    client = await client_for(daemon)
+    assert await client.request({"command": "ping"}) == {"result": b"pong"}
+    (_, data), = daemon.received
+    cookie, _, body = data.partition(b" ")
+    assert body == b"d7:command4:pinge" and cookie and b" " not in cookie
+    assert client.pending == 0 and client.counters["requests"] == 1
+    await client.stop()
+    daemon.close()
+
+
+async def test_lost_requests_are_resent_with_back_off_under_the_same_cookie() -> None:
+    daemon = await FakeDaemon.start()
+    daemon.drop = 3
+    client = await client_for(daemon, retransmit_s=0.05, max_retransmit_s=1.0, timeout_s=2.0)
+    assert await client.request({"command": "ping"}) == {"result": b"pong"}
+    assert len(daemon.received) == 4 and len({data for _, data in daemon.received}) == 1  # one cookie
+    times = [t for t, _ in daemon.received]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert 0.04 < gaps[0] < 0.09 and 0.09 < gaps[1] < 0.16 and 0.18 < gaps[2] < 0.3  # doubling
+    assert client.counters["retransmissions"] == 3 and client.counters["timeouts"] == 0
+    await client.stop()
+    daemon.close()
+
+
+async def test_no_reply_times_out_and_leaves_nothing_pending() -> None:
+    daemon = await FakeDaemon.start(lambda msg: None)
+    client = await client_for(daemon, retransmit_s=0.05, timeout_s=0.3)
+    started = time.monotonic()
+    with pytest.raises(NgError, match=r"no reply in 0\.3 s"):
+        await client.request({"command": "ping"})
+    assert 0.28 < time.monotonic() - started < 0.6
+    assert client.pending == 0 and client.counters["timeouts"] == 1 and len(daemon.received) >= 3
+    await client.stop()
+    daemon.close()
+
+
+async def test_a_reply_with_a_foreign_cookie_is_ignored() -> None:
+    daemon = await FakeDaemon.start()
+    daemon.before = lambda transport, cookie, addr: (
+        transport.sendto(b"other_1 " + bencode({"result": "error", "error-reason": "not yours"}), addr),
+        transport.sendto(cookie + b"x " + bencode({"result": "error"}), addr),
+        transport.sendto(b"nospace", addr),
+    )
+    client = await client_for(daemon)
+    assert await client.request({"command": "ping"}) == {"result": b"pong"}
+    assert client.counters["unmatched_replies"] == 3
+    # A late duplicate of an answered request is unmatched too.
+    daemon.transport.sendto(daemon.received[0][1].partition(b" ")[0] + b" de", ("127.0.0.1", _local_port(client)))  # type: ignore[union-attr]
+    await asyncio.sleep(0.05)
+    assert client.counters["unmatched_replies"] == 4
+    await client.stop()
+    daemon.close()
+
+
+def _local_port(client: NgClient) -> int:
+    assert client._transport is not None
+    return int(client._transport.get_extra_info("sockname")[1])
+
+
+async def test_a_malformed_reply_fails_the_request_clearly() -> None:
+    daemon = await FakeDaemon.start()
+    daemon.before = lambda transport, cookie, addr: transport.sendto(cookie + b" d6:result", addr)
+    client = await client_for(daemon)
+    with pytest.raises(NgError, match="malformed reply"):
+        await client.request({"command": "ping"})
+    assert client.counters["malformed_replies"] == 1
+    await client.stop()
+    daemon.close()
+
+
+async def test_the_pending_table_is_bounded() -> None:
+    daemon = await FakeDaemon.start(lambda msg: None)
+    client = await client_for(daemon, max_pending=3, retransmit_s=0.05, timeout_s=0.5)
+    waiting = [asyncio.create_task(client.request({"command": "ping"})) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    assert client.pending == 3
+    with pytest.raises(NgError, match="3 requests already waiting"):
+        await client.request({"command": "ping"})
+    assert client.counters["overflow"] == 1
+    for task in waiting:
+        with pytest.raises(NgError):
+            await task
+    assert client.pending == 0
+    assert await asyncio.wait_for(asyncio.shield(asyncio.sleep(0)), 1) is None
+    await client.stop()
+    daemon.close()
+
+
+async def test_a_port_nobody_listens_on_fails_at_once() -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    client = NgClient("127.0.0.1", port, timeout_s=5.0, retransmit_s=0.2)
+    await client.start()
+    started = time.monotonic()
+    with pytest.raises(NgError, match="refused"):
+        await client.request({"command": "ping"})
+    assert time.monotonic() - started < 1.0  # the ICMP error, not the 5 s timeout
+    await client.stop()
+
+
+def test_daemon_addresses_parse() -> None:
+    assert parse_daemon("127.0.0.1:2223") == ("127.0.0.1", 2223)
+    assert parse_daemon("[::1]:2223") == ("::1", 2223)
+    assert parse_daemon("rtp1.example:22222") == ("rtp1.example", 22222)
+    for bad in ("127.0.0.1", ":2223", "host:0", "host:70000", "::1:2223", "[::1]2223", "host:x"):
+        with pytest.raises(ValueError):
+            parse_daemon(bad)
+
+
+# ---- the backend --------------------------------------------------------------------------
+
+
+def backend_for(*daemons: FakeDaemon, **kwargs: Any) -> RtpengineBackend:
+    options: dict[str, Any] = {"timeout_s": 0.3, "retransmit_s": 0.05, "ping_interval_s": 0, "down_after": 2, "up_after": 2}
+    options.update(kwargs)
+    return RtpengineBackend([d.address for d in daemons], **options)
+
+
+def offer(call_id: str) -> Offer:
+    return Offer(CallKey(call_id, "ft"), SDP)
+
+
+async def test_sessions_are_pinned_and_spread_over_the_daemons() -> None:
+    one, two = await FakeDaemon.start(), await FakeDaemon.start()
+    backend = backend_for(one, two)
+    await backend.start()
+    assert [d.state for d in backend.daemons] == ["up", "up"] and backend.healthy
+    reply = await backend.request(offer("c1"))
+    assert reply.ok and reply.sdp is not None and b"203.0.113.5" in reply.sdp
+    assert reply.backend == f"rtpengine {one.address}"
+    assert (await backend.request(offer("c2"))).backend == f"rtpengine {two.address}"  # fewest sessions first
+    answer = await backend.request(Answer(CallKey("c1", "ft", "tt"), SDP))
+    assert answer.backend == f"rtpengine {one.address}"  # c1 stays where it is
+    assert backend.daemon_of("c1") == one.address and backend.sessions == 2
+    assert (await backend.request(Delete("c1"))).ok
+    assert backend.daemon_of("c1") is None and backend.sessions == 1
+    assert [c for c in one.commands() if c != "ping"] == ["offer", "answer", "delete"]
+    await backend.stop()
+    one.close()
+    two.close()
+
+
+async def test_a_daemon_that_does_not_answer_fails_over_for_new_calls_only() -> None:
+    one, two = await FakeDaemon.start(), await FakeDaemon.start()
+    backend = backend_for(one, two, down_after=1)
+    await backend.start()
+    assert (await backend.request(offer("kept"))).backend == f"rtpengine {one.address}"
+    one.reply = lambda msg: None  # one stops answering
+    reply = await backend.request(offer("new"))
+    assert reply.ok and reply.backend == f"rtpengine {two.address}" and backend.counters["failovers"] == 0
+    # "new" went to two (fewer sessions); the next new call tries one first, which is silent:
+    reply = await backend.request(offer("next"))
+    assert reply.ok and reply.backend == f"rtpengine {two.address}" and backend.counters["failovers"] == 1
+    assert backend.daemons[0].state == "down"
+    # "next" timed out on one before two took it: its delete goes to both (one may have made it late).
+    assert (await backend.request(Delete("next"))).ok
+    assert one.commands()[-1] == "delete" and two.commands()[-1] == "delete"
+    kept = await backend.request(Answer(CallKey("kept", "ft", "tt"), SDP))
+    assert not kept.ok and kept.error is not None and f"rtpengine {one.address} holding call kept is down" in kept.error
+    await backend.stop()
+    one.close()
+    two.close()
+
+
+async def test_health_has_hysteresis() -> None:
+    daemon = await FakeDaemon.start()
+    backend = backend_for(daemon, down_after=2, up_after=2)
+    await backend.start()
+    state = backend.daemons[0]
+    assert state.state == "up"
+    daemon.reply = lambda msg: None
+    await backend.check_health()
+    assert state.state == "up" and state.failures == 1  # one miss is not down
+    await backend.check_health()
+    assert state.state == "down" and not backend.healthy
+    daemon.reply = rtpengine_like
+    await backend.check_health()
+    assert state.state == "down"  # one pong is not up again
+    await backend.check_health()
+    assert state.state == "up" and backend.healthy
+    await backend.stop()
+    daemon.close()
+
+
+async def test_the_ping_loop_marks_a_silent_daemon_down() -> None:
+    daemon = await FakeDaemon.start()
+    backend = backend_for(daemon, ping_interval_s=0.05, down_after=2, timeout_s=0.1)
+    await backend.start()
+    daemon.reply = lambda msg: None
+    for _ in range(40):
+        await asyncio.sleep(0.05)
+        if backend.daemons[0].state == "down":
+            break
+    assert backend.daemons[0].state == "down"
+    await backend.stop()
+    daemon.close()
+
+
+async def test_errors_are_answered_in_sentences() -> None:
+    daemon = await FakeDaemon.start(lambda msg: {"result": "error", "error-reason": "Unknown call-id"}
+                                    if msg["command"] == b"query" else rtpengine_like(msg))
+    backend = backend_for(daemon, max_sessions=1)
+    await backend.start()
+    reply = await backend.request(Query("nobody"))
+    assert reply == MediaReply.failure("rtpengine: no media session for call nobody", "rtpengine")
+    assert (await backend.request(offer("a"))).ok
+    refused = await backend.request(offer("b"))
+    assert not refused.ok and "1 sessions in use (media.rtpengine.max_sessions)" in (refused.error or "")
+    queried = await backend.request(Query("a"))
+    assert queried.error == f"rtpengine {daemon.address}: Unknown call-id"
+    assert (await backend.request(Delete("nobody"))).warning == "call nobody has no media session"
+    assert (await backend.request(PlayDtmf(CallKey("a", "ft"), "5"))).ok  # to the daemon holding "a"
+    assert daemon.commands()[-1] == "play DTMF"
+    assert (await backend.request(Delete("a"))).ok
+    daemon.reply = lambda msg: None
+    await backend.check_health()
+    await backend.check_health()
+    nobody = await backend.request(offer("c"))
+    assert not nobody.ok and (nobody.error or "").startswith("rtpengine: no daemon up (")
+    assert not (await backend.request(Ping())).ok
+    await backend.stop()
+    daemon.close()
+
+
+async def test_a_delete_racing_the_first_offer_waits_for_it() -> None:
+    daemon = await FakeDaemon.start()
+    backend = backend_for(daemon)
+    await backend.start()
+    daemon.drop = 1  # the offer's first datagram is lost: it takes a resend
+    placing = asyncio.create_task(backend.request(offer("race")))
+    await asyncio.sleep(0.01)
+    deleted = await backend.request(Delete("race"))
+    assert (await placing).ok and deleted.ok and deleted.warning is None
+    assert [c for c in daemon.commands() if c != "ping"] == ["offer", "offer", "delete"] and backend.sessions == 0
+    await backend.stop()
+    daemon.close()

@@ -1,0 +1,278 @@
+"""`RtpengineBackend` against the real Debian rtpengine daemon (userspace forwarding):
+offer/answer/delete of a plain RTP/AVP call rewrite SDP to rtpengine's address and ports,
+RTP is relayed between two UDP sockets both ways, query returns per-leg stats, ping
+health, and failover between two daemons (one killed: new calls go to the other, calls
+on the survivor keep working, calls on the dead one fail clearly).  The anchoring seam
+is driven over the real daemon too, as the B2BUA drives it."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import struct
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from rtpengine_proc import Rtpengine
+
+from vivait_sip.media.anchor import AnchoringPolicy, AnchoringSeam
+from vivait_sip.media.control import (
+    Answer,
+    CallKey,
+    Delete,
+    MediaFlags,
+    MediaReply,
+    Offer,
+    Ping,
+    Query,
+    Replace,
+)
+from vivait_sip.media.ng import NgClient, RtpengineBackend
+from vivait_sip.sip.message import Request, parse_message
+
+pytestmark = pytest.mark.timeout(60)
+REWRITE = MediaFlags(replace=(Replace.ORIGIN, Replace.SESSION_CONNECTION))
+
+
+def sdp(address: str, port: int, user: str = "phone") -> bytes:
+    return (
+        f"v=0\r\no={user} 1 1 IN IP4 {address}\r\ns=-\r\nc=IN IP4 {address}\r\nt=0 0\r\n"
+        f"m=audio {port} RTP/AVP 0 8 101\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n"
+    ).encode()
+
+
+def media_of(body: bytes) -> tuple[str, int]:
+    text = body.decode()
+    address = re.search(r"^c=IN IP4 (\S+)", text, re.M)
+    port = re.search(r"^m=audio (\d+) ", text, re.M)
+    assert address and port, text
+    return address.group(1), int(port.group(1))
+
+
+def rtp(seq: int, ssrc: int) -> bytes:
+    return struct.pack("!BBHII", 0x80, 0, seq, seq * 160, ssrc) + bytes([0xFF]) * 160
+
+
+class Phone(asyncio.DatagramProtocol):
+    """An RTP endpoint on its own loopback address (127.0.0.x), as a phone would be."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[tuple[bytes, Any]] = asyncio.Queue()
+        self.transport: Any = None
+
+    @classmethod
+    async def open(cls, host: str) -> Phone:
+        loop = asyncio.get_running_loop()
+        _, phone = await loop.create_datagram_endpoint(cls, local_addr=(host, 0))
+        return phone
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.queue.put_nowait((data, addr))
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.transport.get_extra_info("sockname")[:2]
+        return str(host), int(port)
+
+    def sdp(self, user: str) -> bytes:
+        return sdp(*self.address, user=user)
+
+    def send(self, data: bytes, to: tuple[str, int]) -> None:
+        self.transport.sendto(data, to)
+
+    async def receive(self, timeout: float = 2.0) -> tuple[bytes, Any]:
+        return await asyncio.wait_for(self.queue.get(), timeout)
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+@pytest.fixture
+async def daemon() -> AsyncIterator[Rtpengine]:
+    proc = await Rtpengine().start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+async def two_daemons() -> AsyncIterator[tuple[Rtpengine, Rtpengine]]:
+    one = await Rtpengine().start()
+    two = await Rtpengine().start()
+    yield one, two
+    one.stop()
+    two.stop()
+
+
+async def backend_for(*daemons: Rtpengine, **kwargs: Any) -> RtpengineBackend:
+    options: dict[str, Any] = {"timeout_s": 1.0, "retransmit_s": 0.1, "ping_interval_s": 0, "down_after": 1, "up_after": 1}
+    options.update(kwargs)
+    backend = RtpengineBackend([d.address for d in daemons], **options)
+    await backend.start()
+    return backend
+
+
+@dataclass
+class AnchoredCall:
+    """Two phones and the SDP each was given (the relay's address and port towards it)."""
+
+    call_id: str
+    alice: Phone
+    bob: Phone
+    to_alice: tuple[str, int] = ("", 0)  # where bob's RTP goes: what alice's answer says
+    to_bob: tuple[str, int] = ("", 0)  # where alice's RTP goes: what bob's offer says
+    replies: list[MediaReply] = field(default_factory=list)
+
+    def close(self) -> None:
+        self.alice.close()
+        self.bob.close()
+
+
+async def anchored_call(backend: RtpengineBackend, call_id: str) -> AnchoredCall:
+    alice, bob = await Phone.open("127.0.0.2"), await Phone.open("127.0.0.3")
+    call = AnchoredCall(call_id, alice, bob)
+    offered = await backend.request(Offer(CallKey(call_id, "alice-tag"), alice.sdp("alice"), REWRITE))
+    assert offered.ok, offered.error
+    call.to_bob = media_of(offered.sdp or b"")  # bob is told to send here (and alice's RTP goes here)
+    answered = await backend.request(Answer(CallKey(call_id, "alice-tag", "bob-tag"), bob.sdp("bob"), REWRITE))
+    assert answered.ok, answered.error
+    call.to_alice = media_of(answered.sdp or b"")
+    call.replies = [offered, answered]
+    return call
+
+
+async def exchange(call: AnchoredCall, count: int = 5) -> None:
+    """`count` RTP packets each way; each arrives, from the relay, intact."""
+    for seq in range(count):
+        call.alice.send(rtp(seq, 0xA11CE), call.to_alice)
+        data, source = await call.bob.receive()
+        assert data == rtp(seq, 0xA11CE) and source[0] == "127.0.0.1"
+        call.bob.send(rtp(seq, 0xB0B), call.to_bob)
+        data, source = await call.alice.receive()
+        assert data == rtp(seq, 0xB0B) and source[0] == "127.0.0.1"
+
+
+async def test_offer_answer_rewrite_sdp_to_rtpengine_and_rtp_is_relayed(daemon: Rtpengine) -> None:
+    backend = await backend_for(daemon)
+    call = await anchored_call(backend, "relay-1@test")
+    offered, answered = call.replies
+    for reply, to in ((offered, call.to_bob), (answered, call.to_alice)):
+        assert reply.backend == f"rtpengine {daemon.address}"
+        assert to[0] == "127.0.0.1" and daemon.port_min <= to[1] <= daemon.port_max  # rtpengine's, not the phone's
+        assert b"127.0.0.2" not in (reply.sdp or b"") and b"127.0.0.3" not in (reply.sdp or b"")
+        assert b"a=rtpmap:101 telephone-event/8000" in (reply.sdp or b"")  # codecs kept
+    assert call.to_alice != call.to_bob
+    await exchange(call, 5)
+    stats = await backend.request(Query("relay-1@test"))
+    assert stats.ok
+    legs = {leg.tag: leg for leg in stats.legs}
+    assert legs["alice-tag"].packets == 5 and legs["bob-tag"].packets == 5
+    assert legs["alice-tag"].bytes == 5 * 172 and legs["alice-tag"].address == f"127.0.0.2:{call.alice.address[1]}"
+    deleted = await backend.request(Delete("relay-1@test"))
+    assert deleted.ok and backend.sessions == 0
+    raw = NgClient("127.0.0.1", daemon.ng_port)
+    gone = await raw.request({"command": "query", "call-id": "relay-1@test"})
+    assert gone == {"result": b"error", "error-reason": b"Unknown call-id"}  # rtpengine has let it go
+    await raw.stop()
+    call.alice.send(rtp(99, 0xA11CE), call.to_alice)
+    with pytest.raises(asyncio.TimeoutError):
+        await call.bob.receive(timeout=0.3)  # nothing relayed after delete
+    call.close()
+    await backend.stop()
+
+
+async def test_ping_health(daemon: Rtpengine) -> None:
+    backend = await backend_for(daemon, down_after=2, up_after=2)
+    assert backend.daemons[0].state == "up" and backend.healthy
+    pong = await backend.request(Ping())
+    assert pong.result == "pong" and pong.backend == f"rtpengine {daemon.address}"
+    daemon.kill()
+    await backend.check_health()
+    assert backend.daemons[0].state == "up"  # hysteresis: one failed ping is not down
+    await backend.check_health()
+    assert backend.daemons[0].state == "down" and not backend.healthy
+    assert "refused" in (backend.daemons[0].last_error or "")
+    status = backend.status()
+    assert status["healthy"] is False and status["daemons"][0]["state"] == "down"  # type: ignore[index]
+    await backend.stop()
+
+
+async def test_failover_between_two_daemons(two_daemons: tuple[Rtpengine, Rtpengine]) -> None:
+    one, two = two_daemons
+    backend = await backend_for(one, two)
+    on_one = await anchored_call(backend, "on-one@test")
+    on_two = await anchored_call(backend, "on-two@test")
+    assert backend.daemon_of("on-one@test") == one.address and backend.daemon_of("on-two@test") == two.address
+    assert one.port_min <= on_one.to_bob[1] <= one.port_max and two.port_min <= on_two.to_bob[1] <= two.port_max
+    await exchange(on_one, 2)
+    await exchange(on_two, 2)
+
+    one.kill()
+    # A new call tries the first daemon (equal sessions), is refused at once, and goes to the survivor.
+    new = await anchored_call(backend, "new@test")
+    assert backend.daemon_of("new@test") == two.address and backend.counters["failovers"] == 1
+    assert backend.daemons[0].state == "down"
+    await exchange(new, 3)
+    # The call already on the survivor keeps its daemon and its media.
+    await exchange(on_two, 3)
+    requery = await backend.request(Query("on-two@test"))
+    assert requery.ok and requery.backend == f"rtpengine {two.address}"
+    assert {leg.tag: leg.packets for leg in requery.legs} == {"alice-tag": 5, "bob-tag": 5}
+    # The call on the dead daemon is not moved (its media state is there): a clear error.
+    lost = await backend.request(Query("on-one@test"))
+    assert not lost.ok and f"rtpengine {one.address} holding call on-one@test is down" in (lost.error or "")
+    # Further new calls go straight to the survivor, no failover needed.
+    later = await anchored_call(backend, "later@test")
+    assert backend.daemon_of("later@test") == two.address and backend.counters["failovers"] == 1
+    for call in (on_one, on_two, new, later):
+        assert (await backend.request(Delete(call.call_id))).ok
+        call.close()
+    assert backend.sessions == 0
+    await backend.stop()
+
+
+class _SeamCall:
+    """What the seam reads of a B2BUA call."""
+
+    def __init__(self, call_id: str, from_tag: str) -> None:
+        raw = (
+            f"INVITE sip:6141@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.2:5060;branch=z9hG4bK1\r\n"
+            f"From: <sip:6140@127.0.0.1>;tag={from_tag}\r\nTo: <sip:6141@127.0.0.1>\r\nCall-ID: {call_id}\r\n"
+            "CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+        ).encode()
+        request = parse_message(raw)
+        assert isinstance(request, Request)
+        self.request = request
+        self.call_uuid = call_id.replace("@", "-")
+        self.rule: str | None = "anchored"
+        self.user: str | None = "6140"
+        self.callee_user: str | None = "6141"
+        self.extra: dict[str, object] = {}
+
+
+async def test_the_anchoring_seam_over_real_rtpengine_with_a_hold_reinvite(daemon: Rtpengine) -> None:
+    """The steps the B2BUA takes for an anchored call, hold included, on the real daemon."""
+    backend = await backend_for(daemon)
+    seam = AnchoringSeam(backend, AnchoringPolicy(rules={"anchored": "anchor"}), timeout_s=5)
+    call = _SeamCall("seam-1@test", "alice-from-tag")
+    alice, bob = await Phone.open("127.0.0.2"), await Phone.open("127.0.0.3")
+    to_bob = await seam.offer(call, "callee", alice.sdp("alice"))  # type: ignore[misc]  # INVITE to bob
+    to_alice = await seam.answer(call, "caller", bob.sdp("bob"))  # type: ignore[misc]  # 200 to alice
+    pair = AnchoredCall("seam-1@test", alice, bob, to_alice=media_of(to_alice), to_bob=media_of(to_bob))
+    await exchange(pair, 3)
+    hold = bob.sdp("bob").replace(b"a=sendrecv", b"a=sendonly")
+    held = await seam.offer(call, "caller", hold)  # type: ignore[misc]  # bob's hold re-INVITE to alice
+    assert b"a=sendonly" in held and media_of(held) == pair.to_alice  # same relay port towards alice
+    ok = await seam.answer(call, "callee", alice.sdp("alice").replace(b"a=sendrecv", b"a=recvonly"))  # type: ignore[misc]
+    assert b"a=recvonly" in ok and media_of(ok) == pair.to_bob
+    assert call.extra["media"] == "anchored (rule anchored)"
+    release = seam.release(call)
+    assert release is not None
+    await release
+    assert backend.sessions == 0 and seam.active == 0
+    pair.close()
+    await backend.stop()

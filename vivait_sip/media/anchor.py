@@ -1,0 +1,311 @@
+"""Which calls are anchored, and the B2BUA's `MediaSeam` that anchors them.
+
+**Policy** (`AnchoringPolicy.decide`): a call is anchored when any of these asks for it,
+checked in this order (the first gives the reason shown in the CDR):
+
+1. a feature requires it (`require(name, predicate)`: recording, music on hold, prompts,
+   WebRTC...; `anchor_required(call)` tells whether one does);
+2. its dialplan rule says `"media": "anchor"`;
+3. its caller or callee user is in `media.anchor_users` (phones behind NAT);
+4. `media.default` is `"anchor"` and its rule does not say `"media": "pass"`.
+
+Otherwise its SDP passes through untouched and no backend is asked anything.  The
+decision is taken once per call, at its first SDP (the INVITE's offer, or the callee's
+in a late-offer call), and holds for the whole call.
+
+**Seam** (`AnchoringSeam`): `offer(call, leg, sdp)` / `answer(call, leg, sdp)` return the
+SDP itself for an unanchored call, and for an anchored one an awaitable of the rewritten
+SDP (the Call holds that relay until it completes, see b2bua/call.py).  `release(call)`
+deletes the session when the call ends.  Both sides of a B2BUA call are one backend
+session: the caller's inbound Call-ID, the caller's From tag for its side and a tag of
+ours for the callee's side.  `from_tag` is always the side that made the offer at hand,
+so an offer is recognised by direction: an "answer" that comes from the side that made
+the last offer is a new offer (the callee's SDP in a late-offer 200, a 2xx offer to a
+re-INVITE without SDP).
+
+Nothing here reads a clock or touches a socket: an anchored step is a coroutine over
+`MediaBackend.request`, which the B2BUA runs as a task (the test harness on its fake
+clock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from ..sip.message import Request
+from .control import (
+    Answer,
+    CallKey,
+    Delete,
+    MediaBackend,
+    MediaCommand,
+    MediaError,
+    MediaFlags,
+    MediaReply,
+    Offer,
+    Replace,
+)
+
+log = logging.getLogger("vivait_sip.media")
+
+Side = Literal["caller", "callee"]
+DEFAULT_FLAGS = MediaFlags(replace=(Replace.ORIGIN, Replace.SESSION_CONNECTION))
+
+
+class AnchoredCall(Protocol):
+    """What the policy and the seam read of a B2BUA call (`b2bua.call.Call`)."""
+
+    call_uuid: str
+    request: Request
+    rule: str | None
+    user: str | None
+    callee_user: str | None
+    extra: dict[str, object]
+
+
+Requirement = Callable[[AnchoredCall], bool]
+
+
+class AnchoringPolicy:
+    """See the module docstring; `rules` maps a dialplan rule's name to its `media`
+    flag ("anchor", "pass" or None)."""
+
+    def __init__(
+        self,
+        *,
+        default: Literal["anchor", "pass"] = "pass",
+        users: Iterable[str] = (),
+        rules: Mapping[str, str | None] | None = None,
+    ) -> None:
+        self.default = default
+        self.users: frozenset[str] = frozenset(users)
+        self.rules: dict[str, str | None] = dict(rules or {})
+        self._requirements: dict[str, Requirement] = {}
+
+    def configure(self, *, default: Literal["anchor", "pass"], users: Iterable[str], rules: Mapping[str, str | None]) -> None:
+        """New settings (config reload); requirements registered by features are kept."""
+        self.default = default
+        self.users = frozenset(users)
+        self.rules = dict(rules)
+
+    def require(self, name: str, predicate: Requirement) -> None:
+        """A feature (`name`: "recording", "moh"...) needs the calls `predicate` holds for
+        anchored.  It must say so before their first SDP crosses: a call's decision is
+        not revisited."""
+        self._requirements[name] = predicate
+
+    def withdraw(self, name: str) -> None:
+        self._requirements.pop(name, None)
+
+    @property
+    def requirements(self) -> list[str]:
+        return sorted(self._requirements)
+
+    def anchor_required(self, call: AnchoredCall) -> str | None:
+        """The first feature that needs `call` anchored, or None."""
+        for name, predicate in self._requirements.items():
+            try:
+                if predicate(call):
+                    return name
+            except Exception as exc:  # a broken predicate anchors: media kept beats media lost
+                log.error("event=anchor_requirement_failed feature=%s error=%r", name, str(exc))
+                return name
+        return None
+
+    def could_anchor(self) -> bool:
+        """Whether the config can anchor any call (a backend is then started at once)."""
+        return (
+            self.default == "anchor" or bool(self.users) or bool(self._requirements)
+            or any(flag == "anchor" for flag in self.rules.values())
+        )
+
+    def decide(self, call: AnchoredCall) -> str | None:
+        """Why `call` is anchored ("feature recording", "rule outside", "user 6140",
+        "default"), or None: its SDP passes through."""
+        feature = self.anchor_required(call)
+        if feature is not None:
+            return f"feature {feature}"
+        rule = self.rules.get(call.rule) if call.rule is not None else None
+        if rule == "anchor":
+            return f"rule {call.rule}"
+        for user in (call.user, call.callee_user):
+            if user is not None and user in self.users:
+                return f"user {user}"
+        if self.default == "anchor" and rule != "pass":
+            return "default"
+        return None
+
+
+@dataclass(slots=True)
+class _Session:
+    call_id: str
+    caller_tag: str
+    callee_tag: str
+    reason: str
+    offerer: Side | None = None  # the side whose offer is being (or was last) answered
+    answered: bool = False  # the backend has both sides (to_tag may go into offers)
+    requests: int = 0
+
+
+def _other(side: str) -> Side:
+    return "caller" if side == "callee" else "callee"
+
+
+class AnchoringSeam:
+    """The `b2bua.call.MediaSeam` of anchored calls; see the module docstring.
+
+    `flags_for(call, towards)` chooses the rewriting flags of each SDP by the side it goes
+    to (default: the same `flags` both ways); `timeout_s` bounds a whole step (every
+    daemon tried) when a loop runs it (None: the backend's own timeouts only)."""
+
+    def __init__(
+        self,
+        backend: MediaBackend,
+        policy: AnchoringPolicy,
+        *,
+        flags: MediaFlags = DEFAULT_FLAGS,
+        flags_for: Callable[[AnchoredCall, Side], MediaFlags] | None = None,
+        timeout_s: float | None = None,
+    ) -> None:
+        self.backend = backend
+        self.policy = policy
+        self.flags = flags
+        self.flags_for = flags_for or (lambda call, towards: self.flags)
+        self.timeout_s = timeout_s
+        self._calls: dict[str, _Session | None] = {}  # call uuid → its session (None: passes through)
+        self.counters: dict[str, int] = {"anchored": 0, "passed": 0, "failures": 0, "deletes": 0}
+
+    # ---- the decision -----------------------------------------------------------------------
+    def session(self, call: AnchoredCall) -> _Session | None:
+        """The call's media session, deciding on first use (None: unanchored)."""
+        uuid = call.call_uuid
+        if uuid in self._calls:
+            return self._calls[uuid]
+        reason = self.policy.decide(call)
+        if reason is None:
+            self._calls[uuid] = None
+            self.counters["passed"] += 1
+            return None
+        request = call.request
+        session = _Session(
+            call_id=request.call_id,
+            caller_tag=request.from_.tag or f"a-{uuid[:24]}",
+            callee_tag=f"b-{uuid[:24]}",
+            reason=reason,
+        )
+        self._calls[uuid] = session
+        self.counters["anchored"] += 1
+        call.extra["media"] = f"anchored ({reason})"
+        return session
+
+    def anchored(self, call: AnchoredCall) -> bool:
+        return self._calls.get(call.call_uuid) is not None
+
+    @property
+    def active(self) -> int:
+        return sum(1 for s in self._calls.values() if s is not None)
+
+    def key_of(self, call: AnchoredCall) -> CallKey | None:
+        """The session key with the caller's side first (for play media, DTMF, recording)."""
+        session = self._calls.get(call.call_uuid)
+        return None if session is None else CallKey(session.call_id, session.caller_tag, session.callee_tag)
+
+    def tag_of(self, call: AnchoredCall, side: Side) -> str | None:
+        session = self._calls.get(call.call_uuid)
+        if session is None:
+            return None
+        return session.caller_tag if side == "caller" else session.callee_tag
+
+    # ---- MediaSeam --------------------------------------------------------------------------
+    def offer(self, call: AnchoredCall, leg: str, sdp: bytes) -> bytes | Awaitable[bytes]:
+        """SDP offered towards `leg` ("callee": the caller offers)."""
+        session = self.session(call)
+        if session is None:
+            return sdp
+        return self._offer(call, session, _other(leg), sdp)
+
+    def answer(self, call: AnchoredCall, leg: str, sdp: bytes) -> bytes | Awaitable[bytes]:
+        """SDP answered towards `leg` (the side that made the offer); an "answer" from the
+        side that made the last offer is a new offer (late offers)."""
+        session = self.session(call)
+        if session is None:
+            return sdp
+        offerer: Side = "caller" if leg == "caller" else "callee"
+        if session.offerer != offerer:
+            return self._offer(call, session, _other(offerer), sdp)
+        key = CallKey(session.call_id, self._tag(session, offerer), self._tag(session, _other(offerer)))
+        try:
+            msg = Answer(key, sdp, self.flags_for(call, offerer))
+        except ValueError as exc:
+            return self._fail(str(exc))
+        session.answered = True
+        return self._sdp(session, msg)
+
+    def release(self, call: AnchoredCall) -> Awaitable[None] | None:
+        """The call ended: forget it; delete its backend session when it had one."""
+        session = self._calls.pop(call.call_uuid, None)
+        if session is None:
+            return None
+        return self._delete(session)
+
+    # ---- requests ---------------------------------------------------------------------------
+    def _tag(self, session: _Session, side: Side) -> str:
+        return session.caller_tag if side == "caller" else session.callee_tag
+
+    def _key(self, session: _Session, offerer: Side) -> CallKey:
+        to_tag = self._tag(session, _other(offerer)) if session.answered else None
+        return CallKey(session.call_id, self._tag(session, offerer), to_tag)
+
+    def _offer(self, call: AnchoredCall, session: _Session, offerer: Side, sdp: bytes) -> Awaitable[bytes]:
+        session.offerer = offerer
+        try:
+            msg = Offer(self._key(session, offerer), sdp, self.flags_for(call, _other(offerer)))
+        except ValueError as exc:
+            return self._fail(str(exc))
+        return self._sdp(session, msg)
+
+    def _fail(self, text: str) -> Awaitable[bytes]:
+        async def failed() -> bytes:
+            self.counters["failures"] += 1
+            raise MediaError(text)
+
+        return failed()
+
+    async def _request(self, msg: MediaCommand) -> MediaReply:
+        if self.timeout_s is None:
+            return await self.backend.request(msg)
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await self.backend.request(msg)
+        except TimeoutError:
+            return MediaReply.failure(f"media backend {self.backend.name}: no answer in {self.timeout_s:g} s")
+
+    async def _sdp(self, session: _Session, msg: Offer | Answer) -> bytes:
+        session.requests += 1
+        reply = await self._request(msg)
+        if not reply.ok:
+            self.counters["failures"] += 1
+            raise MediaError(reply.error or f"media backend {self.backend.name}: {msg.command} failed")
+        if not reply.sdp:
+            self.counters["failures"] += 1
+            raise MediaError(f"media backend {self.backend.name}: {msg.command} answered without SDP")
+        return reply.sdp
+
+    async def _delete(self, session: _Session) -> None:
+        self.counters["deletes"] += 1
+        reply = await self._request(Delete(session.call_id))
+        if not reply.ok:
+            log.warning("event=media_delete_failed call_id=%r error=%r", session.call_id, reply.error)
+
+    def status(self) -> dict[str, object]:
+        return {"anchored_calls": self.active, **self.counters, "requirements": self.policy.requirements}
+
+
+def rule_media_flags(dialplan: Iterable[Any]) -> dict[str, str | None]:
+    """`{rule name: its media flag}` from a dialplan's rules (objects with `name` and
+    `media`), so the policy needs no import of the B2BUA's config."""
+    return {str(rule.name): getattr(rule, "media", None) for rule in dialplan}

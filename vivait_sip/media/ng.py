@@ -1,0 +1,851 @@
+"""rtpengine's NG control protocol: bencode, the UDP client, and `RtpengineBackend`.
+
+* **bencode** (`bencode`, `bdecode`): our own, small and strict.  Decoding refuses input
+  over a size limit, nesting deeper than a limit, trailing bytes, non-canonical integers
+  (`i03e`, `i-0e`), string lengths past the end, non-string or duplicate dict keys.
+  Strings decode to `bytes`, dict keys to `str` (UTF-8).  Encoding sorts dict keys.
+* **NG over UDP** (`NgClient`, one per daemon): each request is `COOKIE SP bencode`; the
+  daemon answers with the same cookie (and answers a retransmission from its cache, so
+  resending is safe).  A request is resent with exponential back-off until its timeout;
+  replies whose cookie is not pending (late, duplicated, forged) are counted and dropped;
+  the pending table is bounded (beyond it a request is refused at once).
+* **Mapping** (`to_ng`, `from_ng`): each `control` command to its NG dictionary and each
+  NG reply back to a `MediaReply`.
+* **`RtpengineBackend(daemons)`**: health by NG `ping` with hysteresis (down after
+  `down_after` failures, up after `up_after` successes); a new session goes to the up
+  daemon with the fewest of our sessions, failing over to the next when one does not
+  answer; a session stays pinned to the daemon that holds it (by Call-ID) until deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .control import (
+    Answer,
+    CallKey,
+    Delete,
+    LegStats,
+    MediaCommand,
+    MediaFlags,
+    MediaReply,
+    Offer,
+    Ping,
+    PlayDtmf,
+    PlayMedia,
+    Query,
+    Replace,
+    StartRecording,
+    StopMedia,
+    StopRecording,
+)
+
+log = logging.getLogger("vivait_sip.media.ng")
+
+# ---- bencode ----------------------------------------------------------------------------
+
+BValue = bytes | int | list["BValue"] | dict[str, "BValue"]
+MAX_MESSAGE = 1024 * 1024  # bytes of one bencoded message (rtpengine's query of a big call stays far below)
+MAX_DEPTH = 32  # nesting of lists and dicts
+_MAX_INT_DIGITS = 19  # |value| < 10**19: every 64-bit integer rtpengine sends
+
+
+class BencodeError(ValueError):
+    """Malformed, oversized or too deeply nested bencode (or a value that has none)."""
+
+
+def bencode(value: object, *, max_depth: int = MAX_DEPTH) -> bytes:
+    """Encode bytes, str (as UTF-8), int (not bool), lists/tuples and dicts with str or
+    bytes keys (sorted by their bytes, as the format wants)."""
+    out: list[bytes] = []
+    _encode(value, out, max_depth)
+    return b"".join(out)
+
+
+def _encode(value: object, out: list[bytes], depth: int) -> None:
+    if isinstance(value, bool):
+        raise BencodeError("bencode has no booleans (use 1/0 or a string)")
+    if isinstance(value, int):
+        out.append(b"i%de" % value)
+    elif isinstance(value, (bytes, bytearray, memoryview)):
+        data = bytes(value)
+        out.append(b"%d:" % len(data))
+        out.append(data)
+    elif isinstance(value, str):
+        data = value.encode("utf-8")
+        out.append(b"%d:" % len(data))
+        out.append(data)
+    elif isinstance(value, (list, tuple)):
+        if depth <= 0:
+            raise BencodeError("nested too deeply")
+        out.append(b"l")
+        for item in value:
+            _encode(item, out, depth - 1)
+        out.append(b"e")
+    elif isinstance(value, Mapping):
+        if depth <= 0:
+            raise BencodeError("nested too deeply")
+        items: dict[bytes, object] = {}
+        for key, item in value.items():
+            if isinstance(key, str):
+                raw = key.encode("utf-8")
+            elif isinstance(key, bytes):
+                raw = key
+            else:
+                raise BencodeError(f"dict keys must be strings, not {type(key).__name__}")
+            if raw in items:
+                raise BencodeError(f"duplicate key {raw!r}")
+            items[raw] = item
+        out.append(b"d")
+        for raw in sorted(items):
+            out.append(b"%d:" % len(raw))
+            out.append(raw)
+            _encode(items[raw], out, depth - 1)
+        out.append(b"e")
+    else:
+        raise BencodeError(f"cannot bencode {type(value).__name__}")
+
+
+def bdecode(data: bytes, *, max_size: int = MAX_MESSAGE, max_depth: int = MAX_DEPTH) -> BValue:
+    """Decode exactly one value filling `data` (see the module docstring for what is refused)."""
+    if len(data) > max_size:
+        raise BencodeError(f"{len(data)} bytes is over the {max_size} byte limit")
+    if not data:
+        raise BencodeError("empty input")
+    value, end = _Decoder(bytes(data), max_depth).value(0, 0)
+    if end != len(data):
+        raise BencodeError(f"trailing bytes at offset {end}")
+    return value
+
+
+class _Decoder:
+    __slots__ = ("data", "max_depth")
+
+    def __init__(self, data: bytes, max_depth: int) -> None:
+        self.data = data
+        self.max_depth = max_depth
+
+    def value(self, pos: int, depth: int) -> tuple[BValue, int]:
+        data = self.data
+        if pos >= len(data):
+            raise BencodeError("truncated")
+        lead = data[pos]
+        if lead == 0x69:  # i
+            return self.integer(pos + 1)
+        if 0x30 <= lead <= 0x39:
+            return self.string(pos)
+        if lead == 0x6C:  # l
+            if depth >= self.max_depth:
+                raise BencodeError(f"nested deeper than {self.max_depth}")
+            items: list[BValue] = []
+            pos += 1
+            while True:
+                if pos >= len(data):
+                    raise BencodeError("unterminated list")
+                if data[pos] == 0x65:  # e
+                    return items, pos + 1
+                item, pos = self.value(pos, depth + 1)
+                items.append(item)
+        if lead == 0x64:  # d
+            if depth >= self.max_depth:
+                raise BencodeError(f"nested deeper than {self.max_depth}")
+            found: dict[str, BValue] = {}
+            pos += 1
+            while True:
+                if pos >= len(data):
+                    raise BencodeError("unterminated dict")
+                if data[pos] == 0x65:
+                    return found, pos + 1
+                if not 0x30 <= data[pos] <= 0x39:
+                    raise BencodeError(f"dict key at offset {pos} is not a string")
+                raw, pos = self.string(pos)
+                try:
+                    key = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise BencodeError(f"dict key {raw[:40]!r} is not UTF-8") from None
+                if key in found:
+                    raise BencodeError(f"duplicate key {key[:40]!r}")
+                found[key], pos = self.value(pos, depth + 1)
+        raise BencodeError(f"unexpected byte {bytes([lead])!r} at offset {pos}")
+
+    def integer(self, pos: int) -> tuple[int, int]:
+        data = self.data
+        end = data.find(b"e", pos, pos + _MAX_INT_DIGITS + 2)
+        if end < 0:
+            raise BencodeError("integer unterminated or too long")
+        text = data[pos:end]
+        digits = text[1:] if text[:1] == b"-" else text
+        if not digits or not digits.isdigit() or len(digits) > _MAX_INT_DIGITS:
+            raise BencodeError(f"bad integer {text[:24]!r}")
+        if (digits[0] == 0x30 and len(digits) > 1) or text == b"-0":
+            raise BencodeError(f"non-canonical integer {text!r}")
+        return int(text), end + 1
+
+    def string(self, pos: int) -> tuple[bytes, int]:
+        data = self.data
+        colon = data.find(b":", pos, pos + 12)
+        if colon < 0:
+            raise BencodeError(f"string length at offset {pos} unterminated or too long")
+        digits = data[pos:colon]
+        if not digits.isdigit() or (digits[0] == 0x30 and len(digits) > 1):
+            raise BencodeError(f"bad string length {digits!r}")
+        length = int(digits)
+        start = colon + 1
+        if start + length > len(data):
+            raise BencodeError(f"string of {length} bytes runs past the end")
+        return data[start:start + length], start + length
+
+
+# ---- control messages <-> NG dictionaries -------------------------------------------------
+
+
+def _flags_to_ng(flags: MediaFlags, out: dict[str, object]) -> None:
+    ng_flags: list[str] = []
+    if flags.transport_protocol is not None:
+        out["transport-protocol"] = flags.transport_protocol.value
+    if flags.ice is not None:
+        out["ICE"] = flags.ice.value
+    if flags.dtls is not None:
+        out["DTLS"] = flags.dtls.value
+    if flags.rtcp_mux:
+        out["rtcp-mux"] = [m.value for m in flags.rtcp_mux]
+    codec = flags.codec
+    if not codec.empty:
+        out["codec"] = {
+            name: list(getattr(codec, name)) for name in ("strip", "offer", "transcode", "mask") if getattr(codec, name)
+        }
+    ng_flags.append(flags.latching.value)
+    if flags.media_handover:
+        ng_flags.append("media-handover")
+    if flags.replace:
+        out["replace"] = ["session-connection" if r is Replace.SESSION_CONNECTION else r.value for r in flags.replace]
+    if flags.direction is not None:
+        out["direction"] = list(flags.direction)
+    if flags.media_address is not None:
+        out["media-address"] = flags.media_address
+    if flags.record_call:
+        out["record-call"] = "yes"
+    ng_flags.extend(flags.flags)
+    out["flags"] = ng_flags
+
+
+def _key_to_ng(key: CallKey, out: dict[str, object]) -> None:
+    out["call-id"] = key.call_id
+    out["from-tag"] = key.from_tag
+    if key.to_tag is not None:
+        out["to-tag"] = key.to_tag
+
+
+def to_ng(msg: MediaCommand) -> dict[str, object]:
+    """The NG dictionary of a control command (bencoded by the client)."""
+    out: dict[str, object] = {"command": msg.command}
+    if isinstance(msg, (Offer, Answer)):
+        _key_to_ng(msg.key, out)
+        out["sdp"] = msg.sdp
+        _flags_to_ng(msg.flags, out)
+    elif isinstance(msg, Delete):
+        out["call-id"] = msg.call_id
+        if msg.from_tag is not None:
+            out["from-tag"] = msg.from_tag
+        if msg.to_tag is not None:
+            out["to-tag"] = msg.to_tag
+        if msg.delay_s is not None:
+            out["delete-delay"] = msg.delay_s
+    elif isinstance(msg, (Query, StartRecording, StopRecording)):
+        out["call-id"] = msg.call_id
+        if msg.from_tag is not None:
+            out["from-tag"] = msg.from_tag
+    elif isinstance(msg, PlayMedia):
+        _key_to_ng(msg.key, out)
+        if msg.file is not None:
+            out["file"] = msg.file
+        if msg.blob is not None:
+            out["blob"] = msg.blob
+        out["repeat-times"] = msg.repeat
+    elif isinstance(msg, StopMedia):
+        _key_to_ng(msg.key, out)
+    elif isinstance(msg, PlayDtmf):
+        _key_to_ng(msg.key, out)
+        out["code"] = msg.code.upper()
+        out["duration"] = msg.duration_ms
+        out["volume"] = -msg.volume_db  # NG: positive dB below the reference
+    elif not isinstance(msg, Ping):
+        raise TypeError(f"no NG mapping for {type(msg).__name__}")
+    return out
+
+
+def _text(value: object) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, int):
+        return str(value)
+    return None
+
+
+def _int(value: object) -> int:
+    if isinstance(value, int):
+        return value
+    if isinstance(value, bytes) and value.strip().lstrip(b"-").isdigit():
+        return int(value)
+    return 0
+
+
+def _num(value: object) -> float | None:
+    if isinstance(value, int):
+        return float(value)
+    if isinstance(value, bytes):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _dict(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def from_ng(reply: BValue, backend: str | None = None) -> MediaReply:
+    """A `MediaReply` from an NG reply dictionary (anything else is an error reply)."""
+    if not isinstance(reply, dict):
+        return MediaReply.failure(f"{backend or 'rtpengine'}: reply is not a dictionary", backend)
+    result = _text(reply.get("result")) or ""
+    warning = _text(reply.get("warning"))
+    if result == "pong":
+        return MediaReply("pong", warning=warning, backend=backend)
+    if result != "ok":
+        reason = _text(reply.get("error-reason")) or f"result {result!r}"
+        return MediaReply("error", error=f"{backend or 'rtpengine'}: {reason}", warning=warning, backend=backend)
+    sdp = reply.get("sdp")
+    duration = reply.get("duration")
+    return MediaReply(
+        "ok",
+        sdp=sdp if isinstance(sdp, bytes) else None,
+        warning=warning,
+        legs=_leg_stats(reply),
+        duration_ms=duration if isinstance(duration, int) else None,
+        backend=backend,
+    )
+
+
+def _leg_stats(reply: dict[str, Any]) -> tuple[LegStats, ...]:
+    """Per tag of a `query` reply: what rtpengine received on its RTP streams (RTCP
+    streams left out), with loss and jitter from the RTCP reports it saw, per SSRC."""
+    tags = _dict(reply.get("tags"))
+    ssrc_stats = _dict(reply.get("SSRC"))
+    legs = []
+    for name, info in tags.items():
+        info = _dict(info)
+        tag = _text(info.get("tag")) or name
+        packets = octets = errors = 0
+        address = None
+        ssrcs: list[str] = []
+        for media in _list(info.get("medias")):
+            media = _dict(media)
+            streams = _list(media.get("streams"))
+            for index, stream in enumerate(streams):
+                stream = _dict(stream)
+                stream_flags = {_text(f) for f in _list(stream.get("flags"))}
+                if "RTCP" in stream_flags or (index % 2 == 1 and "RTP" not in stream_flags and len(streams) > 1):
+                    continue
+                stats = _dict(stream.get("stats"))
+                packets += _int(stats.get("packets"))
+                octets += _int(stats.get("bytes"))
+                errors += _int(stats.get("errors"))
+                endpoint = _dict(stream.get("endpoint"))
+                host, port = _text(endpoint.get("address")), _int(endpoint.get("port"))
+                if address is None and host and port:
+                    address = f"{host}:{port}"
+                ssrc = stream.get("SSRC")
+                for value in ssrc if isinstance(ssrc, list) else [ssrc]:
+                    text = _text(value)
+                    if text:
+                        ssrcs.append(text)
+        lost, loss, jitter = _rtcp_figures([_dict(ssrc_stats.get(s)) for s in dict.fromkeys(ssrcs)])
+        legs.append(LegStats(tag, packets, octets, errors, lost, loss, jitter, address))
+    return tuple(legs)
+
+
+def _rtcp_figures(entries: Sequence[dict[str, Any]]) -> tuple[int | None, float | None, float | None]:
+    """Packets lost, fraction lost and jitter (ms) from rtpengine's per-SSRC statistics
+    (the last of its "MOS progression" samples), when RTCP reported any."""
+    lost: int | None = None
+    loss: float | None = None
+    jitter: float | None = None
+    for entry in entries:
+        samples = _list(_dict(entry.get("MOS progression")).get("entries"))
+        last = _dict(samples[-1]) if samples else {}
+        if "packet loss" in last:
+            value = _num(last.get("packet loss"))
+            if value is not None:
+                loss = max(loss or 0.0, value / 100.0)
+        if "jitter" in last:
+            value = _num(last.get("jitter"))
+            if value is not None:
+                jitter = max(jitter or 0.0, value)
+        if "packets lost" in entry:
+            lost = (lost or 0) + _int(entry.get("packets lost"))
+    return lost, loss, jitter
+
+
+# ---- NG over UDP ------------------------------------------------------------------------
+
+
+class NgError(Exception):
+    """An NG request got no usable reply: timed out, refused, malformed, overloaded."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    future: asyncio.Future[BValue]
+    sent_at: float
+
+
+class _NgProtocol(asyncio.DatagramProtocol):
+    def __init__(self, client: NgClient) -> None:
+        self.client = client
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self.client._received(data)
+
+    def error_received(self, exc: Exception) -> None:
+        self.client._refused(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client._lost()
+
+
+class NgClient:
+    """NG requests to one daemon over UDP; see the module docstring.
+
+    `retransmit_s` is the first wait for a reply (doubled after each resend, capped at
+    `max_retransmit_s`), `timeout_s` the whole request's.  A connected socket is used,
+    so an ICMP port unreachable (a daemon not running) fails the pending requests at
+    once instead of waiting for their timeout."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        timeout_s: float = 2.0,
+        retransmit_s: float = 0.5,
+        max_retransmit_s: float = 2.0,
+        max_pending: int = 1024,
+        max_reply: int = MAX_MESSAGE,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.timeout_s = timeout_s
+        self.retransmit_s = retransmit_s
+        self.max_retransmit_s = max_retransmit_s
+        self.max_pending = max_pending
+        self.max_reply = max_reply
+        self.name = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+        self._transport: asyncio.DatagramTransport | None = None
+        self._pending: dict[bytes, _Pending] = {}
+        self._prefix = os.urandom(4).hex()
+        self._seq = itertools.count(1)
+        self.counters: dict[str, int] = {
+            "requests": 0, "retransmissions": 0, "timeouts": 0, "refused": 0, "overflow": 0,
+            "unmatched_replies": 0, "malformed_replies": 0,
+        }
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    async def start(self) -> None:
+        if self._transport is not None:
+            return
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(lambda: _NgProtocol(self), remote_addr=(self.host, self.port))
+        self._transport = transport
+
+    async def stop(self) -> None:
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.close()
+        self._fail_all(NgError(f"rtpengine {self.name}: client stopped"))
+
+    def _cookie(self) -> bytes:
+        return f"{self._prefix}_{next(self._seq)}".encode()
+
+    async def request(self, payload: Mapping[str, object]) -> BValue:
+        """Send one NG request and return the decoded reply (`NgError` when there is none)."""
+        if self._transport is None:
+            await self.start()
+        transport = self._transport
+        if transport is None:
+            raise NgError(f"rtpengine {self.name}: client stopped")
+        if len(self._pending) >= self.max_pending:
+            self.counters["overflow"] += 1
+            raise NgError(f"rtpengine {self.name}: {self.max_pending} requests already waiting for a reply")
+        cookie = self._cookie()
+        data = cookie + b" " + bencode(payload)
+        loop = asyncio.get_running_loop()
+        entry = _Pending(loop.create_future(), loop.time())
+        self._pending[cookie] = entry
+        self.counters["requests"] += 1
+        deadline = entry.sent_at + self.timeout_s
+        wait = self.retransmit_s
+        try:
+            while True:
+                try:
+                    transport.sendto(data)
+                except OSError as exc:
+                    self.counters["refused"] += 1
+                    raise NgError(f"rtpengine {self.name}: cannot send: {exc}") from None
+                remaining = deadline - loop.time()
+                await asyncio.wait((entry.future,), timeout=max(0.0, min(wait, remaining)))
+                if entry.future.done():
+                    return entry.future.result()
+                if loop.time() >= deadline - 1e-6:
+                    self.counters["timeouts"] += 1
+                    raise NgError(f"rtpengine {self.name}: no reply in {self.timeout_s:g} s")
+                self.counters["retransmissions"] += 1
+                wait = min(wait * 2, self.max_retransmit_s)
+        finally:
+            self._pending.pop(cookie, None)
+            if not entry.future.done():
+                entry.future.cancel()
+
+    # ---- protocol callbacks
+    def _received(self, data: bytes) -> None:
+        cookie, sep, body = data.partition(b" ")
+        entry = self._pending.get(cookie) if sep else None
+        if entry is None or entry.future.done():
+            self.counters["unmatched_replies"] += 1
+            return
+        try:
+            value = bdecode(body, max_size=self.max_reply)
+        except BencodeError as exc:
+            self.counters["malformed_replies"] += 1
+            entry.future.set_exception(NgError(f"rtpengine {self.name}: malformed reply ({exc})"))
+            return
+        entry.future.set_result(value)
+
+    def _refused(self, exc: Exception) -> None:
+        self.counters["refused"] += 1
+        self._fail_all(NgError(f"rtpengine {self.name}: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}"))
+
+    def _lost(self) -> None:
+        self._transport = None
+        self._fail_all(NgError(f"rtpengine {self.name}: socket closed"))
+
+    def _fail_all(self, exc: NgError) -> None:
+        for entry in self._pending.values():
+            if not entry.future.done():
+                entry.future.set_exception(exc)
+                entry.future.exception()  # retrieved: no "never retrieved" warning if nobody awaits
+
+
+# ---- the backend --------------------------------------------------------------------------
+
+DaemonState = Literal["unknown", "up", "down"]
+MAX_STRAYS = 10_000  # calls remembered for a delete to daemons that did not answer their offer
+
+
+def parse_daemon(text: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` → (host, port)."""
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ValueError(f"{text!r}: expected [IPv6]:PORT")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or ":" in host:
+            raise ValueError(f"{text!r}: expected HOST:PORT")
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"{text!r}: expected HOST:PORT with a port 1-65535")
+    return host, int(port_text)
+
+
+class Daemon:
+    """One rtpengine daemon: its client, health state and the sessions pinned to it."""
+
+    def __init__(self, address: str, client: NgClient, *, down_after: int, up_after: int) -> None:
+        self.address = address
+        self.client = client
+        self.down_after = down_after
+        self.up_after = up_after
+        self.state: DaemonState = "unknown"
+        self.successes = 0  # consecutive
+        self.failures = 0  # consecutive
+        self.sessions = 0
+        self.last_error: str | None = None
+        self.last_change = time.time()
+        self.version_warning: str | None = None
+
+    @property
+    def usable(self) -> bool:
+        """New sessions may go here (an unknown daemon is tried: it has not failed yet)."""
+        return self.state != "down"
+
+    def success(self) -> bool:
+        """Record a reply; True when the state changed."""
+        self.failures = 0
+        self.successes += 1
+        if self.state != "up" and (self.state == "unknown" or self.successes >= self.up_after):
+            self._set("up")
+            return True
+        return False
+
+    def failure(self, error: str) -> bool:
+        self.successes = 0
+        self.failures += 1
+        self.last_error = error
+        if self.state != "down" and self.failures >= self.down_after:
+            self._set("down")
+            return True
+        return False
+
+    def _set(self, state: DaemonState) -> None:
+        self.state = state
+        self.last_change = time.time()
+        if state == "down":
+            log.warning("event=rtpengine_down daemon=%s error=%r", self.address, self.last_error)
+        else:
+            log.info("event=rtpengine_%s daemon=%s", state, self.address)
+
+    def status(self) -> dict[str, object]:
+        return {
+            "address": self.address, "state": self.state, "sessions": self.sessions,
+            "pending": self.client.pending, "last_error": self.last_error,
+            "since": round(self.last_change, 3), **self.client.counters,
+        }
+
+
+class RtpengineBackend:
+    """`control.MediaBackend` over one or more rtpengine daemons; see the module docstring.
+
+    `request` never raises: a session on a daemon that is down, a daemon that does not
+    answer, no daemon up, too many sessions — each is an error reply naming what failed."""
+
+    name = "rtpengine"
+
+    def __init__(
+        self,
+        daemons: Sequence[str],
+        *,
+        timeout_s: float = 2.0,
+        retransmit_s: float = 0.5,
+        ping_interval_s: float = 5.0,
+        down_after: int = 2,
+        up_after: int = 2,
+        max_pending: int = 1024,
+        max_sessions: int = 0,
+        client_factory: Callable[[str, int], NgClient] | None = None,
+    ) -> None:
+        if not daemons:
+            raise ValueError("rtpengine: at least one daemon (HOST:PORT)")
+        factory = client_factory or (lambda host, port: NgClient(
+            host, port, timeout_s=timeout_s, retransmit_s=retransmit_s, max_pending=max_pending))
+        self.daemons: list[Daemon] = []
+        for text in daemons:
+            host, port = parse_daemon(text)
+            self.daemons.append(Daemon(text, factory(host, port), down_after=down_after, up_after=up_after))
+        self.ping_interval_s = ping_interval_s
+        self.max_sessions = max_sessions
+        self._pinned: dict[str, Daemon] = {}  # Call-ID → the daemon holding it
+        self._placing: dict[str, asyncio.Future[None]] = {}  # Call-ID → its first offer, in flight
+        # Call-ID → daemons its first offer timed out on: they may have made the session
+        # after all (a late reply), so the call's delete goes to them too.
+        self._stray: dict[str, list[Daemon]] = {}
+        self._pinging: asyncio.Task[None] | None = None
+        self.counters: dict[str, int] = {"requests": 0, "errors": 0, "failovers": 0, "refused_no_daemon": 0}
+
+    # ---- lifecycle
+    async def start(self) -> None:
+        for daemon in self.daemons:
+            await daemon.client.start()
+        await self.check_health()
+        if self.ping_interval_s > 0 and self._pinging is None:
+            self._pinging = asyncio.create_task(self._ping_loop(), name="rtpengine-ping")
+
+    async def stop(self) -> None:
+        task, self._pinging = self._pinging, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for daemon in self.daemons:
+            await daemon.client.stop()
+
+    async def _ping_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.ping_interval_s)
+            try:
+                await self.check_health()
+            except Exception as exc:  # never let health checks die
+                log.error("event=rtpengine_ping_failed error=%r", str(exc))
+
+    async def check_health(self) -> None:
+        """One NG ping to every daemon, at once."""
+        await asyncio.gather(*(self._ping(daemon) for daemon in self.daemons))
+
+    async def _ping(self, daemon: Daemon) -> None:
+        try:
+            reply = await daemon.client.request({"command": "ping"})
+        except NgError as exc:
+            daemon.failure(str(exc))
+            return
+        if isinstance(reply, dict) and reply.get("result") == b"pong":
+            daemon.success()
+        else:
+            daemon.failure(f"rtpengine {daemon.address}: ping answered {_text(_dict(reply).get('result'))!r}")
+
+    # ---- MediaBackend
+    @property
+    def healthy(self) -> bool:
+        return any(d.usable for d in self.daemons)
+
+    @property
+    def sessions(self) -> int:
+        return len(self._pinned)
+
+    def daemon_of(self, call_id: str) -> str | None:
+        daemon = self._pinned.get(call_id)
+        return daemon.address if daemon is not None else None
+
+    def status(self) -> dict[str, object]:
+        return {
+            "backend": self.name,
+            "healthy": self.healthy,
+            "sessions": len(self._pinned),
+            "daemons": [d.status() for d in self.daemons],
+            **self.counters,
+        }
+
+    async def request(self, msg: MediaCommand) -> MediaReply:
+        self.counters["requests"] += 1
+        try:
+            payload = to_ng(msg)
+        except (TypeError, ValueError) as exc:
+            return self._error(f"rtpengine: {exc}")
+        if isinstance(msg, Ping):
+            return await self._ping_reply()
+        call_id = msg.session_id()
+        assert call_id is not None
+        placing = self._placing.get(call_id)
+        if placing is not None:  # a delete (or anything) racing the session's first offer goes after it
+            await asyncio.shield(placing)
+        daemon = self._pinned.get(call_id)
+        if daemon is not None:
+            whole_delete = isinstance(msg, Delete) and msg.from_tag is None and msg.to_tag is None
+            if daemon.state == "down":
+                if whole_delete:  # gone with its daemon: nothing left to free
+                    self._unpin(call_id)
+                    return MediaReply("ok", warning=f"rtpengine {daemon.address} is down: session forgotten",
+                                      backend=f"rtpengine {daemon.address}")
+                return self._error(f"rtpengine {daemon.address} holding call {call_id} is down ({daemon.last_error})")
+            reply = await self._send(daemon, payload)
+            if whole_delete:
+                self._unpin(call_id)
+                await self._delete_strays(call_id, payload)
+            return reply
+        if not isinstance(msg, Offer):
+            if isinstance(msg, Delete):
+                await self._delete_strays(call_id, payload)
+                return MediaReply("ok", warning=f"call {call_id} has no media session", backend=self.name)
+            return self._error(f"rtpengine: no media session for call {call_id}")
+        placed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._placing[call_id] = placed
+        try:
+            return await self._new_session(call_id, payload)
+        finally:
+            del self._placing[call_id]
+            placed.set_result(None)
+
+    async def _new_session(self, call_id: str, payload: Mapping[str, object]) -> MediaReply:
+        if self.max_sessions and len(self._pinned) >= self.max_sessions:
+            return self._error(f"rtpengine: {self.max_sessions} sessions in use (media.rtpengine.max_sessions)")
+        order = sorted((d for d in self.daemons if d.usable), key=lambda d: (d.sessions, self.daemons.index(d)))
+        if not order:
+            self.counters["refused_no_daemon"] += 1
+            errors = "; ".join(f"{d.address}: {d.last_error}" for d in self.daemons)
+            return self._error(f"rtpengine: no daemon up ({errors})")
+        failures: list[str] = []
+        for n, daemon in enumerate(order):
+            if n:
+                self.counters["failovers"] += 1
+            try:
+                raw = await daemon.client.request(payload)
+            except NgError as exc:
+                daemon.failure(str(exc))
+                failures.append(str(exc))
+                self._note_stray(call_id, daemon)
+                continue  # no answer: the next daemon
+            daemon.success()
+            reply = from_ng(raw, f"rtpengine {daemon.address}")
+            if reply.ok:
+                if call_id not in self._pinned:
+                    self._pinned[call_id] = daemon
+                    daemon.sessions += 1
+            else:
+                self.counters["errors"] += 1
+            return reply
+        return self._error("; ".join(failures))
+
+    async def _send(self, daemon: Daemon, payload: Mapping[str, object]) -> MediaReply:
+        try:
+            raw = await daemon.client.request(payload)
+        except NgError as exc:
+            daemon.failure(str(exc))
+            return self._error(str(exc))
+        daemon.success()
+        reply = from_ng(raw, f"rtpengine {daemon.address}")
+        if not reply.ok:
+            self.counters["errors"] += 1
+        return reply
+
+    async def _ping_reply(self) -> MediaReply:
+        await self.check_health()
+        up = [d.address for d in self.daemons if d.state == "up"]
+        if up:
+            return MediaReply("pong", backend=f"rtpengine {', '.join(up)}")
+        return self._error("rtpengine: no daemon answers ping")
+
+    def _note_stray(self, call_id: str, daemon: Daemon) -> None:
+        if len(self._stray) >= MAX_STRAYS and call_id not in self._stray:
+            del self._stray[next(iter(self._stray))]  # the oldest: bounded, best effort
+        self._stray.setdefault(call_id, []).append(daemon)
+
+    async def _delete_strays(self, call_id: str, payload: Mapping[str, object]) -> None:
+        """Best effort: the delete also to daemons the call's first offer timed out on."""
+        strays = self._stray.pop(call_id, [])
+        if not strays:
+            return
+
+        async def one(daemon: Daemon) -> None:
+            with contextlib.suppress(NgError):
+                await daemon.client.request(payload)
+
+        await asyncio.gather(*(one(d) for d in strays))
+
+    def _unpin(self, call_id: str) -> None:
+        daemon = self._pinned.pop(call_id, None)
+        if daemon is not None:
+            daemon.sessions = max(0, daemon.sessions - 1)
+
+    def forget(self, call_id: str) -> None:
+        """Drop a session's pin without telling the daemon (it timed the session out)."""
+        self._unpin(call_id)
+
+    def _error(self, text: str) -> MediaReply:
+        self.counters["errors"] += 1
+        return MediaReply.failure(text, self.name)
