@@ -1,0 +1,1 @@
+"""Media: anchored RTP behind an rtpengine-shaped control API (docs/media.md)."""
