@@ -995,6 +995,10 @@ class Relay:
             self._next_scan = now + SCAN_INTERVAL_S if self.sessions and self.rtp_timeout_s > 0 else None
         return outs
 
+    @property
+    def has_events(self) -> bool:
+        return bool(self._events)
+
     def pop_events(self) -> list[RelayEvent]:
         events, self._events = self._events, []
         return events

@@ -1,0 +1,149 @@
+"""Recording a call to a stereo WAV: party A on the left channel, party B on the right.
+
+The relay's tap hands every received RTP packet of the session to `CallRecorder.tap`;
+only here is G.711 decoded.  Each channel places its samples by RTP timestamp, anchored
+to the arrival time of its first packet (and again when the source changes or drifts by
+more than a second), so silence, loss and late starts keep both channels aligned in
+wall-clock time.  Audio is written `LAG_S` behind real time (late packets still land)
+at every `flush`; the WAV header's sizes are rewritten at every flush, so the file in the
+spool is valid even if the process is killed outright.  `close` writes the rest, fixes
+the header, fsyncs and moves the file to the archive (a rename on one file system)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from .audio import g711
+from .audio.wav import RATE, Samples, WavWriter
+
+log = logging.getLogger("vivait_sip.media.recorder")
+
+LAG_S = 0.3
+REANCHOR_S = 1.0
+_U32 = struct.Struct("!I")
+CodecsOf = Callable[[int], dict[int, str]]  # leg index → {payload type: "PCMU"|"PCMA"}
+
+
+class _Channel:
+    __slots__ = ("chunks", "packets", "pos0", "ssrc", "ts0")
+
+    def __init__(self) -> None:
+        self.ssrc: int | None = None
+        self.ts0 = 0
+        self.pos0 = 0
+        self.chunks: list[tuple[int, Samples]] = []  # (sample position, samples)
+        self.packets = 0
+
+
+class CallRecorder:
+    def __init__(self, call_id: str, spool_path: Path, archive_dir: Path, start: float, codecs_of: CodecsOf) -> None:
+        self.call_id = call_id
+        self.spool_path = spool_path
+        self.archive_dir = archive_dir
+        self.start = start
+        self.codecs_of = codecs_of
+        self.channels = (_Channel(), _Channel())
+        self.written = 0  # frames on disk
+        self.writer = WavWriter(spool_path, channels=2, rate=RATE)
+        self.closed_path: Path | None = None
+
+    def tap(self, leg: int, pt: int, ts: int, seq: int, data: bytes, now: float) -> None:
+        codec = self.codecs_of(leg).get(pt)
+        if codec is None:
+            return  # telephone-event, comfort noise, another codec: not audio we decode
+        offset = 12 + 4 * (data[0] & 0x0F)
+        if data[0] & 0x10 and len(data) >= offset + 4:
+            offset += 4 + 4 * int.from_bytes(data[offset + 2 : offset + 4], "big")
+        payload = data[offset:]
+        if not payload:
+            return
+        channel = self.channels[leg]
+        ssrc = _U32.unpack_from(data, 8)[0]
+        arrival = round((now - self.start) * RATE)
+        pos = arrival
+        if channel.ssrc == ssrc:
+            delta = (ts - channel.ts0) & 0xFFFFFFFF
+            if delta >= 0x80000000:
+                delta -= 1 << 32
+            pos = channel.pos0 + delta
+            if abs(pos - arrival) > REANCHOR_S * RATE:
+                pos = arrival
+        if pos == arrival:
+            channel.ssrc, channel.ts0, channel.pos0 = ssrc, ts, arrival
+        channel.chunks.append((pos, g711.decode(payload, "PCMU" if codec == "PCMU" else "PCMA")))
+        channel.packets += 1
+
+    def flush(self, now: float, *, final: bool = False) -> None:
+        """Write every frame older than LAG_S (all of them when `final`); sync the header."""
+        if self.writer.closed:
+            return
+        upto = round((now - self.start - LAG_S) * RATE)
+        if final:
+            ends = [pos + len(s) for ch in self.channels for pos, s in ch.chunks]
+            upto = max([upto + round(LAG_S * RATE), *ends])
+        if upto > self.written:
+            frames = np.zeros((upto - self.written, 2), dtype=np.int16)
+            for index, channel in enumerate(self.channels):
+                keep: list[tuple[int, Samples]] = []
+                for pos, samples in channel.chunks:
+                    end = pos + len(samples)
+                    if end <= self.written:
+                        continue  # too late: that time is already on disk
+                    lo, hi = max(pos, self.written), min(end, upto)
+                    if hi > lo:
+                        frames[lo - self.written : hi - self.written, index] = samples[lo - pos : hi - pos]
+                    if end > upto:
+                        keep.append((pos, samples))
+                channel.chunks = keep
+            self.writer.write(frames)
+            self.written = upto
+        self.writer.sync()
+
+    @property
+    def seconds(self) -> float:
+        return self.written / RATE
+
+    def close(self, now: float) -> Path:
+        """Write the rest, close (header right, fsync) and move to the archive."""
+        if self.closed_path is not None:
+            return self.closed_path
+        try:
+            self.flush(now, final=True)
+        finally:
+            self.writer.close()
+        target = self.archive_dir / self.spool_path.name
+        try:
+            self.archive_dir.mkdir(parents=True, exist_ok=True)
+            os.replace(self.spool_path, target)
+        except OSError:
+            try:
+                shutil.move(str(self.spool_path), str(target))
+            except OSError as exc:
+                log.error("event=recording_archive_failed path=%s error=%s", self.spool_path, exc)
+                target = self.spool_path
+        self.closed_path = target
+        return target
+
+
+def sweep_spool(spool_dir: Path, archive_dir: Path, prefix: str) -> list[Path]:
+    """Move what a killed worker left in the spool (valid WAVs up to their last sync) to
+    the archive; returns the moved files."""
+    moved: list[Path] = []
+    if not spool_dir.is_dir():
+        return moved
+    archive_dir.mkdir(parents=True, exist_ok=True)
+    for path in sorted(spool_dir.glob(f"{prefix}*.wav")):
+        target = archive_dir / path.name
+        try:
+            os.replace(path, target)
+            moved.append(target)
+        except OSError as exc:
+            log.error("event=recording_sweep_failed path=%s error=%s", path, exc)
+    return moved
