@@ -96,6 +96,7 @@ class MediaClient:
         self._ready_waiters: dict[int, asyncio.Future[MediaReady]] = {}
         self._pending: dict[int, tuple[int, asyncio.Future[MediaReply]]] = {}
         self._ids = itertools.count(1)
+        self.closing = False
 
     async def connect(self, fds: dict[int, int | socket.socket]) -> None:
         loop = asyncio.get_running_loop()
@@ -225,10 +226,13 @@ class MediaClient:
         lost = [call_id for call_id, target in self.pins.items() if target == worker]
         for call_id in lost:
             del self.pins[call_id]
+        if self.closing:
+            return
         log.error("event=media_worker_lost index=%d calls=%d", worker, len(lost))
         self.on_worker_lost(worker, lost)
 
     def close(self) -> None:
+        self.closing = True
         for link in list(self.links.values()):
             link.close()
 

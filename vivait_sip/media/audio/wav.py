@@ -22,10 +22,21 @@ Samples = npt.NDArray[np.int16]
 HEADER_SIZE = 44
 
 
+def lowpass(samples: npt.NDArray[np.float64], cutoff: float, taps: int = 101) -> npt.NDArray[np.float64]:
+    """Windowed-sinc FIR low-pass; `cutoff` as a fraction of the sample rate (< 0.5)."""
+    n = np.arange(taps) - (taps - 1) / 2
+    kernel = 2 * cutoff * np.sinc(2 * cutoff * n) * np.blackman(taps)
+    kernel /= kernel.sum()
+    return np.convolve(samples, kernel, mode="same")
+
+
 def resample(samples: npt.NDArray[np.float64], rate: int, target: int = RATE) -> npt.NDArray[np.float64]:
-    """Linear interpolation (prompts and music: no filter needed beyond the source's)."""
+    """To `target` Hz: low-pass below the new Nyquist first when going down (no aliasing
+    of a 44.1 kHz music file into the telephone band), then linear interpolation."""
     if rate == target or samples.size == 0:
         return samples
+    if target < rate:
+        samples = lowpass(samples, 0.45 * target / rate)
     count = max(1, round(samples.size * target / rate))
     positions = np.arange(count) * (rate / target)
     return np.interp(positions, np.arange(samples.size), samples)
