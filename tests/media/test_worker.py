@@ -79,11 +79,12 @@ class Phone:
 
 
 class Media:
-    def __init__(self, workers: MediaWorkerSet, client: MediaClient, events: list[MediaEvent], data_dir: Path) -> None:
+    def __init__(self, workers: MediaWorkerSet, client: MediaClient, events: list[MediaEvent], data_dir: Path, lost: list[Any]) -> None:
         self.workers = workers
         self.client = client
         self.events = events
         self.data_dir = data_dir
+        self.lost = lost
 
     async def event(self, kind: type[MediaEvent], timeout: float = 5.0) -> Any:
         end = time.monotonic() + timeout
@@ -98,11 +99,14 @@ class Media:
 
 async def start(tmp_path: Path, count: int = 1, pairs: int = 20, **overrides: Any) -> Media:
     events: list[MediaEvent] = []
+    lost: list[Any] = []
     settings = BuiltinMediaSettings(
         workers=count, bind=LOCAL, port_min=BASE_PORT, port_max=BASE_PORT + 2 * pairs * count - 1, **overrides
     )
-    workers, client = await spawn_media_workers(settings, data_dir=tmp_path, on_event=events.append, log_level="warning")
-    return Media(workers, client, events, tmp_path)
+    workers, client = await spawn_media_workers(
+        settings, data_dir=tmp_path, on_event=events.append, on_worker_lost=lambda i, calls: lost.append((i, calls)), log_level="critical"
+    )
+    return Media(workers, client, events, tmp_path, lost)
 
 
 @pytest.fixture
@@ -356,6 +360,31 @@ async def test_calls_are_spread_over_two_media_workers(tmp_path: Path, phones: A
         assert [s["index"] for s in statuses] == [0, 1]
         assert sum(s["sessions"] for s in statuses) == 8
         assert statuses[0]["port_max"] < statuses[1]["port_min"]
+    finally:
+        m.client.close()
+        await m.workers.stop()
+
+
+async def test_a_dead_media_worker_is_reported_and_new_calls_go_elsewhere(tmp_path: Path) -> None:
+    m = await start(tmp_path, count=2, pairs=10, rtp_timeout_s=0)
+    try:
+        calls = {n: (await m.client.request(MediaOffer(f"call-{n}", "a", party_sdp(LOCAL, 9))))["worker"] for n in range(8)}
+        m.workers.procs[1].kill()
+        m.workers.procs[1].wait()
+        for _ in range(100):
+            if m.lost:
+                break
+            await asyncio.sleep(0.02)
+        index, lost_calls = m.lost[0]
+        assert index == 1 and sorted(lost_calls) == sorted(f"call-{n}" for n, w in calls.items() if w == 1)
+        homeless = next(f"call-{n}" for n, w in calls.items() if w == 1)
+        with pytest.raises(MediaRequestError) as info:
+            await m.client.query(homeless)
+        assert info.value.code == "worker_lost"
+        result = await m.client.request(MediaOffer(homeless, "a", party_sdp(LOCAL, 9)))  # a new call: overflow
+        assert result["worker"] == 0 and m.client.worker_for(homeless) == 0
+        statuses = await m.client.status()
+        assert statuses[1] == {"index": 1, "error": "media worker 1 is not running"}
     finally:
         m.client.close()
         await m.workers.stop()
