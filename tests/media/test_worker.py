@@ -388,3 +388,26 @@ async def test_a_dead_media_worker_is_reported_and_new_calls_go_elsewhere(tmp_pa
     finally:
         m.client.close()
         await m.workers.stop()
+
+
+async def test_an_srtp_phone_is_bridged_to_a_plain_one(media: Media, phones: Any) -> None:
+    import base64
+
+    import pylibsrtp
+
+    from vivait_sip.media.srtp import parse_crypto
+
+    a, b = phones(), phones()
+    key_a = os.urandom(30)
+    a_sdp = party_sdp(*a.addr).replace("RTP/AVP", "RTP/SAVP") + f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{base64.b64encode(key_a).decode()}\r\n"
+    to_b = parse_sdp(await media.client.offer("call-1", "ta", a_sdp, transport_protocol="RTP/AVP"))
+    to_a = parse_sdp(await media.client.answer("call-1", "ta", "tb", party_sdp(*b.addr)))
+    assert to_b.media[0].proto == "RTP/AVP" and to_a.media[0].proto == "RTP/SAVP"
+    ours = parse_crypto(to_a.media[0].attribute("crypto"))
+    assert ours is not None
+    tx = pylibsrtp.Session(pylibsrtp.Policy(key=key_a, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
+    rx = pylibsrtp.Session(pylibsrtp.Policy(key=ours.key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND))
+    a.send(tx.protect(rtp(1, 0, 0xA)), to_a.media[0].port)
+    assert (await b.recv())[0] == rtp(1, 0, 0xA)
+    b.send(rtp(9, 160, 0xB), to_b.media[0].port)
+    assert rx.unprotect((await a.recv())[0]) == rtp(9, 160, 0xB)

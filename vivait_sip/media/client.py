@@ -173,14 +173,14 @@ class MediaClient:
         return reply.result
 
     # convenience: the commands the B2BUA uses most
-    async def offer(self, call_id: str, from_tag: str, sdp: str, to_tag: str | None = None) -> str:
-        return str((await self.request(MediaOffer(call_id, from_tag, sdp, to_tag)))["sdp"])
+    async def offer(self, call_id: str, from_tag: str, sdp: str, to_tag: str | None = None, transport_protocol: str | None = None) -> str:
+        return str((await self.request(MediaOffer(call_id, from_tag, sdp, to_tag, transport_protocol)))["sdp"])
 
     async def answer(self, call_id: str, from_tag: str, to_tag: str, sdp: str) -> str:
         return str((await self.request(MediaAnswer(call_id, from_tag, to_tag, sdp)))["sdp"])
 
-    async def replace(self, call_id: str, old_tag: str, new_tag: str, sdp: str | None = None) -> str:
-        return str((await self.request(MediaReplace(call_id, old_tag, new_tag, sdp)))["sdp"])
+    async def replace(self, call_id: str, old_tag: str, new_tag: str, sdp: str | None = None, transport_protocol: str | None = None) -> str:
+        return str((await self.request(MediaReplace(call_id, old_tag, new_tag, sdp, transport_protocol)))["sdp"])
 
     async def delete(self, call_id: str) -> dict[str, Any]:
         return dict((await self.request(MediaDelete(call_id)))["stats"])

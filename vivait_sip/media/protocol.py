@@ -9,9 +9,9 @@ as in rtpengine's NG protocol: SDP in, SDP out.
 
 | command | result (`MediaReply.result`) |
 |---|---|
-| `MediaOffer(call_id, from_tag, sdp, to_tag=None)` | `{"sdp": SDP for the other party, "worker": n}` |
+| `MediaOffer(call_id, from_tag, sdp, to_tag=None, transport_protocol=None)` | `{"sdp": SDP for the other party, "worker": n}` |
 | `MediaAnswer(call_id, from_tag, to_tag, sdp)` | `{"sdp": SDP for the offerer, "worker": n}` |
-| `MediaReplace(call_id, old_tag, new_tag, sdp=None)` | `{"sdp": …}`: without `sdp` an offer for the new party |
+| `MediaReplace(call_id, old_tag, new_tag, sdp=None, transport_protocol=None)` | `{"sdp": …}`: without `sdp` an offer for the new party |
 | `MediaDelete(call_id)` | `{"stats": final statistics}` (also closes a recording) |
 | `MediaQuery(call_id)` | `{"stats": …}` |
 | `MediaPlay(call_id, tag, prompt=None, moh=None, loop=False)` | `{"name", "seconds"}` |
@@ -43,10 +43,14 @@ class MediaCommand(WorkerMessage):
 @worker_message("media.offer")
 @dataclass(frozen=True)
 class MediaOffer(MediaCommand):
+    """`transport_protocol` (RTP/AVP, RTP/SAVP, RTP/AVPF, RTP/SAVPF): what the other party
+    gets instead of the offer's own (SDES SRTP is terminated by the relay: srtp.py)."""
+
     call_id: str
     from_tag: str
     sdp: str
     to_tag: str | None = None
+    transport_protocol: str | None = None
     req: int = 0
 
 
@@ -67,6 +71,7 @@ class MediaReplace(MediaCommand):
     old_tag: str
     new_tag: str
     sdp: str | None = None
+    transport_protocol: str | None = None
     req: int = 0
 
 

@@ -30,6 +30,11 @@ it really sends from (latched).
 * **RTP timeout.**  Once answered, a leg whose party should be sending (sendrecv or
   sendonly in its SDP) and has sent nothing for `rtp_timeout_s` gives one `RtpTimeout`
   event; the SIP side ends the call both ways with a CDR cause.
+* **SRTP (SDES).**  A party whose SDP says RTP/SAVP with `a=crypto` has its SRTP
+  terminated here (srtp.py): decrypted on the way in (a packet failing authentication is
+  dropped and latches nothing), encrypted with our own key on the way out.  An offer may
+  ask for another transport towards the other party (`transport="RTP/AVP"`: bridge an
+  SRTP phone to plain RTP, or the reverse).
 * **Injected sources.**  A `Player` (prompt, music on hold) or a `DtmfSender` (RFC 4733)
   replaces, while it runs, what we forward to one party, 20 ms packets paced by the timer.
 
@@ -51,7 +56,16 @@ from typing import Any, ClassVar
 
 from ..sip.sdp import SdpError, SessionDescription
 from .audio.dtmf import DtmfDetector, event_code, event_packets
-from .sdpinfo import Addr, StreamInfo, parse, rewrite, stream_infos
+from .sdpinfo import RTP_PROTOS, Addr, StreamInfo, Transport, parse, rewrite, stream_infos
+from .srtp import (
+    DEFAULT_SUITE,
+    Crypto,
+    SrtpError,
+    inbound,
+    is_sdes_proto,
+    new_key,
+    outbound,
+)
 
 Out = tuple[int, bytes | bytearray, Addr]  # (our local port to send from, datagram, destination)
 # (leg index 0/1, payload type, RTP timestamp, sequence, the packet, arrival time)
@@ -402,6 +416,7 @@ class Stream:
     """One m= line of one leg: our port pair facing its party, and what we know of it."""
 
     __slots__ = (
+        "auth_failures",
         "bad_seq",
         "base_seq",
         "bytes_in",
@@ -411,6 +426,7 @@ class Stream:
         "detector",
         "dtmf_pt",
         "foreign",
+        "in_crypto",
         "index",
         "info",
         "info_at",
@@ -427,6 +443,7 @@ class Stream:
         "max_seq",
         "mux_seen",
         "out",
+        "out_crypto",
         "packets_in",
         "peer",
         "port",
@@ -439,6 +456,8 @@ class Stream:
         "remote_reports",
         "rtcp_in",
         "rx_ssrc",
+        "srtp_in",
+        "srtp_out",
     )
 
     def __init__(self, leg: Leg, index: int, port: int) -> None:
@@ -472,6 +491,11 @@ class Stream:
         self.remote_cum_lost = 0
         self.remote_jitter_ms = 0.0
         self.remote_reports = 0
+        self.in_crypto: Crypto | None = None  # the party's key (what it sends)
+        self.out_crypto: Crypto | None = None  # ours (what we send it), as written in its SDP
+        self.srtp_in: Any = None  # pylibsrtp.Session or None
+        self.srtp_out: Any = None
+        self.auth_failures = 0
 
     def _reset_rx(self) -> None:
         self.rx_ssrc: int | None = None
@@ -492,6 +516,10 @@ class Stream:
         self.dtmf_pt = info.dtmf_pt
         if old is not None and old.rtp != info.rtp:
             self.latched = self.latched_rtcp = None  # it moved: learn again
+        crypto = info.crypto if is_sdes_proto(info.proto) else None
+        if crypto != self.in_crypto:
+            self.in_crypto = crypto
+            self.srtp_in = inbound(crypto) if crypto is not None else None
         self._update_dest()
 
     def _update_dest(self) -> None:
@@ -561,6 +589,7 @@ class Stream:
             },
             "rtcp_packets": self.rtcp_in,
             "foreign_dropped": self.foreign,
+            "srtp": {"in": self.in_crypto.suite if self.in_crypto else None, "out": self.out_crypto.suite if self.out_crypto else None, "auth_failures": self.auth_failures},
             "malformed": self.malformed,
             "idle_s": round(now - self.last_rx, 3) if self.last_rx else None,
             "playing": self.out.source.name if self.out.source is not None else None,
@@ -647,9 +676,10 @@ class Relay:
         self.timeouts = 0
 
     # ---- commands ----------------------------------------------------------------------
-    def offer(self, call_id: str, from_tag: str, sdp: str | bytes, now: float, *, to_tag: str | None = None) -> str:
+    def offer(self, call_id: str, from_tag: str, sdp: str | bytes, now: float, *, to_tag: str | None = None, transport: str | None = None) -> str:
         """The SDP of the party `from_tag` (a new call's caller, or either party's re-offer);
-        returns it rewritten for the other party: our address, our ports facing it."""
+        returns it rewritten for the other party: our address, our ports facing it, and
+        `transport` (RTP/AVP, RTP/SAVP…) instead of the offer's when given."""
         parsed = self._parse(sdp)
         session = self.sessions.get(call_id)
         new = session is None
@@ -667,7 +697,7 @@ class Relay:
         if to_tag is not None and leg.other.tag is None:
             leg.other.tag = to_tag
         self._apply(leg, parsed, now)
-        return self._rewritten(parsed, leg.other)
+        return self._rewritten(parsed, leg.other, offer=True, transport=transport)
 
     def answer(self, call_id: str, from_tag: str, to_tag: str, sdp: str | bytes, now: float) -> str:
         """The SDP of the party `to_tag` answering `from_tag`'s offer; returns it rewritten
@@ -686,9 +716,9 @@ class Relay:
         self._apply(leg, parsed, now)
         if session.answered_at is None:
             session.answered_at = now
-        return self._rewritten(parsed, leg.other)
+        return self._rewritten(parsed, leg.other, offer=False)
 
-    def replace(self, call_id: str, old_tag: str, new_tag: str, now: float, sdp: str | bytes | None = None) -> str:
+    def replace(self, call_id: str, old_tag: str, new_tag: str, now: float, sdp: str | bytes | None = None, *, transport: str | None = None) -> str:
         """The party `old_tag` is replaced by `new_tag` (a transfer): its leg gets new ports
         and forgets the old party; the other party keeps its ports and hears one continuous
         stream.  With `sdp` (the new party's offer) returns it rewritten for the remaining
@@ -726,10 +756,10 @@ class Relay:
         if parsed is not None:
             self._ensure_streams(session, len(parsed.media))
             self._apply(leg, parsed, now)
-            return self._rewritten(parsed, other)
+            return self._rewritten(parsed, other, offer=True, transport=transport)
         if other.sdp is None:
             raise MediaError("bad_request", f"party {other.tag!r} has no SDP to offer the new party")
-        return self._rewritten(other.sdp, leg)
+        return self._rewritten(other.sdp, leg, offer=True, transport=transport)
 
     def delete(self, call_id: str, now: float) -> dict[str, Any]:
         """End the session, free its ports; returns its final statistics."""
@@ -806,6 +836,13 @@ class Relay:
         if len(data) < 12:
             stream.malformed += 1
             return None
+        srtp = stream.srtp_in
+        if srtp is not None:
+            try:
+                data = srtp.unprotect(data)
+            except SrtpError:
+                stream.auth_failures += 1
+                return None
         # latching
         if src != stream.latched:
             if stream.latched is not None and now - stream.last_rx < self.relatch_s:
@@ -867,6 +904,8 @@ class Relay:
             out.suppressed += 1
             return None
         packet = out.forward(data, seq, ts, ssrc, now, stream.rates.get(pt, 8000))
+        if peer.srtp_out is not None:
+            packet = peer.srtp_out.protect(bytes(packet))
         self.packets_out += 1
         return (peer.port, packet, dest)
 
@@ -910,6 +949,12 @@ class Relay:
             )
 
     def _rtcp(self, stream: Stream, on_rtcp_port: bool, data: bytes, src: Addr, now: float) -> Out | None:
+        if stream.srtp_in is not None:
+            try:
+                data = stream.srtp_in.unprotect_rtcp(data)
+            except SrtpError:
+                stream.auth_failures += 1
+                return None
         if on_rtcp_port:
             if src != stream.latched_rtcp:
                 if stream.latched_rtcp is not None and now - stream.last_rx_rtcp < self.relatch_s * 5:
@@ -933,6 +978,8 @@ class Relay:
         out: bytes | bytearray = data
         if not (peer.out.identity and stream.out.identity):
             out = _rewrite_rtcp(data, peer.out, stream.out)
+        if peer.srtp_out is not None:
+            out = peer.srtp_out.protect_rtcp(bytes(out))
         self.packets_out += 1
         return (peer.port if peer.uses_mux else peer.port + 1, out, peer.dest_rtcp)
 
@@ -981,6 +1028,8 @@ class Relay:
             for packet in source.produce(now):
                 self.packets_out += 1
                 if stream.dest is not None:
+                    if stream.srtp_out is not None:
+                        packet = stream.srtp_out.protect(packet)
                     outs.append((stream.port, packet, stream.dest))
             if source.done:
                 if stream.out.source is source:
@@ -1121,9 +1170,39 @@ class Relay:
             if stream.peer is not None:
                 stream.peer._update_dest()  # rtcp-mux agreement may have changed
 
-    def _rewritten(self, parsed: SessionDescription, facing: Leg) -> str:
+    def _rewritten(self, parsed: SessionDescription, facing: Leg, *, offer: bool, transport: str | None = None) -> str:
+        """`parsed` (one party's SDP) for the party of `facing`: our ports facing it, and the
+        transport it gets: in an offer `transport` or the offer's own; in an answer what that
+        party offered.  Towards an SDES party we write our key and start encrypting with it."""
         ports = [s.port for s in facing.streams]
-        return rewrite(parsed, self.address, ports).to_str()
+        infos = stream_infos(parsed)
+        transports: list[Transport | None] = []
+        for index, media in enumerate(parsed.media):
+            stream = facing.streams[index] if index < len(facing.streams) else None
+            if stream is None or media.port == 0 or media.proto.upper() not in RTP_PROTOS:
+                transports.append(None)
+                continue
+            if offer:
+                want = transport if transport is not None and transport.upper() in RTP_PROTOS else media.proto
+            else:
+                want = stream.info.proto if stream.info is not None else media.proto
+            if not is_sdes_proto(want):
+                stream.out_crypto = stream.srtp_out = None
+                transports.append((want, None))
+                continue
+            if offer:
+                offered = infos[index].crypto  # keep the suite the source chose, when it has one
+                tag, suite = 1, offered.suite if offered is not None else DEFAULT_SUITE
+            else:
+                theirs = stream.info.crypto if stream.info is not None else None
+                tag, suite = (theirs.tag, theirs.suite) if theirs is not None else (1, DEFAULT_SUITE)
+            crypto = stream.out_crypto
+            if crypto is None or (crypto.tag, crypto.suite) != (tag, suite):
+                crypto = Crypto(tag, suite, crypto.key if crypto is not None else new_key())
+                stream.out_crypto = crypto
+                stream.srtp_out = outbound(crypto)
+            transports.append((want, crypto.attribute()))
+        return rewrite(parsed, self.address, ports, transports).to_str()
 
     def _audio_stream(self, call_id: str, tag: str) -> Stream:
         session = self._session(call_id)

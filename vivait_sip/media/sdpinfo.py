@@ -15,6 +15,7 @@ from ..sip.sdp import (
     SessionDescription,
     parse_sdp,
 )
+from .srtp import Crypto, parse_crypto
 
 Addr = tuple[str, int]
 
@@ -42,6 +43,7 @@ class StreamInfo:
     dtmf_pt: int | None = None  # its telephone-event payload type (at 8 kHz if offered)
     ptime_ms: int = 20
     rejected: bool = False
+    crypto: Crypto | None = None  # its first usable a=crypto line (SDES SRTP)
 
     @property
     def is_rtp(self) -> bool:
@@ -97,6 +99,11 @@ def _stream_info(session: SessionDescription, media: MediaDescription) -> Stream
         elif name == "TELEPHONE-EVENT" and (dtmf is None or codec.clock_rate == 8000):
             dtmf = codec.payload_type
     ptime = media.ptime
+    crypto = None
+    for value in media.attributes_named("crypto"):
+        crypto = parse_crypto(value)
+        if crypto is not None:
+            break
     return StreamInfo(
         media=media.media,
         proto=media.proto,
@@ -109,12 +116,20 @@ def _stream_info(session: SessionDescription, media: MediaDescription) -> Stream
         dtmf_pt=dtmf,
         ptime_ms=int(ptime) if ptime is not None and 10 <= ptime <= 120 else 20,
         rejected=rejected,
+        crypto=crypto,
     )
 
 
-def rewrite(session: SessionDescription, address: str, ports: list[int]) -> SessionDescription:
+Transport = tuple[str, str | None]  # (proto, a=crypto value or None)
+
+
+def rewrite(
+    session: SessionDescription, address: str, ports: list[int], transports: list[Transport | None] | None = None
+) -> SessionDescription:
     """A copy of `session` pointing at the relay: origin and every c= at `address`, m= line
-    `i` at `ports[i]` (0: rejected stream stays at 0), a=rtcp at the port above, ICE dropped."""
+    `i` at `ports[i]` (0: rejected stream stays at 0), a=rtcp at the port above, ICE dropped.
+    With `transports[i]`, m= line `i` gets that proto and its a=crypto lines are replaced
+    by the one given (none when None): SRTP terminated at the relay."""
     out = copy.deepcopy(session)
     addrtype = "IP6" if ":" in address else "IP4"
     out.origin.address = address
@@ -129,13 +144,18 @@ def rewrite(session: SessionDescription, address: str, ports: list[int]) -> Sess
             media.port = 0
             continue
         media.port = port
+        transport = transports[index] if transports is not None and index < len(transports) else None
+        if transport is not None:
+            media.proto = transport[0]
         attributes = []
         for name, value in media.attributes:
-            if name in ICE_ATTRIBUTES:
+            if name in ICE_ATTRIBUTES or (transport is not None and name == "crypto"):
                 continue
             if name == "rtcp":
                 value = f"{port + 1} IN {addrtype} {address}"
             attributes.append((name, value))
+        if transport is not None and transport[1] is not None:
+            attributes.append(("crypto", transport[1]))
         media.attributes = attributes
     out.attributes = [a for a in out.attributes if a[0] not in ICE_ATTRIBUTES]
     return out

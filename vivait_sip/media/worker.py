@@ -240,13 +240,14 @@ class MediaWorker:
         now = time.monotonic()
         relay = self.relay
         if isinstance(msg, MediaOffer):
-            sdp = relay.offer(msg.call_id, msg.from_tag, msg.sdp, now, to_tag=msg.to_tag)
+            sdp = relay.offer(msg.call_id, msg.from_tag, msg.sdp, now, to_tag=msg.to_tag, transport=msg.transport_protocol)
             self.owners[msg.call_id] = link
             return {"sdp": sdp, "worker": self.index}
         if isinstance(msg, MediaAnswer):
             return {"sdp": relay.answer(msg.call_id, msg.from_tag, msg.to_tag, msg.sdp, now), "worker": self.index}
         if isinstance(msg, MediaReplace):
-            return {"sdp": relay.replace(msg.call_id, msg.old_tag, msg.new_tag, now, msg.sdp), "worker": self.index}
+            sdp = relay.replace(msg.call_id, msg.old_tag, msg.new_tag, now, msg.sdp, transport=msg.transport_protocol)
+            return {"sdp": sdp, "worker": self.index}
         if isinstance(msg, MediaDelete):
             self._close_recording(msg.call_id, "call_ended", now)
             stats = relay.delete(msg.call_id, now)
