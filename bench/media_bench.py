@@ -11,6 +11,11 @@ one-way transit times, so the sender's own pacing cancels out), transit p50/p99.
 call is the media workers' CPU time (from their status) over the run, per call; calls per
 core = calls / (CPU seconds per second).  The load generator runs in this process and
 shares the machine's cores with the workers: its CPU is printed too.
+
+`--mode record` records every call as well (stereo WAV in a temporary spool); `--mode play`
+sends nothing from the phones and plays music on hold to both parties of every call
+(2 streams per call; jitter then from RFC 3550 A.8 on the RTP timestamps, i.e. the
+player's pacing).  The CPU difference to `relay` is the recorder's or player's cost.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vivait_sip.media.client import spawn_media_workers
+from vivait_sip.media.protocol import MediaPlay, MediaRecordStart
 from vivait_sip.media.settings import BuiltinMediaSettings
 from vivait_sip.sip.sdp import parse_sdp
 
@@ -44,6 +50,10 @@ def sdp(port: int) -> str:
         f"v=0\r\no=- 1 1 IN IP4 {HOST}\r\ns=-\r\nc=IN IP4 {HOST}\r\nt=0 0\r\n"
         f"m=audio {port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=ptime:20\r\n"
     )
+
+
+MODE = "relay"
+COUNTING = [False]
 
 
 @dataclass
@@ -74,15 +84,19 @@ def on_readable(phone: Phone) -> None:
             data = phone.sock.recv(2048)
         except (BlockingIOError, InterruptedError):
             return
+        if not COUNTING[0]:
+            continue
         now = time.monotonic_ns()
-        sent_ns = _SENT.unpack_from(data, 12)[0]
-        transit = (now - sent_ns) / 1e9
+        if MODE == "play":
+            transit = now / 1e9 - _HDR.unpack_from(data)[3] / 8000
+        else:
+            transit = (now - _SENT.unpack_from(data, 12)[0]) / 1e9
         phone.received += 1
         if phone.last_transit is not None:
             d = abs(transit - phone.last_transit)
             phone.jitter += (d - phone.jitter) / 16
         phone.last_transit = transit
-        if phone.received % 10 == 0:
+        if phone.received % 10 == 0 and MODE != "play":
             phone.transits.append(transit)
 
 
@@ -105,12 +119,19 @@ async def run_case(workers: int, calls: int, seconds: float, port_base: int) -> 
             for phone in (a, b):
                 loop.add_reader(phone.sock.fileno(), on_readable, phone)
             pairs.append((a, b))
+            if MODE == "record":
+                await client.request(MediaRecordStart(f"bench-{n}"))
+            elif MODE == "play":
+                for tag in ("a", "b"):
+                    await client.request(MediaPlay(f"bench-{n}", tag, moh="default"))
         # phases spread over the 20 ms: call n sends at n * 20 / calls ms
         payload_fill = b"\xff" * (160 - _SENT.size)
         before = await client.status()
         cpu0 = sum(s["cpu_s"] for s in before)
         me0 = resource.getrusage(resource.RUSAGE_SELF)
         start = time.monotonic() + 0.1
+        COUNTING[0] = True
+        counting_since = time.monotonic()
         ticks = int(seconds / 0.02)
         order = sorted(range(calls), key=lambda n: n * 20.0 / calls)
         for tick in range(ticks):
@@ -120,12 +141,21 @@ async def run_case(workers: int, calls: int, seconds: float, port_base: int) -> 
                 if delay > 0.0005:
                     await asyncio.sleep(delay)
                 for phone in pairs[n]:
+                    if MODE == "play":
+                        phone.sent += 1
+                        continue
                     head = _HDR.pack(0x80, 0, phone.seq & 0xFFFF, (phone.seq * 160) & 0xFFFFFFFF, phone.ssrc)
                     phone.sock.sendto(head + _SENT.pack(time.monotonic_ns()) + payload_fill, (HOST, phone.relay_port))
                     phone.seq += 1
                     phone.sent += 1
         elapsed = time.monotonic() - start
+        if MODE == "play":
+            COUNTING[0] = False
+            window = time.monotonic() - counting_since
+            for phone in (p for pair in pairs for p in pair):
+                phone.sent = round(window / 0.02)
         await asyncio.sleep(0.3)  # the last packets in flight
+        COUNTING[0] = False
         after = await client.status()
         cpu1 = sum(s["cpu_s"] for s in after)
         me1 = resource.getrusage(resource.RUSAGE_SELF)
@@ -144,6 +174,7 @@ async def run_case(workers: int, calls: int, seconds: float, port_base: int) -> 
     cpu = (cpu1 - cpu0) / elapsed  # media workers' cores busy
     me = (me1.ru_utime + me1.ru_stime - me0.ru_utime - me0.ru_stime) / elapsed
     return {
+        "mode": MODE,
         "workers": workers,
         "calls": calls,
         "seconds": round(elapsed, 1),
@@ -166,7 +197,10 @@ async def main() -> int:
     parser.add_argument("--calls", default="100,200", help="concurrent calls, comma-separated")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--port-base", type=int, default=42000)
+    parser.add_argument("--mode", choices=("relay", "record", "play"), default="relay")
     args = parser.parse_args()
+    global MODE
+    MODE = args.mode
     loop_name = type(asyncio.get_running_loop()).__module__.split(".")[0]
     print(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} load {os.getloadavg()[0]:.2f} cores {os.cpu_count()} generator loop {loop_name}")
     columns = None

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import random
 import struct
 from collections import deque
@@ -80,6 +81,7 @@ MAX_MISORDER = 100
 RTP_SEQ_MOD = 1 << 16
 SCAN_INTERVAL_S = 1.0
 MAX_CATCH_UP_S = 0.2  # a source paced later than this skips ahead instead of bursting
+SOURCE_GRID_S = 0.004  # sources start on this grid (at most 5 timer wake-ups per 20 ms)
 
 
 class MediaError(Exception):
@@ -293,7 +295,8 @@ class Source:
         self.late_skips = 0
 
     def begin(self, now: float) -> None:
-        self.next_due = now
+        # on a SOURCE_GRID_S grid: sources started at different times share timer wake-ups
+        self.next_due = math.ceil(now / SOURCE_GRID_S) * SOURCE_GRID_S
 
     def produce(self, now: float) -> list[bytes]:
         packets: list[bytes] = []
