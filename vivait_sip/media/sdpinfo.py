@@ -45,9 +45,10 @@ class StreamInfo:
     rejected: bool = False
     crypto: Crypto | None = None  # its first usable a=crypto line (SDES SRTP)
 
-    @property
-    def is_rtp(self) -> bool:
-        return self.proto.upper() in RTP_PROTOS
+    is_rtp: bool = field(init=False)  # an RTP profile (else forwarded as plain UDP)
+
+    def __post_init__(self) -> None:
+        self.is_rtp = self.proto.upper() in RTP_PROTOS
 
     @property
     def sends(self) -> bool:
