@@ -482,3 +482,52 @@ def test_play_needs_a_g711_party() -> None:
     with pytest.raises(MediaError) as info:
         relay.play("c1", "b", 0.0, name="x", encoded={"PCMU": b"", "PCMA": b""}, loop=False)
     assert info.value.code == "no_codec"
+
+
+# ---- more SDP shapes ------------------------------------------------------------------------------
+
+
+def test_audio_and_video_streams_get_their_own_ports() -> None:
+    relay = make_relay()
+    video = "m=video {port} RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n"
+    to_b = parse_sdp(relay.offer("c1", "a", party_sdp(*A_ADDR) + video.format(port=4002), 0.0))
+    to_a = parse_sdp(relay.answer("c1", "a", "b", party_sdp(*B_ADDR) + video.format(port=5002), 0.0))
+    assert len({m.port for m in to_b.media} | {m.port for m in to_a.media}) == 4
+    out = relay.receive(to_a.media[1].port, rtp(1, 0, 5, pt=96), ("198.51.100.10", 4002), 0.0)
+    assert out == (to_b.media[1].port, rtp(1, 0, 5, pt=96), ("198.51.100.20", 5002))
+
+
+def test_a_forked_answer_takes_the_leg_over() -> None:
+    relay = make_relay()
+    to_b = parse_sdp(relay.offer("c1", "a", party_sdp(*A_ADDR), 0.0))
+    port_b = to_b.media[0].port
+    relay.answer("c1", "a", "b1", party_sdp(*B_ADDR), 0.0)  # early media from one fork
+    relay.receive(port_b, rtp(1, 0, 1), B_ADDR, 0.1)
+    relay.answer("c1", "a", "b2", party_sdp(*C_ADDR), 0.5)  # another fork answers
+    port_a = relay.sessions["c1"].legs[0].streams[0].port
+    out = relay.receive(port_a, rtp(1, 0, 2), A_ADDR, 0.6)
+    assert out is not None and out[2] == C_ADDR
+    assert relay.query("c1", 0.7)["legs"][1]["tag"] == "b2"
+
+
+def test_t38_is_forwarded_as_plain_udp() -> None:
+    relay = make_relay()
+    fax = "m=image {port} udptl t38\r\na=T38FaxVersion:0\r\n"
+    head = party_sdp(*A_ADDR).split("m=audio")[0]
+    to_b = parse_sdp(relay.offer("c1", "a", head + fax.format(port=4000), 0.0))
+    to_a = parse_sdp(relay.answer("c1", "a", "b", party_sdp(*B_ADDR).split("m=audio")[0] + fax.format(port=5000), 0.0))
+    assert to_b.media[0].proto == "udptl"
+    datagram = b"\x00\x01not-rtp"
+    assert relay.receive(to_a.media[0].port, datagram, A_ADDR, 0.0) == (to_b.media[0].port, datagram, B_ADDR)
+
+
+def test_ipv6_parties_and_an_ipv6_relay() -> None:
+    relay = Relay("2001:db8::1", PortPool(30000, 30100))
+    v6 = party_sdp("2001:db8::10", 4000).replace("IN IP4", "IN IP6")
+    to_b = parse_sdp(relay.offer("c1", "a", v6, 0.0))
+    assert to_b.connection is not None and str(to_b.connection) == "IN IP6 2001:db8::1"
+    to_a = parse_sdp(relay.answer("c1", "a", "b", party_sdp(*B_ADDR), 0.0))
+    out = relay.receive(to_a.media[0].port, rtp(1, 0, 1), ("2001:db8::10", 4000), 0.0)
+    assert out is not None and out[2] == B_ADDR
+    back = relay.receive(to_b.media[0].port, rtp(1, 0, 2), B_ADDR, 0.0)
+    assert back is not None and back[2] == ("2001:db8::10", 4000)
