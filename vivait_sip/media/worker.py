@@ -354,7 +354,10 @@ class MediaWorker:
             self.stopping.set()
 
     async def run(self) -> None:
-        moved = sweep_spool(self.spool, self.archive, f"w{self.index}-")
+        # what a killed worker left: this worker's files, and worker 0 takes those of
+        # indexes beyond the current count (the server ran with more media workers before)
+        prefixes = [f"w{self.index}-"] + ([f"w{i}-" for i in range(self.spec.count, 64)] if self.index == 0 else [])
+        moved = [path for prefix in prefixes for path in sweep_spool(self.spool, self.archive, prefix)]
         for path in moved:
             log.warning("event=recording_recovered path=%s", path)
         for n, fd in enumerate(self.spec.link_fds):
