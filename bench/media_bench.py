@@ -196,7 +196,7 @@ async def main() -> int:
     parser.add_argument("--workers", default="1,2", help="media worker counts to run, comma-separated")
     parser.add_argument("--calls", default="100,200", help="concurrent calls, comma-separated")
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--port-base", type=int, default=42000)
+    parser.add_argument("--port-base", type=int, default=24000)
     parser.add_argument("--mode", choices=("relay", "record", "play"), default="relay")
     args = parser.parse_args()
     global MODE
