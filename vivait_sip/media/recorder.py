@@ -16,7 +16,9 @@ import os
 import shutil
 import struct
 from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -43,7 +45,9 @@ class _Channel:
 
 
 class CallRecorder:
-    def __init__(self, call_id: str, spool_path: Path, archive_dir: Path, start: float, codecs_of: CodecsOf) -> None:
+    def __init__(
+        self, call_id: str, spool_path: Path, archive_dir: Path, start: float, codecs_of: CodecsOf, executor: Executor | None = None
+    ) -> None:
         self.call_id = call_id
         self.spool_path = spool_path
         self.archive_dir = archive_dir
@@ -53,6 +57,8 @@ class CallRecorder:
         self.written = 0  # frames on disk
         self.writer = WavWriter(spool_path, channels=2, rate=RATE)
         self.closed_path: Path | None = None
+        self.executor = executor  # the worker's writer thread: disk stalls never hold the relay
+        self.failed: str | None = None
 
     def tap(self, leg: int, pt: int, ts: int, seq: int, data: bytes, now: float) -> None:
         codec = self.codecs_of(leg).get(pt)
@@ -80,45 +86,76 @@ class CallRecorder:
         channel.chunks.append((pos, g711.decode(payload, "PCMU" if codec == "PCMU" else "PCMA")))
         channel.packets += 1
 
-    def flush(self, now: float, *, final: bool = False) -> None:
-        """Write every frame older than LAG_S (all of them when `final`); sync the header."""
-        if self.writer.closed:
-            return
+    def flush(self, now: float, *, final: bool = False) -> Future[None] | None:
+        """Write every frame older than LAG_S (all of them when `final`) and sync the
+        header: in the writer thread when there is one (the returned future), else here."""
+        if self.closed_path is not None:
+            return None
+        return self._submit(self._write, self._take(now, final))
+
+    def _take(self, now: float, final: bool) -> Samples | None:
+        """The frames from `written` to now - LAG_S (or to the end), placed by channel."""
         upto = round((now - self.start - LAG_S) * RATE)
         if final:
             ends = [pos + len(s) for ch in self.channels for pos, s in ch.chunks]
             upto = max([upto + round(LAG_S * RATE), *ends])
-        if upto > self.written:
-            frames = np.zeros((upto - self.written, 2), dtype=np.int16)
-            for index, channel in enumerate(self.channels):
-                keep: list[tuple[int, Samples]] = []
-                for pos, samples in channel.chunks:
-                    end = pos + len(samples)
-                    if end <= self.written:
-                        continue  # too late: that time is already on disk
-                    lo, hi = max(pos, self.written), min(end, upto)
-                    if hi > lo:
-                        frames[lo - self.written : hi - self.written, index] = samples[lo - pos : hi - pos]
-                    if end > upto:
-                        keep.append((pos, samples))
-                channel.chunks = keep
-            self.writer.write(frames)
-            self.written = upto
-        self.writer.sync()
+        if upto <= self.written:
+            return None
+        frames = np.zeros((upto - self.written, 2), dtype=np.int16)
+        for index, channel in enumerate(self.channels):
+            keep: list[tuple[int, Samples]] = []
+            for pos, samples in channel.chunks:
+                end = pos + len(samples)
+                if end <= self.written:
+                    continue  # too late: that time is already on disk
+                lo, hi = max(pos, self.written), min(end, upto)
+                if hi > lo:
+                    frames[lo - self.written : hi - self.written, index] = samples[lo - pos : hi - pos]
+                if end > upto:
+                    keep.append((pos, samples))
+            channel.chunks = keep
+        self.written = upto
+        return frames
+
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any] | None:
+        if self.executor is None:
+            fn(*args)
+            return None
+        return self.executor.submit(fn, *args)
+
+    def _write(self, frames: Samples | None) -> None:
+        """(writer thread) Append, rewrite the header's sizes, flush to the kernel."""
+        try:
+            if frames is not None:
+                self.writer.write(frames)
+            self.writer.sync()
+        except (OSError, ValueError) as exc:
+            self.failed = f"{type(exc).__name__}: {exc}"
+            log.error("event=recording_write_failed path=%s error=%s", self.spool_path, exc)
 
     @property
     def seconds(self) -> float:
         return self.written / RATE
 
-    def close(self, now: float) -> Path:
-        """Write the rest, close (header right, fsync) and move to the archive."""
+    def close(self, now: float) -> tuple[Path, Future[Path] | None]:
+        """Write the rest, close (header right, fsync) and move to the archive; returns the
+        archive path and, with a writer thread, the future of that work (its result is
+        where the file ended up: the spool if the move failed)."""
         if self.closed_path is not None:
-            return self.closed_path
+            return self.closed_path, None
+        target = self.archive_dir / self.spool_path.name
+        self.closed_path = target
+        frames = self._take(now, True)
+        if self.executor is None:
+            self.closed_path = self._finish(frames, target)
+            return self.closed_path, None
+        return target, self.executor.submit(self._finish, frames, target)
+
+    def _finish(self, frames: Samples | None, target: Path) -> Path:
         try:
-            self.flush(now, final=True)
+            self._write(frames)
         finally:
             self.writer.close()
-        target = self.archive_dir / self.spool_path.name
         try:
             self.archive_dir.mkdir(parents=True, exist_ok=True)
             os.replace(self.spool_path, target)
@@ -127,8 +164,7 @@ class CallRecorder:
                 shutil.move(str(self.spool_path), str(target))
             except OSError as exc:
                 log.error("event=recording_archive_failed path=%s error=%s", self.spool_path, exc)
-                target = self.spool_path
-        self.closed_path = target
+                return self.spool_path
         return target
 
 

@@ -17,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import re
 import resource
 import signal
 import socket
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +69,7 @@ from .settings import ENV_SPEC, BuiltinMediaSettings, MediaWorkerSpec
 log = logging.getLogger("vivait_sip.media.worker")
 
 READ_BATCH = 64  # datagrams read per readiness callback before yielding to the loop
+FLUSH_TICK_S = 0.05  # recordings are flushed in turns at this pace
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -134,6 +137,7 @@ class MediaWorker:
         self.prompts = Prompts(self.settings.prompt_dirs, self.settings.moh_classes)
         self.spool, self.archive = self.settings.recording_dirs(spec.data_dir)
         self.recorders: dict[str, CallRecorder] = {}
+        self._flush_due: dict[str, float] = {}
         self.owners: dict[str, Link] = {}
         self.links: list[Link] = []
         self.stopping = asyncio.Event()
@@ -141,6 +145,8 @@ class MediaWorker:
         self._timer_at: float | None = None
         self.send_errors = 0
         self.commands = 0
+        # one writer thread for the recordings' file work (in submission order)
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="media-rec")
 
     # ---- sockets (called by the port pool) ----------------------------------------------------
     def add_socket(self, port: int, sock: socket.socket) -> None:
@@ -221,6 +227,12 @@ class MediaWorker:
         self.commands += 1
         try:
             result = self._command(link, msg)
+            pending = result.get("pending")
+            if isinstance(pending, asyncio.Future):
+                self.loop.create_task(self._reply_when_done(link, msg.req, pending))
+                self._dispatch_events()
+                self._arm()
+                return
             reply = MediaReply(req=msg.req, ok=True, result=result)
         except MediaError as exc:
             reply = MediaReply(req=msg.req, ok=False, code=exc.code, error=str(exc))
@@ -235,6 +247,10 @@ class MediaWorker:
         link.send(reply)
         self._dispatch_events()
         self._arm()
+
+    async def _reply_when_done(self, link: Link, req: int, pending: asyncio.Future[tuple[Path, float]]) -> None:
+        path, seconds = await pending
+        link.send(MediaReply(req=req, ok=True, result={"path": str(path), "seconds": seconds}))
 
     def _command(self, link: Link, msg: MediaCommand) -> dict[str, Any]:
         now = time.monotonic()
@@ -277,8 +293,7 @@ class MediaWorker:
             if msg.call_id not in self.recorders:
                 relay.query(msg.call_id, now)  # not_found when there is no such call
                 raise MediaError("not_recording", f"call {msg.call_id!r} is not being recorded")
-            path, seconds = self._close_recording(msg.call_id, "stopped", now)
-            return {"path": str(path), "seconds": seconds}
+            return {"pending": self._close_recording(msg.call_id, "stopped", now)}
         if isinstance(msg, MediaStatus):
             return self.status()
         raise MediaError("bad_request", f"unknown command {msg.kind}")
@@ -294,36 +309,60 @@ class MediaWorker:
         stem = _SAFE_NAME.sub("_", name or f"{time.strftime('%Y%m%d-%H%M%S')}-{call_id}")[:120]
         self.spool.mkdir(parents=True, exist_ok=True)
         path = self.spool / f"w{self.index}-{stem}.wav"
-        recorder = CallRecorder(call_id, path, self.archive, now, lambda leg: _g711_codecs(session, leg))
+        recorder = CallRecorder(call_id, path, self.archive, now, lambda leg: _g711_codecs(session, leg), self.writer)
         self.recorders[call_id] = recorder
         session.tap = recorder.tap
         log.info("event=recording_started call_id=%s path=%s", call_id, path)
         return path
 
-    def _close_recording(self, call_id: str, reason: str, now: float) -> tuple[Path, float]:
+    def _close_recording(self, call_id: str, reason: str, now: float) -> asyncio.Future[tuple[Path, float]]:
+        """Stop recording `call_id`; the file work finishes in the writer thread, then the
+        event goes out and the returned future has (where the file is, its seconds)."""
+        done: asyncio.Future[tuple[Path, float]] = self.loop.create_future()
         recorder = self.recorders.pop(call_id, None)
+        self._flush_due.pop(call_id, None)
         if recorder is None:
-            return Path(), 0.0
+            done.set_result((Path(), 0.0))
+            return done
         session = self.relay.sessions.get(call_id)
         if session is not None:
             session.tap = None
-        path = recorder.close(now)
+        path, pending = recorder.close(now)
         seconds = round(recorder.seconds, 3)
-        log.info("event=recording_closed call_id=%s path=%s seconds=%.1f reason=%s", call_id, path, seconds, reason)
-        self._send_event(MediaRecordingClosed(call_id=call_id, path=str(path), seconds=seconds, reason=reason))
-        return path, seconds
+
+        def finished(final: Path) -> None:
+            log.info("event=recording_closed call_id=%s path=%s seconds=%.1f reason=%s", call_id, final, seconds, reason)
+            self._send_event(MediaRecordingClosed(call_id=call_id, path=str(final), seconds=seconds, reason=reason))
+            if not done.done():
+                done.set_result((final, seconds))
+
+        if pending is None:
+            finished(path)
+        else:
+            pending.add_done_callback(lambda f: self.loop.call_soon_threadsafe(finished, f.result() if not f.exception() else path))
+        return done
 
     async def _flush_recordings(self) -> None:
+        """Each recording is flushed every sync_s, but they are spread over the period
+        (FLUSH_TICK_S wake-ups, a random first turn): a hundred recordings started
+        together never stall the relay for one long flush."""
         period = self.settings.recording.sync_s
+        tick = min(FLUSH_TICK_S, period)
         while True:
-            await asyncio.sleep(period)
+            await asyncio.sleep(tick)
             now = time.monotonic()
             for call_id, recorder in list(self.recorders.items()):
-                try:
-                    recorder.flush(now)
-                except OSError as exc:
-                    log.error("event=recording_write_failed call_id=%s error=%s", call_id, exc)
+                due = self._flush_due.get(call_id)
+                if due is None:
+                    self._flush_due[call_id] = now + period * random.uniform(0.2, 1.0)
+                    continue
+                if due > now:
+                    continue
+                self._flush_due[call_id] = due + period if due + period > now else now + period
+                if recorder.failed is not None:
                     self._close_recording(call_id, "io_error", now)
+                    continue
+                recorder.flush(now)
 
     # ---- status ------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -384,6 +423,7 @@ class MediaWorker:
                 self._close_recording(call_id, reason, now)
             except Exception:
                 log.exception("event=recording_close_failed call_id=%s", call_id)
+        self.writer.shutdown(wait=True)  # every recording on disk, closed and moved
         if self._timer is not None:
             self._timer.cancel()
         for port in list(self.socks):
