@@ -531,3 +531,27 @@ def test_ipv6_parties_and_an_ipv6_relay() -> None:
     assert out is not None and out[2] == B_ADDR
     back = relay.receive(to_b.media[0].port, rtp(1, 0, 2), B_ADDR, 0.0)
     assert back is not None and back[2] == ("2001:db8::10", 4000)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    datagrams=st.lists(
+        st.tuples(
+            st.sampled_from([0, 1, 2, 3]),  # A's RTP, A's RTCP, B's RTP, B's RTCP port
+            st.one_of(st.binary(max_size=300), st.binary(min_size=4, max_size=120).map(lambda b: b"\x80" + b), st.binary(min_size=4, max_size=120).map(lambda b: b"\x81\xc9" + b)),
+            st.booleans(),
+        ),
+        max_size=30,
+    )
+)
+def test_no_datagram_makes_the_relay_raise(datagrams: list[tuple[int, bytes, bool]]) -> None:
+    relay = make_relay()
+    port_a, port_b = call(relay)
+    ports = [port_a, port_a + 1, port_b, port_b + 1]
+    relay.send_dtmf("c1", "a", "1", 0.0)
+    for n, (which, data, stranger) in enumerate(datagrams):
+        src = ("203.0.113.1", 9) if stranger else (A_ADDR if which < 2 else B_ADDR)
+        relay.receive(ports[which], data, src, 0.01 * n)
+        relay.on_timer(0.01 * n)
+    relay.query("c1", 1.0)
+    relay.delete("c1", 1.0)

@@ -93,3 +93,16 @@ def test_a_plain_phone_can_be_offered_srtp_and_the_stream_stays_continuous_acros
     with pytest.raises(pylibsrtp.Error):
         session(offered.key, False).unprotect(rtp(1, 0, 1))  # not SRTP: refused
     del port_b
+
+
+def test_oversized_or_garbage_datagrams_on_an_srtp_leg_are_dropped() -> None:
+    relay = Relay(US, PortPool(30000, 30100))
+    relay.offer("c1", "a", srtp_sdp(*A_ADDR, KEY_A), 0.0, transport="RTP/AVP")
+    to_a = parse_sdp(relay.answer("c1", "a", "b", party_sdp(*B_ADDR), 0.0))
+    port_a = to_a.media[0].port
+    assert relay.receive(port_a, rtp(1, 0, 1, b"\x00" * 1900), A_ADDR, 0.0) is None
+    assert relay.receive(port_a, rtp(1, 0, 1), A_ADDR, 0.0) is None
+    assert relay.receive(port_a + 1, b"\x81\xc9\x00\x01" + b"\x00" * 30, A_ADDR, 0.0) is None
+    port_b = relay.sessions["c1"].legs[1].streams[0].port
+    assert relay.receive(port_b, rtp(1, 0, 2, b"\x00" * 1600), B_ADDR, 0.0) is None  # too long to encrypt
+    assert relay.query("c1", 0.1)["legs"][0]["streams"][0]["srtp"]["auth_failures"] == 4

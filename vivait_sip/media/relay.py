@@ -843,7 +843,7 @@ class Relay:
         if srtp is not None:
             try:
                 data = srtp.unprotect(data)
-            except SrtpError:
+            except (SrtpError, ValueError):  # ValueError: longer than libsrtp's buffer
                 stream.auth_failures += 1
                 return None
         # latching
@@ -908,7 +908,11 @@ class Relay:
             return None
         packet = out.forward(data, seq, ts, ssrc, now, stream.rates.get(pt, 8000))
         if peer.srtp_out is not None:
-            packet = peer.srtp_out.protect(bytes(packet))
+            try:
+                packet = peer.srtp_out.protect(bytes(packet))
+            except (SrtpError, ValueError):
+                peer.auth_failures += 1
+                return None
         self.packets_out += 1
         return (peer.port, packet, dest)
 
@@ -955,7 +959,7 @@ class Relay:
         if stream.srtp_in is not None:
             try:
                 data = stream.srtp_in.unprotect_rtcp(data)
-            except SrtpError:
+            except (SrtpError, ValueError):  # ValueError: longer than libsrtp's buffer
                 stream.auth_failures += 1
                 return None
         if on_rtcp_port:
@@ -982,7 +986,10 @@ class Relay:
         if not (peer.out.identity and stream.out.identity):
             out = _rewrite_rtcp(data, peer.out, stream.out)
         if peer.srtp_out is not None:
-            out = peer.srtp_out.protect_rtcp(bytes(out))
+            try:
+                out = peer.srtp_out.protect_rtcp(bytes(out))
+            except (SrtpError, ValueError):
+                return None
         self.packets_out += 1
         return (peer.port if peer.uses_mux else peer.port + 1, out, peer.dest_rtcp)
 

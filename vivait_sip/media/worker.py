@@ -144,6 +144,7 @@ class MediaWorker:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.send_errors = 0
+        self.errors = 0
         self.commands = 0
         # one writer thread for the recordings' file work (in submission order)
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="media-rec")
@@ -172,7 +173,13 @@ class MediaWorker:
                 continue  # ICMP errors of earlier sends surface here on Linux
             if len(addr) != 2:
                 addr = addr[:2]
-            out = receive(port, data, addr, monotonic())
+            try:
+                out = receive(port, data, addr, monotonic())
+            except Exception:  # a bug must cost one datagram, never the reader
+                self.errors += 1
+                if self.errors <= 10 or self.errors % 1000 == 0:
+                    log.exception("event=media_receive_failed port=%d errors=%d", port, self.errors)
+                continue
             if out is not None:
                 out_sock = socks.get(out[0])
                 if out_sock is not None:
@@ -373,6 +380,7 @@ class MediaWorker:
             pid=os.getpid(),
             recordings=len(self.recorders),
             send_errors=self.send_errors,
+            errors=self.errors,
             unusable_ports=self.pool.unusable,
             commands=self.commands,
             cpu_s=round(usage.ru_utime + usage.ru_stime, 3),
