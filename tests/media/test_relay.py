@@ -555,3 +555,20 @@ def test_no_datagram_makes_the_relay_raise(datagrams: list[tuple[int, bytes, boo
         relay.on_timer(0.01 * n)
     relay.query("c1", 1.0)
     relay.delete("c1", 1.0)
+
+
+def test_each_party_sees_one_origin_of_ours_versioned_on_change() -> None:
+    relay = make_relay()
+    first = parse_sdp(relay.offer("c1", "a", party_sdp(*A_ADDR, session_id="111"), 0.0))
+    to_a = parse_sdp(relay.answer("c1", "a", "b", party_sdp(*B_ADDR, session_id="222"), 0.0))
+    assert first.origin.session_id != "111" and to_a.origin.session_id != "222"
+    assert first.origin.username == "-" and first.origin.address == US
+    same = parse_sdp(relay.offer("c1", "a", party_sdp(*A_ADDR, session_id="111", version=2), 1.0))
+    assert (same.origin.session_id, same.origin.session_version) == (first.origin.session_id, first.origin.session_version)
+    held = parse_sdp(relay.offer("c1", "a", party_sdp(*A_ADDR, session_id="111", version=3, direction="sendonly"), 2.0))
+    assert held.origin.session_id == first.origin.session_id
+    assert held.origin.session_version == first.origin.session_version + 1
+    # a transfer: A is now offered C's SDP under the same origin, one version up
+    to_a2 = parse_sdp(relay.replace("c1", "b", "c", 3.0, sdp=party_sdp(*C_ADDR, session_id="333", codecs="8")))
+    assert to_a2.origin.session_id == to_a.origin.session_id
+    assert to_a2.origin.session_version == to_a.origin.session_version + 1

@@ -16,6 +16,9 @@ it really sends from (latched).
   come from).  Until then we send to the advertised address.  Packets from another source
   are dropped while the latched one is alive; after `relatch_s` of silence from it, a new
   source latches (the NAT mapping changed).  A new SDP with another address re-latches.
+* **Our own o= line.**  Each party receives SDP with one origin of ours for the whole
+  call (session id fixed, version raised when the SDP changes), whoever is behind the
+  other leg: a transfer never shows a party a foreign origin.
 * **Continuous streams across leg replacement.**  What we send to a party is an `OutStream`:
   the first source it carries passes through untouched; when the source changes (the
   other leg was replaced after a transfer, a player started or stopped, the far phone
@@ -614,6 +617,12 @@ class Leg:
         self.tag: str | None = None
         self.sdp: SessionDescription | None = None  # the party's last SDP
         self.streams: list[Stream] = []
+        # The o= line of the SDP this party receives from us: ours, one session id for the
+        # whole call whatever party is behind the other leg (a transfer does not change
+        # it), the version raised whenever the rest of the SDP changes (RFC 3264 §8).
+        self.origin_id = str(random.getrandbits(62))
+        self.origin_version = random.getrandbits(20)
+        self.last_sent: str | None = None
 
     @property
     def other(self) -> Leg:
@@ -1212,7 +1221,16 @@ class Relay:
                 stream.out_crypto = crypto
                 stream.srtp_out = outbound(crypto)
             transports.append((want, crypto.attribute()))
-        return rewrite(parsed, self.address, ports, transports).to_str()
+        out = rewrite(parsed, self.address, ports, transports)
+        out.origin.username = "-"
+        out.origin.session_id = facing.origin_id
+        out.origin.session_version = 0
+        body = out.to_str()
+        if body != facing.last_sent:
+            facing.last_sent = body
+            facing.origin_version += 1
+        out.origin.session_version = facing.origin_version
+        return out.to_str()
 
     def _audio_stream(self, call_id: str, tag: str) -> Stream:
         session = self._session(call_id)
