@@ -411,3 +411,29 @@ async def test_an_srtp_phone_is_bridged_to_a_plain_one(media: Media, phones: Any
     assert (await b.recv())[0] == rtp(1, 0, 0xA)
     b.send(rtp(9, 160, 0xB), to_b.media[0].port)
     assert rx.unprotect((await a.recv())[0]) == rtp(9, 160, 0xB)
+
+
+async def test_a_second_sip_worker_talks_to_the_media_workers_over_its_own_links(tmp_path: Path, phones: Any) -> None:
+    events: list[MediaEvent] = []
+    settings = BuiltinMediaSettings(workers=2, bind=LOCAL, port_min=BASE_PORT, port_max=BASE_PORT + 39, rtp_timeout_s=1.0)
+    workers, client0 = await spawn_media_workers(settings, data_dir=tmp_path, sip_workers=2, on_event=events.append, log_level="critical")
+    theirs: list[MediaEvent] = []
+    client1 = MediaClient(2, on_event=theirs.append)
+    try:
+        fds = {m: os.dup(fd) for m, fd in workers.fds_for(1).items()}  # what SIP worker 1 inherits
+        workers.close_fds_for(1)
+        await client1.connect(fds)
+        assert [r.index for r in await client1.wait_ready(5.0)] == [0, 1]
+        a, b = phones(), phones()
+        port_a, _ = await setup_call(client1, party_sdp(*a.addr), party_sdp(*b.addr), "from-sip-worker-1")
+        a.send(rtp(1, 0, 1), port_a)
+        assert (await b.recv())[0] == rtp(1, 0, 1)
+        for _ in range(150):  # the RTP timeout goes to the SIP worker that made the session
+            if theirs:
+                break
+            await asyncio.sleep(0.02)
+        assert [type(e) for e in theirs] == [MediaRtpTimeout] and events == []
+    finally:
+        client1.close()
+        client0.close()
+        await workers.stop()
