@@ -572,3 +572,31 @@ def test_each_party_sees_one_origin_of_ours_versioned_on_change() -> None:
     to_a2 = parse_sdp(relay.replace("c1", "b", "c", 3.0, sdp=party_sdp(*C_ADDR, session_id="333", codecs="8")))
     assert to_a2.origin.session_id == to_a.origin.session_id
     assert to_a2.origin.session_version == to_a.origin.session_version + 1
+
+
+@pytest.mark.parametrize(
+    ("a_mux", "policy", "b_mux", "offered_to_b", "answered_to_a"),
+    [
+        (True, None, True, True, True),  # passed through
+        (True, None, False, True, False),
+        (False, None, False, False, False),
+        (False, "offer", True, True, False),  # offered to B; A never offered it
+        (True, "demux", False, False, True),  # accepted from A, not offered to B
+        (True, "accept", False, True, True),
+        (True, "reject", True, False, False),
+    ],
+)
+def test_rtcp_mux_flags(a_mux: bool, policy: str | None, b_mux: bool, offered_to_b: bool, answered_to_a: bool) -> None:
+    relay = make_relay()
+    to_b = parse_sdp(relay.offer("c1", "a", party_sdp(*A_ADDR, rtcp_mux=a_mux), 0.0, rtcp_mux=policy))
+    assert to_b.media[0].has_attribute("rtcp-mux") is offered_to_b
+    to_a = parse_sdp(relay.answer("c1", "a", "b", party_sdp(*B_ADDR, rtcp_mux=b_mux and offered_to_b), 0.0))
+    assert to_a.media[0].has_attribute("rtcp-mux") is answered_to_a
+    port_a, port_b = to_a.media[0].port, to_b.media[0].port
+    relay.receive(port_b, rtp(1, 0, 2), B_ADDR, 0.1)
+    out = relay.receive(port_b if b_mux and offered_to_b else port_b + 1, sender_report(2, 0), B_ADDR if b_mux and offered_to_b else (B_ADDR[0], B_ADDR[1] + 1), 0.2)
+    assert out is not None
+    assert out[0] == (port_a if answered_to_a else port_a + 1)  # A's RTCP as agreed with A
+    assert out[2] == (A_ADDR if answered_to_a else (A_ADDR[0], A_ADDR[1] + 1))
+    with pytest.raises(MediaError):
+        relay.offer("c1", "a", party_sdp(*A_ADDR), 1.0, rtcp_mux="sometimes")

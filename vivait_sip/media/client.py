@@ -173,8 +173,10 @@ class MediaClient:
         return reply.result
 
     # convenience: the commands the B2BUA uses most
-    async def offer(self, call_id: str, from_tag: str, sdp: str, to_tag: str | None = None, transport_protocol: str | None = None) -> str:
-        return str((await self.request(MediaOffer(call_id, from_tag, sdp, to_tag, transport_protocol)))["sdp"])
+    async def offer(
+        self, call_id: str, from_tag: str, sdp: str, to_tag: str | None = None, transport_protocol: str | None = None, rtcp_mux: str | None = None
+    ) -> str:
+        return str((await self.request(MediaOffer(call_id, from_tag, sdp, to_tag, transport_protocol, rtcp_mux)))["sdp"])
 
     async def answer(self, call_id: str, from_tag: str, to_tag: str, sdp: str) -> str:
         return str((await self.request(MediaAnswer(call_id, from_tag, to_tag, sdp)))["sdp"])

@@ -9,7 +9,7 @@ as in rtpengine's NG protocol: SDP in, SDP out.
 
 | command | result (`MediaReply.result`) |
 |---|---|
-| `MediaOffer(call_id, from_tag, sdp, to_tag=None, transport_protocol=None)` | `{"sdp": SDP for the other party, "worker": n}` |
+| `MediaOffer(call_id, from_tag, sdp, to_tag=None, transport_protocol=None, rtcp_mux=None)` | `{"sdp": SDP for the other party, "worker": n}` |
 | `MediaAnswer(call_id, from_tag, to_tag, sdp)` | `{"sdp": SDP for the offerer, "worker": n}` |
 | `MediaReplace(call_id, old_tag, new_tag, sdp=None, transport_protocol=None)` | `{"sdp": …}`: without `sdp` an offer for the new party |
 | `MediaDelete(call_id)` | `{"stats": final statistics}` (also closes a recording) |
@@ -44,13 +44,16 @@ class MediaCommand(WorkerMessage):
 @dataclass(frozen=True)
 class MediaOffer(MediaCommand):
     """`transport_protocol` (RTP/AVP, RTP/SAVP, RTP/AVPF, RTP/SAVPF): what the other party
-    gets instead of the offer's own (SDES SRTP is terminated by the relay: srtp.py)."""
+    gets instead of the offer's own (SDES SRTP is terminated by the relay: srtp.py).
+    `rtcp_mux`: rtpengine's rtcp-mux flags, "offer", "demux", "accept" or "reject"
+    (None: passed through); see Relay.offer."""
 
     call_id: str
     from_tag: str
     sdp: str
     to_tag: str | None = None
     transport_protocol: str | None = None
+    rtcp_mux: str | None = None
     req: int = 0
 
 

@@ -84,6 +84,7 @@ MAX_MISORDER = 100
 RTP_SEQ_MOD = 1 << 16
 SCAN_INTERVAL_S = 1.0
 MAX_CATCH_UP_S = 0.2  # a source paced later than this skips ahead instead of bursting
+MUX_POLICIES = (None, "offer", "demux", "accept", "reject")
 SOURCE_GRID_S = 0.004  # sources start on this grid (at most 5 timer wake-ups per 20 ms)
 
 
@@ -462,6 +463,7 @@ class Stream:
         "remote_reports",
         "rtcp_in",
         "rx_ssrc",
+        "sent_mux",
         "srtp_in",
         "srtp_out",
     )
@@ -480,6 +482,7 @@ class Stream:
         self.dest: Addr | None = None
         self.dest_rtcp: Addr | None = None
         self.mux_seen = False
+        self.sent_mux = False  # the last SDP we sent this party had a=rtcp-mux
         self.last_rx = 0.0
         self.last_rx_rtcp = 0.0
         self.out = OutStream()
@@ -540,11 +543,12 @@ class Stream:
 
     @property
     def uses_mux(self) -> bool:
-        """RTCP shares the RTP port with this party: seen so, or agreed in both SDPs."""
+        """RTCP shares the RTP port with this party: seen so, or agreed (its SDP and the
+        last one we sent it both have a=rtcp-mux)."""
         if self.mux_seen:
             return True
-        info, peer = self.info, self.peer
-        return bool(info and info.rtcp_mux and peer is not None and peer.info is not None and peer.info.rtcp_mux)
+        info = self.info
+        return bool(info is not None and info.rtcp_mux and self.sent_mux)
 
     # -- statistics
     def fold(self) -> None:
@@ -641,6 +645,7 @@ class Session:
         self.tap: Tap | None = None
         self.timed_out = False
         self.replaced: list[dict[str, Any]] = []  # stats of the parties replaced on a leg
+        self.mux_policy: list[str | None] = [None, None]  # rtcp_mux flag of each leg's last offer
 
     def leg_by_tag(self, tag: str | None) -> Leg | None:
         if tag is None:
@@ -688,10 +693,25 @@ class Relay:
         self.timeouts = 0
 
     # ---- commands ----------------------------------------------------------------------
-    def offer(self, call_id: str, from_tag: str, sdp: str | bytes, now: float, *, to_tag: str | None = None, transport: str | None = None) -> str:
+    def offer(
+        self,
+        call_id: str,
+        from_tag: str,
+        sdp: str | bytes,
+        now: float,
+        *,
+        to_tag: str | None = None,
+        transport: str | None = None,
+        rtcp_mux: str | None = None,
+    ) -> str:
         """The SDP of the party `from_tag` (a new call's caller, or either party's re-offer);
-        returns it rewritten for the other party: our address, our ports facing it, and
-        `transport` (RTP/AVP, RTP/SAVP…) instead of the offer's when given."""
+        returns it rewritten for the other party: our address, our ports facing it,
+        `transport` (RTP/AVP, RTP/SAVP…) instead of the offer's when given, and rtcp-mux as
+        `rtcp_mux` says (rtpengine's flags): "offer" it to the other party whatever was
+        offered, "demux" (accept it from the offerer, not offer it on), "accept" (accept
+        and offer on), "reject" (neither); None passes it through."""
+        if rtcp_mux not in MUX_POLICIES:
+            raise MediaError("bad_request", f"rtcp_mux must be one of offer, demux, accept, reject; got {rtcp_mux!r}")
         parsed = self._parse(sdp)
         session = self.sessions.get(call_id)
         new = session is None
@@ -709,7 +729,8 @@ class Relay:
         if to_tag is not None and leg.other.tag is None:
             leg.other.tag = to_tag
         self._apply(leg, parsed, now)
-        return self._rewritten(parsed, leg.other, offer=True, transport=transport)
+        session.mux_policy[leg.index] = rtcp_mux
+        return self._rewritten(parsed, leg.other, offer=True, transport=transport, rtcp_mux=rtcp_mux)
 
     def answer(self, call_id: str, from_tag: str, to_tag: str, sdp: str | bytes, now: float) -> str:
         """The SDP of the party `to_tag` answering `from_tag`'s offer; returns it rewritten
@@ -1189,18 +1210,33 @@ class Relay:
             if stream.peer is not None:
                 stream.peer._update_dest()  # rtcp-mux agreement may have changed
 
-    def _rewritten(self, parsed: SessionDescription, facing: Leg, *, offer: bool, transport: str | None = None) -> str:
+    def _rewritten(
+        self, parsed: SessionDescription, facing: Leg, *, offer: bool, transport: str | None = None, rtcp_mux: str | None = None
+    ) -> str:
         """`parsed` (one party's SDP) for the party of `facing`: our ports facing it, and the
         transport it gets: in an offer `transport` or the offer's own; in an answer what that
         party offered.  Towards an SDES party we write our key and start encrypting with it."""
         ports = [s.port for s in facing.streams]
         infos = stream_infos(parsed)
         transports: list[Transport | None] = []
+        muxes: list[bool | None] = []
+        # in an answer, the flag given with the offer this answers (the facing party's)
+        policy = rtcp_mux if offer else facing.session.mux_policy[facing.index]
         for index, media in enumerate(parsed.media):
             stream = facing.streams[index] if index < len(facing.streams) else None
             if stream is None or media.port == 0 or media.proto.upper() not in RTP_PROTOS:
                 transports.append(None)
+                muxes.append(None)
                 continue
+            has_mux = infos[index].rtcp_mux
+            if offer:
+                mux = {"offer": True, "demux": False, "reject": False}.get(policy or "", has_mux)
+            else:
+                they_offered = stream.info is not None and stream.info.rtcp_mux
+                mux = they_offered and (policy in ("demux", "accept") or (policy != "reject" and has_mux))
+            muxes.append(mux)
+            stream.sent_mux = mux
+            stream._update_dest()
             if offer:
                 want = transport if transport is not None and transport.upper() in RTP_PROTOS else media.proto
             else:
@@ -1221,7 +1257,7 @@ class Relay:
                 stream.out_crypto = crypto
                 stream.srtp_out = outbound(crypto)
             transports.append((want, crypto.attribute()))
-        out = rewrite(parsed, self.address, ports, transports)
+        out = rewrite(parsed, self.address, ports, transports, muxes)
         out.origin.username = "-"
         out.origin.session_id = facing.origin_id
         out.origin.session_version = 0

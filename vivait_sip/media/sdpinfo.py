@@ -125,12 +125,17 @@ Transport = tuple[str, str | None]  # (proto, a=crypto value or None)
 
 
 def rewrite(
-    session: SessionDescription, address: str, ports: list[int], transports: list[Transport | None] | None = None
+    session: SessionDescription,
+    address: str,
+    ports: list[int],
+    transports: list[Transport | None] | None = None,
+    mux: list[bool | None] | None = None,
 ) -> SessionDescription:
     """A copy of `session` pointing at the relay: origin and every c= at `address`, m= line
     `i` at `ports[i]` (0: rejected stream stays at 0), a=rtcp at the port above, ICE dropped.
     With `transports[i]`, m= line `i` gets that proto and its a=crypto lines are replaced
-    by the one given (none when None): SRTP terminated at the relay."""
+    by the one given (none when None): SRTP terminated at the relay.  With `mux[i]` True or
+    False, m= line `i` gets a=rtcp-mux or loses it."""
     out = copy.deepcopy(session)
     addrtype = "IP6" if ":" in address else "IP4"
     out.origin.address = address
@@ -157,6 +162,11 @@ def rewrite(
             attributes.append((name, value))
         if transport is not None and transport[1] is not None:
             attributes.append(("crypto", transport[1]))
+        want_mux = mux[index] if mux is not None and index < len(mux) else None
+        if want_mux is False:
+            attributes = [a for a in attributes if a[0] != "rtcp-mux"]
+        elif want_mux and not any(a[0] == "rtcp-mux" for a in attributes):
+            attributes.append(("rtcp-mux", None))
         media.attributes = attributes
     out.attributes = [a for a in out.attributes if a[0] not in ICE_ATTRIBUTES]
     return out

@@ -263,7 +263,7 @@ class MediaWorker:
         now = time.monotonic()
         relay = self.relay
         if isinstance(msg, MediaOffer):
-            sdp = relay.offer(msg.call_id, msg.from_tag, msg.sdp, now, to_tag=msg.to_tag, transport=msg.transport_protocol)
+            sdp = relay.offer(msg.call_id, msg.from_tag, msg.sdp, now, to_tag=msg.to_tag, transport=msg.transport_protocol, rtcp_mux=msg.rtcp_mux)
             self.owners[msg.call_id] = link
             return {"sdp": sdp, "worker": self.index}
         if isinstance(msg, MediaAnswer):
