@@ -380,6 +380,10 @@ def test_delete_returns_the_final_statistics_and_keeps_the_totals() -> None:
             relay.receive(port_a, rtp(i, 160 * i, 1), A_ADDR, 0.02 * i)
     final = relay.delete("c1", 1.0)
     assert final["legs"][0]["streams"][0]["received"]["lost"] == 1
+    assert final["summary"]["A"] == {
+        "tag": "a", "packets": 9, "lost": 1, "loss_pct": 10.0, "jitter_ms": 0.0, "reported_loss_pct": None, "reported_jitter_ms": None
+    }
+    assert final["summary"]["B"]["packets"] == 0
     status = relay.status()
     assert status["sessions"] == 0 and status["lost"] == 1 and status["packets_in"] == 9
     with pytest.raises(MediaError):

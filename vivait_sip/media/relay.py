@@ -661,9 +661,31 @@ class Session:
             "age_s": round(now - self.created, 3),
             "answered": self.answered_at is not None,
             "legs": [leg.stats(now) for leg in self.legs],
+            "summary": self.summary(),
             "replaced": list(self.replaced),
             "recording": self.tap is not None,
         }
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """Per leg ("A", "B"), its audio stream in a few numbers (for `ctl calls` and the
+        CDR): what we received from the party (packets, lost, loss %, jitter) and what it
+        says it received from us (loss %, jitter, from its RTCP reports)."""
+        out: dict[str, dict[str, Any]] = {}
+        for leg in self.legs:
+            stream = next((s for s in leg.streams if s.info is not None and s.info.media == "audio"), None)
+            if stream is None:
+                continue
+            rx = stream.rx_stats()
+            out[leg.label] = {
+                "tag": leg.tag,
+                "packets": rx["packets"],
+                "lost": rx["lost"],
+                "loss_pct": rx["loss_pct"],
+                "jitter_ms": rx["jitter_ms"],
+                "reported_loss_pct": round(100.0 * stream.remote_fraction, 2) if stream.remote_reports else None,
+                "reported_jitter_ms": round(stream.remote_jitter_ms, 3) if stream.remote_reports else None,
+            }
+        return out
 
 
 # ---- the relay -----------------------------------------------------------------------------
