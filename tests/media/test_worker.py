@@ -437,3 +437,14 @@ async def test_a_second_sip_worker_talks_to_the_media_workers_over_its_own_links
         client1.close()
         client0.close()
         await workers.stop()
+
+
+async def test_hanging_up_closes_the_recording_and_says_where_it_is(media: Media, phones: Any) -> None:
+    a, b = phones(), phones()
+    port_a, port_b = await setup_call(media.client, party_sdp(*a.addr), party_sdp(*b.addr))
+    await media.client.request(MediaRecordStart("call-1", name="hangup"))
+    await _talk(a, b, port_a, port_b, 1.0)
+    await media.client.delete("call-1")
+    event = await media.event(MediaRecordingClosed)
+    assert event.reason == "call_ended" and event.path.endswith("/recordings/w0-hangup.wav")
+    _check_stereo(Path(event.path), 1.0)

@@ -336,10 +336,13 @@ class MediaWorker:
             session.tap = None
         path, pending = recorder.close(now)
         seconds = round(recorder.seconds, 3)
+        owner = self.owners.get(call_id)  # the session may be gone when the file is done
 
         def finished(final: Path) -> None:
             log.info("event=recording_closed call_id=%s path=%s seconds=%.1f reason=%s", call_id, final, seconds, reason)
-            self._send_event(MediaRecordingClosed(call_id=call_id, path=str(final), seconds=seconds, reason=reason))
+            event = MediaRecordingClosed(call_id=call_id, path=str(final), seconds=seconds, reason=reason)
+            if owner is None or not owner.send(event):
+                log.info("event=media_event_undelivered kind=%s call_id=%s", event.kind, call_id)
             if not done.done():
                 done.set_result((final, seconds))
 
