@@ -808,6 +808,7 @@ class Relay:
                 old.out.source.cancelled = True
         leg.tag = new_tag
         leg.sdp = None
+        session.mux_policy[leg.index] = None
         if parsed is not None:
             self._ensure_streams(session, len(parsed.media))
             self._apply(leg, parsed, now)
