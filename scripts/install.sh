@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Install vivait-sip into ./.venv and compile its hot modules with mypyc.
-# Debian packages (python3-venv; gcc and python3-dev for the compiled modules) are added
-# with apt when missing.  Without a compiler the server still runs, as pure Python.
+# Debian packages (python3-venv; gcc and python3-dev for the compiled modules; espeak-ng
+# and sox for the default spoken prompts) are added with apt when missing.  Without a
+# compiler the server still runs, as pure Python.
 #
-# One line per step (apt, venv, pip, compile), with its time; a step's own output goes to
+# One line per step (apt, venv, pip, compile, prompts), with its time; a step's own output goes to
 # a log that is printed only when the step fails.  Steps with nothing to do are skipped:
 # pip when pyproject.toml, the extras and the Python are those of the last install, the
 # compilation when the sources and the compiler are those of the last build
@@ -33,6 +34,8 @@ python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need="$need python3-venv 
 command -v gcc >/dev/null 2>&1 || need="$need gcc"
 python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
     || need="$need python3-dev"
+command -v espeak-ng >/dev/null 2>&1 || need="$need espeak-ng"
+command -v sox >/dev/null 2>&1 || need="$need sox"
 if [ -n "$need" ]; then
     t=$SECONDS
     printf "apt: installing%s ... " "$need"
@@ -40,7 +43,7 @@ if [ -n "$need" ]; then
     quietly apt-install $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need
     echo "done ($(took $t))"
 else
-    echo "apt: nothing to install (python3-venv, gcc, python3-dev present)"
+    echo "apt: nothing to install (python3-venv, gcc, python3-dev, espeak-ng, sox present)"
 fi
 
 # ---- venv ----
@@ -83,5 +86,15 @@ else
         echo "warning: compiling with mypyc failed (see .venv/build_native.log); running as pure Python" >&2
     fi
 fi
+# ---- prompts ----
+if .venv/bin/python scripts/make_prompts.py --check >/dev/null 2>&1; then
+    echo "prompts: up to date, skipped"
+else
+    t=$SECONDS
+    printf "prompts: generating the default prompts (tones, espeak-ng speech) ... "
+    quietly prompts .venv/bin/python scripts/make_prompts.py
+    echo "done ($(took $t))"
+fi
+
 state=$(.venv/bin/python -c 'import vivait_sip.native as n; print(n.state)')
 echo "installed: $(.venv/bin/vivait-sip --version) ($state) in $(took $START)"

@@ -37,10 +37,10 @@ def load(path: Path, name: str) -> ModuleType:
 def copy_tree(dest: Path) -> Path:
     shutil.copytree(
         ROOT / "vivait_sip", dest / "vivait_sip",
-        ignore=shutil.ignore_patterns("__pycache__", "*.so", "_native_manifest.json"),
+        ignore=shutil.ignore_patterns("__pycache__", "*.so", "_native_manifest.json", "prompts"),
     )
     (dest / "scripts").mkdir()
-    for name in ("install.sh", "native_needed.py"):
+    for name in ("install.sh", "native_needed.py", "make_prompts.py"):
         shutil.copy2(ROOT / "scripts" / name, dest / "scripts" / name)
     shutil.copy2(ROOT / "pyproject.toml", dest / "pyproject.toml")
     return dest
@@ -119,11 +119,14 @@ def test_a_second_run_with_nothing_changed_compiles_nothing(tmp_path: Path) -> N
         return proc.stdout.splitlines()
 
     first = install()
-    assert [line.split(":")[0] for line in first] == ["apt", "venv", "pip", "compile", "installed"]
+    assert [line.split(":")[0] for line in first] == ["apt", "venv", "pip", "compile", "prompts", "installed"]
     assert first[2].startswith("pip: installing vivait-sip [speed,native] and its dependencies ... done (")
     assert first[3].startswith("compile: no compiled modules; compiling with mypyc (about a minute) ... done (")
     second = install()
     assert second[2] == "pip: up to date, skipped (pyproject.toml and extras unchanged)"
     assert second[3].startswith("compile: up to date (mypy ") and second[3].endswith(", skipped")
+    assert first[4].startswith("prompts: generating the default prompts (tones, espeak-ng speech) ... done (")
+    assert second[4] == "prompts: up to date, skipped"
+    assert (root / "vivait_sip" / "media" / "audio" / "prompts" / "moh.wav").is_file()
     calls = (root / "calls.log").read_text().splitlines()
     assert [c.split()[0] for c in calls] == ["pip", "build"], calls  # one pip install, one build, both in run 1

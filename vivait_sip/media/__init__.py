@@ -3,5 +3,5 @@
 `control` holds the messages and the `MediaBackend` protocol; `ng` speaks them to
 rtpengine daemons; `anchor` decides which calls are anchored and is the B2BUA's
 `MediaSeam`; `feature` owns the backend, its config, status and `ctl media`.  The
-built-in relay (media worker processes) is a backend of its own.
+built-in backend is the media worker processes (`worker`, `client`, `relay`, `audio`).
 """

@@ -29,6 +29,7 @@ from .control import (
     TransportProtocol,
 )
 from .ng import parse_daemon
+from .settings import BuiltinMediaSettings
 
 
 class _Strict(BaseModel):
@@ -108,8 +109,9 @@ class RtpengineConfig(_Strict):
         return value
 
 
-class MediaConfig(_Strict):
-    """Anchored media (docs/media.md)."""
+class MediaConfig(BuiltinMediaSettings):
+    """Anchored media (docs/media.md): the control API's keys here, the built-in
+    backend's (media worker processes, ports, prompts, recording) inherited."""
 
     backend: Literal["builtin", "rtpengine"] = "builtin"
     # Calls no rule, user or feature asks to anchor: "pass" (SDP untouched) or "anchor".
