@@ -234,6 +234,10 @@ class Application:
         except Exception as exc:  # a dead connection: nothing to answer on
             log.debug("event=send_raw_failed peer=%s error=%r", peer, str(exc))
 
+    def inherited_fds(self, feature: str) -> dict[str, int]:
+        spec = self.worker_spec
+        return dict(spec.feature_fds.get(feature, {})) if spec is not None else {}
+
     async def resolve(self, uri: SipUri) -> list[Peer]:
         try:
             targets = await self._resolver.resolve(uri)
@@ -364,6 +368,7 @@ class Application:
         await cluster.connect({other: sock.detach() for other, sock in ends[0].items()})
         for index in range(1, cluster.count):
             link_fds = {other: sock.fileno() for other, sock in ends[index].items()}
+            feature_fds = {f.name: given for f in self.features if (given := f.fds_for_worker(index))}
             spec = WorkerSpec(
                 index=index,
                 count=cluster.count,
@@ -372,14 +377,18 @@ class Application:
                 link_fds=link_fds,
                 config_path=self.config_path,
                 demo=self.demo,
+                feature_fds=feature_fds,
             )
             env = dict(os.environ, **{ENV_SPEC: spec.to_env()})
             fds = [fd for _, _, fd in udp_fds] + list(link_fds.values())
+            fds += [fd for named in feature_fds.values() for fd in named.values()]
             self.worker_procs[index] = subprocess.Popen(
                 [sys.executable, "-m", "vivait_sip", "worker"], env=env, pass_fds=fds, stdin=subprocess.DEVNULL
             )
             for sock in ends[index].values():
                 sock.close()
+            for feature in self.features:
+                feature.worker_spawned(index)
         try:
             await asyncio.wait_for(asyncio.gather(*ready.values()), WORKER_START_TIMEOUT_S)
         except (TimeoutError, ConnectionError) as exc:

@@ -235,6 +235,11 @@ class Host(LocalDomains, Protocol):
         """Bytes straight to the transport, no transaction (stateless answers)."""
         ...
 
+    def inherited_fds(self, feature: str) -> dict[str, int]:
+        """In workers 1..N-1: the descriptors worker 0's `feature` handed to this worker
+        (`Feature.fds_for_worker`); {} elsewhere."""
+        ...
+
     async def resolve(self, uri: SipUri) -> list[Peer]:
         """RFC 3263: the ordered next hops for `uri` (NAPTR, SRV, A/AAAA); [] when none."""
         ...
@@ -308,6 +313,14 @@ class Feature(Generic[S]):
 
     def on_worker_lost(self, index: int) -> None:
         """Worker `index`'s link dropped: withdraw whatever it had pending here."""
+
+    def fds_for_worker(self, index: int) -> dict[str, int]:
+        """Worker 0: descriptors worker `index` must inherit (socketpair ends to helper
+        processes the feature started), by name; it reads them with `Host.inherited_fds`."""
+        return {}
+
+    def worker_spawned(self, index: int) -> None:
+        """Worker 0: worker `index` has inherited its descriptors: close our copies."""
 
     # ---- HTTP -----------------------------------------------------------------------------
     def admin_routes(self, app: web.Application) -> None:

@@ -36,7 +36,7 @@ import socket
 import struct
 import zlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from .contract import WorkerMessage, decode_message, encode_message, worker_message
@@ -138,6 +138,8 @@ class WorkerSpec:
     link_fds: dict[int, int]  # other worker index -> fd of our end of the socketpair
     config_path: str | None
     demo: bool
+    # Descriptors features hand to this worker (`Feature.fds_for_worker`): feature → name → fd.
+    feature_fds: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def to_env(self) -> str:
         return json.dumps(
@@ -149,6 +151,7 @@ class WorkerSpec:
                 "link_fds": {str(k): v for k, v in self.link_fds.items()},
                 "config_path": self.config_path,
                 "demo": self.demo,
+                "feature_fds": self.feature_fds,
             }
         )
 
@@ -163,6 +166,7 @@ class WorkerSpec:
             link_fds={int(k): int(v) for k, v in raw["link_fds"].items()},
             config_path=raw["config_path"],
             demo=bool(raw["demo"]),
+            feature_fds={str(f): {str(k): int(v) for k, v in fds.items()} for f, fds in raw.get("feature_fds", {}).items()},
         )
 
 

@@ -31,6 +31,7 @@ from ..contract import Feature, Host, RequestHandler, StatelessCheck, WorkerMess
 from ..events import CALL_ANSWER, CALL_END, CALL_START, emit
 from ..flow.feature import MdflowFeature
 from ..media.feature import MediaFeature
+from ..media.protocol import MediaRtpTimeout
 from ..registrar.feature import Contact, RegistrarFeature
 from ..sip.errors import SipParseError
 from ..sip.incoming import Incoming
@@ -194,6 +195,7 @@ class B2buaFeature(Feature[B2buaConfig]):
         media = host.feature(MediaFeature)
         if media is not None:
             self.media = media.seam  # SDP of anchored calls through the media backend (docs/media.md)
+            media.listen(self._media_event)
         self.directory.registrar = self.registrar
         settings = self.settings
         if settings.cdr:
@@ -589,6 +591,17 @@ class B2buaFeature(Feature[B2buaConfig]):
     # ---- operations ----------------------------------------------------------------------------
     def local_calls(self) -> list[dict[str, object]]:
         return [call.snapshot() for call in self.calls.values()]
+
+    def _media_event(self, event: object) -> None:
+        """A media worker's event about one of our calls (keyed by its inbound Call-ID):
+        no RTP from a party for `media.rtp_timeout_s` ends the call, BYE both ways, the
+        CDR saying so."""
+        if isinstance(event, MediaRtpTimeout):
+            for call in list(self.calls.values()):
+                if call.request.call_id == event.call_id:
+                    log.info("event=rtp_timeout call=%s party=%s idle_s=%.0f", call.call_uuid, event.leg, event.idle_s)
+                    call.hangup("RTP timeout")
+                    return
 
     def hangup_local(self, key: str) -> bool:
         for call in list(self.calls.values()):

@@ -18,7 +18,7 @@ import argparse
 import asyncio
 import importlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -34,7 +34,7 @@ from .ng import RtpengineBackend
 
 log = logging.getLogger("vivait_sip.media")
 
-BUILTIN_FACTORY = "vivait_sip.media.worker:create_backend"
+BUILTIN_FACTORY = "vivait_sip.media.builtin:create_backend"
 
 
 def _rules_of(config: CoreConfig) -> dict[str, str | None]:
@@ -111,6 +111,7 @@ class MediaFeature(Feature[MediaConfig]):
         self._backend_config: tuple[object, ...] | None = None  # what the running backend was made from
         self.start_error: str | None = None
         self._lock: asyncio.Lock | None = None
+        self._listeners: list[Callable[[object], None]] = []
         self.seam = AnchoringSeam(
             _LazyBackend(self), self.policy, flags=settings.flags.to_flags(), timeout_s=settings.timeout_s
         )
@@ -163,6 +164,10 @@ class MediaFeature(Feature[MediaConfig]):
                 raise MediaError(self.start_error) from None
             self.start_error = None
             self.backend = backend
+            listening = getattr(backend, "listen", None)
+            if callable(listening):
+                for callback in self._listeners:
+                    listening(callback)
             self._backend_config = (settings.backend, settings.rtpengine)
             log.info("event=media_backend_started backend=%s worker=%d", backend.name, self.host.worker_index)
             return backend
@@ -195,6 +200,25 @@ class MediaFeature(Feature[MediaConfig]):
         backend, self.backend = self.backend, None
         if backend is not None:
             await backend.stop()
+
+    def fds_for_worker(self, index: int) -> dict[str, int]:
+        """The built-in backend's socketpair ends to every media worker, for SIP worker
+        `index` (it connects its own client: RTP commands never go through worker 0)."""
+        handing = getattr(self.backend, "fds_for_worker", None)
+        return dict(handing(index)) if callable(handing) else {}
+
+    def worker_spawned(self, index: int) -> None:
+        closing = getattr(self.backend, "worker_spawned", None)
+        if callable(closing):
+            closing(index)
+
+    def listen(self, callback: Callable[[object], None]) -> None:
+        """Events of the media workers (RTP timeout, DTMF, a player done, a recording
+        closed: `protocol.MediaEvent`); the built-in backend only."""
+        self._listeners.append(callback)
+        listening = getattr(self.backend, "listen", None)
+        if callable(listening):
+            listening(callback)
 
     # ---- status, metrics, admin ----------------------------------------------------------------
     def status(self) -> dict[str, object]:
