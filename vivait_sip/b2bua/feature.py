@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import itertools
 import logging
 import time
@@ -304,22 +305,22 @@ class B2buaFeature(Feature[B2buaConfig]):
             return
         numbers = self.directory.devices(target.user) if target.kind == "user" and target.user else [target.extension or ""]
         call.callee_user = target.user
-        found: list[Contact] = []
-        pending = [len(numbers)]
+        found: dict[str, list[Contact]] = {}
 
-        def located(contacts: list[Contact]) -> None:
-            found.extend(contacts)
-            pending[0] -= 1
-            if pending[0] > 0 or call.state is CallState.ENDED:
+        def located(number: str, contacts: list[Contact]) -> None:
+            found[number] = contacts
+            if len(found) < len(numbers) or call.state is CallState.ENDED:
                 return
-            dests = self._phone_dests(call, found, numbers[0])
+            # Each device is called as what it registered as (To, the leg's CDR target).
+            dests = [d for n in numbers for d in self._phone_dests(call, found[n], n)]
+            dests = [d for i, d in enumerate(dests) if all(d.uri != e.uri for e in dests[:i])]
             if not dests:
                 call.fail(480, "Temporarily Unavailable (not registered)")
                 return
             call.ring([dests], ring_s=target.ring_s)
 
         for number in numbers:
-            registrar.locate(number, located)
+            registrar.locate(number, functools.partial(located, number))
 
     def _phone_dests(self, call: Call, contacts: list[Contact], label: str) -> list[Dest]:
         seen: set[str] = set()
