@@ -195,6 +195,15 @@ def sipp(name: str, cwd: Path, scenario: str, *args: str, local: str = "127.0.0.
     return runner
 
 
+def user_args(server: Server, user: str, number: str) -> list[str]:
+    """SIPp arguments for b2b_uac_*.xml: user `user` (password pw-USER) dials `number`.
+    The digest uri must be the Request-URI (RFC 2617 §3.2.2.5: the server checks it);
+    SIPp's default is only `remote_ip:remote_port`."""
+    port = server.sip_port("udp")
+    return [f"127.0.0.1:{port}", "-s", number, "-set", "user", user, "-au", user, "-ap", f"pw-{user}",
+            "-auth_uri", f"{number}@127.0.0.1:{port}"]
+
+
 def header(message: str, name: str) -> str | None:
     for line in message.replace("\r\n", "\n").split("\n\n", 1)[0].split("\n")[1:]:
         key, _, value = line.partition(":")
