@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -160,8 +161,12 @@ class Sipp:
         return f"--- {self.name} errors:\n{self.errors()[-3000:]}\n--- {self.name} output:\n{self.output()[-3000:]}"
 
     def received(self, start: str = "") -> list[str]:
-        """The messages SIPp received that start with `start` (`"INVITE"`, `"SIP/2.0 200"`),
-        from its trace: `----- time`, `UDP message received [N] bytes :`, a blank line, the message."""
+        """The messages SIPp received that start with `start` (`"INVITE"`, `"SIP/2.0 200"`)."""
+        return [message for _, message in self.received_at(start)]
+
+    def received_at(self, start: str = "") -> list[tuple[float, str]]:
+        """(epoch seconds, message) of what SIPp received, from its trace: `----- date
+        time`, `UDP message received [N] bytes :`, a blank line, the message."""
         if not self.messages_path.exists():
             return []
         text = self.messages_path.read_text(errors="replace")
@@ -172,7 +177,8 @@ class Sipp:
                 continue
             message = lines[2].lstrip("\n")
             if message.startswith(start):
-                found.append(message)
+                when = datetime.strptime(lines[0].strip(), "%Y-%m-%d %H:%M:%S.%f").timestamp()
+                found.append((when, message))
         return found
 
     def final_stats(self) -> dict[str, str]:
