@@ -122,6 +122,7 @@ class B2buaFeature(Feature[B2buaConfig]):
         self._tickets: dict[str, int] = {}  # call uuid → mdflow ticket while waiting
         self._trunk_legs: set[str] = set()  # leg ids holding a trunk's call slot
         self.draining = False
+        self._drain_until: float | None = None  # loop time the drain ends (set by `stopping`)
         self.counters: dict[str, int] = {"attempts": 0, "answered": 0, "failed": 0, "cancelled": 0, "rejected_overload": 0}
         self._ids = itertools.count(1)
 
@@ -183,16 +184,32 @@ class B2buaFeature(Feature[B2buaConfig]):
         for line in b2bua_admin.reference_warnings(config):
             log.warning("event=config_warning %s", line)
 
-    async def stop(self) -> None:
-        """Drain: no new calls (503), active ones may run `drain_s`, then BYE both ways;
-        every CDR is written before the store closes."""
+    def stopping(self) -> float:
+        """SIGTERM: new calls get 503 from now on, and the drain starts now in every
+        worker at once (worker 0's `stop` only runs once the others have exited)."""
         self.draining = True
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.drain_s
-        while self.calls and loop.time() < deadline:
-            await asyncio.sleep(0.1)
+        drain_s = self.settings.drain_s
+        if self._drain_until is None:
+            loop = asyncio.get_running_loop()
+            self._drain_until = loop.time() + drain_s
+            # At the deadline, whatever else the process is still waiting for (the other
+            # workers, transactions finishing): the calls end then, not later.
+            loop.call_at(self._drain_until, self._hang_up_all)
+        return drain_s
+
+    def _hang_up_all(self) -> None:
         for call in list(self.calls.values()):
             call.hangup("shutdown")
+
+    async def stop(self) -> None:
+        """Drain: no new calls (503), active ones may run `drain_s` from SIGTERM, then BYE
+        both ways; every CDR is written before the store closes."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = self._drain_until if self._drain_until is not None else loop.time() + self.settings.drain_s
+        while self.calls and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        self._hang_up_all()
         await asyncio.sleep(0.2)  # the BYEs and final responses go out
         await self.trunks.stop()
         if self.store is not None:
