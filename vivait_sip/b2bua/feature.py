@@ -244,7 +244,9 @@ class B2buaFeature(Feature[B2buaConfig]):
             number, private = inbound_identity(req, trunk_config)
             caller = number or "anonymous"
         self.counters["attempts"] += 1
-        if self.draining or len(self.calls) >= settings.max_calls:
+        # max_calls is the node's: each worker takes its share (calls land on workers by
+        # Call-ID hash, so the shares fill evenly), as trunks split their max_calls.
+        if self.draining or len(self.calls) >= -(-settings.max_calls // host.worker_count):
             self.counters["rejected_overload"] += 1
             retry = str(host.config.sip.limits.retry_after_s)
             inc.respond(503, "Service Unavailable (shutting down)" if self.draining else None, headers=[("Retry-After", retry)])
