@@ -244,13 +244,6 @@ class B2buaFeature(Feature[B2buaConfig]):
             number, private = inbound_identity(req, trunk_config)
             caller = number or "anonymous"
         self.counters["attempts"] += 1
-        # max_calls is the node's: each worker takes its share (calls land on workers by
-        # Call-ID hash, so the shares fill evenly), as trunks split their max_calls.
-        if self.draining or len(self.calls) >= -(-settings.max_calls // host.worker_count):
-            self.counters["rejected_overload"] += 1
-            retry = str(host.config.sip.limits.retry_after_s)
-            inc.respond(503, "Service Unavailable (shutting down)" if self.draining else None, headers=[("Retry-After", retry)])
-            return
         number = req.uri.user_unescaped or ""
         call = Call(
             self, inc.request_id, req, inc.peer,
@@ -259,8 +252,16 @@ class B2buaFeature(Feature[B2buaConfig]):
         )
         call.extra["private"] = private
         call.extra["display"] = None if trunk is not None else self._display(user)
-        self.calls[call.call_uuid] = call
         emit(log, logging.INFO, CALL_START, "call_id=%r from=%r to=%r source=%s", req.call_id, caller, number, inc.peer.host)
+        # max_calls is the node's: each worker takes its share (calls land on workers by
+        # Call-ID hash, so the shares fill evenly), as trunks split their max_calls.
+        if self.draining or len(self.calls) >= -(-settings.max_calls // host.worker_count):
+            # Refused, but a call attempt all the same: its CDR says congestion, and why.
+            call.extra["refused"] = "draining" if self.draining else "max_calls"
+            reason = "Service Unavailable (shutting down)" if self.draining else "Service Unavailable (capacity)"
+            call.fail(503, reason, retry_after=host.config.sip.limits.retry_after_s)
+            return
+        self.calls[call.call_uuid] = call
         try:
             decision = self.router.route(RouteRequest(number, Source(user, trunk, inc.peer.host), datetime.now(UTC)))
         except ValueError as exc:
@@ -444,7 +445,11 @@ class B2buaFeature(Feature[B2buaConfig]):
                 self.cdr_writer.write(record)
             except Exception as exc:
                 log.error("event=cdr_write_failed call=%s error=%r", call.call_uuid, str(exc))
-        self.counters[{"answered": "answered", "cancelled": "cancelled"}.get(record.disposition, "failed")] += 1
+        if "refused" in call.extra:  # max_calls or draining: counted apart
+            outcome = "rejected_overload"
+        else:
+            outcome = {"answered": "answered", "cancelled": "cancelled"}.get(record.disposition, "failed")
+        self.counters[outcome] += 1
         emit(log, logging.INFO, CALL_END, "call_id=%r reason=%r duration_s=%.1f", call.request.call_id,
              record.hangup_cause, record.duration_s)
 
