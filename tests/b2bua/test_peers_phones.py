@@ -11,7 +11,9 @@ CDR is read back with `ctl cdr` and checked field by field.
   disposition cancelled;
 * the callee rejects (baresip answers 486 Busy Here): 486 relayed, disposition busy;
 * one user on two phones (two contacts of the hard extension): both ring, one answers,
-  the other gets CANCEL with `Reason: SIP;cause=200;text="Call completed elsewhere"`.
+  the other gets CANCEL with `Reason: SIP;cause=200;text="Call completed elsewhere"`;
+* the callee holds and resumes (re-INVITEs a=sendonly, then a=sendrecv, relayed): the
+  call shows on_hold meanwhile, and the audio flows again after the resume.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from peer_env import (
     header,
     start_server,
     wait_cdrs,
+    wait_for,
     wait_no_calls,
     workers,
 )
@@ -206,3 +209,36 @@ def test_one_user_two_phones_both_ring_one_answers(server: Server, phones: Phone
     assert cancelled["status"] == 487 and cancelled["answered_at"] is None
     assert cancelled["cause"] == 'SIP;cause=200;text="Call completed elsewhere"'
     assert {leg["target"] for leg in outs} == {"5141"}
+
+
+def _state(server: Server) -> str:
+    calls = active_calls(server)
+    return str(calls[0]["state"]) if calls else "gone"
+
+
+def test_the_callee_holds_and_resumes(server: Server, phones: Phones) -> None:
+    alice = phones.phone("alice", "6140", "6140", CALLER_HZ)
+    bob = phones.phone("bob", "6141", "6141", CALLEE_HZ)
+    alice.dial("6141")
+    alice.wait_event("CALL_ESTABLISHED")
+    bob.wait_event("CALL_ESTABLISHED")
+    time.sleep(1.5)
+    assert bob.command("hold").get("ok")
+    wait_for(lambda: _state(server) == "on_hold", 5, 0.2, "the call never showed on hold")
+    [hold] = [m for m in alice.sip_received("INVITE") if "a=sendonly" in m]  # bob's re-INVITE, relayed
+    time.sleep(1.0)
+    assert bob.command("resume").get("ok")
+    wait_for(lambda: _state(server) == "answered", 5, 0.2, "the call never came off hold")
+    assert any("a=sendrecv" in m for m in alice.sip_received("INVITE")[1:])
+    time.sleep(2.5)
+    alice.hangup()
+    bob.wait_event("CALL_CLOSED")
+    wait_no_calls(server)
+    recording = bob.recordings()[-1]
+    total = analyse(recording).seconds
+    after_resume = analyse(recording, skip_s=max(0.0, total - 1.5))
+    assert after_resume.has_tone(CALLER_HZ), after_resume  # audio again after the resume
+    assert analyse(alice.recordings()[-1], skip_s=0.2).has_tone(CALLEE_HZ)
+    [record] = wait_cdrs(server, 1)
+    assert record["disposition"] == "answered" and record["hangup_side"] == "caller"
+    assert header(hold, "Content-Type") == "application/sdp"
