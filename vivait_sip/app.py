@@ -401,11 +401,11 @@ class Application:
         for host in spec.local_hosts:
             self.core.add_local_address(host)
 
-    async def _stop_workers(self) -> None:
+    async def _stop_workers(self, grace: float = 0.0) -> None:
         for proc in self.worker_procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        deadline = asyncio.get_running_loop().time() + WORKER_STOP_TIMEOUT_S
+        deadline = asyncio.get_running_loop().time() + WORKER_STOP_TIMEOUT_S + grace
         for index, proc in self.worker_procs.items():
             while proc.poll() is None and asyncio.get_running_loop().time() < deadline:
                 await asyncio.sleep(0.05)
@@ -569,8 +569,11 @@ class Application:
         """Drain: stop accepting, let transactions finish briefly, flush the store."""
         log.info("event=stopping")
         self.stopping.set()
+        # Every feature stops taking new work at once (the B2BUA: 503 to new calls) and
+        # says how long its stop may drain; the other workers drain meanwhile.
+        grace = max((feature.stopping() for feature in self.features), default=0.0)
         if self.worker_procs:
-            await self._stop_workers()
+            await self._stop_workers(grace)
         deadline = asyncio.get_running_loop().time() + 2.0
         while self.core.ua.active_transactions and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)

@@ -350,6 +350,13 @@ class Feature(Generic[S]):
     def merge_status(self, mine: dict[str, object], workers: list[dict[str, object]]) -> None:
         """Worker 0: fold the other workers' `status()` into its own (sums, lists)."""
 
+    def stopping(self) -> float:
+        """SIGTERM (or SIGINT) reached this process: stop taking new work now, before
+        anything else stops (`stop` follows, in reverse start order, once the other
+        workers have exited).  Returns the seconds `stop` may then take to drain, so that
+        worker 0 waits that long for the other workers before killing them."""
+        return 0.0
+
     async def stop(self) -> None:
         """Flush and close; runs in reverse start order."""
 

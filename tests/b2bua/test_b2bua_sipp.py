@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from harness import Server, free_port, loopback_args
+from peer_env import check_times
 from registrar.reg_helpers import Phone
 
 pytestmark = pytest.mark.timeout(120)
@@ -98,6 +99,20 @@ def test_gateway_calls_reach_the_users_phone_by_did(server: Server, tmp_path: Pa
         assert record["did"] == "913346141" and record["callee_user"] == "6141"
         assert record["hangup_side"] == "caller" and record["billable_s"] > 0.2
         assert [leg["direction"] for leg in record["legs"]] == ["in", "out"]
+        # field by field: a call from a trunk bills no user; the caller is who the gateway says
+        assert record["caller"] == "sipp" and record["callee"] == "913346141" and record["user"] is None
+        assert record["rule"] == "local" and record["flow"] is None and record["flow_outcome"] is None
+        assert record["linked_to"] is None and record["hangup_cause"].startswith("bye")
+        check_times(record, answered=True)
+        assert 0.2 < record["billable_s"] < 2.0  # SIPp hangs up after 300 ms
+        inbound, outbound = record["legs"]
+        assert inbound["trunk"] == "gw" and inbound["status"] == 200 and inbound["target"] == "913346141"
+        assert inbound["peer"].startswith("sip:sipp@") and inbound["call_id"].endswith(f"@{GATEWAY}")
+        assert outbound["trunk"] is None and outbound["status"] == 200
+        assert outbound["target"] == "5141"  # the device: the hard extension it registered as
+        assert outbound["contact"] == f"sip:5141@127.0.0.1:{uas_port}"
+        assert outbound["call_id"] != inbound["call_id"]
+    assert len({r["legs"][0]["call_id"] for r in records}) == CALLS
 
 
 def test_a_call_to_nobody_registered_is_480_and_recorded(server: Server, tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ hold, late offers, ring timeout, redirects.  Milliseconds each, no sockets."""
 from __future__ import annotations
 
 from call_harness import Pbx, dest_to
-from ua_harness import SDP, SDP_ANSWER, SDP_OFFER, Callee, Net, Node
+from ua_harness import SDP, SDP_ANSWER, SDP_OFFER, Callee, Net, Node, match
 
 from vivait_sip.b2bua.call import COMPLETED_ELSEWHERE, Call, CallState, LegState
 from vivait_sip.sip.message import Request, Response
@@ -99,7 +99,17 @@ def test_a_busy_callee_is_relayed() -> None:
     net.run()
     assert [r.status for r in finals(alice)] == [486]
     assert pbx.calls[0].legs[0].status == 486
+    assert pbx.calls[0].hangup_side == "callee"  # the callee refused: its side ended the call
     net.assert_idle()
+
+
+def test_a_leg_that_times_out_ends_the_call_on_our_side() -> None:
+    net, alice, pbx, _, _ = setup("bob", status=None, provisional=0)
+    net.drop(match(src="pbx", dst="bob"), count=None)  # bob never hears the INVITE: Timer B
+    alice.invite(pbx.node)
+    net.run()
+    assert [r.status for r in finals(alice)] == [408]
+    assert pbx.calls[0].hangup_side == "system"
 
 
 def test_forked_legs_ring_in_parallel_and_the_loser_is_cancelled() -> None:

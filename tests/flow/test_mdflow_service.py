@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 
 import pytest
@@ -219,3 +220,34 @@ async def test_stopping_the_service_ends_debug_streams(admin: Admin) -> None:
     # The stream ends (EOF) instead of waiting forever for an interval that cannot close.
     rest = await asyncio.wait_for(response.content.read(), timeout=2)
     assert rest == b""
+
+
+async def test_tick_jitter_does_not_lower_the_admitted_rate(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The loop wakes up a few ms after each tick is due, by a varying amount, or a hair
+    # early (uvloop's timers have millisecond resolution).  Ticks run at the time they
+    # were due: releases one second apart stay exactly one second apart and the 1 s
+    # output cap blocks none of them.  (Ticks at the wake-up instants made a release
+    # land a hair inside the window of the one a second earlier now and then, and so
+    # did a schedule restarted after an early wake-up: 45-47 calls in 10 s, not 50.)
+    clock = FakeClock()
+    real_sleep = asyncio.sleep
+    lateness = itertools.cycle([0.003, 0.0, 0.001, -0.0008, 0.004, 0.0005, 0.002, -0.0003, 0.0])
+
+    async def late_wake_up(delay: float) -> None:
+        clock.now += max(0.0, delay) + next(lateness)
+        await real_sleep(0)
+
+    service = MdflowService(config(flow(tasa_sal_seg=5, dnis_max=20, to_desborda_seg=60)), clock)
+    released: list[float] = []
+    for i in range(100):  # a flood at one instant: 5 admitted at once, the rest queued
+        service.offer("F", f"d{i % 20}", lambda outcome: released.append(clock.now) if outcome == OK else None)
+    assert len(released) == 5
+    monkeypatch.setattr(asyncio, "sleep", late_wake_up)
+    await service.start()
+    try:
+        while clock.now < 10.5:
+            await real_sleep(0)
+    finally:
+        monkeypatch.setattr(asyncio, "sleep", real_sleep)
+        await service.stop()
+    assert sum(1 for t in released if t < 9.95) == 50, " ".join(f"{t:.3f}" for t in released)  # 5 at 0, then 5 a second

@@ -267,6 +267,7 @@ class Call:
         self._media_busy = False  # a media step is running: later ones wait in order
         self._media_release = False  # ended during a step: the seam is released once it is done
         self._media_queue: deque[tuple[str, str, bytes, Callable[[bytes], None], Callable[[str], None]]] = deque()
+        self._best_from_callee = False  # ...a final response a callee sent (not our timeout)
         self.extra: dict[str, object] = {}
         self.transfer: TransferHook | None = None
         env.bind(self, request_id=request_id)
@@ -484,7 +485,7 @@ class Call:
             else:
                 self._leg_failed(leg, 480, "redirect without Contact", already=True)
         else:
-            self._leg_failed(leg, status, resp.headers.get("reason") or resp.reason)
+            self._leg_failed(leg, status, resp.headers.get("reason") or resp.reason, from_callee=True)
 
     def _relay_provisional(self, leg: OutLeg, resp: Response) -> None:
         if self.state is not CallState.RINGING or self.final_status is not None:
@@ -585,7 +586,9 @@ class Call:
         self.hangup_cause = f"media: {why}"[:200]
         self.fail(503, "Service Unavailable (media)")
 
-    def _leg_failed(self, leg: OutLeg, status: int, reason: str | None, *, already: bool = False) -> None:
+    def _leg_failed(
+        self, leg: OutLeg, status: int, reason: str | None, *, already: bool = False, from_callee: bool = False
+    ) -> None:
         if not already:
             if _finished(leg):
                 return
@@ -596,20 +599,23 @@ class Call:
             self.env.leg_ended(self, leg)
         if self.state is not CallState.RINGING:
             return
-        self._note_failure(status, reason)
+        self._note_failure(status, reason, from_callee=from_callee)
         if all(_finished(other) for other in self.legs):
             self._all_failed()
 
-    def _note_failure(self, status: int, reason: str | None) -> None:
+    def _note_failure(self, status: int, reason: str | None, *, from_callee: bool = False) -> None:
         """RFC 3261 §16.7: keep the best final response to give the caller."""
         if self._best is None or _rank(status) < _rank(self._best[0]):
             self._best = (status, reason)
+            self._best_from_callee = from_callee
 
     def _all_failed(self) -> None:
         best = self._best or (480, None)
         if self.failover and best[0] in (408, 500, 503, 504):
             self._place(self.failover.pop(0))  # the next trunk
             return
+        if self._best_from_callee:
+            self.hangup_side = "callee"  # the callee refused (486, 603...): its decision, not ours
         self.fail(best[0], best[1])
 
     def _ring_timeout(self) -> None:

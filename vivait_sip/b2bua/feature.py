@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import time
@@ -146,6 +147,7 @@ class B2buaFeature(Feature[B2buaConfig]):
         self._tickets: dict[str, int] = {}  # call uuid → mdflow ticket while waiting
         self._trunk_legs: set[str] = set()  # leg ids holding a trunk's call slot
         self.draining = False
+        self._drain_until: float | None = None  # loop time the drain ends (set by `stopping`)
         self.counters: dict[str, int] = {"attempts": 0, "answered": 0, "failed": 0, "cancelled": 0, "rejected_overload": 0}
         # REFER, Replaces, and dialogs joined across workers (transfer.py, remote.py).
         self.transfers = TransferManager(self, lambda: host.sip, _HostWorkers(host))
@@ -215,17 +217,33 @@ class B2buaFeature(Feature[B2buaConfig]):
         for line in b2bua_admin.reference_warnings(config):
             log.warning("event=config_warning %s", line)
 
-    async def stop(self) -> None:
-        """Drain: no new calls (503), active ones may run `drain_s`, then BYE both ways;
-        every CDR is written before the store closes."""
+    def stopping(self) -> float:
+        """SIGTERM: new calls get 503 from now on, and the drain starts now in every
+        worker at once (worker 0's `stop` only runs once the others have exited)."""
         self.draining = True
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.drain_s
-        while self.calls and loop.time() < deadline:
-            await asyncio.sleep(0.1)
+        drain_s = self.settings.drain_s
+        if self._drain_until is None:
+            loop = asyncio.get_running_loop()
+            self._drain_until = loop.time() + drain_s
+            # At the deadline, whatever else the process is still waiting for (the other
+            # workers, transactions finishing): the calls end then, not later.
+            loop.call_at(self._drain_until, self._hang_up_all)
+        return drain_s
+
+    def _hang_up_all(self) -> None:
         for call in list(self.calls.values()):
             call.hangup("shutdown")
         self.transfers.shutdown()
+
+    async def stop(self) -> None:
+        """Drain: no new calls (503), active ones may run `drain_s` from SIGTERM, then BYE
+        both ways; every CDR is written before the store closes."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = self._drain_until if self._drain_until is not None else loop.time() + self.settings.drain_s
+        while self.calls and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        self._hang_up_all()
         await asyncio.sleep(0.2)  # the BYEs and final responses go out
         if self._media_tasks:  # media sessions deleted before the media backend stops
             await asyncio.wait(list(self._media_tasks), timeout=2.0)
@@ -262,11 +280,6 @@ class B2buaFeature(Feature[B2buaConfig]):
             number, private = inbound_identity(req, trunk_config)
             caller = number or "anonymous"
         self.counters["attempts"] += 1
-        if self.draining or len(self.calls) >= settings.max_calls:
-            self.counters["rejected_overload"] += 1
-            retry = str(host.config.sip.limits.retry_after_s)
-            inc.respond(503, "Service Unavailable (shutting down)" if self.draining else None, headers=[("Retry-After", retry)])
-            return
         number = req.uri.user_unescaped or ""
         call = Call(
             self, inc.request_id, req, inc.peer,
@@ -275,8 +288,16 @@ class B2buaFeature(Feature[B2buaConfig]):
         )
         call.extra["private"] = private
         call.extra["display"] = None if trunk is not None else self._display(user)
-        self.calls[call.call_uuid] = call
         emit(log, logging.INFO, CALL_START, "call_id=%r from=%r to=%r source=%s", req.call_id, caller, number, inc.peer.host)
+        # max_calls is the node's: each worker takes its share (calls land on workers by
+        # Call-ID hash, so the shares fill evenly), as trunks split their max_calls.
+        if self.draining or len(self.calls) >= -(-settings.max_calls // host.worker_count):
+            # Refused, but a call attempt all the same: its CDR says congestion, and why.
+            call.extra["refused"] = "draining" if self.draining else "max_calls"
+            reason = "Service Unavailable (shutting down)" if self.draining else "Service Unavailable (capacity)"
+            call.fail(503, reason, retry_after=host.config.sip.limits.retry_after_s)
+            return
+        self.calls[call.call_uuid] = call
         if "replaces" in req.headers:  # RFC 3891: it takes the place of one of our dialogs
             self.transfers.on_replaces(call)
             return
@@ -358,22 +379,22 @@ class B2buaFeature(Feature[B2buaConfig]):
             return
         numbers = self.directory.devices(target.user) if target.kind == "user" and target.user else [target.extension or ""]
         call.callee_user = target.user
-        found: list[Contact] = []
-        pending = [len(numbers)]
+        found: dict[str, list[Contact]] = {}
 
-        def located(contacts: list[Contact]) -> None:
-            found.extend(contacts)
-            pending[0] -= 1
-            if pending[0] > 0 or call.state is CallState.ENDED:
+        def located(number: str, contacts: list[Contact]) -> None:
+            found[number] = contacts
+            if len(found) < len(numbers) or call.state is CallState.ENDED:
                 return
-            dests = self._phone_dests(call, found, numbers[0])
+            # Each device is called as what it registered as (To, the leg's CDR target).
+            dests = [d for n in numbers for d in self._phone_dests(call, found[n], n)]
+            dests = [d for i, d in enumerate(dests) if all(d.uri != e.uri for e in dests[:i])]
             if not dests:
                 call.fail(480, "Temporarily Unavailable (not registered)")
                 return
             call.ring([dests], ring_s=target.ring_s)
 
         for number in numbers:
-            registrar.locate(number, located)
+            registrar.locate(number, functools.partial(located, number))
 
     def _phone_dests(self, call: Call, contacts: list[Contact], label: str) -> list[Dest]:
         seen: set[str] = set()
@@ -502,7 +523,11 @@ class B2buaFeature(Feature[B2buaConfig]):
                 self.cdr_writer.write(record)
             except Exception as exc:
                 log.error("event=cdr_write_failed call=%s error=%r", call.call_uuid, str(exc))
-        self.counters[{"answered": "answered", "cancelled": "cancelled"}.get(record.disposition, "failed")] += 1
+        if "refused" in call.extra:  # max_calls or draining: counted apart
+            outcome = "rejected_overload"
+        else:
+            outcome = {"answered": "answered", "cancelled": "cancelled"}.get(record.disposition, "failed")
+        self.counters[outcome] += 1
         emit(log, logging.INFO, CALL_END, "call_id=%r reason=%r duration_s=%.1f", call.request.call_id,
              record.hangup_cause, record.duration_s)
 
