@@ -76,7 +76,9 @@ async def test_nothing_anchorable_starts_no_backend() -> None:
     assert render(status)[0] == "backend builtin: not started (no call anchored yet)"  # type: ignore[arg-type]
 
 
-async def test_the_builtin_backend_not_there_yet_is_a_start_error() -> None:
+async def test_a_builtin_backend_that_cannot_start_is_a_start_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("vivait_sip.media.feature.BUILTIN_FACTORY", "vivait_sip.media.nothing_here:create_backend")
+    monkeypatch.setattr("vivait_sip.media.feature.load_builtin_factory.__defaults__", ("vivait_sip.media.nothing_here:create_backend",))
     host = FakeHost({"media": {"anchor_users": ["6140"]}})
     feature = MediaFeature(host)  # type: ignore[arg-type]
     with pytest.raises(StartError, match="backend builtin not available yet"):
@@ -121,7 +123,7 @@ async def test_the_builtin_factory_is_used_when_present(monkeypatch: pytest.Monk
             return {"backend": "builtin", "sessions": 3, "workers": [{"index": 1}]}
 
     module = SimpleNamespace(create_backend=Builtin)
-    monkeypatch.setitem(__import__("sys").modules, "vivait_sip.media.worker", module)
+    monkeypatch.setitem(__import__("sys").modules, "vivait_sip.media.builtin", module)
     host = FakeHost({"media": {"default": "anchor"}})
     feature = MediaFeature(host)  # type: ignore[arg-type]
     await feature.start()

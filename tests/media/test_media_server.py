@@ -246,11 +246,12 @@ def test_an_anchored_call_through_the_server_and_rtpengine(server: Server, daemo
         party.close()
 
 
-def test_a_needed_builtin_backend_that_is_not_there_stops_serve(tmp_path: Path) -> None:
+def test_a_needed_builtin_backend_that_cannot_start_stops_serve(tmp_path: Path) -> None:
     path = tmp_path / "config.json"
-    path.write_text(json.dumps({"media": {"default": "anchor"}}))
+    # Bound to every address with nothing to write into the SDP: the media workers cannot start.
+    path.write_text(json.dumps({"media": {"default": "anchor", "bind": "0.0.0.0"}}))
     out = subprocess.run([sys.executable, "-m", "vivait_sip", "serve", "--config", str(path), "--data-dir", str(tmp_path / "d"),
                           *loopback_args(http=False, tls=False)], capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 1, out.stdout + out.stderr
-    assert "error: media: backend builtin not available yet" in out.stderr, out.stderr
+    assert "error: media: backend builtin: media.advertise is needed" in out.stderr, out.stderr
     assert "ready" not in out.stdout

@@ -1,0 +1,91 @@
+"""Calls anchored in the built-in media backend, between real phones, with one and two SIP
+workers: the media workers are started by SIP worker 0 and reached by every SIP worker over
+its own socketpairs (RTP never crosses a SIP process); both phones see the server's media
+address in the SDP, each hears the other's tone through the relay, and the session is gone
+when the call ends."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from audio import analyse
+from baresip_phone import Baresip
+from harness import Server
+from peer_env import active_calls, base_config, ctl, start_server, wait_cdrs, wait_no_calls, workers
+
+__all__ = ["workers"]
+
+pytestmark = pytest.mark.timeout(120)
+
+CALLER_HZ, CALLEE_HZ = 1000.0, 400.0
+TALK_S = 3.0
+MEDIA_PORTS = (41000, 41999)
+
+
+@pytest.fixture
+def server(tmp_path: Path, workers: int) -> Iterator[Server]:
+    config = base_config(workers)
+    config["media"] = {
+        "backend": "builtin", "default": "anchor", "workers": 2,
+        "port_min": MEDIA_PORTS[0], "port_max": MEDIA_PORTS[1], "rtp_timeout_s": 0,
+    }
+    srv = start_server(tmp_path / "srv", config)
+    yield srv
+    srv.stop()
+
+
+def media_ports_in(sdp_lines: list[str]) -> list[int]:
+    return [int(line.split()[1]) for line in sdp_lines if line.startswith("m=audio ")]
+
+
+def test_an_anchored_call_relays_audio_both_ways_through_the_media_workers(server: Server, tmp_path: Path) -> None:
+    phones = []
+    try:
+        port = server.sip_port("udp")
+        for name, number, hz in (("alice", "6140", CALLER_HZ), ("bob", "6141", CALLEE_HZ)):
+            account = f"<sip:{number}@127.0.0.1:{port}>;auth_user={number};auth_pass=pw-{number};regint=600"
+            phone = Baresip(tmp_path, name, hz, account=account, auto_answer=True)
+            phones.append(phone)
+            phone.register()
+        alice, bob = phones
+        alice.dial("6141")
+        alice.wait_event("CALL_ESTABLISHED")
+        bob.wait_event("CALL_ESTABLISHED")
+        [call] = active_calls(server)
+        assert call["state"] == "answered"
+        status = json.loads(ctl(server, "media", "--json").stdout)
+        assert status["backend"] == "builtin" and status["sessions"] >= 1
+        time.sleep(TALK_S)
+        bob.hangup()
+        alice.wait_event("CALL_CLOSED")
+        wait_no_calls(server)
+
+        # Each phone was given the relay's ports, not the other phone's.
+        invite_to_bob = bob.sip_received("INVITE")[0]
+        ok_to_alice = next(m for m in alice.sip_received("SIP/2.0 200") if "CSeq: 1 INVITE" in m or "m=audio" in m)
+        for message in (invite_to_bob, ok_to_alice):
+            ports = media_ports_in(message.replace("\r\n", "\n").split("\n"))
+            assert ports and all(MEDIA_PORTS[0] <= p <= MEDIA_PORTS[1] for p in ports), message
+            assert "c=IN IP4 127.0.0.1" in message
+
+        heard_by_bob = analyse(bob.recordings()[-1])
+        heard_by_alice = analyse(alice.recordings()[-1])
+        assert heard_by_bob.has_tone(CALLER_HZ), heard_by_bob
+        assert heard_by_alice.has_tone(CALLEE_HZ), heard_by_alice
+        [record] = wait_cdrs(server, 1)
+        assert record["disposition"] == "answered"
+        assert record["extra"]["media"] == "anchored (default)"
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            status = json.loads(ctl(server, "media", "--json").stdout)
+            if status["sessions"] == 0:
+                break
+            time.sleep(0.2)
+        assert status["sessions"] == 0  # deleted at the BYE
+    finally:
+        for phone in phones:
+            phone.close()
