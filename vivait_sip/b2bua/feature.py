@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import time
@@ -81,15 +82,21 @@ class UserDirectoryView:
     def is_extension(self, number: str) -> bool:
         return self.registrar is not None and self.registrar.users.by_extension(number) is not None
 
-    def devices(self, user: str) -> list[str]:
-        """What rings for a user: its hard extension (and its number, when phones register
-        with it); the webfon's extension joins here with the WebRTC issue (hard XOR web)."""
+    def devices(self, user: str) -> list[list[str]]:
+        """What may ring for a user, as groups in order of preference; the first group with
+        a registered contact rings, alone (SPEC §4, hard XOR web).  With a web extension
+        (fixed, or leased to its webfon session) that comes first: while it is registered
+        the browser is the user's active device and the hard phone does not ring; when it
+        is not (logged out, WebSocket lost), the hard extension and the number ring."""
         if self.registrar is None:
-            return [user]
-        record = self.registrar.users.by_number(user)
+            return [[user]]
+        users = self.registrar.users
+        record = users.by_number(user)
         if record is None:
-            return [user]
-        return list(dict.fromkeys([record.extension, record.number]))
+            return [[user]]
+        hard = list(dict.fromkeys([record.extension, record.number]))
+        web = users.leased_extension_of(record.number) or record.web_extension
+        return [[web], hard] if web is not None and web not in hard else [hard]
 
 
 class _Timer:
@@ -354,24 +361,26 @@ class B2buaFeature(Feature[B2buaConfig]):
         if registrar is None:
             call.fail(480)
             return
-        numbers = self.directory.devices(target.user) if target.kind == "user" and target.user else [target.extension or ""]
+        groups = self.directory.devices(target.user) if target.kind == "user" and target.user else [[target.extension or ""]]
         call.callee_user = target.user
-        found: list[Contact] = []
+        numbers = [number for group in groups for number in group]
+        found: dict[str, list[Contact]] = {}
         pending = [len(numbers)]
 
-        def located(contacts: list[Contact]) -> None:
-            found.extend(contacts)
+        def located(number: str, contacts: list[Contact]) -> None:
+            found[number] = contacts
             pending[0] -= 1
             if pending[0] > 0 or call.state is CallState.ENDED:
                 return
-            dests = self._phone_dests(call, found, numbers[0])
-            if not dests:
-                call.fail(480, "Temporarily Unavailable (not registered)")
-                return
-            call.ring([dests], ring_s=target.ring_s)
+            for group in groups:  # the first group with a registered contact rings, alone
+                dests = self._phone_dests(call, [c for n in group for c in found.get(n, [])], group[0])
+                if dests:
+                    call.ring([dests], ring_s=target.ring_s)
+                    return
+            call.fail(480, "Temporarily Unavailable (not registered)")
 
         for number in numbers:
-            registrar.locate(number, located)
+            registrar.locate(number, functools.partial(located, number))
 
     def _phone_dests(self, call: Call, contacts: list[Contact], label: str) -> list[Dest]:
         seen: set[str] = set()
