@@ -17,7 +17,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "registrar"))
 
-from reg_helpers import Reply, parse_reply
+from reg_helpers import Phone, Reply, parse_reply
 
 from vivait_sip.registrar.digest import client_response, parse_challenge
 
@@ -193,3 +193,4 @@ class WsPhone:
             raw = await asyncio.wait_for(self.incoming.get(), timeout)
             if method_of(raw) == method:
                 return raw
+__all__ = ["Api", "Phone", "Reply", "WsPhone", "base_config", "method_of", "parse_reply", "sip_response"]
