@@ -86,7 +86,7 @@ else
     t=$SECONDS
     printf "webfon: fetching sip.js %s from the npm registry ... " "$SIPJS_VERSION"
     mkdir -p "$LOGS/sipjs"
-    if ! (cd "$LOGS/sipjs" && npm pack --loglevel=error --prefer-offline --fetch-retries=1 --fetch-retry-maxtimeout=5000 \
+    if ! (cd "$LOGS/sipjs" && npm pack --loglevel=error --prefer-offline --fetch-retries=1 --fetch-retry-mintimeout=2000 --fetch-retry-maxtimeout=5000 \
             --fetch-timeout=20000 "sip.js@$SIPJS_VERSION") >"$LOGS/npm" 2>&1; then
         echo "failed"
         echo "error: cannot fetch sip.js $SIPJS_VERSION: the npm registry is unreachable (offline?) and npm's cache does not have it; the webfon will not work until ./scripts/install.sh runs again with the registry reachable. npm said:" >&2
