@@ -22,22 +22,22 @@ from vivait_sip.media.ng import RtpengineBackend, to_ng
 from vivait_sip.sip.peer import Peer
 
 BROWSER_OFFER = (
-    "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
-    "a=group:BUNDLE 0\r\na=extmap-allow-mixed\r\na=msid-semantic: WMS stream\r\n"
-    "m=audio 40000 UDP/TLS/RTP/SAVPF 111 0 8 126\r\nc=IN IP4 127.0.0.1\r\n"
-    "a=rtcp:9 IN IP4 0.0.0.0\r\n"
-    "a=candidate:1 1 udp 2113937151 127.0.0.1 40000 typ host generation 0\r\n"
-    "a=ice-ufrag:Ab3d\r\na=ice-pwd:4f9hXmJ6cT1pZKq8dW2vEy0r\r\na=ice-options:trickle\r\n"
-    "a=fingerprint:sha-256 7B:8B:F0:65:5F:78:E2:51:3B:AC:6F:F3:3F:46:1B:35:DC:B8:5F:64:1A:24:C2:43:F0:A1:58:D0:A1:2C:19:08\r\n"
-    "a=setup:actpass\r\na=mid:0\r\na=sendrecv\r\na=msid:stream track\r\na=rtcp-mux\r\n"
-    "a=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\n"
-    "a=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:126 telephone-event/8000\r\n"
-    "a=ssrc:1001 cname:webfon\r\n"
-).encode()
+    b"v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+    b"a=group:BUNDLE 0\r\na=extmap-allow-mixed\r\na=msid-semantic: WMS stream\r\n"
+    b"m=audio 40000 UDP/TLS/RTP/SAVPF 111 0 8 126\r\nc=IN IP4 127.0.0.1\r\n"
+    b"a=rtcp:9 IN IP4 0.0.0.0\r\n"
+    b"a=candidate:1 1 udp 2113937151 127.0.0.1 40000 typ host generation 0\r\n"
+    b"a=ice-ufrag:Ab3d\r\na=ice-pwd:4f9hXmJ6cT1pZKq8dW2vEy0r\r\na=ice-options:trickle\r\n"
+    b"a=fingerprint:sha-256 7B:8B:F0:65:5F:78:E2:51:3B:AC:6F:F3:3F:46:1B:35:DC:B8:5F:64:1A:24:C2:43:F0:A1:58:D0:A1:2C:19:08\r\n"
+    b"a=setup:actpass\r\na=mid:0\r\na=sendrecv\r\na=msid:stream track\r\na=rtcp-mux\r\n"
+    b"a=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\n"
+    b"a=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:126 telephone-event/8000\r\n"
+    b"a=ssrc:1001 cname:webfon\r\n"
+)
 PHONE_ANSWER = (
-    "v=0\r\no=baresip 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
-    "m=audio 41000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n"
-).encode()
+    b"v=0\r\no=baresip 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    b"m=audio 41000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n"
+)
 
 
 @dataclass
