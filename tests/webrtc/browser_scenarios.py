@@ -30,7 +30,9 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE), str(HERE.parent / "b2bua"), str(HERE.parent / "media")]
 
 from harness import Server, loopback_args  # noqa: E402
+from peer_phones import Baresip, read_samples, tone_share  # noqa: E402
 from playwright.async_api import Page, async_playwright, expect  # noqa: E402
+from rtpengine_proc import Rtpengine  # noqa: E402
 from webfon_helpers import base_config  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
@@ -195,10 +197,68 @@ async def scenario_ui(run: Run, server: Server, browser: Any) -> None:
     await ctx_b.close()
 
 
+async def rising(page: Page, seconds: float = 2.0) -> tuple[int, int]:
+    first = await inbound_packets(page)
+    await asyncio.sleep(seconds)
+    return first, await inbound_packets(page)
+
+
+async def scenario_media(run: Run, server: Server, browser: Any, work: Path) -> None:
+    """Browser ↔ baresip through rtpengine (media.backend rtpengine): the browser's
+    DTLS-SRTP with ICE on one side, the phone's plain RTP on the other, audio both ways;
+    then the phone calls the user and the browser answers."""
+    port = server.ports[("http", "https")]
+    base = f"https://127.0.0.1:{port}"
+    phone = Baresip(work, "phone", 600.0, seconds=60, quit_after=100)
+    try:
+        phone.register("6142", "pw-6142", server.sip_port("udp"))
+        ctx = await browser.new_context(ignore_https_errors=True, viewport={"width": 460, "height": 860})
+        page = await ctx.new_page()
+        console: list[str] = []
+        page.on("console", lambda m: console.append(f"{m.type}: {m.text[:300]}"))
+        await login(page, base, "6140", "pw-6140")
+        await status_is(page, "Ready")
+        await page.get_by_role("textbox", name="Number").fill("6142")
+        await page.get_by_role("button", name="Call", exact=True).click()
+        await status_is(page, "Connected", 20000)
+        first, second = await rising(page, 3.0)
+        run.check("browser -> baresip via rtpengine: the browser receives the phone's audio (inbound packets rising)",
+                  second > max(first, 50), (first, second))
+        if os.environ.get("WEBFON_VERBOSE"):
+            print("\n".join(console[-30:]))
+            print(await page.evaluate("""() => { const c = window.webfon.state.phone.calls[0]; const pc = c && c.session.sessionDescriptionHandler.peerConnection;
+              return pc ? [pc.iceConnectionState, pc.connectionState, pc.localDescription && pc.localDescription.sdp, pc.remoteDescription && pc.remoteDescription.sdp].join("\\n----\\n") : "no pc"; }"""))
+        await run.shot(page, "11-connected-via-rtpengine")
+        await page.get_by_role("button", name="Hang up", exact=True).click()
+        await status_is(page, "Call ended")
+        phone.wait_event("CALL_CLOSED", 10)
+        media = ctl_json(server, "media")
+        run.check("the call was anchored in rtpengine", int(media.get("anchored", 0)) >= 1, media.get("anchored"))
+        await asyncio.sleep(0.5)
+        recordings = phone.received()
+        samples = read_samples(recordings[-1]) if recordings else []
+        share = tone_share(samples[4000:], 1000.0) if len(samples) > 8000 else 0.0
+        run.check("baresip's recording holds the browser's 1000 Hz tone", share > 0.3,
+                  {"recordings": [p.name for p in recordings], "samples": len(samples), "share_1000hz": round(share, 3),
+                   "share_600hz": round(tone_share(samples[4000:], 600.0), 3) if len(samples) > 8000 else None})
+        # the phone calls the user: the browser rings, answers, audio flows
+        phone.command("dial", f"sip:6140@127.0.0.1:{server.sip_port('udp')}")
+        await status_is(page, "Ringing", 15000)
+        await page.get_by_role("button", name="Answer", exact=True).click()
+        await status_is(page, "Connected")
+        first, second = await rising(page, 3.0)
+        run.check("baresip -> browser via rtpengine: audio reaches the browser", second > max(first, 50), (first, second))
+        await page.get_by_role("button", name="Hang up", exact=True).click()
+        await status_is(page, "Call ended")
+        await ctx.close()
+    finally:
+        phone.close()
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
-    parser.add_argument("--scenario", action="append", choices=["ui"], default=None)
+    parser.add_argument("--scenario", action="append", choices=["ui", "media"], default=None)
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -206,6 +266,11 @@ async def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="webfon-browser-"))
     tone = write_tone(work / "tone-1000.wav", 1000.0, 30)
     config = base_config(smart_buttons=BUTTONS, max_digi_llam_sal=12)
+    scenarios = args.scenario or ["ui"]
+    daemon: Rtpengine | None = None
+    if "media" in scenarios:
+        daemon = await Rtpengine().start()
+        config["media"] = {"backend": "rtpengine", "rtpengine": {"daemons": [daemon.address]}}
     server = Server(work / "srv", config, loopback_args(http=True, tls=False))
     (work / "srv").mkdir()
     server.start()
@@ -214,9 +279,12 @@ async def main() -> int:
             browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True,
                                               args=[*FLAGS, f"--use-file-for-fake-audio-capture={tone}"])
             try:
-                for name in args.scenario or ["ui"]:
+                for name in scenarios:
                     try:
-                        await {"ui": scenario_ui}[name](run, server, browser)
+                        if name == "media":
+                            await scenario_media(run, server, browser, work)
+                        else:
+                            await scenario_ui(run, server, browser)
                     except Exception as exc:
                         traceback.print_exc()
                         run.check(f"scenario {name} ran to its end", False, repr(exc)[:500])
@@ -228,6 +296,9 @@ async def main() -> int:
         (out / "server.log").write_text("\n".join(server.output))
         if os.environ.get("WEBFON_VERBOSE"):
             print(log)
+        if daemon is not None:
+            shutil.copy(daemon.log, out / "rtpengine.log")
+            daemon.stop()
         shutil.rmtree(work, ignore_errors=True)
     print("RESULT " + json.dumps({"checks": run.checks, "screenshots": run.shots}), flush=True)
     return 0 if run.checks and all(c["ok"] for c in run.checks) else 1

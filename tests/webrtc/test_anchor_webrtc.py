@@ -17,7 +17,7 @@ from vivait_sip.media.anchor import (
     webrtc_flags,
     webrtc_sides,
 )
-from vivait_sip.media.control import Dtls, Ice, MediaFlags, Replace, RtcpMux, TransportProtocol
+from vivait_sip.media.control import Ice, MediaFlags, Replace, RtcpMux, TransportProtocol
 from vivait_sip.media.ng import RtpengineBackend, to_ng
 from vivait_sip.sip.peer import Peer
 
@@ -105,10 +105,10 @@ def test_sides_and_the_policy() -> None:
 def test_flags_per_direction_in_ng() -> None:
     base = MediaFlags(ice=Ice.REMOVE, replace=(Replace.ORIGIN, Replace.SESSION_CONNECTION))
     browser = webrtc_flags(base, True)
-    assert (browser.transport_protocol, browser.ice, browser.dtls) == (TransportProtocol.UDP_TLS_RTP_SAVPF, Ice.FORCE, Dtls.PASSIVE)
+    assert (browser.transport_protocol, browser.ice, browser.dtls) == (TransportProtocol.UDP_TLS_RTP_SAVPF, Ice.FORCE, None)
     assert browser.rtcp_mux == (RtcpMux.OFFER, RtcpMux.REQUIRE) and browser.replace == base.replace
     phone = webrtc_flags(base, False)
-    assert (phone.transport_protocol, phone.ice, phone.dtls, phone.rtcp_mux) == (TransportProtocol.RTP_AVP, Ice.REMOVE, Dtls.OFF, (RtcpMux.DEMUX,))
+    assert (phone.transport_protocol, phone.ice, phone.dtls, phone.rtcp_mux) == (TransportProtocol.RTP_AVP, Ice.REMOVE, None, (RtcpMux.DEMUX,))
     flags_for = flags_by_side(lambda: base)
     call = browser_to_phone()
     assert flags_for(call, "callee") == phone and flags_for(call, "caller") == browser
@@ -117,10 +117,10 @@ def test_flags_per_direction_in_ng() -> None:
     from vivait_sip.media.control import CallKey, Offer
 
     ng = to_ng(Offer(CallKey("c", "a"), BROWSER_OFFER, phone))
-    assert ng["transport-protocol"] == "RTP/AVP" and ng["ICE"] == "remove" and ng["DTLS"] == "off"
+    assert ng["transport-protocol"] == "RTP/AVP" and ng["ICE"] == "remove" and "DTLS" not in ng
     assert ng["rtcp-mux"] == ["demux"] and "SDES-off" in ng["flags"]  # type: ignore[operator]
     ng = to_ng(Offer(CallKey("c", "a"), PHONE_ANSWER, browser))
-    assert ng["transport-protocol"] == "UDP/TLS/RTP/SAVPF" and ng["ICE"] == "force" and ng["DTLS"] == "passive"
+    assert ng["transport-protocol"] == "UDP/TLS/RTP/SAVPF" and ng["ICE"] == "force" and "DTLS" not in ng
     assert ng["rtcp-mux"] == ["offer", "require"]
 
 

@@ -35,3 +35,13 @@ def test_the_webfon_in_a_real_browser() -> None:
     shots = {Path(p).name for p in result["screenshots"]}  # type: ignore[union-attr]
     assert {"01-login.png", "03-ready.png", "05-incoming.png", "06-connected-muted.png", "07-on-hold.png",
             "08-call-ended.png", "10-ready-es.png"} <= shots
+
+
+def test_browser_and_baresip_through_rtpengine() -> None:
+    """media.backend rtpengine: the browser calls a baresip phone (WebRTC on one side, plain
+    RTP on the other), audio both ways (the browser's inbound packets rise, baresip's
+    recording holds the browser's 1000 Hz tone); then baresip calls the user and the
+    browser answers."""
+    result = run_scenarios("media")
+    names = [c["check"] for c in result["checks"]]  # type: ignore[union-attr]
+    assert any("1000 Hz" in n for n in names) and any("baresip -> browser" in n for n in names)

@@ -43,7 +43,6 @@ from .control import (
     Answer,
     CallKey,
     Delete,
-    Dtls,
     Ice,
     MediaBackend,
     MediaCommand,
@@ -356,16 +355,23 @@ def webrtc_sides(call: AnchoredCall) -> tuple[bool, bool]:
 
 def webrtc_flags(base: MediaFlags, towards_webrtc: bool) -> MediaFlags:
     """`base` (the config's flags) made right for the side an SDP goes to: a browser gets
-    DTLS-SRTP with ICE and rtcp-mux (the relay offers rtcp-mux and takes the passive
-    DTLS role); a phone plain RTP/AVP without ICE, RTCP demultiplexed."""
+    DTLS-SRTP (UDP/TLS/RTP/SAVPF) with ICE and rtcp-mux; a phone plain RTP/AVP without
+    ICE, RTCP demultiplexed.
+
+    No DTLS role is forced either way (`dtls` None): the relay answers a browser's
+    `actpass` offer as the DTLS client, which it already is from the offer on (rtpengine
+    starts its handshake towards the browser as soon as ICE allows).  Forcing `passive`
+    in the answer resets that, and Chrome, which saw the first ClientHello, never
+    completes the handshake; `DTLS=off` towards the phone refuses the browser's DTLS
+    altogether (both measured with Chromium 156 and rtpengine 10.5)."""
     extra = tuple(f for f in base.flags if f not in RTPENGINE_WEBRTC_FLAGS) + RTPENGINE_WEBRTC_FLAGS
     if towards_webrtc:
         return replace(
-            base, transport_protocol=TransportProtocol.UDP_TLS_RTP_SAVPF, ice=Ice.FORCE, dtls=Dtls.PASSIVE,
+            base, transport_protocol=TransportProtocol.UDP_TLS_RTP_SAVPF, ice=Ice.FORCE, dtls=None,
             rtcp_mux=(RtcpMux.OFFER, RtcpMux.REQUIRE), flags=extra,
         )
     return replace(
-        base, transport_protocol=TransportProtocol.RTP_AVP, ice=Ice.REMOVE, dtls=Dtls.OFF,
+        base, transport_protocol=TransportProtocol.RTP_AVP, ice=Ice.REMOVE, dtls=None,
         rtcp_mux=(RtcpMux.DEMUX,), flags=extra,
     )
 
