@@ -25,7 +25,7 @@ export const STRINGS = {
     del: "Borrar", settings: "Ajustes", close: "Cerrar",
     ready: "Preparado", calling: "Llamando", ringing: "Sonando", connected: "Conectado", onHold: "En espera",
     ended: "Llamada finalizada", failed: "Error: {reason}",
-    registered: "Conectado", unregistered: "Desconectado", connecting: "Conectando…",
+    registered: "En línea", unregistered: "Sin conexión", connecting: "Conectando…",
     incoming: "Llamada entrante", waiting: "Llamada en espera", answerHolds: "Al contestar se retiene la llamada actual",
     transferTo: "Transferir a", blind: "Transferir ya", consult: "Consultar antes", complete: "Completar transferencia",
     cancel: "Cancelar", microphone: "Micrófono", speaker: "Altavoz", language: "Idioma",
