@@ -65,7 +65,12 @@ class Run:
     def __init__(self, out: Path) -> None:
         self.out = out
         self.checks: list[dict[str, Any]] = []
+        self.notes: list[dict[str, Any]] = []
         self.shots: list[str] = []
+
+    def note(self, name: str, *detail: object) -> None:
+        self.notes.append({"note": name, "detail": detail})
+        print(f"NOTE {name}: {detail}", flush=True)
 
     def check(self, name: str, ok: bool, detail: object = None) -> None:
         self.checks.append({"check": name, "ok": bool(ok), "detail": detail})
@@ -255,10 +260,78 @@ async def scenario_media(run: Run, server: Server, browser: Any, work: Path) -> 
         phone.close()
 
 
+async def scenario_waiting(run: Run, server: Server, browser: Any) -> None:
+    """Call waiting and attended transfer between three browsers (no relay needed)."""
+    port = server.ports[("http", "https")]
+    base = f"https://127.0.0.1:{port}"
+    pages: dict[str, Page] = {}
+    contexts = []
+    errors: list[str] = []
+    console: list[str] = []
+    for who, user in (("a", "6140"), ("b", "6143"), ("c", "6141")):
+        ctx = await browser.new_context(ignore_https_errors=True, viewport={"width": 460, "height": 900})
+        contexts.append(ctx)
+        page = await ctx.new_page()
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on("console", lambda m, who=who: console.append(f"{who} {m.type}: {m.text[:400]}") if m.type in ("error", "warning") else None)
+        await login(page, base, user, f"pw-{user}")
+        await status_is(page, "Ready")
+        pages[who] = page
+    a, b, c = pages["a"], pages["b"], pages["c"]
+
+    async def dial(page: Page, number: str) -> None:
+        await page.get_by_role("textbox", name="Number").fill(number)
+        await page.get_by_role("button", name="Call", exact=True).click()
+
+    # B calls A; while they talk, C calls A: A sees the call waiting, answers it (B held)
+    await dial(b, "6140")
+    await status_is(a, "Ringing")
+    await a.get_by_role("button", name="Answer", exact=True).click()
+    await status_is(a, "Connected")
+    await dial(c, "6140")
+    await expect(a.get_by_text("Call waiting", exact=True)).to_be_visible(timeout=TIMEOUT_MS)
+    await expect(a.get_by_role("status")).to_have_text("Connected")
+    await run.shot(a, "12-call-waiting")
+    await a.get_by_role("button", name="Answer", exact=True).click()
+    await status_is(c, "Connected")
+    await expect(a.get_by_role("button", name="Resume Dani (6143)", exact=True)).to_be_visible(timeout=TIMEOUT_MS)
+    await run.shot(a, "13-two-calls")
+    run.check("answering the waiting call held the first", True)
+    # A hangs up on C: back to B, on hold; resume
+    await a.get_by_role("button", name="Hang up", exact=True).click()
+    await status_is(c, "Call ended")
+    await status_is(a, "On hold")
+    await a.get_by_role("button", name="Resume", exact=True).click()
+    await status_is(a, "Connected")
+    # attended transfer: A consults C, then joins B and C
+    await a.get_by_role("button", name="Transfer", exact=True).click()
+    await a.get_by_role("textbox", name="Transfer to").fill("6141")
+    await a.get_by_role("button", name="Consult first", exact=True).click()
+    await status_is(c, "Ringing")
+    await c.get_by_role("button", name="Answer", exact=True).click()
+    await expect(a.get_by_role("button", name="Complete transfer", exact=True)).to_be_visible(timeout=TIMEOUT_MS)
+    await run.shot(a, "14-consulting")
+    await a.get_by_role("button", name="Complete transfer", exact=True).click()
+    await status_is(a, "Call ended", 20000)
+    await status_is(b, "Connected")
+    await status_is(c, "Connected")
+    first, second = await rising(c, 2.0)
+    # Signalling only: the media of two browsers joined by a transfer does not flow (see
+    # docs/webrtc.md, "Not done yet"); recorded, not checked.
+    run.note("attended transfer between browsers, C's inbound packets", (first, second),
+             [line for line in console if "SDP" in line or "fingerprint" in line.lower() or "DTLS" in line][:5])
+    await run.shot(c, "15-transferred")
+    await b.get_by_role("button", name="Hang up", exact=True).click()
+    await status_is(c, "Call ended")
+    run.check("no page errors (waiting, transfer)", not errors, errors)
+    for ctx in contexts:
+        await ctx.close()
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
-    parser.add_argument("--scenario", action="append", choices=["ui", "media"], default=None)
+    parser.add_argument("--scenario", action="append", choices=["ui", "media", "waiting"], default=None)
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -283,6 +356,8 @@ async def main() -> int:
                     try:
                         if name == "media":
                             await scenario_media(run, server, browser, work)
+                        elif name == "waiting":
+                            await scenario_waiting(run, server, browser)
                         else:
                             await scenario_ui(run, server, browser)
                     except Exception as exc:
@@ -300,7 +375,7 @@ async def main() -> int:
             shutil.copy(daemon.log, out / "rtpengine.log")
             daemon.stop()
         shutil.rmtree(work, ignore_errors=True)
-    print("RESULT " + json.dumps({"checks": run.checks, "screenshots": run.shots}), flush=True)
+    print("RESULT " + json.dumps({"checks": run.checks, "notes": run.notes, "screenshots": run.shots}), flush=True)
     return 0 if run.checks and all(c["ok"] for c in run.checks) else 1
 
 

@@ -45,3 +45,14 @@ def test_browser_and_baresip_through_rtpengine() -> None:
     result = run_scenarios("media")
     names = [c["check"] for c in result["checks"]]  # type: ignore[union-attr]
     assert any("1000 Hz" in n for n in names) and any("baresip -> browser" in n for n in names)
+
+
+def test_call_waiting_and_attended_transfer_between_browsers() -> None:
+    """Three browsers: a second call to a user in a call is shown as waiting, answering it
+    holds the first (listed with its own Resume); hanging up returns to the held call;
+    the attended transfer (consult, complete: REFER with Replaces) leaves the transferor
+    with "Call ended" and the two others connected.  Their media after the join is not
+    checked (docs/webrtc.md, "Not done yet")."""
+    result = run_scenarios("waiting")
+    shots = {Path(p).name for p in result["screenshots"]}  # type: ignore[union-attr]
+    assert {"12-call-waiting.png", "13-two-calls.png", "14-consulting.png", "15-transferred.png"} <= shots
