@@ -71,6 +71,46 @@ else
     echo "done ($(took $t))"
 fi
 
+# ---- webfon: its SIP library from the npm registry, pinned, integrity checked ----
+# sip.js is plain ES modules with no dependencies: the browser loads web/vendor/sip.js/
+# as it is (no build step).  Not committed (web/vendor/ is git-ignored).  Offline: an
+# earlier fetch (or npm's cache) is enough; else the step fails with a clear error and
+# the install goes on without the webfon (the server runs; the page says what is missing).
+SIPJS_VERSION="0.21.2"
+SIPJS_INTEGRITY="sha512-tSqTcIgrOd2IhP/rd70JablvAp+fSfLSxO4hGNY6LkWRY1SKygTO7OtJEV/BQb8oIxtMRx0LE7nUF2MaqGbFzA=="
+vendor="web/vendor/sip.js"
+webfon_note=""
+if [ -f "$vendor/VENDORED" ] && [ "$(cat "$vendor/VENDORED")" = "sip.js $SIPJS_VERSION $SIPJS_INTEGRITY" ]; then
+    echo "webfon: sip.js $SIPJS_VERSION present, skipped"
+elif ! command -v npm >/dev/null 2>&1; then
+    echo "webfon: error: npm is not installed: cannot fetch sip.js $SIPJS_VERSION (apt-get install npm, then run this again); the webfon will not work" >&2
+    webfon_note=" (webfon: sip.js missing)"
+else
+    t=$SECONDS
+    printf "webfon: fetching sip.js %s from the npm registry ... " "$SIPJS_VERSION"
+    mkdir -p "$LOGS/sipjs"
+    if ! (cd "$LOGS/sipjs" && npm pack --loglevel=error --prefer-offline --fetch-retries=1 --fetch-retry-mintimeout=2000 --fetch-retry-maxtimeout=5000 \
+            --fetch-timeout=20000 "sip.js@$SIPJS_VERSION") >"$LOGS/npm" 2>&1; then
+        echo "failed"
+        echo "error: cannot fetch sip.js $SIPJS_VERSION: the npm registry is unreachable (offline?) and npm's cache does not have it; the webfon will not work until ./scripts/install.sh runs again with the registry reachable. npm said:" >&2
+        tail -n 3 "$LOGS/npm" >&2
+        webfon_note=" (webfon: sip.js missing)"
+    else
+        tgz="$LOGS/sipjs/sip.js-$SIPJS_VERSION.tgz"
+        got="sha512-$(python3 -c 'import base64, hashlib, sys; print(base64.b64encode(hashlib.sha512(open(sys.argv[1], "rb").read()).digest()).decode())' "$tgz")"
+        if [ "$got" != "$SIPJS_INTEGRITY" ]; then
+            echo "failed"
+            echo "error: sip.js $SIPJS_VERSION from the npm registry does not match its pinned integrity hash (got $got): not installed" >&2
+            exit 1
+        fi
+        rm -rf "$vendor.new" && mkdir -p "$vendor.new"
+        quietly untar tar xzf "$tgz" -C "$vendor.new" --strip-components=1 --exclude='*.d.ts' package/lib package/LICENSE.md
+        echo "sip.js $SIPJS_VERSION $SIPJS_INTEGRITY" > "$vendor.new/VENDORED"
+        rm -rf "$vendor" && mv "$vendor.new" "$vendor"
+        echo "done ($(took $t))"
+    fi
+fi
+
 # ---- compile ----
 if reason=$(.venv/bin/python scripts/native_needed.py 2>&1); then
     echo "compile: $reason, skipped"
@@ -97,4 +137,4 @@ else
 fi
 
 state=$(.venv/bin/python -c 'import vivait_sip.native as n; print(n.state)')
-echo "installed: $(.venv/bin/vivait-sip --version) ($state) in $(took $START)"
+echo "installed: $(.venv/bin/vivait-sip --version) ($state) in $(took $START)$webfon_note"

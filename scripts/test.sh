@@ -7,12 +7,15 @@ SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 # Real peers: SIPp (sip-tester), baresip + sox (softphone, audio), socat (TLS bridge for SIPp,
 # which Debian builds without OpenSSL); sngrep (HEP collector, pcap reader) and tshark for the
 # SIP trace, promtool (prometheus) to check /metrics; rtpengine-daemon (the media backend's
-# real peer: userspace forwarding, run by the tests in the foreground, no kernel module).
-PACKAGES="sip-tester baresip sox socat python3-venv sngrep tshark prometheus rtpengine-daemon"
+# real peer: userspace forwarding, run by the tests in the foreground, no kernel module);
+# chromium runs the webfon headless (tests/webrtc, through Playwright: never its own browser
+# download) inside `unshare -n` (util-linux), npm fetches the webfon's sip.js (install.sh).
+PACKAGES="sip-tester baresip sox socat python3-venv sngrep tshark prometheus rtpengine-daemon chromium util-linux"
 missing=""
 for pkg in $PACKAGES; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
 done
+command -v npm >/dev/null 2>&1 || missing="$missing npm"  # any npm will do (Node's own, or Debian's)
 if [ -n "$missing" ]; then
     printf "apt (test peers): installing%s ... " "$missing"
     log=$(mktemp)

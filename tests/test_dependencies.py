@@ -134,6 +134,23 @@ def test_media_is_a_feature_area() -> None:
     assert "media" in FEATURES
 
 
+def test_webrtc_is_a_feature_area() -> None:
+    """webrtc/ (the webfon's sessions, REST API, leases) uses the registrar's public modules
+    and the contract; the HTTP server's client key is a string it repeats, not an import
+    of transport/."""
+    allowed = {
+        "vivait_sip.webrtc.good": "from ..registrar.feature import RegistrarFeature\nfrom ..contract import Feature\n"
+        "from ..registrar.digest import ha1\nfrom .sessions import Sessions\n",
+    }
+    assert violations(allowed) == []
+    planted = {
+        "vivait_sip.webrtc.bad_transport": "from ..transport.httpserver import CLIENT_KEY\n",
+        "vivait_sip.webrtc.bad_app": "from ..app import Application\n",
+    }
+    assert [line.split(":")[0] for line in violations(planted)] == sorted(planted)
+    assert "webrtc" in FEATURES
+
+
 def test_relative_imports_resolve_from_packages_and_modules() -> None:
     assert imports_of("vivait_sip.registrar.feature", "from ..sip import message\nfrom . import cli\n") == {
         "vivait_sip.sip",

@@ -107,9 +107,15 @@ def test_a_second_run_with_nothing_changed_compiles_nothing(tmp_path: Path) -> N
     # apt must never run here: a PATH where apt-get and sudo only say they were called.
     fake = tmp_path / "fakebin"
     fake.mkdir()
-    for name in ("apt-get", "sudo"):
+    for name in ("apt-get", "sudo", "npm"):
         (fake / name).write_text(f'#!/bin/sh\necho "{name} $*" >> "{root}/calls.log"\n')
         (fake / name).chmod(0o755)
+    # the webfon's sip.js as an earlier fetch left it: the step is skipped (npm never runs)
+    script = (root / "scripts" / "install.sh").read_text()
+    pins = dict(line.split("=", 1) for line in script.splitlines() if line.startswith(("SIPJS_VERSION=", "SIPJS_INTEGRITY=")))
+    vendor = root / "web" / "vendor" / "sip.js"
+    vendor.mkdir(parents=True)
+    (vendor / "VENDORED").write_text(f"sip.js {pins['SIPJS_VERSION'].strip(chr(34))} {pins['SIPJS_INTEGRITY'].strip(chr(34))}\n")
     env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "VIVAIT_SIP_PURE": "1"}
 
     def install() -> list[str]:
@@ -119,14 +125,15 @@ def test_a_second_run_with_nothing_changed_compiles_nothing(tmp_path: Path) -> N
         return proc.stdout.splitlines()
 
     first = install()
-    assert [line.split(":")[0] for line in first] == ["apt", "venv", "pip", "compile", "prompts", "installed"]
+    assert [line.split(":")[0] for line in first] == ["apt", "venv", "pip", "webfon", "compile", "prompts", "installed"]
     assert first[2].startswith("pip: installing vivait-sip [speed,native] and its dependencies ... done (")
-    assert first[3].startswith("compile: no compiled modules; compiling with mypyc (about a minute) ... done (")
+    assert first[3].startswith("webfon: sip.js 0.21.2 present, skipped")
+    assert first[4].startswith("compile: no compiled modules; compiling with mypyc (about a minute) ... done (")
     second = install()
     assert second[2] == "pip: up to date, skipped (pyproject.toml and extras unchanged)"
-    assert second[3].startswith("compile: up to date (mypy ") and second[3].endswith(", skipped")
-    assert first[4].startswith("prompts: generating the default prompts (tones, espeak-ng speech) ... done (")
-    assert second[4] == "prompts: up to date, skipped"
+    assert second[4].startswith("compile: up to date (mypy ") and second[4].endswith(", skipped")
+    assert first[5].startswith("prompts: generating the default prompts (tones, espeak-ng speech) ... done (")
+    assert second[5] == "prompts: up to date, skipped"
     assert (root / "vivait_sip" / "media" / "audio" / "prompts" / "moh.wav").is_file()
     calls = (root / "calls.log").read_text().splitlines()
     assert [c.split()[0] for c in calls] == ["pip", "build"], calls  # one pip install, one build, both in run 1

@@ -491,9 +491,10 @@ class Application:
         ws_name: Literal["ws", "wss"] = "wss" if http.tls else "ws"
         app = web.Application()
         app.router.add_get("/sip", make_ws_handler(self.transports, ws_name))
-        app.router.add_get("/", _index)
         for feature in self.features:
             feature.web_routes(app)
+        if "GET /" not in routes(app):  # the webfon takes the root when it is served
+            app.router.add_get("/", _index)
         limits = HttpLimits(
             max_connections_per_ip=http.max_connections_per_ip,
             tls_handshake_timeout_s=http.tls_handshake_timeout_s,

@@ -17,6 +17,7 @@ FEATURES = (
     "vivait_sip.flow.feature:MdflowFeature",
     "vivait_sip.media.feature:MediaFeature",
     "vivait_sip.b2bua.feature:B2buaFeature",
+    "vivait_sip.webrtc.feature:WebrtcFeature",
 )
 # Out-of-tree features (a site's own, or a test's): comma-separated `module:Class`,
 # loaded after the built-in ones (so they may take over a method's handler).

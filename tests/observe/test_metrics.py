@@ -105,7 +105,7 @@ def test_everything_in_ctl_status_is_in_metrics(server: Server) -> None:
         "overload": "vivait_overload_shedding", "counters": "vivait_sip_events_total", "transport": "vivait_transport_messages_total",
         "registrar": "vivait_registrar_bindings", "trace": "vivait_trace_sessions", "pid": "vivait_worker_info",
         "dialogs": "vivait_sip_dialogs", "b2bua": "vivait_calls", "gc": "vivait_gc_collections_total",
-        "media": "vivait_media_sessions",
+        "media": "vivait_media_sessions", "webrtc": "vivait_webfon_sessions",
     }
     assert set(status) <= set(expected), set(status) - set(expected)
     assert {expected[key] for key in status} <= names

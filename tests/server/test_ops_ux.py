@@ -154,15 +154,32 @@ def test_the_admin_root_lists_every_route_with_the_token(demo: Server) -> None:
     assert all(not route.startswith("HEAD ") for route in index["routes"])
 
 
-def test_the_https_root_says_what_is_served(demo: Server) -> None:
+def test_the_https_root_serves_the_webfon(demo: Server) -> None:
+    """The root is the webfon's page (issue 12); the plain index of what is served comes
+    back when `webrtc.enabled` is false (tests/webrtc cover the page itself)."""
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     port = demo.ports[("http", "https")]
     with urllib.request.urlopen(f"https://127.0.0.1:{port}/", timeout=10, context=context) as answer:
         text = answer.read().decode()
-    assert text.splitlines()[0].startswith("vivait-sip ")
-    assert "GET /sip" in text and len(text.splitlines()) < 20
+        assert answer.headers["Content-Security-Policy"].startswith("default-src 'self'")
+    assert "<title>VIVAit Call Web</title>" in text and "/web/app/main.js" in text
+
+
+def test_without_the_webfon_the_https_root_says_what_is_served(tmp_path: Path) -> None:
+    srv = Server(tmp_path, {"webrtc": {"enabled": False}}, loopback_args(tls=False)).start()
+    try:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        port = srv.ports[("http", "https")]
+        with urllib.request.urlopen(f"https://127.0.0.1:{port}/", timeout=10, context=context) as answer:
+            text = answer.read().decode()
+        assert text.splitlines()[0].startswith("vivait-sip ")
+        assert "GET /sip" in text and len(text.splitlines()) < 20
+    finally:
+        srv.kill()
 
 
 # ---- a config file: reload says what it did -------------------------------------------------

@@ -248,6 +248,7 @@ class Call:
         self.linked_to: str | None = None
         self.legs: list[OutLeg] = []
         self.failover: list[list[Dest]] = []  # groups still to try
+        self.placing: tuple[Dest, ...] = ()  # the group being placed (the media seam reads where it goes)
         self.in_dialog: int | None = None  # the caller's dialog (once we answered or sent 18x)
         self.out_dialog: int | None = None  # the winning callee dialog
         self.winner: OutLeg | None = None
@@ -398,6 +399,7 @@ class Call:
 
     # ---- outbound legs ----------------------------------------------------------------------
     def _place(self, group: list[Dest]) -> None:
+        self.placing = tuple(group)
         if self.late_offer or self._offer_sdp is not None:
             self._place_legs(group, b"" if self.late_offer else self._offer_sdp or b"")
             return

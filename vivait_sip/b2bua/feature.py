@@ -83,15 +83,21 @@ class UserDirectoryView:
     def is_extension(self, number: str) -> bool:
         return self.registrar is not None and self.registrar.users.by_extension(number) is not None
 
-    def devices(self, user: str) -> list[str]:
-        """What rings for a user: its hard extension (and its number, when phones register
-        with it); the webfon's extension joins here with the WebRTC issue (hard XOR web)."""
+    def devices(self, user: str) -> list[list[str]]:
+        """What may ring for a user, as groups in order of preference; the first group with
+        a registered contact rings, alone (SPEC §4, hard XOR web).  With a web extension
+        (fixed, or leased to its webfon session) that comes first: while it is registered
+        the browser is the user's active device and the hard phone does not ring; when it
+        is not (logged out, WebSocket lost), the hard extension and the number ring."""
         if self.registrar is None:
-            return [user]
-        record = self.registrar.users.by_number(user)
+            return [[user]]
+        users = self.registrar.users
+        record = users.by_number(user)
         if record is None:
-            return [user]
-        return list(dict.fromkeys([record.extension, record.number]))
+            return [[user]]
+        hard = list(dict.fromkeys([record.extension, record.number]))
+        web = users.leased_extension_of(record.number) or record.web_extension
+        return [[web], hard] if web is not None and web not in hard else [hard]
 
 
 class _Timer:
@@ -377,21 +383,25 @@ class B2buaFeature(Feature[B2buaConfig]):
         if registrar is None:
             call.fail(480)
             return
-        numbers = self.directory.devices(target.user) if target.kind == "user" and target.user else [target.extension or ""]
+        groups = self.directory.devices(target.user) if target.kind == "user" and target.user else [[target.extension or ""]]
         call.callee_user = target.user
+        numbers = [number for group in groups for number in group]
         found: dict[str, list[Contact]] = {}
+        pending = [len(numbers)]
 
         def located(number: str, contacts: list[Contact]) -> None:
             found[number] = contacts
-            if len(found) < len(numbers) or call.state is CallState.ENDED:
+            pending[0] -= 1
+            if pending[0] > 0 or call.state is CallState.ENDED:
                 return
-            # Each device is called as what it registered as (To, the leg's CDR target).
-            dests = [d for n in numbers for d in self._phone_dests(call, found[n], n)]
-            dests = [d for i, d in enumerate(dests) if all(d.uri != e.uri for e in dests[:i])]
-            if not dests:
-                call.fail(480, "Temporarily Unavailable (not registered)")
-                return
-            call.ring([dests], ring_s=target.ring_s)
+            for group in groups:  # the first group with a registered contact rings, alone
+                # Each device is called as what it registered as (To, the leg's CDR target).
+                dests = [d for n in group for d in self._phone_dests(call, found.get(n, []), n)]
+                dests = [d for i, d in enumerate(dests) if all(d.uri != e.uri for e in dests[:i])]
+                if dests:
+                    call.ring([dests], ring_s=target.ring_s)
+                    return
+            call.fail(480, "Temporarily Unavailable (not registered)")
 
         for number in numbers:
             registrar.locate(number, functools.partial(located, number))

@@ -5,6 +5,8 @@ checked in this order (the first gives the reason shown in the CDR):
 
 1. a feature requires it (`require(name, predicate)`: recording, music on hold, prompts,
    WebRTC...; `anchor_required(call)` tells whether one does);
+1b. one side is WebRTC and the other plain RTP (`webrtc_sides`): the relay bridges them,
+   with flags per direction (`webrtc_flags`);
 2. its dialplan rule says `"media": "anchor"`;
 3. its caller or callee user is in `media.anchor_users` (phones behind NAT);
 4. `media.default` is `"anchor"` and its rule does not say `"media": "pass"`.
@@ -33,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
 from ..sip.message import Request
@@ -41,6 +43,7 @@ from .control import (
     Answer,
     CallKey,
     Delete,
+    Ice,
     MediaBackend,
     MediaCommand,
     MediaError,
@@ -48,6 +51,8 @@ from .control import (
     MediaReply,
     Offer,
     Replace,
+    RtcpMux,
+    TransportProtocol,
 )
 
 log = logging.getLogger("vivait_sip.media")
@@ -80,7 +85,9 @@ class AnchoringPolicy:
         default: Literal["anchor", "pass"] = "pass",
         users: Iterable[str] = (),
         rules: Mapping[str, str | None] | None = None,
+        webrtc: bool = True,
     ) -> None:
+        self.webrtc = webrtc  # WebRTC ↔ plain RTP calls are anchored (the relay bridges them)
         self.default = default
         self.users: frozenset[str] = frozenset(users)
         self.rules: dict[str, str | None] = dict(rules or {})
@@ -124,11 +131,15 @@ class AnchoringPolicy:
         )
 
     def decide(self, call: AnchoredCall) -> str | None:
-        """Why `call` is anchored ("feature recording", "rule outside", "user 6140",
-        "default"), or None: its SDP passes through."""
+        """Why `call` is anchored ("feature recording", "webrtc", "rule outside", "user
+        6140", "default"), or None: its SDP passes through."""
         feature = self.anchor_required(call)
         if feature is not None:
             return f"feature {feature}"
+        if self.webrtc:
+            caller, callee = webrtc_sides(call)
+            if caller != callee:  # one side a browser, the other plain RTP: only the relay joins them
+                return "webrtc"
         rule = self.rules.get(call.rule) if call.rule is not None else None
         if rule == "anchor":
             return f"rule {call.rule}"
@@ -309,3 +320,72 @@ def rule_media_flags(dialplan: Iterable[Any]) -> dict[str, str | None]:
     """`{rule name: its media flag}` from a dialplan's rules (objects with `name` and
     `media`), so the policy needs no import of the B2BUA's config."""
     return {str(rule.name): getattr(rule, "media", None) for rule in dialplan}
+
+
+# ---- WebRTC ↔ plain RTP ------------------------------------------------------------------
+# A browser speaks ICE, DTLS-SRTP (UDP/TLS/RTP/SAVPF) and rtcp-mux; a SIP phone or trunk
+# plain RTP/AVP.  Such a call is anchored, and each SDP is rewritten for the side it goes
+# to: `webrtc_flags(base, towards_webrtc)`.  The typed fields (transport protocol, ICE,
+# DTLS, rtcp-mux) are what any backend reads, rtpengine's NG and the built-in bridge
+# alike; `RTPENGINE_WEBRTC_FLAGS` are rtpengine's own extras, ignored by others.
+
+WEBRTC_TRANSPORTS = frozenset(("ws", "wss"))
+RTPENGINE_WEBRTC_FLAGS = ("SDES-off", "generate-mid")
+
+
+def is_webrtc_sdp(sdp: bytes) -> bool:
+    """An SDP from a WebRTC endpoint: DTLS-SRTP media (`UDP/TLS/RTP/SAVP[F]`) or a DTLS fingerprint."""
+    return b"UDP/TLS/RTP/SAVP" in sdp or b"a=fingerprint:" in sdp
+
+
+def webrtc_sides(call: AnchoredCall) -> tuple[bool, bool]:
+    """(caller is WebRTC, callee is WebRTC): the caller by its transport (a WebSocket) or
+    its offer's SDP; the callee by where the call goes (the answered leg, else the group
+    being placed): a contact registered over a WebSocket is a browser."""
+    peer = getattr(call, "peer", None)
+    body = getattr(getattr(call, "request", None), "body", b"")  # read defensively: callers may pass a partial call
+    caller = getattr(peer, "transport", None) in WEBRTC_TRANSPORTS or is_webrtc_sdp(body or b"")
+    winner = getattr(call, "winner", None)
+    dests = (winner.dest,) if winner is not None else tuple(getattr(call, "placing", ()))
+    callee = any(
+        d.destinations and d.destinations[0].transport in WEBRTC_TRANSPORTS for d in dests
+    )
+    return caller, callee
+
+
+def webrtc_flags(base: MediaFlags, towards_webrtc: bool) -> MediaFlags:
+    """`base` (the config's flags) made right for the side an SDP goes to: a browser gets
+    DTLS-SRTP (UDP/TLS/RTP/SAVPF) with ICE and rtcp-mux; a phone plain RTP/AVP without
+    ICE, RTCP demultiplexed.
+
+    No DTLS role is forced either way (`dtls` None): the relay answers a browser's
+    `actpass` offer as the DTLS client, which it already is from the offer on (rtpengine
+    starts its handshake towards the browser as soon as ICE allows).  Forcing `passive`
+    in the answer resets that, and Chrome, which saw the first ClientHello, never
+    completes the handshake; `DTLS=off` towards the phone refuses the browser's DTLS
+    altogether (both measured with Chromium 156 and rtpengine 10.5)."""
+    extra = tuple(f for f in base.flags if f not in RTPENGINE_WEBRTC_FLAGS) + RTPENGINE_WEBRTC_FLAGS
+    if towards_webrtc:
+        return replace(
+            base, transport_protocol=TransportProtocol.UDP_TLS_RTP_SAVPF, ice=Ice.FORCE, dtls=None,
+            rtcp_mux=(RtcpMux.OFFER, RtcpMux.REQUIRE), flags=extra,
+        )
+    return replace(
+        base, transport_protocol=TransportProtocol.RTP_AVP, ice=Ice.REMOVE, dtls=None,
+        rtcp_mux=(RtcpMux.DEMUX,), flags=extra,
+    )
+
+
+def flags_by_side(base: Callable[[], MediaFlags]) -> Callable[[AnchoredCall, Side], MediaFlags]:
+    """`AnchoringSeam(flags_for=...)`: when either side of an anchored call is WebRTC, each
+    SDP gets the flags of the side it goes to (`webrtc_flags`); calls between phones keep
+    `base()` (the config's `media.flags`) both ways."""
+
+    def flags_for(call: AnchoredCall, towards: Side) -> MediaFlags:
+        flags = base()
+        caller, callee = webrtc_sides(call)
+        if not (caller or callee):
+            return flags
+        return webrtc_flags(flags, caller if towards == "caller" else callee)
+
+    return flags_for

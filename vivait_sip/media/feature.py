@@ -26,7 +26,14 @@ from aiohttp import web
 from ..config import CoreConfig
 from ..contract import Feature, Host, StartError
 from ..metrics import family, single
-from .anchor import AnchoredCall, AnchoringPolicy, AnchoringSeam, Requirement, rule_media_flags
+from .anchor import (
+    AnchoredCall,
+    AnchoringPolicy,
+    AnchoringSeam,
+    Requirement,
+    flags_by_side,
+    rule_media_flags,
+)
 from .cli import add_commands as add_media_commands
 from .config import MediaConfig
 from .control import MediaBackend, MediaCommand, MediaError, MediaReply
@@ -113,7 +120,8 @@ class MediaFeature(Feature[MediaConfig]):
         self._lock: asyncio.Lock | None = None
         self._listeners: list[Callable[[object], None]] = []
         self.seam = AnchoringSeam(
-            _LazyBackend(self), self.policy, flags=settings.flags.to_flags(), timeout_s=settings.timeout_s
+            _LazyBackend(self), self.policy, flags=settings.flags.to_flags(), timeout_s=settings.timeout_s,
+            flags_for=flags_by_side(lambda: self.seam.flags),  # WebRTC sides get their own (anchor.webrtc_flags)
         )
 
     # ---- the API other features use ----------------------------------------------------------

@@ -9,6 +9,7 @@ is kept with them so a realm change is detected instead of failing every login.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -53,6 +54,20 @@ class UserRecord:
             "realm": self.realm,
             "origin": self.origin,
         }
+
+
+@dataclass(slots=True)
+class WebLease:
+    """A web extension held by a user's webfon sessions (SPEC §4), with short-lived
+    credentials of its own: digest username the extension, HA1s of a random password
+    the webfon was given (never the user's password).  Held in memory only, in every
+    worker (the webrtc feature sends them), until `expires_at` (wall clock) or release."""
+
+    extension: str
+    user: str
+    ha1_md5: str
+    ha1_sha256: str
+    expires_at: float
 
 
 def make_user(
@@ -187,6 +202,9 @@ class UserDirectory:
         self.realm = realm
         self._by_number: dict[str, UserRecord] = {}
         self._by_extension: dict[str, UserRecord] = {}
+        # Web extensions leased to webfon sessions; kept across load() (a reload of users).
+        self._leases: dict[str, WebLease] = {}
+        self._lease_of_user: dict[str, str] = {}
 
     def load(self, records: Iterable[UserRecord]) -> None:
         """Replace every user."""
@@ -233,8 +251,47 @@ class UserDirectory:
         return self._by_number.get(number)
 
     def by_extension(self, ext: str) -> UserRecord | None:
-        """The user whose hard or web extension is `ext`."""
-        return self._by_extension.get(ext)
+        """The user whose hard or web extension is `ext` (a leased one included)."""
+        rec = self._by_extension.get(ext)
+        if rec is None and self._leases:
+            lease = self.lease_of(ext)
+            if lease is not None:
+                rec = self._by_number.get(lease.user)
+        return rec
+
+    # ---- web leases (webfon sessions) ----------------------------------------------------
+    def lease(self, lease: WebLease) -> None:
+        """Give `lease.extension` to `lease.user` with its own credentials (replacing any
+        earlier lease of that extension, or of that user)."""
+        self.release(lease.extension)
+        old = self._lease_of_user.get(lease.user)
+        if old is not None:
+            self.release(old)
+        self._leases[lease.extension] = lease
+        self._lease_of_user[lease.user] = lease.extension
+
+    def release(self, extension: str) -> bool:
+        lease = self._leases.pop(extension, None)
+        if lease is None:
+            return False
+        if self._lease_of_user.get(lease.user) == extension:
+            del self._lease_of_user[lease.user]
+        return True
+
+    def lease_of(self, extension: str) -> WebLease | None:
+        """The live lease of a web extension (None when none, or expired)."""
+        lease = self._leases.get(extension)
+        if lease is None or lease.expires_at <= time.time():
+            return None
+        return lease
+
+    def leased_extension_of(self, number: str) -> str | None:
+        """The web extension a user's webfon sessions hold now, if any."""
+        ext = self._lease_of_user.get(number)
+        return ext if ext is not None and self.lease_of(ext) is not None else None
+
+    def leases(self) -> list[WebLease]:
+        return list(self._leases.values())
 
     def _resolve(self, name: str) -> UserRecord | None:
         return self._by_number.get(name) or self._by_extension.get(name)
@@ -248,6 +305,11 @@ class UserDirectory:
         rec = self._by_number.get(username)
         if rec is not None:
             digest: str | None = rec.ha1_sha256 if algorithm is Algorithm.SHA256 else rec.ha1_md5
+        elif self._leases and username in self._leases:
+            lease = self.lease_of(username)
+            if lease is None or (self.realm is not None and realm != self.realm):
+                return None
+            return lease.ha1_sha256 if algorithm is Algorithm.SHA256 else lease.ha1_md5
         else:
             rec = self._by_extension.get(username)
             if rec is None or rec.extension != username:
@@ -258,7 +320,10 @@ class UserDirectory:
         return digest
 
     def owns_aor_user(self, aor_user: str, auth_username: str) -> bool:
-        """May `auth_username` register `sip:aor_user@...`? Only for its own number/extensions."""
+        """May `auth_username` register `sip:aor_user@...`? Only for its own number/extensions;
+        a leased web extension's credentials only for that extension."""
+        if self._leases and auth_username in self._leases and auth_username not in self._by_number:
+            return aor_user == auth_username
         rec = self._resolve(auth_username)
         return rec is not None and aor_user in identities(rec)
 

@@ -1,0 +1,383 @@
+"""Headless Chromium driving the webfon against a real vivait-sip, run by test_browser.py
+inside `unshare -n` (a network namespace with only loopback: nothing leaves the machine).
+
+Starts the server (and, for the media scenario, rtpengine and a baresip phone) inside the
+namespace, drives pages with Playwright by role and accessible name, saves screenshots of
+the main states, and prints one JSON line of results.  Exit 0 when every check passed.
+
+usage: browser_scenarios.py OUTDIR [--scenario NAME ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import wave
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE), str(HERE.parent / "b2bua"), str(HERE.parent / "media")]
+
+from harness import Server, loopback_args  # noqa: E402
+from peer_phones import Baresip, read_samples, tone_share  # noqa: E402
+from playwright.async_api import Page, async_playwright, expect  # noqa: E402
+from rtpengine_proc import Rtpengine  # noqa: E402
+from webfon_helpers import base_config  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+    "--autoplay-policy=no-user-gesture-required",
+    "--allow-loopback-in-peer-connection",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
+    "--ignore-certificate-errors",
+]
+BUTTONS = [{"id": "BI_01", "label": "Retrollamada", "dial": "*43#"},
+           {"id": "BI_02", "label": "Cancelar retrollamada", "dial": "*44#", "users": ["6140"]}]
+TIMEOUT_MS = 15000
+
+
+def write_tone(path: Path, hz: float, seconds: float, rate: int = 48000) -> Path:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(b"".join(struct.pack("<h", int(16383 * math.sin(2 * math.pi * hz * i / rate)))
+                               for i in range(int(rate * seconds))))
+    return path
+
+
+class Run:
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.checks: list[dict[str, Any]] = []
+        self.notes: list[dict[str, Any]] = []
+        self.shots: list[str] = []
+
+    def note(self, name: str, *detail: object) -> None:
+        self.notes.append({"note": name, "detail": detail})
+        print(f"NOTE {name}: {detail}", flush=True)
+
+    def check(self, name: str, ok: bool, detail: object = None) -> None:
+        self.checks.append({"check": name, "ok": bool(ok), "detail": detail})
+        print(("PASS " if ok else "FAIL ") + name + ("" if detail is None else f": {detail}"), flush=True)
+
+    async def shot(self, page: Page, name: str) -> None:
+        path = self.out / f"{name}.png"
+        await page.screenshot(path=str(path))
+        self.shots.append(str(path))
+
+
+async def login(page: Page, base: str, user: str, password: str, lang: str = "en") -> None:
+    await page.goto(f"{base}/?lang={lang}", timeout=TIMEOUT_MS)
+    await page.get_by_label("User" if lang == "en" else "Usuario").fill(user)
+    await page.get_by_label("Password" if lang == "en" else "Contraseña").fill(password)
+    await page.get_by_role("button", name="Log in" if lang == "en" else "Entrar", exact=True).click()
+
+
+async def status_is(page: Page, text: str, timeout: int = TIMEOUT_MS) -> None:
+    await expect(page.get_by_role("status")).to_have_text(text, timeout=timeout)
+
+
+async def inbound_packets(page: Page) -> int:
+    stats = await page.evaluate("window.webfon.stats()")
+    total = 0
+    for call in stats:
+        inbound = (call.get("stats") or {}).get("inbound") or {}
+        total += int(inbound.get("packetsReceived") or 0)
+    return total
+
+
+def ctl_json(server: Server, *args: str) -> Any:
+    out = subprocess.run([sys.executable, "-m", "vivait_sip", *server.ctl_args, *args, "--json"],
+                         capture_output=True, text=True, timeout=20)
+    return json.loads(out.stdout)
+
+
+async def scenario_ui(run: Run, server: Server, browser: Any) -> None:
+    """Log in, register, call between two browsers (pass-through media), hold, resume,
+    DTMF, mute, hang up; Spanish; a wrong password; screenshots of each state."""
+    port = server.ports[("http", "https")]
+    base = f"https://127.0.0.1:{port}"
+    ctx_a = await browser.new_context(ignore_https_errors=True, viewport={"width": 460, "height": 860})
+    ctx_b = await browser.new_context(ignore_https_errors=True, viewport={"width": 460, "height": 860})
+    a, b = await ctx_a.new_page(), await ctx_b.new_page()
+    errors: list[str] = []
+    for page in (a, b):
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await a.goto(f"{base}/?lang=en")
+    await expect(a.get_by_role("button", name="Log in", exact=True)).to_be_visible()
+    await run.shot(a, "01-login")
+    await a.get_by_label("User").fill("6140")
+    await a.get_by_label("Password").fill("wrong")
+    await a.get_by_role("button", name="Log in", exact=True).click()
+    await expect(a.get_by_role("alert")).to_have_text("Wrong user or password", timeout=TIMEOUT_MS)
+    await run.shot(a, "02-login-failed")
+    await a.get_by_label("Password").fill("pw-6140")
+    await a.get_by_role("button", name="Log in", exact=True).click()
+    await status_is(a, "Ready")
+    regs = ctl_json(server, "registrations")["registrations"]
+    mine = [r for r in regs if str(r["aor"]).startswith("sip:7000@")]
+    run.check("browser registered its pool extension 7000 over wss", len(mine) == 1 and mine[0]["transport"] == "wss",
+              [(r["aor"], r["transport"], r["user_agent"]) for r in regs])
+    await expect(a.get_by_role("button", name="Retrollamada", exact=True)).to_be_visible()
+    await expect(a.get_by_role("button", name="Cancelar retrollamada")).to_be_visible()
+    await run.shot(a, "03-ready")
+    await login(b, base, "6143", "pw-6143")
+    await status_is(b, "Ready")
+    # A calls B's user number
+    await a.get_by_role("textbox", name="Number").fill("6143")
+    await a.get_by_role("button", name="Call", exact=True).click()
+    await status_is(a, "Calling")
+    await status_is(b, "Ringing")
+    await run.shot(a, "04-calling")
+    await run.shot(b, "05-incoming")
+    await b.get_by_role("button", name="Answer", exact=True).click()
+    await status_is(a, "Connected")
+    await status_is(b, "Connected")
+    first = await inbound_packets(a)
+    await asyncio.sleep(2.0)
+    second = await inbound_packets(a)
+    run.check("browser A receives B's audio (inbound packets rising)", second > first > 0 or second > 50, (first, second))
+    run.check("browser B receives A's audio", await inbound_packets(b) > 0)
+    for digit in "12#":
+        await a.get_by_role("button", name=digit, exact=True).click()
+    await a.get_by_role("button", name="Mute", exact=True).click()
+    await expect(a.get_by_role("button", name="Mute", exact=True)).to_have_attribute("aria-pressed", "true")
+    await run.shot(a, "06-connected-muted")
+    await a.get_by_role("button", name="Mute", exact=True).click()
+    await a.get_by_role("button", name="Hold", exact=True).click()
+    await status_is(a, "On hold")
+    await expect(a.get_by_role("button", name="Resume", exact=True)).to_be_visible()
+    await run.shot(a, "07-on-hold")
+    await a.get_by_role("button", name="Resume", exact=True).click()
+    await status_is(a, "Connected")
+    await a.get_by_role("button", name="Hang up", exact=True).click()
+    await status_is(a, "Call ended")
+    await status_is(b, "Call ended")
+    await run.shot(b, "08-call-ended")
+    # B rejects a call: A sees why
+    await a.get_by_role("textbox", name="Number").fill("6143")
+    await a.get_by_role("button", name="Call", exact=True).click()
+    await status_is(b, "Ringing")
+    await b.get_by_role("button", name="Reject", exact=True).click()
+    await expect(a.get_by_role("status")).to_have_text("Failed: declined", timeout=TIMEOUT_MS)
+    await run.shot(a, "09-failed-declined")
+    # too many digits for max_digi_llam_sal (12 in this config)
+    await a.get_by_role("textbox", name="Number").fill("0034912345678901")
+    await a.get_by_role("button", name="Call", exact=True).click()
+    await expect(a.get_by_role("status")).to_have_text("Failed: number too long (at most 12 digits)")
+    # Spanish
+    await b.goto(f"{base}/?lang=es")
+    await status_is(b, "Preparado")
+    await expect(b.get_by_role("button", name="Llamar", exact=True)).to_be_visible()
+    await run.shot(b, "10-ready-es")
+    # logout: back to the login form, and the web extension is no longer registered
+    await a.get_by_role("button", name="Log out", exact=True).click()
+    await expect(a.get_by_role("button", name="Log in", exact=True)).to_be_visible(timeout=TIMEOUT_MS)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        regs = ctl_json(server, "registrations")["registrations"]
+        if not any(str(r["aor"]).startswith("sip:7000@") for r in regs):
+            break
+        await asyncio.sleep(0.2)
+    run.check("logout removed the web extension's registration",
+              not any(str(r["aor"]).startswith("sip:7000@") for r in regs))
+    run.check("no page errors", not errors, errors)
+    await ctx_a.close()
+    await ctx_b.close()
+
+
+async def rising(page: Page, seconds: float = 2.0) -> tuple[int, int]:
+    first = await inbound_packets(page)
+    await asyncio.sleep(seconds)
+    return first, await inbound_packets(page)
+
+
+async def scenario_media(run: Run, server: Server, browser: Any, work: Path) -> None:
+    """Browser ↔ baresip through rtpengine (media.backend rtpengine): the browser's
+    DTLS-SRTP with ICE on one side, the phone's plain RTP on the other, audio both ways;
+    then the phone calls the user and the browser answers."""
+    port = server.ports[("http", "https")]
+    base = f"https://127.0.0.1:{port}"
+    phone = Baresip(work, "phone", 600.0, seconds=60, quit_after=100)
+    try:
+        phone.register("6142", "pw-6142", server.sip_port("udp"))
+        ctx = await browser.new_context(ignore_https_errors=True, viewport={"width": 460, "height": 860})
+        page = await ctx.new_page()
+        console: list[str] = []
+        page.on("console", lambda m: console.append(f"{m.type}: {m.text[:300]}"))
+        await login(page, base, "6140", "pw-6140")
+        await status_is(page, "Ready")
+        await page.get_by_role("textbox", name="Number").fill("6142")
+        await page.get_by_role("button", name="Call", exact=True).click()
+        await status_is(page, "Connected", 20000)
+        first, second = await rising(page, 3.0)
+        run.check("browser -> baresip via rtpengine: the browser receives the phone's audio (inbound packets rising)",
+                  second > max(first, 50), (first, second))
+        if os.environ.get("WEBFON_VERBOSE"):
+            print("\n".join(console[-30:]))
+            print(await page.evaluate("""() => { const c = window.webfon.state.phone.calls[0]; const pc = c && c.session.sessionDescriptionHandler.peerConnection;
+              return pc ? [pc.iceConnectionState, pc.connectionState, pc.localDescription && pc.localDescription.sdp, pc.remoteDescription && pc.remoteDescription.sdp].join("\\n----\\n") : "no pc"; }"""))
+        await run.shot(page, "11-connected-via-rtpengine")
+        await page.get_by_role("button", name="Hang up", exact=True).click()
+        await status_is(page, "Call ended")
+        phone.wait_event("CALL_CLOSED", 10)
+        media = ctl_json(server, "media")
+        run.check("the call was anchored in rtpengine", int(media.get("anchored", 0)) >= 1, media.get("anchored"))
+        await asyncio.sleep(0.5)
+        recordings = phone.received()
+        samples = read_samples(recordings[-1]) if recordings else []
+        share = tone_share(samples[4000:], 1000.0) if len(samples) > 8000 else 0.0
+        run.check("baresip's recording holds the browser's 1000 Hz tone", share > 0.3,
+                  {"recordings": [p.name for p in recordings], "samples": len(samples), "share_1000hz": round(share, 3),
+                   "share_600hz": round(tone_share(samples[4000:], 600.0), 3) if len(samples) > 8000 else None})
+        # the phone calls the user: the browser rings, answers, audio flows
+        phone.command("dial", f"sip:6140@127.0.0.1:{server.sip_port('udp')}")
+        await status_is(page, "Ringing", 15000)
+        await page.get_by_role("button", name="Answer", exact=True).click()
+        await status_is(page, "Connected")
+        first, second = await rising(page, 3.0)
+        run.check("baresip -> browser via rtpengine: audio reaches the browser", second > max(first, 50), (first, second))
+        await page.get_by_role("button", name="Hang up", exact=True).click()
+        await status_is(page, "Call ended")
+        await ctx.close()
+    finally:
+        phone.close()
+
+
+async def scenario_waiting(run: Run, server: Server, browser: Any) -> None:
+    """Call waiting and attended transfer between three browsers (no relay needed)."""
+    port = server.ports[("http", "https")]
+    base = f"https://127.0.0.1:{port}"
+    pages: dict[str, Page] = {}
+    contexts = []
+    errors: list[str] = []
+    console: list[str] = []
+    for who, user in (("a", "6140"), ("b", "6143"), ("c", "6141")):
+        ctx = await browser.new_context(ignore_https_errors=True, viewport={"width": 460, "height": 900})
+        contexts.append(ctx)
+        page = await ctx.new_page()
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on("console", lambda m, who=who: console.append(f"{who} {m.type}: {m.text[:400]}") if m.type in ("error", "warning") else None)
+        await login(page, base, user, f"pw-{user}")
+        await status_is(page, "Ready")
+        pages[who] = page
+    a, b, c = pages["a"], pages["b"], pages["c"]
+
+    async def dial(page: Page, number: str) -> None:
+        await page.get_by_role("textbox", name="Number").fill(number)
+        await page.get_by_role("button", name="Call", exact=True).click()
+
+    # B calls A; while they talk, C calls A: A sees the call waiting, answers it (B held)
+    await dial(b, "6140")
+    await status_is(a, "Ringing")
+    await a.get_by_role("button", name="Answer", exact=True).click()
+    await status_is(a, "Connected")
+    await dial(c, "6140")
+    await expect(a.get_by_text("Call waiting", exact=True)).to_be_visible(timeout=TIMEOUT_MS)
+    await expect(a.get_by_role("status")).to_have_text("Connected")
+    await run.shot(a, "12-call-waiting")
+    await a.get_by_role("button", name="Answer", exact=True).click()
+    await status_is(c, "Connected")
+    await expect(a.get_by_role("button", name="Resume Dani (6143)", exact=True)).to_be_visible(timeout=TIMEOUT_MS)
+    await run.shot(a, "13-two-calls")
+    run.check("answering the waiting call held the first", True)
+    # A hangs up on C: back to B, on hold; resume
+    await a.get_by_role("button", name="Hang up", exact=True).click()
+    await status_is(c, "Call ended")
+    await status_is(a, "On hold")
+    await a.get_by_role("button", name="Resume", exact=True).click()
+    await status_is(a, "Connected")
+    # attended transfer: A consults C, then joins B and C
+    await a.get_by_role("button", name="Transfer", exact=True).click()
+    await a.get_by_role("textbox", name="Transfer to").fill("6141")
+    await a.get_by_role("button", name="Consult first", exact=True).click()
+    await status_is(c, "Ringing")
+    await c.get_by_role("button", name="Answer", exact=True).click()
+    await expect(a.get_by_role("button", name="Complete transfer", exact=True)).to_be_visible(timeout=TIMEOUT_MS)
+    await run.shot(a, "14-consulting")
+    await a.get_by_role("button", name="Complete transfer", exact=True).click()
+    await status_is(a, "Call ended", 20000)
+    await status_is(b, "Connected")
+    await status_is(c, "Connected")
+    first, second = await rising(c, 2.0)
+    # Signalling only: the media of two browsers joined by a transfer does not flow (see
+    # docs/webrtc.md, "Not done yet"); recorded, not checked.
+    run.note("attended transfer between browsers, C's inbound packets", (first, second),
+             [line for line in console if "SDP" in line or "fingerprint" in line.lower() or "DTLS" in line][:5])
+    await run.shot(c, "15-transferred")
+    await b.get_by_role("button", name="Hang up", exact=True).click()
+    await status_is(c, "Call ended")
+    run.check("no page errors (waiting, transfer)", not errors, errors)
+    for ctx in contexts:
+        await ctx.close()
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("--scenario", action="append", choices=["ui", "media", "waiting"], default=None)
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    run = Run(out)
+    work = Path(tempfile.mkdtemp(prefix="webfon-browser-"))
+    tone = write_tone(work / "tone-1000.wav", 1000.0, 30)
+    config = base_config(smart_buttons=BUTTONS, max_digi_llam_sal=12)
+    scenarios = args.scenario or ["ui"]
+    daemon: Rtpengine | None = None
+    if "media" in scenarios:
+        daemon = await Rtpengine().start()
+        config["media"] = {"backend": "rtpengine", "rtpengine": {"daemons": [daemon.address]}}
+    server = Server(work / "srv", config, loopback_args(http=True, tls=False))
+    (work / "srv").mkdir()
+    server.start()
+    try:
+        async with async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                              args=[*FLAGS, f"--use-file-for-fake-audio-capture={tone}"])
+            try:
+                for name in scenarios:
+                    try:
+                        if name == "media":
+                            await scenario_media(run, server, browser, work)
+                        elif name == "waiting":
+                            await scenario_waiting(run, server, browser)
+                        else:
+                            await scenario_ui(run, server, browser)
+                    except Exception as exc:
+                        traceback.print_exc()
+                        run.check(f"scenario {name} ran to its end", False, repr(exc)[:500])
+            finally:
+                await browser.close()
+    finally:
+        server.stop()
+        log = "\n".join(server.output[-60:])
+        (out / "server.log").write_text("\n".join(server.output))
+        if os.environ.get("WEBFON_VERBOSE"):
+            print(log)
+        if daemon is not None:
+            shutil.copy(daemon.log, out / "rtpengine.log")
+            daemon.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    print("RESULT " + json.dumps({"checks": run.checks, "notes": run.notes, "screenshots": run.shots}), flush=True)
+    return 0 if run.checks and all(c["ok"] for c in run.checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
