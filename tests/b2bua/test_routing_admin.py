@@ -130,6 +130,15 @@ def test_without_a_b2bua_section_there_is_nothing_to_check() -> None:
     assert check_references(plain) == [] and reference_warnings(plain) == []
 
 
+def test_a_rule_naming_a_music_on_hold_class_that_does_not_exist_is_an_error() -> None:
+    rules = [{"name": "ventas", "moh": "ventas", "action": {"type": "user"}},
+             {"name": "soporte", "moh": "default", "record": True, "action": {"type": "user"}}]
+    wrong = config({"b2bua": {"dialplan": rules}, "media": {}})
+    assert check_references(wrong) == ['b2bua.dialplan[0].moh: no music-on-hold class "ventas" (media.moh_classes, or "default")']
+    right = config({"b2bua": {"dialplan": rules}, "media": {"moh_classes": {"ventas": "/srv/moh/ventas"}}})
+    assert check_references(right) == []
+
+
 def test_flows_need_the_mdflow_section() -> None:
     bare = config({"b2bua": {"dialplan": [{"name": "f", "action": {"type": "flow", "flow": "x", "then": {"type": "user"}}}]}})
     assert check_references(bare) == ['b2bua.dialplan[0].action.flow: no mdflow flow named "x" (mdflow.flows[].flujo)']

@@ -359,7 +359,7 @@ def test_a_party_holding_the_call_gets_the_hold_timeout_instead() -> None:
     """B holds (sendonly) and, like most phones, sends nothing: not the 2 s RTP timeout but
     the hold timeout ends the call (rtpengine's silent-timeout)."""
     relay = make_relay(rtp_timeout_s=2.0, rtp_hold_timeout_s=30.0)
-    port_a, port_b = call(relay)
+    call(relay)
     relay.offer("c1", "b", party_sdp(*B_ADDR, direction="sendonly", version=2), 1.0)
     relay.answer("c1", "b", "a", party_sdp(*A_ADDR, direction="recvonly", version=2), 1.0)
     events = []

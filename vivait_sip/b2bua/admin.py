@@ -137,7 +137,20 @@ def check_references(config: CoreConfig) -> list[str]:
             )
     for i, rule in enumerate(b2bua.dialplan):
         errors += _rule_errors(rule, f"b2bua.dialplan[{i}]", trunks, set(b2bua.groups), flows, users)
+    classes = _moh_classes(config)
+    for i, rule in enumerate(b2bua.dialplan):
+        if rule.moh is not None and classes is not None and rule.moh not in classes:
+            errors.append(f'b2bua.dialplan[{i}].moh: no music-on-hold class "{rule.moh}" (media.moh_classes, or "default")')
     return errors
+
+
+def _moh_classes(config: CoreConfig) -> set[str] | None:
+    """The music-on-hold classes the `media` section defines ("default" always); None
+    without a media section (nothing to check against)."""
+    media = getattr(config, "media", None)
+    if media is None:
+        return None
+    return {"default", *(getattr(media, "moh_classes", None) or {})}
 
 
 def _rule_errors(

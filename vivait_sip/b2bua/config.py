@@ -235,6 +235,11 @@ class Rule(_Strict):
     # Anchoring of this rule's calls (docs/media.md): "anchor" through the media backend;
     # "pass" not by the rule (media.default does not apply; users and features still may).
     media: Literal["anchor", "pass"] | None = None
+    # The music-on-hold class this route's callers hear when held (media.moh_classes, or
+    # "default"); it anchors the rule's calls unless media.moh is "off".
+    moh: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    # Record every call of this route (stereo WAV, docs/media.md); anchors them.
+    record: bool = False
 
 
 # ---- the section ----------------------------------------------------------------------------

@@ -57,6 +57,7 @@ from .cdr import CallRecord, CdrWriter, LegRecord, disposition_for
 from .cdr_admin import add_cdr_routes
 from .cdr_cli import add_cdr_commands
 from .config import B2buaConfig
+from .mediawire import MediaWire
 from .routing import Decision, Router, RouteRequest, Source, Target
 from .transfer import MESSAGES as TRANSFER_MESSAGES
 from .transfer import TransferManager
@@ -133,6 +134,7 @@ class B2buaFeature(Feature[B2buaConfig]):
         settings = self.settings
         self.owner = self.name
         self.media: MediaSeam = PassThrough()
+        self.wire: MediaWire | None = None  # the media features of anchored calls (mediawire.py)
         self._media_tasks: set[asyncio.Future[Any]] = set()
         self.registrar: RegistrarFeature | None = None
         self.mdflow: MdflowFeature | None = None
@@ -197,6 +199,7 @@ class B2buaFeature(Feature[B2buaConfig]):
         media = host.feature(MediaFeature)
         if media is not None:
             self.media = media.seam  # SDP of anchored calls through the media backend (docs/media.md)
+            self.wire = MediaWire(media, lambda: self.settings)  # music on hold, recording, DTMF...
             media.listen(self._media_event)
         self.directory.registrar = self.registrar
         settings = self.settings
@@ -245,6 +248,8 @@ class B2buaFeature(Feature[B2buaConfig]):
             await asyncio.sleep(0.1)
         self._hang_up_all()
         await asyncio.sleep(0.2)  # the BYEs and final responses go out
+        if self.wire is not None:
+            await self.wire.drain()
         if self._media_tasks:  # media sessions deleted before the media backend stops
             await asyncio.wait(list(self._media_tasks), timeout=2.0)
         await self.trunks.stop()
@@ -471,6 +476,10 @@ class B2buaFeature(Feature[B2buaConfig]):
                 log.exception("event=media_step_failed call=%s", call.call_uuid)
 
         task.add_done_callback(finished)
+
+    def hold_changed(self, call: Call, side: str, held: bool) -> None:
+        if self.wire is not None:
+            self.wire.hold_changed(call, side, held)
 
     def bind(self, call: Call, *, request_id: int | None = None, dialog_id: int | None = None) -> None:
         if request_id is not None:

@@ -309,3 +309,36 @@ def rule_media_flags(dialplan: Iterable[Any]) -> dict[str, str | None]:
     """`{rule name: its media flag}` from a dialplan's rules (objects with `name` and
     `media`), so the policy needs no import of the B2BUA's config."""
     return {str(rule.name): getattr(rule, "media", None) for rule in dialplan}
+
+
+def rules_with(dialplan: Iterable[Any], key: str) -> frozenset[str]:
+    """The names of the rules whose `key` is set (a `moh` class, `record: true`)."""
+    return frozenset(str(rule.name) for rule in dialplan if getattr(rule, key, None))
+
+
+def feature_requirements(
+    dialplan: Iterable[Any], *, moh: str, moh_users: Iterable[str]
+) -> dict[str, Requirement | None]:
+    """The anchoring the config itself asks of features (None: withdrawn):
+
+    * "moh": every call when `moh` is "always"; with "anchored", the calls of a rule with a
+      `moh` class and those of a user in `moh_users` (its holds play music, so its calls
+      must go through the relay); nothing when "off";
+    * "recording": the calls of a rule with `record: true`.
+
+    Registered by the media feature at construction, so that the backend is started at
+    start-up when one of them can hold (the B2BUA, which plays the music and starts the
+    recordings, starts later)."""
+    rules = list(dialplan)
+    found: dict[str, Requirement | None] = {"moh": None, "recording": None}
+    if moh == "always":
+        found["moh"] = lambda call: True
+    elif moh == "anchored":
+        moh_rules = rules_with(rules, "moh")
+        users = frozenset(moh_users)
+        if moh_rules or users:
+            found["moh"] = lambda call: (call.rule in moh_rules or call.user in users or call.callee_user in users)
+    record_rules = rules_with(rules, "record")
+    if record_rules:
+        found["recording"] = lambda call: call.rule in record_rules
+    return found

@@ -1,0 +1,140 @@
+"""The media features of anchored calls with real phones, through the built-in media
+workers, with one and two SIP workers: music on hold, announcements, recording on demand,
+DTMF, the RTP timeout, transfers (docs/media.md, "The SIP side").
+
+baresip phones register as users and call each other; each sends its own tone and
+records what it receives.  Where a phone's own recording cannot show what it receives
+(baresip 1.0 drops its receive filters, the sndfile recording, at the first SDP direction
+change: see `peer_phones.RtpCapture`), the RTP reaching it is captured on the loopback
+and decoded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from audio import write_tone
+from harness import Server
+from peer_env import active_calls, base_config, start_server, wait_cdrs, wait_for, wait_no_calls, workers
+from peer_phones import Baresip, RtpCapture, read_growing, rms_dbfs, tone_share, ulaw_samples
+
+__all__ = ["workers"]
+
+pytestmark = pytest.mark.timeout(150)
+
+A_HZ, B_HZ, C_HZ, MOH_HZ = 1000.0, 400.0, 700.0, 600.0
+MEDIA_PORTS = (42000, 42999)
+USERS = {"A": "6140", "B": "6141", "C": "6142"}
+
+
+def media_config(**extra: Any) -> dict[str, Any]:
+    return {"backend": "builtin", "workers": 1, "port_min": MEDIA_PORTS[0], "port_max": MEDIA_PORTS[1],
+            "rtp_timeout_s": 0, **extra}
+
+
+def serve(tmp: Path, workers: int, *, media: dict[str, Any], dialplan: list[dict[str, Any]] | None = None,
+          **b2bua: Any) -> Server:
+    config = base_config(workers, **b2bua)
+    if dialplan is not None:
+        config["b2bua"]["dialplan"] = dialplan
+    config["media"] = media
+    return start_server(tmp / "srv", config)
+
+
+class Phones:
+    def __init__(self, tmp: Path, server: Server) -> None:
+        self.tmp = tmp
+        self.server = server
+        self.all: dict[str, Baresip] = {}
+
+    def add(self, name: str, hz: float) -> Baresip:
+        phone = Baresip(self.tmp, name, hz)
+        self.all[name] = phone
+        user = USERS[name]
+        phone.register(user, f"pw-{user}", self.server.sip_port("udp"))
+        return phone
+
+    def dial(self, phone: Baresip, number: str) -> None:
+        phone.command("dial", f"sip:{number}@127.0.0.1:{self.server.sip_port('udp')}")
+
+    def close(self) -> None:
+        for phone in self.all.values():
+            phone.close()
+
+
+@pytest.fixture
+def phones_for() -> Iterator[Any]:
+    made: list[Phones] = []
+
+    def make(tmp: Path, server: Server) -> Phones:
+        phones = Phones(tmp, server)
+        made.append(phones)
+        return phones
+
+    yield make
+    for phones in made:
+        phones.close()
+
+
+def heard(phone: Baresip, hz: float, last_s: float = 1.5) -> float:
+    files = phone.received()
+    assert files, f"{phone.name} recorded nothing:\n{phone.log()}"
+    return tone_share(read_growing(files[-1])[-int(8000 * last_s):], hz)
+
+
+def state(server: Server) -> list[str]:
+    return [str(c["state"]) for c in active_calls(server)]
+
+
+# ---- music on hold --------------------------------------------------------------------------------
+
+
+def test_a_held_party_hears_music_on_hold_and_the_other_party_again_after_the_resume(
+    tmp_path: Path, workers: int, phones_for: Any
+) -> None:
+    """B holds A.  Without anchoring A gets nothing while held (test_transfer_peers); here
+    the route's music-on-hold class (a 600 Hz tune) anchors the call (feature moh) and A
+    receives it while held; after the resume A receives B's tone again."""
+    tune = write_tone(tmp_path / "tune.wav", MOH_HZ, 5)
+    server = serve(tmp_path, workers, media=media_config(moh_classes={"tune": str(tune)}),
+                   dialplan=[{"name": "local", "moh": "tune", "action": {"type": "user"}}])
+    phones = phones_for(tmp_path, server)
+    try:
+        a, b = phones.add("A", A_HZ), phones.add("B", B_HZ)
+        capture = RtpCapture(tmp_path / "a-rtp.pcap", a.rtp_ports)
+        try:
+            phones.dial(a, USERS["B"])
+            a.wait_event("CALL_ESTABLISHED", 10)
+            b.wait_event("CALL_ESTABLISHED", 10)
+            time.sleep(1.5)
+            assert heard(a, B_HZ) > 0.8 and heard(b, A_HZ) > 0.8
+            b.command("hold")
+            wait_for(lambda: state(server) == ["on_hold"], 5, message="on_hold in ctl calls")
+            held_from = time.time() + 0.5
+            time.sleep(2.5)
+            held_until = time.time()
+            b.command("resume")
+            wait_for(lambda: state(server) == ["answered"], 5, message="answered again in ctl calls")
+            resumed = time.time()
+            time.sleep(2.0)
+        finally:
+            capture.stop()
+        packets = capture.packets()
+        during = [payload for t, pt, payload in packets if held_from < t < held_until and pt == 0]
+        assert len(during) > 80, f"{len(during)} PCMU packets reached A while it was held"
+        music = ulaw_samples(during)
+        assert rms_dbfs(music) > -30 and tone_share(music, MOH_HZ) > 0.8, (rms_dbfs(music), tone_share(music, MOH_HZ))
+        after = [payload for t, pt, payload in packets if t > resumed + 0.5 and pt == 0]
+        assert len(after) > 50 and tone_share(ulaw_samples(after), B_HZ) > 0.8  # B again
+        a.command("hangup")
+        b.wait_event("CALL_CLOSED", 10)
+        wait_no_calls(server)
+        [record] = wait_cdrs(server, 1)
+        assert record["extra"]["media"] == "anchored (feature moh)" and record["disposition"] == "answered"
+        assert "event=moh_started" in "\n".join(server.collect_output())
+    finally:
+        server.stop()
