@@ -31,6 +31,7 @@ from .control import (
     PlayDtmf,
     PlayMedia,
     Query,
+    ReplaceParty,
     StartRecording,
     StopMedia,
     StopRecording,
@@ -44,6 +45,7 @@ from .protocol import (
     MediaQuery,
     MediaRecordStart,
     MediaRecordStop,
+    MediaReplace,
     MediaSendDtmf,
     MediaStopPlay,
 )
@@ -146,6 +148,12 @@ class BuiltinBackend:
             result = await client.request(
                 MediaAnswer(msg.key.call_id, msg.key.from_tag, msg.key.to_tag, msg.sdp.decode("utf-8", "replace"))
             )
+            return self._sdp_reply(result)
+        if isinstance(msg, ReplaceParty):
+            result = await client.request(MediaReplace(
+                msg.call_id, msg.old_tag, msg.new_tag, msg.sdp.decode("utf-8", "replace") if msg.sdp is not None else None,
+                transport_protocol=_value(msg.flags.transport_protocol),
+            ))
             return self._sdp_reply(result)
         if isinstance(msg, Delete):
             result = await client.request(MediaDelete(msg.call_id))
