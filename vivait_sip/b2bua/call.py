@@ -313,6 +313,38 @@ class Call:
         self.hangup_cause = self.hangup_cause or reason or str(status)
         self._finish()
 
+    def answer_here(self, sdp: bytes, done: Callable[[], None]) -> None:
+        """The B2BUA answers the caller itself (an announcement): the caller's offer, then
+        `sdp` (the answer of a party of ours, a placeholder the relay sends nothing to)
+        cross the media seam in order, and the caller gets 200 with what the seam made of
+        it; `done()` once it is answered.  No callee leg: an in-dialog INFO gets 200, a
+        re-INVITE or UPDATE 491.  A failed media step answers 503."""
+        if self.state not in (CallState.ROUTING, CallState.QUEUED) or self.cancelled or self.final_status is not None:
+            return
+        self.state = CallState.RINGING  # a CANCEL, an admin hang-up, a BYE... as while ringing
+        content_type = self.request.headers.get("content-type") or "application/sdp"
+
+        def answered(body: bytes) -> None:
+            if self.state is not CallState.RINGING or self.final_status is not None:
+                return
+            self.state = CallState.ANSWERED
+            self.answered_at = self.env.now()
+            headers = [("Contact", self.env.sip.contact_for(self.peer)), ("Content-Type", content_type)]
+            dialog = self.env.sip.respond(self.request_id, 200, headers=headers, body=body)
+            self.final_status = 200
+            if dialog is None:
+                self._finish()
+                return
+            if dialog != self.in_dialog:
+                self.in_dialog = dialog
+                self.env.bind(self, dialog_id=dialog)
+            done()
+
+        self._media(
+            "offer", "callee", self.request.body,
+            lambda _: self._media("answer", "caller", sdp, answered, self._media_failed), self._media_failed,
+        )
+
     def hangup(self, cause: str = "admin", *, side: str = "system") -> None:
         """End the call from our side (`ctl hangup`, drain on SIGTERM; a completed transfer
         with the transferor's `side`): BYE to both legs when answered, else 480/503 to
@@ -682,7 +714,9 @@ class Call:
         if method == "PRACK":
             return  # answered by the UA; each leg has its own reliable provisionals
         if self.state is not CallState.ANSWERED or other is None:
-            if method not in ("BYE", "ACK"):
+            if method == "INFO" and self.state is CallState.ANSWERED:
+                sip.respond(event.request_id, 200)  # answered by us (an announcement): DTMF is read by the feature
+            elif method not in ("BYE", "ACK"):
                 sip.respond(event.request_id, 491 if method in ("INVITE", "UPDATE") else 481)
             return
         if method in ("INVITE", "UPDATE"):
