@@ -11,15 +11,25 @@ and decoded.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from audio import write_tone
+from audio import analyse, write_tone
 from harness import Server
-from peer_env import active_calls, base_config, start_server, wait_cdrs, wait_for, wait_no_calls, workers
+from peer_env import (
+    active_calls,
+    base_config,
+    ctl,
+    start_server,
+    wait_cdrs,
+    wait_for,
+    wait_no_calls,
+    workers,
+)
 from peer_phones import Baresip, RtpCapture, read_growing, rms_dbfs, tone_share, ulaw_samples
 
 __all__ = ["workers"]
@@ -138,3 +148,76 @@ def test_a_held_party_hears_music_on_hold_and_the_other_party_again_after_the_re
         assert "event=moh_started" in "\n".join(server.collect_output())
     finally:
         server.stop()
+
+
+# ---- announcements --------------------------------------------------------------------------------
+
+
+def announcement_server(tmp: Path, workers: int) -> Server:
+    return serve(tmp, workers, media=media_config(), dialplan=[
+        {"name": "closed", "match": {"number": {"exact": "900"}}, "action": {"type": "announcement", "prompt": "test-1k"}},
+        {"name": "welcome", "match": {"number": {"exact": "901"}},
+         "action": {"type": "announcement", "prompt": "test-1k", "then": {"type": "user", "user": USERS["B"]}}},
+        {"name": "local", "action": {"type": "user"}},
+    ])
+
+
+def test_an_announcement_answers_plays_the_prompt_and_hangs_up(tmp_path: Path, workers: int, phones_for: Any) -> None:
+    """A dials 900: the B2BUA answers (the relay's SDP, no callee), A hears the generated
+    1 kHz prompt, then gets BYE; the CDR says answered, cause announcement."""
+    server = announcement_server(tmp_path, workers)
+    phones = phones_for(tmp_path, server)
+    try:
+        a = phones.add("A", B_HZ)  # A sends 400 Hz: what it hears is the prompt's 1 kHz
+        phones.dial(a, "900")
+        a.wait_event("CALL_ESTABLISHED", 10)
+        a.wait_event("CALL_CLOSED", 10)  # the prompt (1 s) played, then BYE from us
+        wait_no_calls(server)
+        heard_by_a = analyse_tail(a, skip_s=0.2)
+        assert heard_by_a.has_tone(A_HZ), heard_by_a
+        [record] = wait_cdrs(server, 1)
+        assert record["disposition"] == "answered" and record["hangup_cause"] == "announcement"
+        assert record["hangup_side"] == "system" and record["extra"]["announcement"] == "test-1k"
+        assert record["extra"]["media"] == "anchored (feature announcement)"
+        assert 0.9 < record["billable_s"] < 5
+        assert [leg["direction"] for leg in record["legs"]] == ["in"]  # no callee leg
+        assert a.sip_received("BYE") if hasattr(a, "sip_received") else True
+    finally:
+        server.stop()
+
+
+def test_an_announcement_then_rings_its_target(tmp_path: Path, workers: int, phones_for: Any) -> None:
+    """A dials 901: the prompt, then B rings (A hears ringback) and answers; A and B hear
+    each other through the same relay session (B took the placeholder's place); two CDRs,
+    the second linked to the announcement's."""
+    server = announcement_server(tmp_path, workers)
+    phones = phones_for(tmp_path, server)
+    try:
+        a, b = phones.add("A", B_HZ), phones.add("B", C_HZ)
+        phones.dial(a, "901")
+        a.wait_event("CALL_ESTABLISHED", 10)
+        b.wait_event("CALL_ESTABLISHED", 15)
+        time.sleep(2.0)
+        assert heard(a, C_HZ) > 0.8, heard(a, C_HZ)
+        assert heard(b, B_HZ) > 0.8, heard(b, B_HZ)
+        [call] = active_calls(server)
+        assert call["state"] == "answered" and call["linked_to"]
+        a.command("hangup")
+        b.wait_event("CALL_CLOSED", 10)
+        wait_no_calls(server)
+        records = {r["call_uuid"]: r for r in wait_cdrs(server, 2)}
+        [first] = [r for r in records.values() if not r["linked_to"]]
+        [second] = [r for r in records.values() if r["linked_to"]]
+        assert first["hangup_cause"] == "announcement" and first["disposition"] == "answered"
+        assert second["linked_to"] == first["call_uuid"] and second["disposition"] == "answered"
+        assert second["callee"] == USERS["B"] and second["hangup_side"] == "caller"
+        status = json.loads(ctl(server, "media", "--json").stdout)
+        assert status["sessions"] == 0
+    finally:
+        server.stop()
+
+
+def analyse_tail(phone: Baresip, skip_s: float) -> Any:
+    files = phone.received()
+    assert files, f"{phone.name} recorded nothing:\n{phone.log()}"
+    return analyse(files[-1], skip_s=skip_s)

@@ -22,13 +22,22 @@ from aiohttp import web
 
 from ..flow.config import MdflowConfig
 from ..registrar.config import NUMBER_RE, RegistrarConfig
-from .config import B2buaConfig, Hangup, Rule, ThroughFlow, ToExtension, ToTrunk, ToUser
+from .config import (
+    Announcement,
+    B2buaConfig,
+    Hangup,
+    Rule,
+    ThroughFlow,
+    ToExtension,
+    ToTrunk,
+    ToUser,
+)
 from .routing import Decision, Directory, RouteRequest, Source
 
 if TYPE_CHECKING:
     from ..config import CoreConfig
 
-Action = ToUser | ToExtension | ToTrunk | Hangup | ThroughFlow
+Action = ToUser | ToExtension | ToTrunk | Hangup | Announcement | ThroughFlow
 
 
 # ---- config checks --------------------------------------------------------------------------
@@ -82,6 +91,8 @@ def _actions(action: Action, path: str, depth: int = 0) -> Iterator[tuple[Action
             sub = getattr(action, key)
             if sub is not None:
                 yield from _actions(sub, f"{path}.{key}", depth + 1)
+    elif isinstance(action, Announcement) and action.then is not None:
+        yield from _actions(action.then, f"{path}.then", depth + 1)
 
 
 def _duplicates(kind: str, names: list[str], path: str) -> list[str]:
@@ -193,8 +204,10 @@ def reference_warnings(config: CoreConfig) -> list[str]:
     404.  Worth logging at start and reload, not worth refusing the config for."""
     b2bua, registrar, _ = _sections(config)
     users = _ConfigUsers(registrar)
-    if b2bua is None or not users.defined:
+    if b2bua is None:
         return []
+    if not users.defined:
+        return _prompt_warnings(config, b2bua)
     named = [(f"b2bua.dids.{did}", number) for did, number in b2bua.dids.items()]
     named += [(f"b2bua.groups.{g}[{j}]", m) for g, members in b2bua.groups.items() for j, m in enumerate(members)]
     for i, rule in enumerate(b2bua.dialplan):
@@ -206,11 +219,35 @@ def reference_warnings(config: CoreConfig) -> list[str]:
                 named.append((f"{where}.user", action.user))
             elif isinstance(action, ToExtension) and action.extension is not None:
                 named.append((f"{where}.extension", action.extension))
-    return [
+    lines = [
         f"{path}: {number} is no user or extension of the config (only the store can have it)"
         for path, number in named
         if users.owner(number) is None
     ]
+    return lines + _prompt_warnings(config, b2bua)
+
+
+def _prompt_warnings(config: CoreConfig, b2bua: B2buaConfig) -> list[str]:
+    """Announcements naming a prompt that is nowhere now: prompts live on disk (they may
+    be added before the first call), so a warning, not an error."""
+    from ..media.audio.tones import BUILTIN
+    from ..media.prompts import PromptError, Prompts
+
+    media = getattr(config, "media", None)
+    prompts = Prompts(getattr(media, "prompt_dirs", None) or [])
+    lines = []
+    for i, rule in enumerate(b2bua.dialplan):
+        for action, where, _ in _actions(rule.action, f"b2bua.dialplan[{i}].action"):
+            if not isinstance(action, Announcement):
+                continue
+            try:
+                found = prompts.find(action.prompt) is not None or action.prompt.removesuffix(".wav") in BUILTIN
+            except PromptError:
+                found = False
+            if not found:
+                dirs = ", ".join(str(d) for d in prompts.dirs)
+                lines.append(f'{where}.prompt: no prompt "{action.prompt}" in {dirs} nor built in (calls will skip it)')
+    return lines
 
 
 # ---- admin routes ---------------------------------------------------------------------------

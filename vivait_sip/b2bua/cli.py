@@ -126,7 +126,8 @@ def cmd_ctl_route(args: argparse.Namespace) -> int:
 
 
 def _target(data: dict[str, Any]) -> Target:
-    return Target(**{**data, "trunks": tuple(data["trunks"])})
+    then = data.get("then")
+    return Target(**{**data, "trunks": tuple(data["trunks"]), "then": _target(then) if then else None})
 
 
 def _sentence(target: Target) -> str:
@@ -140,6 +141,9 @@ def _sentence(target: Target) -> str:
         text = f"it leaves on trunk {first}" + (f" (failing over to {', '.join(rest)})" if rest else "")
         text += f" as {target.number}"
         return text + (f" with caller ID {target.caller_id}" if target.caller_id else "")
+    if target.kind == "announcement":
+        then = _sentence(target.then) if target.then is not None else "it is hung up"
+        return f"it is answered with the announcement {target.prompt}, then {then}"
     text = f"it is refused with {target.status}" + (f" {target.reason}" if target.reason else "")
     return text + (f" and Retry-After {target.retry_after}" if target.retry_after is not None else "")
 

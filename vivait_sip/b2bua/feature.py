@@ -200,6 +200,7 @@ class B2buaFeature(Feature[B2buaConfig]):
         if media is not None:
             self.media = media.seam  # SDP of anchored calls through the media backend (docs/media.md)
             self.wire = MediaWire(media, lambda: self.settings)  # music on hold, recording, DTMF...
+            self.wire.continue_to = self._continue
             media.listen(self._media_event)
         self.directory.registrar = self.registrar
         settings = self.settings
@@ -375,6 +376,12 @@ class B2buaFeature(Feature[B2buaConfig]):
         if target.kind == "hangup":
             call.fail(target.status, target.reason, retry_after=target.retry_after)
             return
+        if target.kind == "announcement":
+            if self.wire is None:
+                call.fail(503, "Service Unavailable (no media feature for the announcement)")
+            else:
+                self.wire.announce(call, target)
+            return
         if target.kind == "trunk":
             self._ring_trunks(call, target)
             return
@@ -476,6 +483,15 @@ class B2buaFeature(Feature[B2buaConfig]):
                 log.exception("event=media_step_failed call=%s", call.call_uuid)
 
         task.add_done_callback(finished)
+
+    def _continue(self, call: Call, then: Target) -> None:
+        """After an announcement: the caller goes on to `then` in a new call (transfer.py)."""
+        callee = then.user or then.extension or then.number or call.callee
+        target = self.transfers.continue_call(call, callee, lambda new: self._go(new, then))
+        if target is None:
+            call.hangup("announcement")
+        elif self.wire is not None and target.state is not CallState.ENDED:
+            self.wire.ringback(target)
 
     def hold_changed(self, call: Call, side: str, held: bool) -> None:
         if self.wire is not None:
@@ -630,12 +646,14 @@ class B2buaFeature(Feature[B2buaConfig]):
         """A media worker's event about one of our calls (keyed by its inbound Call-ID):
         no RTP from a party for `media.rtp_timeout_s` ends the call, BYE both ways, the
         CDR saying so."""
+        wire = self.wire
+        if wire is not None and wire.on_event(event):
+            return
         if isinstance(event, MediaRtpTimeout):
-            for call in list(self.calls.values()):
-                if call.request.call_id == event.call_id:
-                    log.info("event=rtp_timeout call=%s party=%s idle_s=%.0f", call.call_uuid, event.leg, event.idle_s)
-                    call.hangup("RTP timeout")
-                    return
+            call = wire.call_of(self.calls.values(), event.call_id) if wire is not None else None
+            if call is not None:
+                log.info("event=rtp_timeout call=%s party=%s idle_s=%.0f", call.call_uuid, event.leg, event.idle_s)
+                call.hangup("RTP timeout")
 
     def hangup_local(self, key: str) -> bool:
         for call in list(self.calls.values()):
