@@ -176,11 +176,13 @@ class BuiltinBackend:
             await client.request(MediaStopPlay(msg.key.call_id, msg.key.from_tag))
             return MediaReply("ok", backend=self.name)
         if isinstance(msg, StartRecording):
-            result = await client.request(MediaRecordStart(msg.call_id))
-            return MediaReply("ok", warning=str(result.get("path", "")) or None, backend=self.name)
+            result = await client.request(MediaRecordStart(msg.call_id, msg.name))
+            return MediaReply("ok", path=str(result.get("path", "")) or None, backend=self.name)
         if isinstance(msg, StopRecording):
             result = await client.request(MediaRecordStop(msg.call_id))
-            return MediaReply("ok", warning=str(result.get("path", "")) or None, backend=self.name)
+            seconds = result.get("seconds")
+            return MediaReply("ok", path=str(result.get("path", "")) or None, backend=self.name,
+                              seconds=float(seconds) if isinstance(seconds, (int, float)) else None)
         if isinstance(msg, PlayDtmf):
             await client.request(MediaSendDtmf(msg.key.call_id, msg.key.from_tag, msg.code, duration_ms=msg.duration_ms))
             return MediaReply("ok", backend=self.name)

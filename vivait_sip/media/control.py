@@ -346,9 +346,10 @@ class StartRecording(MediaCommand):
     command: ClassVar[str] = "start recording"
     call_id: str
     from_tag: str | None = None
+    name: str | None = None  # the file's stem (the built-in backend; rtpengine names its own)
 
     def __post_init__(self) -> None:
-        _tokens(tuple(t for t in (self.call_id, self.from_tag) if t is not None), "start recording")
+        _tokens(tuple(t for t in (self.call_id, self.from_tag, self.name) if t is not None), "start recording")
 
     def session_id(self) -> str | None:
         return self.call_id
@@ -423,6 +424,8 @@ class MediaReply:
     warning: str | None = None
     legs: tuple[LegStats, ...] = ()
     duration_ms: int | None = None  # play media: the length of what is played
+    path: str | None = None  # start recording: the file being written; stop recording: the file closed
+    seconds: float | None = None  # stop recording: its length
     backend: str | None = None  # who answered: "rtpengine 10.0.0.7:2223", "builtin worker 1"
 
     @property
