@@ -12,7 +12,9 @@ and decoded.
 from __future__ import annotations
 
 import json
+import struct
 import time
+import wave
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,8 @@ from peer_env import (
     workers,
 )
 from peer_phones import Baresip, RtpCapture, read_growing, rms_dbfs, tone_share, ulaw_samples
+
+from vivait_sip.store import Store
 
 __all__ = ["workers"]
 
@@ -221,3 +225,64 @@ def analyse_tail(phone: Baresip, skip_s: float) -> Any:
     files = phone.received()
     assert files, f"{phone.name} recorded nothing:\n{phone.log()}"
     return analyse(files[-1], skip_s=skip_s)
+
+
+# ---- recording ------------------------------------------------------------------------------------
+
+
+def wav_channels(path: Path) -> tuple[list[int], list[int], int]:
+    """(left samples, right samples, frames) of a stereo 16-bit WAV whose header sizes
+    must agree with the file (a recording never left truncated)."""
+    with wave.open(str(path), "rb") as wav:
+        assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (2, 2, 8000)
+        frames = wav.getnframes()
+        raw = wav.readframes(frames)
+    data = path.read_bytes()
+    assert data[:4] == b"RIFF" and struct.unpack_from("<I", data, 4)[0] == len(data) - 8
+    assert frames * 4 == len(raw) and len(data) == 44 + frames * 4, (frames, len(data))
+    samples = struct.unpack(f"<{len(raw) // 2}h", raw)
+    return list(samples[0::2]), list(samples[1::2]), frames
+
+
+def test_a_call_recorded_on_demand_and_through_sigterm(tmp_path: Path, workers: int, phones_for: Any) -> None:
+    """`ctl record start` then `stop` on a call in progress: a stereo WAV in the archive, A's
+    tone on the left, B's on the right.  Recording again, then SIGTERM to the server mid-call:
+    the second WAV is in the archive too, its header right; the CDR lists both."""
+    server = serve(tmp_path, workers, media=media_config(default="anchor"), drain_s=1)
+    phones = phones_for(tmp_path, server)
+    archive = server.data_dir / "recordings"
+    try:
+        a, b = phones.add("A", A_HZ), phones.add("B", B_HZ)
+        assert ctl(server, "record", "start", "nope").returncode == 1
+        phones.dial(a, USERS["B"])
+        a.wait_event("CALL_ESTABLISHED", 10)
+        b.wait_event("CALL_ESTABLISHED", 10)
+        [call] = active_calls(server)
+        started = ctl(server, "record", "start", call["call"], "--json")
+        assert started.returncode == 0, started.stderr
+        first = Path(json.loads(started.stdout)["path"])
+        assert first.parent == archive
+        time.sleep(3.0)
+        stopped = ctl(server, "record", "stop", call["call"])
+        assert stopped.returncode == 0 and str(first) in stopped.stdout, stopped
+        assert ctl(server, "record", "stop", call["call"]).returncode == 1  # not being recorded
+        left, right, frames = wav_channels(first)
+        assert 2.0 * 8000 < frames < 5.0 * 8000
+        assert tone_share(left[4000:], A_HZ) > 0.8 and tone_share(right[4000:], B_HZ) > 0.8
+        again = ctl(server, "record", "start", call["call"], "--json")
+        second = Path(json.loads(again.stdout)["path"])
+        assert second != first
+        time.sleep(2.5)
+    finally:
+        assert server.stop() == 0  # SIGTERM mid-call: drain 1 s, BYE both ways, recordings closed
+    left, right, frames = wav_channels(second)
+    assert frames > 2.0 * 8000
+    assert tone_share(left[4000:], A_HZ) > 0.8 and tone_share(right[4000:], B_HZ) > 0.8
+    assert not list((archive / "spool").glob("*.wav"))  # nothing left in the spool
+    store = Store.open(server.data_dir)
+    try:
+        [(row, _legs)] = store.query_cdrs(0, time.time() + 60)
+    finally:
+        store.close()
+    extra = json.loads(row.extra)
+    assert extra["recording"] == [str(first), str(second)] and row.hangup_cause == "shutdown"

@@ -4,6 +4,8 @@ GET /api/route?number=N[&from=SOURCE][&at=ISO8601]   which rule a call would mat
                                                      not the earlier ones (`ctl route`)
 GET /api/calls                                       calls in progress, every worker (`ctl calls`)
 DELETE /api/calls/{call}                             hang one up: its uuid or any leg's Call-ID
+POST /api/calls/{call}/recording                     start recording it (stereo WAV; `ctl record start`)
+DELETE /api/calls/{call}/recording                   stop recording it (`ctl record stop`)
 
 `check_references` finds what no single model can see (a rule naming a trunk, a group or
 an mdflow flow that does not exist...); `reference_warnings` what may still be right
@@ -343,7 +345,8 @@ def add_routes(app: web.Application, feature: Any) -> None:
 
 
 def add_call_routes(app: web.Application, feature: Any) -> None:
-    """`ctl calls` and `ctl hangup`; `feature` has `all_calls()` and `hangup(key)`."""
+    """`ctl calls`, `ctl hangup` and `ctl record`; `feature` has `all_calls()`, `hangup(key)`
+    and `record(key, start)` (a dict, with `error` and `status` when refused; None: no call)."""
 
     async def calls(request: web.Request) -> web.Response:
         found = await feature.all_calls()
@@ -356,5 +359,16 @@ def add_call_routes(app: web.Application, feature: Any) -> None:
             return web.json_response({"error": f"no call {key!r} in progress"}, status=404)
         return web.json_response({"hung_up": key})
 
+    async def recording(request: web.Request) -> web.Response:
+        key = request.match_info["call"]
+        found = await feature.record(key, request.method == "POST")
+        if found is None:
+            return web.json_response({"error": f"no call {key!r} in progress"}, status=404)
+        if "error" in found:
+            return web.json_response({"error": found["error"]}, status=int(found.get("status", 409)))
+        return web.json_response(found)
+
     app.router.add_get("/api/calls", calls)
     app.router.add_delete("/api/calls/{call}", hangup)
+    app.router.add_post("/api/calls/{call}/recording", recording)
+    app.router.add_delete("/api/calls/{call}/recording", recording)

@@ -57,7 +57,7 @@ from .cdr import CallRecord, CdrWriter, LegRecord, disposition_for
 from .cdr_admin import add_cdr_routes
 from .cdr_cli import add_cdr_commands
 from .config import B2buaConfig
-from .mediawire import MediaWire
+from .mediawire import MediaWire, RecordError
 from .routing import Decision, Router, RouteRequest, Source, Target
 from .transfer import MESSAGES as TRANSFER_MESSAGES
 from .transfer import TransferManager
@@ -211,6 +211,7 @@ class B2buaFeature(Feature[B2buaConfig]):
             log.warning("event=config_warning %s", line)
         host.on_call("b2bua_calls", lambda args: self.local_calls())
         host.on_call("b2bua_hangup", lambda args: self.hangup_local(str(args["call"])))
+        host.on_call("b2bua_record", lambda args: self.record_local(str(args["call"]), bool(args["start"])))
 
     def reload(self, config: CoreConfig) -> None:
         settings = self.settings_of(config)
@@ -604,6 +605,8 @@ class B2buaFeature(Feature[B2buaConfig]):
         call.on_event(event)
         if not was_answered and call.answered_at is not None:
             emit(log, logging.INFO, CALL_ANSWER, "call_id=%r from=%r to=%r", call.request.call_id, call.caller, call.callee)
+            if self.wire is not None:
+                self.wire.answered(call)
         if isinstance(event, (ResponseReceived, RequestFailed)) and _final(event) and not _is_leg(call, event.request_id):
             # An in-dialog request of the call (a relayed re-INVITE, INFO, a transfer's):
             # answered once, so its binding goes (legs keep theirs: forks answer again).
@@ -647,7 +650,7 @@ class B2buaFeature(Feature[B2buaConfig]):
         no RTP from a party for `media.rtp_timeout_s` ends the call, BYE both ways, the
         CDR saying so."""
         wire = self.wire
-        if wire is not None and wire.on_event(event):
+        if wire is not None and wire.on_event(event, self.calls.values()):
             return
         if isinstance(event, MediaRtpTimeout):
             call = wire.call_of(self.calls.values(), event.call_id) if wire is not None else None
@@ -655,12 +658,41 @@ class B2buaFeature(Feature[B2buaConfig]):
                 log.info("event=rtp_timeout call=%s party=%s idle_s=%.0f", call.call_uuid, event.leg, event.idle_s)
                 call.hangup("RTP timeout")
 
-    def hangup_local(self, key: str) -> bool:
-        for call in list(self.calls.values()):
+    def find_local(self, key: str) -> Call | None:
+        """A call of this worker by its uuid or any of its legs' Call-IDs."""
+        for call in self.calls.values():
             if key in (call.call_uuid, call.request.call_id) or any(leg.call_id == key for leg in call.legs):
-                call.hangup("admin")
-                return True
-        return False
+                return call
+        return None
+
+    def hangup_local(self, key: str) -> bool:
+        call = self.find_local(key)
+        if call is None:
+            return False
+        call.hangup("admin")
+        return True
+
+    async def record_local(self, key: str, start: bool) -> dict[str, object] | None:
+        """`ctl record start|stop` for a call of this worker (None: not here)."""
+        call = self.find_local(key)
+        if call is None:
+            return None
+        if self.wire is None:
+            return {"error": "no media feature", "status": 409}
+        try:
+            return await self.wire.record(call, start)
+        except RecordError as exc:
+            return {"error": str(exc), "status": exc.status}
+
+    async def record(self, key: str, start: bool) -> dict[str, object] | None:
+        """Start or stop recording a call of any worker (None: no such call)."""
+        found = await self.record_local(key, start)
+        if found is not None:
+            return found
+        for part in await self.host.call_workers("b2bua_record", call=key, start=start):
+            if part is not None:
+                return dict(part)
+        return None
 
     def status(self) -> dict[str, object]:
         return {"b2bua": {"calls": len(self.calls), **self.counters, "trunks": self.trunks.status(),

@@ -22,18 +22,33 @@ loop; a failed one is logged and never ends a call.
   target with ringback played meanwhile; when the target answers it takes the
   placeholder's place in the relay session (`ReplaceParty`) and the caller is
   re-INVITEd with its SDP.
+* **Recording.**  `record(call, start)` (the admin API, `ctl record`, InfoWS later) and a
+  rule's `record: true` (at the answer) start or stop a stereo recording of the call's
+  session; the CDR lists every file in `extra.recording` (archive paths: known at the
+  start, since closing only renames the spool file into the archive; corrected by the
+  stop's answer or `MediaRecordingClosed` if the file stayed elsewhere).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..media.control import CallKey, MediaCommand, MediaReply, PlayMedia, StopMedia
+from ..media.control import (
+    CallKey,
+    MediaCommand,
+    MediaReply,
+    PlayMedia,
+    StartRecording,
+    StopMedia,
+    StopRecording,
+)
 from ..media.feature import MediaFeature
-from ..media.protocol import MediaPlayDone
+from ..media.protocol import MediaPlayDone, MediaRecordingClosed
 from ..sip.sdp import SdpError, build_answer, parse_sdp
 from .call import Call, CallState
 from .routing import Target
@@ -68,6 +83,15 @@ def placeholder_answer(offer: bytes) -> bytes | None:
     return answer.to_str().encode()
 
 
+class RecordError(Exception):
+    """A recording request that cannot be done: `status` for the admin API (404 no such
+    call, 409 not anchored / not recording, 503 the backend failed)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def _other(side: str) -> str:
     return "callee" if side == "caller" else "caller"
 
@@ -80,7 +104,7 @@ class MediaWire:
         self.seam = media.seam
         self._settings = settings
         self._tasks: set[asyncio.Future[Any]] = set()
-        self.counters: dict[str, int] = {"moh_started": 0, "moh_failed": 0, "announcements": 0}
+        self.counters: dict[str, int] = {"moh_started": 0, "moh_failed": 0, "announcements": 0, "recordings": 0}
         self._playing: dict[tuple[str, str], tuple[Call, Target]] = {}  # (session, caller tag) → announcement
         self.continue_to: Callable[[Call, Target], None] = lambda call, target: call.hangup("announcement")
 
@@ -113,10 +137,17 @@ class MediaWire:
                 fallback = call
         return fallback
 
-    def on_event(self, event: object) -> bool:
+    def on_event(self, event: object, calls: Iterable[Call] = ()) -> bool:
         """A media worker's event this module handles (True), else the feature's."""
         if isinstance(event, MediaPlayDone):
             self.on_play_done(event)
+            return True
+        if isinstance(event, MediaRecordingClosed):
+            call = self.call_of(calls, event.call_id)
+            log.info("event=recording_closed call=%s path=%s seconds=%.1f reason=%s",
+                     call.call_uuid if call is not None else "-", event.path, event.seconds, event.reason)
+            if call is not None:
+                self._note_recording(call, event.path)
             return True
         return False
 
@@ -219,3 +250,56 @@ class MediaWire:
         key = self.key(call, "caller")
         if key is not None:
             self._run(self._request(call, PlayMedia(key, file="ringback", repeat=0), "ringback"))
+
+    # ---- recording -----------------------------------------------------------------------------
+    def answered(self, call: Call) -> None:
+        """The call was answered: a rule with `record: true` records it from now on."""
+        if call.rule is not None and any(r.name == call.rule and r.record for r in self._settings().dialplan):
+            self._run(self._record_quietly(call))
+
+    async def _record_quietly(self, call: Call) -> None:
+        try:
+            await self.record(call, True)
+        except RecordError as exc:
+            log.warning("event=recording_failed call=%s error=%r", call.call_uuid, str(exc))
+
+    async def record(self, call: Call, start: bool) -> dict[str, object]:
+        """Start (or stop) recording `call`: what the admin API answers; RecordError else."""
+        key = self.seam.key_of(call)
+        if key is None:
+            raise RecordError(409, f"call {call.call_uuid} is not anchored: its media does not go through the relay "
+                                   "(record a route with its rule's \"record\": true or \"media\": \"anchor\")")
+        if not start:
+            reply = await self.media.request(StopRecording(key.call_id))
+            if not reply.ok:
+                error = reply.error or "stop recording failed"
+                raise RecordError(409 if "not_recording" in error else 503, error)
+            if reply.path:
+                self._note_recording(call, reply.path)
+            log.info("event=recording_stopped call=%s path=%s", call.call_uuid, reply.path)
+            return {"call": call.call_uuid, "recording": "stopped", "path": reply.path, "seconds": reply.seconds}
+        paths = call.extra.get("recording")
+        count = len(paths) if isinstance(paths, list) else 0
+        name = f"{time.strftime('%Y%m%d-%H%M%S')}-{call.call_uuid[:12]}" + (f"-{count + 1}" if count else "")
+        reply = await self.media.request(StartRecording(key.call_id, name=name))
+        if not reply.ok or not reply.path:
+            raise RecordError(503, reply.error or "start recording failed")
+        _, archive_dir = self.media.settings.recording_dirs(self.media.host.data_dir)
+        archive = str(archive_dir / Path(reply.path).name)
+        self._note_recording(call, archive)
+        self.counters["recordings"] += 1
+        log.info("event=recording_started call=%s path=%s", call.call_uuid, archive)
+        return {"call": call.call_uuid, "recording": "started", "path": archive, "spool": reply.path}
+
+    def _note_recording(self, call: Call, path: str) -> None:
+        """`path` into the call's `extra.recording` (a file already listed under another
+        directory is corrected: it stayed in the spool)."""
+        paths = call.extra.setdefault("recording", [])
+        if not isinstance(paths, list):
+            return
+        name = Path(path).name
+        for i, known in enumerate(paths):
+            if Path(str(known)).name == name:
+                paths[i] = path
+                return
+        paths.append(path)
