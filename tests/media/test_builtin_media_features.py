@@ -26,7 +26,9 @@ from peer_env import (
     active_calls,
     base_config,
     ctl,
+    sipp,
     start_server,
+    user_args,
     wait_cdrs,
     wait_for,
     wait_no_calls,
@@ -286,3 +288,66 @@ def test_a_call_recorded_on_demand_and_through_sigterm(tmp_path: Path, workers: 
         store.close()
     extra = json.loads(row.extra)
     assert extra["recording"] == [str(first), str(second)] and row.hangup_cause == "shutdown"
+
+
+# ---- DTMF ---------------------------------------------------------------------------------------
+
+
+def dtmf_of(server: Server) -> dict[str, str]:
+    calls = active_calls(server)
+    return dict(calls[0].get("dtmf") or {}) if calls else {}
+
+
+def test_rfc4733_digits_from_a_phone_show_in_ctl_calls(tmp_path: Path, workers: int, phones_for: Any) -> None:
+    """A presses 1, 2, #, B presses 9 (baresip sends RFC 4733 telephone-events): the relay
+    detects them and `ctl calls --json` shows each party's digits; `event=dtmf` is logged.
+    The route records its calls (`record: true`): the CDR lists the file."""
+    server = serve(tmp_path, workers, media=media_config(),
+                   dialplan=[{"name": "local", "record": True, "action": {"type": "user"}}])
+    phones = phones_for(tmp_path, server)
+    try:
+        a, b = phones.add("A", A_HZ), phones.add("B", B_HZ)
+        phones.dial(a, USERS["B"])
+        a.wait_event("CALL_ESTABLISHED", 10)
+        b.wait_event("CALL_ESTABLISHED", 10)
+        time.sleep(0.5)
+        for phone, digit in ((a, "1"), (a, "2"), (a, "#"), (b, "9")):
+            assert phone.command("sndcode", digit).get("ok"), digit
+            time.sleep(0.6)
+        found = wait_for(lambda: (d := dtmf_of(server)) and d.get("caller") == "12#" and d.get("callee") == "9" and d,
+                         5, message=f"digits in ctl calls: {dtmf_of(server)}")
+        assert found == {"caller": "12#", "callee": "9"}
+        a.command("hangup")
+        b.wait_event("CALL_CLOSED", 10)
+        wait_no_calls(server)
+        [record] = wait_cdrs(server, 1)
+        assert record["extra"]["media"] == "anchored (feature recording)"
+        [path] = record["extra"]["recording"]
+        wait_for(lambda: Path(path).exists(), 5, message=f"{path} in the archive")
+        log = "\n".join(server.collect_output())
+        assert "event=dtmf" in log and "digit=# source=rfc4733" in log
+    finally:
+        server.stop()
+
+
+def test_sip_info_digits_show_in_ctl_calls(tmp_path: Path, workers: int, phones_for: Any) -> None:
+    """SIPp (user 6140) calls B and sends DTMF as SIP INFO: application/dtmf-relay 5 and #,
+    application/dtmf 7.  The INFOs are relayed to B as before, and the digits are the
+    caller's in `ctl calls --json`."""
+    server = serve(tmp_path, workers, media=media_config(default="anchor"))
+    phones = phones_for(tmp_path, server)
+    try:
+        phones.add("B", B_HZ)
+        uac = sipp("uac", tmp_path, "b2b_uac_info_dtmf.xml", *user_args(server, USERS["A"], USERS["B"]),
+                   "-m", "1", "-d", "4000", "-timeout", "30s").start()
+        try:
+            found = wait_for(lambda: (d := dtmf_of(server)) and d.get("caller") == "5#7" and d, 10,
+                             message=f"INFO digits in ctl calls: {dtmf_of(server)}")
+            assert found == {"caller": "5#7", "callee": ""}
+            assert uac.wait(30) == 0, uac.report()
+        finally:
+            uac.stop()
+        wait_no_calls(server)
+        assert "source=info" in "\n".join(server.collect_output())
+    finally:
+        server.stop()

@@ -535,6 +535,8 @@ class B2buaFeature(Feature[B2buaConfig]):
 
     def ended(self, call: Call) -> None:
         self.calls.pop(call.call_uuid, None)
+        if self.wire is not None:
+            self.wire.forget(call)
         self.transfers.call_ended(call)
         ticket = self._tickets.pop(call.call_uuid, None)
         if ticket is not None and self.mdflow is not None:
@@ -601,6 +603,9 @@ class B2buaFeature(Feature[B2buaConfig]):
         if call is None:
             self._orphan(event)
             return
+        if (self.wire is not None and isinstance(event, RequestReceived) and event.request.method == "INFO"
+                and event.dialog_id is not None):
+            self.wire.info(call, event.request, "caller" if event.dialog_id == call.in_dialog else "callee")
         was_answered = call.answered_at is not None
         call.on_event(event)
         if not was_answered and call.answered_at is not None:
@@ -643,7 +648,10 @@ class B2buaFeature(Feature[B2buaConfig]):
 
     # ---- operations ----------------------------------------------------------------------------
     def local_calls(self) -> list[dict[str, object]]:
-        return [call.snapshot() for call in self.calls.values()]
+        wire = self.wire
+        if wire is None:
+            return [call.snapshot() for call in self.calls.values()]
+        return [{**call.snapshot(), "dtmf": wire.digits(call)} for call in self.calls.values()]
 
     def _media_event(self, event: object) -> None:
         """A media worker's event about one of our calls (keyed by its inbound Call-ID):

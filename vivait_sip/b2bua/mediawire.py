@@ -27,6 +27,10 @@ loop; a failed one is logged and never ends a call.
   session; the CDR lists every file in `extra.recording` (archive paths: known at the
   start, since closing only renames the spool file into the archive; corrected by the
   stop's answer or `MediaRecordingClosed` if the file stayed elsewhere).
+* **DTMF.**  RFC 4733 digits the relay detects (`MediaDtmf`) and SIP INFO digits
+  (application/dtmf-relay, application/dtmf; the INFO is relayed as before) are kept per
+  call and party (the last `DTMF_KEPT`, shown by `ctl calls --json`), logged
+  (`event=dtmf`) and handed to `dtmf_listeners` (the groundwork for IVR).
 """
 
 from __future__ import annotations
@@ -48,7 +52,8 @@ from ..media.control import (
     StopRecording,
 )
 from ..media.feature import MediaFeature
-from ..media.protocol import MediaPlayDone, MediaRecordingClosed
+from ..media.protocol import MediaDtmf, MediaPlayDone, MediaRecordingClosed
+from ..sip.message import Request
 from ..sip.sdp import SdpError, build_answer, parse_sdp
 from .call import Call, CallState
 from .routing import Target
@@ -59,6 +64,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("vivait_sip.b2bua")
 
 MOH = "moh:"  # PlayMedia(file="moh:CLASS"): a music-on-hold class, looping
+DTMF_KEPT = 32  # digits kept per party for `ctl calls`
+DTMF_DIGITS = frozenset("0123456789*#ABCDabcd")
 PLAY_GRACE_S = 3.0  # a prompt's end not reported this long after its length: go on anyway
 RTP_PROTOS = ("RTP/AVP", "RTP/AVPF", "RTP/SAVP", "RTP/SAVPF")
 
@@ -106,6 +113,9 @@ class MediaWire:
         self._tasks: set[asyncio.Future[Any]] = set()
         self.counters: dict[str, int] = {"moh_started": 0, "moh_failed": 0, "announcements": 0, "recordings": 0}
         self._playing: dict[tuple[str, str], tuple[Call, Target]] = {}  # (session, caller tag) → announcement
+        self._digits: dict[str, dict[str, str]] = {}  # call uuid → side → its last digits
+        # (call, side, digit, source) for every digit: IVR and the ACD listen here
+        self.dtmf_listeners: list[Callable[[Call, str, str, str], None]] = []
         self.continue_to: Callable[[Call, Target], None] = lambda call, target: call.hangup("announcement")
 
     # ---- running commands ---------------------------------------------------------------------
@@ -141,6 +151,12 @@ class MediaWire:
         """A media worker's event this module handles (True), else the feature's."""
         if isinstance(event, MediaPlayDone):
             self.on_play_done(event)
+            return True
+        if isinstance(event, MediaDtmf):
+            call = self.call_of(calls, event.call_id)
+            if call is not None:
+                side = "caller" if event.tag is not None and event.tag == self.seam.tag_of(call, "caller") else "callee"
+                self.dtmf(call, side, event.digit, "rfc4733", event.duration_ms)
             return True
         if isinstance(event, MediaRecordingClosed):
             call = self.call_of(calls, event.call_id)
@@ -303,3 +319,53 @@ class MediaWire:
                 paths[i] = path
                 return
         paths.append(path)
+
+    # ---- DTMF --------------------------------------------------------------------------------
+    def dtmf(self, call: Call, side: str, digit: str, source: str, duration_ms: int | None = None) -> None:
+        """A digit `side` sent (`source`: rfc4733 or info)."""
+        kept = self._digits.setdefault(call.call_uuid, {"caller": "", "callee": ""})
+        kept[side] = (kept.get(side, "") + digit)[-DTMF_KEPT:]
+        log.info("event=dtmf call=%s party=%s digit=%s source=%s duration_ms=%s", call.call_uuid, side, digit, source,
+                 duration_ms if duration_ms is not None else "-")
+        for listener in self.dtmf_listeners:
+            try:
+                listener(call, side, digit, source)
+            except Exception:
+                log.exception("event=dtmf_listener_failed call=%s", call.call_uuid)
+
+    def info(self, call: Call, request: Request, side: str) -> None:
+        """A SIP INFO of the call: its DTMF digit, if it carries one."""
+        digit, duration = info_digit(request)
+        if digit is not None:
+            self.dtmf(call, side, digit, "info", duration)
+
+    def digits(self, call: Call) -> dict[str, str] | None:
+        return self._digits.get(call.call_uuid)
+
+    def forget(self, call: Call) -> None:
+        """The call ended."""
+        self._digits.pop(call.call_uuid, None)
+
+
+def info_digit(request: Request) -> tuple[str | None, int | None]:
+    """(digit, duration ms) of a DTMF INFO: `application/dtmf-relay` (`Signal=5`,
+    `Duration=160`: Cisco's, what most phones send) or `application/dtmf` (the digit
+    alone); (None, None) for anything else.  `Signal=10`/`11` are `*`/`#` (some phones)."""
+    kind = (request.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+    body = request.body.decode("ascii", "replace")
+    if kind == "application/dtmf":
+        text = body.strip()
+        return (text.upper() if len(text) == 1 and text in DTMF_DIGITS else None), None
+    if kind != "application/dtmf-relay":
+        return None, None
+    fields: dict[str, str] = {}
+    for line in body.splitlines():
+        name, sep, value = line.partition("=")
+        if sep:
+            fields[name.strip().lower()] = value.strip()
+    signal = fields.get("signal", "")
+    signal = {"10": "*", "11": "#"}.get(signal, signal)
+    if len(signal) != 1 or signal not in DTMF_DIGITS:
+        return None, None
+    duration = fields.get("duration", "")
+    return signal.upper(), int(duration) if duration.isdigit() and len(duration) < 7 else None
