@@ -26,6 +26,7 @@ from peer_env import (
     active_calls,
     base_config,
     ctl,
+    register,
     sipp,
     start_server,
     user_args,
@@ -349,5 +350,59 @@ def test_sip_info_digits_show_in_ctl_calls(tmp_path: Path, workers: int, phones_
             uac.stop()
         wait_no_calls(server)
         assert "source=info" in "\n".join(server.collect_output())
+    finally:
+        server.stop()
+
+
+# ---- RTP timeout --------------------------------------------------------------------------------
+
+
+def test_a_callee_that_sends_no_rtp_is_hung_up_after_the_rtp_timeout(tmp_path: Path, workers: int,
+                                                                       phones_for: Any) -> None:
+    """A (baresip) calls 6141, answered by a SIPp UAS that sends no RTP at all: after
+    media.rtp_timeout_s (2 s) the call ends with BYE both ways, CDR cause "RTP timeout"."""
+    server = serve(tmp_path, workers, media=media_config(default="anchor", rtp_timeout_s=2))
+    phones = phones_for(tmp_path, server)
+    uas = sipp("uas", tmp_path, "uas", "-m", "1").start()
+    try:
+        register(server, USERS["B"], f"pw-{USERS['B']}", uas.port)
+        a = phones.add("A", A_HZ)
+        phones.dial(a, USERS["B"])
+        a.wait_event("CALL_ESTABLISHED", 10)
+        established = time.monotonic()
+        a.wait_event("CALL_CLOSED", 15)
+        assert 1.5 < time.monotonic() - established < 8
+        assert uas.wait(10) == 0, uas.report()  # it got its BYE (and answered it)
+        assert uas.received("BYE")
+        wait_no_calls(server)
+        [record] = wait_cdrs(server, 1)
+        assert record["hangup_cause"] == "RTP timeout" and record["disposition"] == "answered"
+        assert record["hangup_side"] == "system"
+        assert "event=rtp_timeout" in "\n".join(server.collect_output())
+    finally:
+        uas.stop()
+        server.stop()
+
+
+def test_a_phone_killed_mid_call_is_hung_up_after_the_rtp_timeout(tmp_path: Path, workers: int,
+                                                                    phones_for: Any) -> None:
+    """B (baresip) is killed (SIGKILL: no BYE) while talking to A: its RTP stops, and after
+    the RTP timeout A gets BYE; the CDR says why."""
+    server = serve(tmp_path, workers, media=media_config(default="anchor", rtp_timeout_s=2))
+    phones = phones_for(tmp_path, server)
+    try:
+        a, b = phones.add("A", A_HZ), phones.add("B", B_HZ)
+        phones.dial(a, USERS["B"])
+        a.wait_event("CALL_ESTABLISHED", 10)
+        b.wait_event("CALL_ESTABLISHED", 10)
+        time.sleep(1.0)
+        b.proc.kill()
+        b.proc.wait(5)
+        killed = time.monotonic()
+        a.wait_event("CALL_CLOSED", 15)
+        assert 1.5 < time.monotonic() - killed < 8
+        wait_no_calls(server, timeout=40)  # the BYE to the dead phone times out (32 s at most)
+        [record] = wait_cdrs(server, 1)
+        assert record["hangup_cause"] == "RTP timeout"
     finally:
         server.stop()
