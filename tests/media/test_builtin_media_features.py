@@ -11,17 +11,20 @@ and decoded.
 
 from __future__ import annotations
 
+import itertools
 import json
+import socket
 import struct
 import time
 import wave
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from audio import analyse, write_tone
-from harness import Server
+from harness import Server, free_port
 from peer_env import (
     active_calls,
     base_config,
@@ -404,5 +407,112 @@ def test_a_phone_killed_mid_call_is_hung_up_after_the_rtp_timeout(tmp_path: Path
         wait_no_calls(server, timeout=40)  # the BYE to the dead phone times out (32 s at most)
         [record] = wait_cdrs(server, 1)
         assert record["hangup_cause"] == "RTP timeout"
+    finally:
+        server.stop()
+
+
+# ---- transfers of anchored calls ----------------------------------------------------------------
+
+
+def continuity(packets: list[tuple[float, int, int, int, int, bytes]]) -> tuple[set[int], int, int]:
+    """(SSRCs seen, largest sequence step, backward timestamp steps) of the PCMU packets
+    that reached a phone, in arrival order."""
+    audio = [p for p in packets if p[1] == 0]
+    steps = [(b[2] - a[2]) & 0xFFFF for a, b in itertools.pairwise(audio)]
+    back = sum(1 for a, b in itertools.pairwise(audio) if (b[3] - a[3]) & 0xFFFFFFFF >= 0x80000000)
+    return {p[4] for p in audio}, max(steps, default=0), back
+
+
+def test_a_blind_transfer_of_an_anchored_call(tmp_path: Path, workers: int, phones_for: Any) -> None:
+    """A and B anchored; B transfers A to C (REFER, baresip's `transfer`).  C takes B's place in
+    the relay session: A keeps its ports and receives one continuous stream (one SSRC,
+    sequence +1, timestamps forward: nothing a phone would reject), A hears C and C hears
+    A; the session is gone at the end."""
+    server = serve(tmp_path, workers, media=media_config(default="anchor"))
+    phones = phones_for(tmp_path, server)
+    try:
+        a, b, c = phones.add("A", A_HZ), phones.add("B", B_HZ), phones.add("C", C_HZ)
+        capture = RtpCapture(tmp_path / "a-rtp.pcap", a.rtp_ports)
+        try:
+            phones.dial(a, USERS["B"])
+            a.wait_event("CALL_ESTABLISHED", 10)
+            b.wait_event("CALL_ESTABLISHED", 10)
+            time.sleep(1.5)
+            assert heard(a, B_HZ) > 0.8 and heard(b, A_HZ) > 0.8
+            b.command("transfer", f"sip:{USERS['C']}@127.0.0.1:{server.sip_port('udp')}")
+            c.wait_event("CALL_ESTABLISHED", 10)
+            b.wait_event("CALL_CLOSED", 10)
+            time.sleep(2.5)
+        finally:
+            capture.stop()
+        assert heard(a, C_HZ) > 0.8, heard(a, C_HZ)
+        assert heard(c, A_HZ) > 0.8, heard(c, A_HZ)
+        ssrcs, step, back = continuity(capture.rtp())
+        assert len(ssrcs) == 1 and step <= 2 and back == 0, (ssrcs, step, back)
+        [active] = active_calls(server)
+        assert active["state"] == "answered" and active["linked_to"]
+        status = json.loads(ctl(server, "media", "--json").stdout)
+        assert status["sessions"] == 1  # one relay session, handed over
+        a.command("hangup")
+        c.wait_event("CALL_CLOSED", 10)
+        wait_no_calls(server)
+        records = wait_cdrs(server, 2)
+        [original] = [r for r in records if not r["linked_to"]]
+        [transferred] = [r for r in records if r["linked_to"]]
+        assert original["hangup_cause"] == "transferred" and transferred["disposition"] == "answered"
+        assert transferred["extra"]["media"] == original["extra"]["media"] == "anchored (default)"
+        wait_for(lambda: json.loads(ctl(server, "media", "--json").stdout)["sessions"] == 0, 5,
+                 message="the session deleted at the end")
+    finally:
+        server.stop()
+
+
+SIPP_B = "127.0.0.6"
+
+
+def salt_for_workers(count: int) -> str:
+    """A Call-ID suffix putting SIPp's first call in worker 0 and its second in worker 1
+    (owner = crc32(Call-ID) % count): with two workers the join crosses them."""
+    for n in range(10_000):
+        salt = f"s{n}"
+        owners = (zlib.crc32(f"xfer1-{salt}".encode()) % count, zlib.crc32(f"xfer2-{salt}".encode()) % count)
+        if count < 2 or owners == (0, 1):
+            return salt
+    raise AssertionError("no salt")
+
+
+def test_an_attended_transfer_of_anchored_calls_driven_by_sipp(tmp_path: Path, workers: int, phones_for: Any) -> None:
+    """SIPp is B (a trusted peer calling as 6141): it calls A, then C, then REFERs A to C
+    with Replaces naming the consultation call.  Both calls are anchored: C takes B's place
+    in A's relay session (C is re-INVITEd onto it), the consultation's session is deleted,
+    and A and C hear each other."""
+    trunk = {"name": "pbx-b", "host": SIPP_B, "port": 5999, "networks": [f"{SIPP_B}/32"], "options_interval_s": 0}
+    server = serve(tmp_path, workers, media=media_config(default="anchor"), trunks=[trunk])
+    phones = phones_for(tmp_path, server)
+    try:
+        a, c = phones.add("A", A_HZ), phones.add("C", C_HZ)
+        (tmp_path / "b.csv").write_text(f"SEQUENTIAL\n{USERS['A']};first;\n{USERS['C']};consult;\n")
+        b = sipp("b", tmp_path, "xfer_attended_b.xml", f"127.0.0.1:{server.sip_port('udp')}", "-inf",
+                 str(tmp_path / "b.csv"), "-s", USERS["B"], "-mp", str(free_port(socket.SOCK_DGRAM, SIPP_B)),
+                 "-m", "2", "-l", "2", "-r", "1", "-rp", "1000", "-timeout", "40s", "-timeout_error",
+                 "-cid_str", f"xfer%u-{salt_for_workers(workers)}", local=SIPP_B).start()
+        try:
+            a.wait_event("CALL_ESTABLISHED", 15)
+            c.wait_event("CALL_ESTABLISHED", 15)
+            assert b.wait(60) == 0, b.report()
+        finally:
+            b.stop()
+        time.sleep(2.5)
+        assert heard(a, C_HZ) > 0.8, heard(a, C_HZ)
+        assert heard(c, A_HZ) > 0.8, heard(c, A_HZ)
+        [active] = active_calls(server)
+        assert active["state"] == "answered" and active["linked_to"]
+        wait_for(lambda: json.loads(ctl(server, "media", "--json").stdout)["sessions"] == 1, 5,
+                 message="one relay session left (the consultation's deleted)")
+        a.command("hangup")
+        c.wait_event("CALL_CLOSED", 10)
+        wait_no_calls(server)
+        records = wait_cdrs(server, 3)
+        assert sum(1 for r in records if r["hangup_cause"] == "transferred") == 2
     finally:
         server.stop()
