@@ -89,6 +89,7 @@ class Pbx:
     ended_legs: list[OutLeg] = field(default_factory=list)
     redirects: list[list[SipUri]] = field(default_factory=list)
     unowned: list[UaEvent] = field(default_factory=list)
+    holds: list[tuple[str, str, bool]] = field(default_factory=list)  # hold_changed: (call, side, held)
     _by_request: dict[int, Call] = field(default_factory=dict)
     _by_dialog: dict[int, Call] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -120,6 +121,9 @@ class Pbx:
             self._by_request[request_id] = call
         if dialog_id is not None:
             self._by_dialog[dialog_id] = call
+
+    def hold_changed(self, call: Call, side: str, held: bool) -> None:
+        self.holds.append((call.call_uuid, side, held))
 
     def leg_started(self, call: Call, leg: OutLeg) -> None:
         self.started_legs.append(leg)

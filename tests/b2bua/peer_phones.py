@@ -280,6 +280,10 @@ class RtpCapture:
 
     def packets(self) -> list[tuple[float, int, bytes]]:
         """(arrival time, RTP payload type, payload) of each RTP packet captured."""
+        return [(when, pt, payload) for when, pt, _seq, _ts, _ssrc, payload in self.rtp()]
+
+    def rtp(self) -> list[tuple[float, int, int, int, int, bytes]]:
+        """(arrival time, payload type, sequence, timestamp, SSRC, payload) of each RTP packet."""
         data = self.path.read_bytes()
         if len(data) < 24:
             return []
@@ -287,7 +291,8 @@ class RtpCapture:
         endian = "<" if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
         nano = magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
         linktype = struct.unpack(endian + "I", data[20:24])[0]
-        offset, out = 24, []
+        offset = 24
+        out: list[tuple[float, int, int, int, int, bytes]] = []
         while offset + 16 <= len(data):
             sec, frac, incl, _orig = struct.unpack(endian + "IIII", data[offset:offset + 16])
             frame = data[offset + 16:offset + 16 + incl]
@@ -306,7 +311,8 @@ class RtpCapture:
             payload_type = rtp[1] & 0x7F
             if payload_type >= 72 and payload_type <= 76:  # RTCP sent to the RTP port (rtcp-mux)
                 continue
-            out.append((when, payload_type, rtp[start:]))
+            seq, ts, ssrc = struct.unpack("!HII", rtp[2:12])
+            out.append((when, payload_type, seq, ts, ssrc, rtp[start:]))
         return out
 
 

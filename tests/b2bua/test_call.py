@@ -203,9 +203,11 @@ def test_hold_and_resume_by_reinvite_cross_the_bridge() -> None:
     assert call.held == {"callee"} and call.snapshot()["state"] == "on_hold"
     hold_answer = [e.response for e in bob.of(ResponseReceived) if e.response.cseq.method == "INVITE"][-1]
     assert hold_answer.status == 200  # alice's answer relayed back
+    assert pbx.holds == [(call.call_uuid, "callee", True)]  # told once the 200 was relayed (music on hold)
     bob.act(lambda ua, now: ua.send_in_dialog(callee.dialogs[0], "INVITE", headers=SDP, body=SDP_ANSWER, now=now))
     net.run(duration=2)
     assert call.held == set() and call.snapshot()["state"] == "answered"
+    assert pbx.holds[1:] == [(call.call_uuid, "callee", False)]
 
 
 def test_update_and_info_are_relayed_with_their_answers() -> None:

@@ -151,6 +151,7 @@ def test_hold_and_resume_reinvites_go_through_the_backend_by_direction() -> None
     ok = [e.response for e in bob.of(ResponseReceived) if e.response.cseq.method == "INVITE"][-1]
     assert ok.status == 200 and relayed(ok.body)
     assert call.held == {"callee"}
+    assert pbx.holds == [(call.call_uuid, "callee", True)]  # after the anchored answer was relayed
     alice.act(lambda ua, now: ua.send_in_dialog(alice.of(ResponseReceived)[1].dialog_id, "INVITE", headers=SDP,
                                                  body=SDP_OFFER, now=now))
     net.run(duration=2)

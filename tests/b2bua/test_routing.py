@@ -374,6 +374,26 @@ def test_hangup_targets() -> None:
     assert d.trace == ('rule "closed" (0): matches → hangup 503 Closed (Retry-After 3600)',)
 
 
+def test_announcement_targets_play_then_hang_up_or_go_on() -> None:
+    r = router(
+        rule("closed", {"type": "announcement", "prompt": "fuera-de-horario"}, number={"exact": "900"}),
+        rule("welcome", {"type": "announcement", "prompt": "es/bienvenida", "then": {"type": "user", "user": "6141"}}),
+    )
+    d = route(r, "900")
+    assert d.target == Target("announcement", number="900", prompt="fuera-de-horario")
+    assert d.trace[-1] == 'rule "closed" (0): matches → announcement fuera-de-horario, then hang up'
+    d = route(r, "6140")
+    assert d.target == Target("announcement", number="6140", prompt="es/bienvenida",
+                              then=Target("user", user="6141", number="6140", ring_s=60.0))
+    assert d.trace[-1].endswith("→ announcement es/bienvenida, then user 6141")
+    for bad in ("../etc/passwd", "/abs", "a/../b", "", "x y"):
+        with pytest.raises(ValidationError):
+            B2buaConfig.model_validate({"dialplan": [rule("r", {"type": "announcement", "prompt": bad})]})
+    with pytest.raises(ValidationError):  # then is a target, not another announcement or a flow
+        B2buaConfig.model_validate({"dialplan": [rule("r", {"type": "announcement", "prompt": "a",
+                                                            "then": {"type": "announcement", "prompt": "b"}})]})
+
+
 def test_flows_resolve_their_outcomes() -> None:
     r = router(
         rule(

@@ -130,6 +130,26 @@ def test_without_a_b2bua_section_there_is_nothing_to_check() -> None:
     assert check_references(plain) == [] and reference_warnings(plain) == []
 
 
+def test_a_rule_naming_a_music_on_hold_class_that_does_not_exist_is_an_error() -> None:
+    rules = [{"name": "ventas", "moh": "ventas", "action": {"type": "user"}},
+             {"name": "soporte", "moh": "default", "record": True, "action": {"type": "user"}}]
+    wrong = config({"b2bua": {"dialplan": rules}, "media": {}})
+    assert check_references(wrong) == ['b2bua.dialplan[0].moh: no music-on-hold class "ventas" (media.moh_classes, or "default")']
+    right = config({"b2bua": {"dialplan": rules}, "media": {"moh_classes": {"ventas": "/srv/moh/ventas"}}})
+    assert check_references(right) == []
+
+
+def test_announcements_are_checked_like_targets_and_unknown_prompts_are_warnings() -> None:
+    rules = [{"name": "a", "action": {"type": "announcement", "prompt": "no-such-prompt",
+                                      "then": {"type": "trunk", "trunks": ["nope"]}}},
+             {"name": "b", "action": {"type": "announcement", "prompt": "bienvenida"}},
+             {"name": "c", "action": {"type": "announcement", "prompt": "beep"}}]
+    checked = config({"b2bua": {"dialplan": rules}, "media": {}})
+    assert check_references(checked) == ['b2bua.dialplan[0].action.then.trunks[0]: no trunk named "nope" (b2bua.trunks[].name)']
+    [warning] = reference_warnings(checked)
+    assert warning.startswith('b2bua.dialplan[0].action.prompt: no prompt "no-such-prompt" in ')
+
+
 def test_flows_need_the_mdflow_section() -> None:
     bare = config({"b2bua": {"dialplan": [{"name": "f", "action": {"type": "flow", "flow": "x", "then": {"type": "user"}}}]}})
     assert check_references(bare) == ['b2bua.dialplan[0].action.flow: no mdflow flow named "x" (mdflow.flows[].flujo)']
@@ -225,7 +245,8 @@ async def test_route_answers_the_decision_and_its_trace(client: Client) -> None:
         "flow": None,
         "ringing": False,
         "target": {"kind": "user", "user": "6140", "extension": None, "trunks": [], "number": "6140",
-                   "caller_id": None, "status": 0, "reason": None, "retry_after": None, "ring_s": 60.0},
+                   "caller_id": None, "status": 0, "reason": None, "retry_after": None, "ring_s": 60.0,
+                   "prompt": None, "then": None},
         "on_agujero": None,
         "on_desborda": None,
         "did": None,

@@ -89,6 +89,7 @@ class TransferPbx:
         self.route_to: Callable[[Call, str, Source], None] = lambda call, number, source: call.fail(404)
         self.routed: list[tuple[str, Source]] = []
         self.unowned: list[UaEvent] = []
+        self.holds: list[tuple[str, str, bool]] = []
         self._by_request: dict[int, Call] = {}
         self._by_dialog: dict[int, Call] = {}
         self._ids = itertools.count(1)
@@ -126,6 +127,9 @@ class TransferPbx:
             self._by_request[request_id] = call
         if dialog_id is not None:
             self._by_dialog[dialog_id] = call
+
+    def hold_changed(self, call: Call, side: str, held: bool) -> None:
+        self.holds.append((call.call_uuid, side, held))
 
     def leg_started(self, call: Call, leg: OutLeg) -> None:
         pass

@@ -205,3 +205,36 @@ def test_merging_worker_status() -> None:
                  "pending": 0, "retransmissions": 0, "timeouts": 0, "refused": 0, "overflow": 0,
                  "unmatched_replies": 0, "malformed_replies": 0}
     assert b["address"] == "b:2"
+
+
+def test_music_on_hold_and_recording_rules_anchor_their_calls_and_nothing_else() -> None:
+    """media.moh "anchored" (the default) anchors only what asks for music: a rule's `moh`
+    class, a user's in moh_users; `record: true` anchors its rule's calls; "always"
+    anchors every call; "off" none.  Without any of them nothing starts a backend."""
+    plain = MediaFeature(FakeHost({}))  # type: ignore[arg-type]
+    assert plain.policy.requirements == [] and not plain.policy.could_anchor()
+    dialplan = [{"name": "ventas", "moh": "default", "action": {"type": "user"}},
+                {"name": "grabadas", "record": True, "action": {"type": "user"}},
+                {"name": "local", "action": {"type": "user"}}]
+    feature = MediaFeature(FakeHost({"media": {"moh_users": {"6141": "default"}},  # type: ignore[arg-type]
+                                     "b2bua": {"dialplan": dialplan}}))
+    policy = feature.policy
+    assert policy.requirements == ["moh", "recording"] and policy.could_anchor()
+    assert policy.decide(call(rule="ventas")) == "feature moh"
+    assert policy.decide(call(rule="local", callee_user="6141")) == "feature moh"
+    assert policy.decide(call(rule="grabadas")) == "feature recording"
+    assert policy.decide(call(rule="local", user="6140", callee_user="6142")) is None
+    feature.require("webrtc", lambda c: False)  # a feature's own requirement survives reloads
+    feature.reload(make_config({"media": {"moh": "always"}}))
+    assert policy.requirements == ["moh", "webrtc"] and policy.decide(call(rule="local")) == "feature moh"
+    feature.reload(make_config({"media": {"moh": False}, "b2bua": {"dialplan": dialplan}}))
+    assert policy.requirements == ["recording", "webrtc"] and policy.decide(call(rule="ventas")) is None
+
+
+def test_music_on_hold_classes_must_exist() -> None:
+    _, lines = check_document({"media": {"moh_class": "ventas", "moh_users": {"6141": "soporte"},
+                                         "moh_classes": {"soporte": "/srv/moh/soporte"}}})
+    assert lines == ['media.moh_class: no music-on-hold class "ventas" (media.moh_classes, or "default")'], lines
+    assert make_config({"media": {"moh": True}}).media.moh == "anchored"
+    with pytest.raises(ValidationError):
+        make_config({"media": {"moh": "sometimes"}})

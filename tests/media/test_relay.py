@@ -355,6 +355,35 @@ def test_no_timeout_before_answer_nor_for_a_party_on_hold() -> None:
     assert relay.pop_events() == []
 
 
+def test_a_party_holding_the_call_gets_the_hold_timeout_instead() -> None:
+    """B holds (sendonly) and, like most phones, sends nothing: not the 2 s RTP timeout but
+    the hold timeout ends the call (rtpengine's silent-timeout)."""
+    relay = make_relay(rtp_timeout_s=2.0, rtp_hold_timeout_s=30.0)
+    call(relay)
+    relay.offer("c1", "b", party_sdp(*B_ADDR, direction="sendonly", version=2), 1.0)
+    relay.answer("c1", "b", "a", party_sdp(*A_ADDR, direction="recvonly", version=2), 1.0)
+    events = []
+    now = 1.0
+    while now < 40.0:
+        relay.on_timer(now)
+        events += relay.pop_events()
+        now += 0.5
+    assert len(events) == 1
+    assert isinstance(events[0], RtpTimeout) and events[0].tag == "b" and 30.0 <= events[0].idle_s <= 31.5
+
+
+def test_a_party_at_an_unspecified_address_gets_nothing_and_is_not_timed_out() -> None:
+    """c=0.0.0.0 (RFC 2543 hold, or the placeholder of a call the B2BUA answers itself):
+    nothing is sent to it and its silence ends nothing."""
+    relay = make_relay(rtp_timeout_s=2.0)
+    placeholder = party_sdp(*A_ADDR).replace(f"IN IP4 {A_ADDR[0]}", "IN IP4 0.0.0.0")
+    port_a, _ = call(relay, b_sdp=placeholder)
+    for i in range(300):
+        assert relay.receive(port_a, rtp(i, 160 * i, 1), A_ADDR, 0.02 * i) is None
+        relay.on_timer(0.02 * i)
+    assert relay.pop_events() == []
+
+
 # ---- ports ---------------------------------------------------------------------------------------------
 
 

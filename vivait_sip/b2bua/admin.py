@@ -4,6 +4,8 @@ GET /api/route?number=N[&from=SOURCE][&at=ISO8601]   which rule a call would mat
                                                      not the earlier ones (`ctl route`)
 GET /api/calls                                       calls in progress, every worker (`ctl calls`)
 DELETE /api/calls/{call}                             hang one up: its uuid or any leg's Call-ID
+POST /api/calls/{call}/recording                     start recording it (stereo WAV; `ctl record start`)
+DELETE /api/calls/{call}/recording                   stop recording it (`ctl record stop`)
 
 `check_references` finds what no single model can see (a rule naming a trunk, a group or
 an mdflow flow that does not exist...); `reference_warnings` what may still be right
@@ -22,13 +24,22 @@ from aiohttp import web
 
 from ..flow.config import MdflowConfig
 from ..registrar.config import NUMBER_RE, RegistrarConfig
-from .config import B2buaConfig, Hangup, Rule, ThroughFlow, ToExtension, ToTrunk, ToUser
+from .config import (
+    Announcement,
+    B2buaConfig,
+    Hangup,
+    Rule,
+    ThroughFlow,
+    ToExtension,
+    ToTrunk,
+    ToUser,
+)
 from .routing import Decision, Directory, RouteRequest, Source
 
 if TYPE_CHECKING:
     from ..config import CoreConfig
 
-Action = ToUser | ToExtension | ToTrunk | Hangup | ThroughFlow
+Action = ToUser | ToExtension | ToTrunk | Hangup | Announcement | ThroughFlow
 
 
 # ---- config checks --------------------------------------------------------------------------
@@ -82,6 +93,8 @@ def _actions(action: Action, path: str, depth: int = 0) -> Iterator[tuple[Action
             sub = getattr(action, key)
             if sub is not None:
                 yield from _actions(sub, f"{path}.{key}", depth + 1)
+    elif isinstance(action, Announcement) and action.then is not None:
+        yield from _actions(action.then, f"{path}.then", depth + 1)
 
 
 def _duplicates(kind: str, names: list[str], path: str) -> list[str]:
@@ -137,7 +150,20 @@ def check_references(config: CoreConfig) -> list[str]:
             )
     for i, rule in enumerate(b2bua.dialplan):
         errors += _rule_errors(rule, f"b2bua.dialplan[{i}]", trunks, set(b2bua.groups), flows, users)
+    classes = _moh_classes(config)
+    for i, rule in enumerate(b2bua.dialplan):
+        if rule.moh is not None and classes is not None and rule.moh not in classes:
+            errors.append(f'b2bua.dialplan[{i}].moh: no music-on-hold class "{rule.moh}" (media.moh_classes, or "default")')
     return errors
+
+
+def _moh_classes(config: CoreConfig) -> set[str] | None:
+    """The music-on-hold classes the `media` section defines ("default" always); None
+    without a media section (nothing to check against)."""
+    media = getattr(config, "media", None)
+    if media is None:
+        return None
+    return {"default", *(getattr(media, "moh_classes", None) or {})}
 
 
 def _rule_errors(
@@ -180,8 +206,10 @@ def reference_warnings(config: CoreConfig) -> list[str]:
     404.  Worth logging at start and reload, not worth refusing the config for."""
     b2bua, registrar, _ = _sections(config)
     users = _ConfigUsers(registrar)
-    if b2bua is None or not users.defined:
+    if b2bua is None:
         return []
+    if not users.defined:
+        return _prompt_warnings(config, b2bua)
     named = [(f"b2bua.dids.{did}", number) for did, number in b2bua.dids.items()]
     named += [(f"b2bua.groups.{g}[{j}]", m) for g, members in b2bua.groups.items() for j, m in enumerate(members)]
     for i, rule in enumerate(b2bua.dialplan):
@@ -193,11 +221,35 @@ def reference_warnings(config: CoreConfig) -> list[str]:
                 named.append((f"{where}.user", action.user))
             elif isinstance(action, ToExtension) and action.extension is not None:
                 named.append((f"{where}.extension", action.extension))
-    return [
+    lines = [
         f"{path}: {number} is no user or extension of the config (only the store can have it)"
         for path, number in named
         if users.owner(number) is None
     ]
+    return lines + _prompt_warnings(config, b2bua)
+
+
+def _prompt_warnings(config: CoreConfig, b2bua: B2buaConfig) -> list[str]:
+    """Announcements naming a prompt that is nowhere now: prompts live on disk (they may
+    be added before the first call), so a warning, not an error."""
+    from ..media.audio.tones import BUILTIN
+    from ..media.prompts import PromptError, Prompts
+
+    media = getattr(config, "media", None)
+    prompts = Prompts(getattr(media, "prompt_dirs", None) or [])
+    lines = []
+    for i, rule in enumerate(b2bua.dialplan):
+        for action, where, _ in _actions(rule.action, f"b2bua.dialplan[{i}].action"):
+            if not isinstance(action, Announcement):
+                continue
+            try:
+                found = prompts.find(action.prompt) is not None or action.prompt.removesuffix(".wav") in BUILTIN
+            except PromptError:
+                found = False
+            if not found:
+                dirs = ", ".join(str(d) for d in prompts.dirs)
+                lines.append(f'{where}.prompt: no prompt "{action.prompt}" in {dirs} nor built in (calls will skip it)')
+    return lines
 
 
 # ---- admin routes ---------------------------------------------------------------------------
@@ -293,7 +345,8 @@ def add_routes(app: web.Application, feature: Any) -> None:
 
 
 def add_call_routes(app: web.Application, feature: Any) -> None:
-    """`ctl calls` and `ctl hangup`; `feature` has `all_calls()` and `hangup(key)`."""
+    """`ctl calls`, `ctl hangup` and `ctl record`; `feature` has `all_calls()`, `hangup(key)`
+    and `record(key, start)` (a dict, with `error` and `status` when refused; None: no call)."""
 
     async def calls(request: web.Request) -> web.Response:
         found = await feature.all_calls()
@@ -306,5 +359,16 @@ def add_call_routes(app: web.Application, feature: Any) -> None:
             return web.json_response({"error": f"no call {key!r} in progress"}, status=404)
         return web.json_response({"hung_up": key})
 
+    async def recording(request: web.Request) -> web.Response:
+        key = request.match_info["call"]
+        found = await feature.record(key, request.method == "POST")
+        if found is None:
+            return web.json_response({"error": f"no call {key!r} in progress"}, status=404)
+        if "error" in found:
+            return web.json_response({"error": found["error"]}, status=int(found.get("status", 409)))
+        return web.json_response(found)
+
     app.router.add_get("/api/calls", calls)
     app.router.add_delete("/api/calls/{call}", hangup)
+    app.router.add_post("/api/calls/{call}/recording", recording)
+    app.router.add_delete("/api/calls/{call}/recording", recording)

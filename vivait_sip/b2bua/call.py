@@ -149,6 +149,11 @@ class CallEnv(Protocol):
         """The call is over: write its CDR, forget it."""
         ...
 
+    def hold_changed(self, call: Call, side: str, held: bool) -> None:
+        """`side` ("caller"/"callee") put the call on hold (`held`) or took it off: its
+        re-INVITE or UPDATE was answered 2xx and relayed (music on hold starts, stops)."""
+        ...
+
 
 class TransferHook(Protocol):
     """A transfer in progress on a call (transfer.py); `Call.snapshot` shows
@@ -204,6 +209,7 @@ class _Relay:
     from_inbound: bool  # the request came from the caller's leg
     method: str
     late_offer: bool  # a re-INVITE without SDP: the ACK carries the answer across
+    hold: bool | None = None  # an offer that holds (True) or resumes (False) the other side
 
 
 class Call:
@@ -307,6 +313,38 @@ class Call:
         self._cancel_legs(None)
         self.hangup_cause = self.hangup_cause or reason or str(status)
         self._finish()
+
+    def answer_here(self, sdp: bytes, done: Callable[[], None]) -> None:
+        """The B2BUA answers the caller itself (an announcement): the caller's offer, then
+        `sdp` (the answer of a party of ours, a placeholder the relay sends nothing to)
+        cross the media seam in order, and the caller gets 200 with what the seam made of
+        it; `done()` once it is answered.  No callee leg: an in-dialog INFO gets 200, a
+        re-INVITE or UPDATE 491.  A failed media step answers 503."""
+        if self.state not in (CallState.ROUTING, CallState.QUEUED) or self.cancelled or self.final_status is not None:
+            return
+        self.state = CallState.RINGING  # a CANCEL, an admin hang-up, a BYE... as while ringing
+        content_type = self.request.headers.get("content-type") or "application/sdp"
+
+        def answered(body: bytes) -> None:
+            if self.state is not CallState.RINGING or self.final_status is not None:
+                return
+            self.state = CallState.ANSWERED
+            self.answered_at = self.env.now()
+            headers = [("Contact", self.env.sip.contact_for(self.peer)), ("Content-Type", content_type)]
+            dialog = self.env.sip.respond(self.request_id, 200, headers=headers, body=body)
+            self.final_status = 200
+            if dialog is None:
+                self._finish()
+                return
+            if dialog != self.in_dialog:
+                self.in_dialog = dialog
+                self.env.bind(self, dialog_id=dialog)
+            done()
+
+        self._media(
+            "offer", "callee", self.request.body,
+            lambda _: self._media("answer", "caller", sdp, answered, self._media_failed), self._media_failed,
+        )
 
     def hangup(self, cause: str = "admin", *, side: str = "system") -> None:
         """End the call from our side (`ctl hangup`, drain on SIGTERM; a completed transfer
@@ -678,7 +716,9 @@ class Call:
         if method == "PRACK":
             return  # answered by the UA; each leg has its own reliable provisionals
         if self.state is not CallState.ANSWERED or other is None:
-            if method not in ("BYE", "ACK"):
+            if method == "INFO" and self.state is CallState.ANSWERED:
+                sip.respond(event.request_id, 200)  # answered by us (an announcement): DTMF is read by the feature
+            elif method not in ("BYE", "ACK"):
                 sip.respond(event.request_id, 491 if method in ("INVITE", "UPDATE") else 481)
             return
         if method in ("INVITE", "UPDATE"):
@@ -690,16 +730,17 @@ class Call:
         late_offer = method == "INVITE" and not req.body
         request_id = event.request_id
         if req.body and method in ("INVITE", "UPDATE"):
+            hold = _is_hold(req.body)
             self._media(
                 "offer", "callee" if from_inbound else "caller", req.body,
-                lambda body: self._forward(request_id, from_inbound, method, headers, body, late_offer),
+                lambda body: self._forward(request_id, from_inbound, method, headers, body, late_offer, hold),
                 lambda why: self._refuse(request_id, 503),
             )
             return
         self._forward(request_id, from_inbound, method, headers, req.body, late_offer)
 
     def _forward(self, request_id: int, from_inbound: bool, method: str, headers: list[tuple[str, str]],
-                 body: bytes, late_offer: bool) -> None:
+                 body: bytes, late_offer: bool, hold: bool | None = None) -> None:
         """Relay an in-dialog request to the other leg (its SDP through the seam already)."""
         sip = self.env.sip
         other = self.out_dialog if from_inbound else self.in_dialog
@@ -714,7 +755,7 @@ class Call:
         except UaError:
             sip.respond(request_id, 481)
             return
-        self._relays[ours] = _Relay(request_id, from_inbound, method, late_offer)
+        self._relays[ours] = _Relay(request_id, from_inbound, method, late_offer, hold)
         self.env.bind(self, request_id=ours)
 
     def _refuse(self, request_id: int, status: int) -> None:
@@ -735,6 +776,7 @@ class Call:
             self._acks_due[relay.incoming] = event.dialog_id
         if not (resp.body and relay.method in ("INVITE", "UPDATE")):
             self._respond_relayed(relay.incoming, resp, headers, resp.body)
+            self._hold_done(relay, resp.status)
             return
 
         def failed(why: str) -> None:
@@ -743,10 +785,15 @@ class Call:
             if self.state is not CallState.ENDED:
                 self.hangup("media failure")
 
-        self._media(
-            "answer", "caller" if relay.from_inbound else "callee", resp.body,
-            lambda body: self._respond_relayed(relay.incoming, resp, headers, body), failed,
-        )
+        def answered(body: bytes) -> None:
+            self._respond_relayed(relay.incoming, resp, headers, body)
+            self._hold_done(relay, resp.status)
+
+        self._media("answer", "caller" if relay.from_inbound else "callee", resp.body, answered, failed)
+
+    def _hold_done(self, relay: _Relay, status: int) -> None:
+        if relay.hold is not None and 200 <= status < 300 and self.state is CallState.ANSWERED:
+            self.env.hold_changed(self, "caller" if relay.from_inbound else "callee", relay.hold)
 
     def _respond_relayed(self, incoming: int, resp: Response, headers: list[tuple[str, str]], body: bytes) -> None:
         try:

@@ -57,6 +57,17 @@ def add_commands(sub: Any, ctl_sub: Any) -> None:
     )
     hangup.add_argument("call", help="the call's id (first column of `ctl calls`) or any of its legs' Call-IDs")
     hangup.set_defaults(func=cmd_ctl_hangup)
+    record = ctl_sub.add_parser(
+        "record", help="start or stop recording a call in progress",
+        description="Record a call in progress to a stereo WAV (the caller left, the callee right) in the "
+        "media recording spool, moved to the archive when stopped or when the call ends; the path goes into "
+        "the call's CDR (extra.recording). The call must be anchored. Exit 1 when there is no such call or "
+        "it cannot be recorded (not anchored, not being recorded).",
+    )
+    record.add_argument("action", choices=["start", "stop"])
+    record.add_argument("call", help="the call's id (first column of `ctl calls`) or any of its legs' Call-IDs")
+    record.add_argument("--json", action="store_true", help="the admin API's JSON answer")
+    record.set_defaults(func=cmd_ctl_record)
 
 
 def cmd_ctl_calls(args: argparse.Namespace) -> int:
@@ -89,6 +100,32 @@ def cmd_ctl_hangup(args: argparse.Namespace) -> int:
             return EXIT_REFUSED
         raise
     print(f"call {args.call} hung up")
+    return 0
+
+
+def cmd_ctl_record(args: argparse.Namespace) -> int:
+    from ..ctlclient import AdminError
+
+    method = "POST" if args.action == "start" else "DELETE"
+    path = "/api/calls/" + urllib.parse.quote(args.call, safe="") + "/recording"
+    try:
+        reply = admin_request(args.admin, method, path)
+    except AdminError as exc:
+        if exc.status == 404:
+            print(f"no call {args.call} in progress", file=sys.stderr)
+            return EXIT_REFUSED
+        if exc.status in (409, 503):
+            print(f"error: {exc.message}", file=sys.stderr)
+            return EXIT_REFUSED
+        raise
+    if args.json:
+        return print_json(reply)
+    if args.action == "start":
+        print(f"recording call {reply['call']} to {reply['path']}")
+    else:
+        seconds = reply.get("seconds")
+        length = f" ({float(seconds):.1f} s)" if isinstance(seconds, (int, float)) else ""
+        print(f"recording of call {reply['call']} stopped: {reply['path']}{length}")
     return 0
 
 
@@ -126,7 +163,8 @@ def cmd_ctl_route(args: argparse.Namespace) -> int:
 
 
 def _target(data: dict[str, Any]) -> Target:
-    return Target(**{**data, "trunks": tuple(data["trunks"])})
+    then = data.get("then")
+    return Target(**{**data, "trunks": tuple(data["trunks"]), "then": _target(then) if then else None})
 
 
 def _sentence(target: Target) -> str:
@@ -140,6 +178,9 @@ def _sentence(target: Target) -> str:
         text = f"it leaves on trunk {first}" + (f" (failing over to {', '.join(rest)})" if rest else "")
         text += f" as {target.number}"
         return text + (f" with caller ID {target.caller_id}" if target.caller_id else "")
+    if target.kind == "announcement":
+        then = _sentence(target.then) if target.then is not None else "it is hung up"
+        return f"it is answered with the announcement {target.prompt}, then {then}"
     text = f"it is refused with {target.status}" + (f" {target.reason}" if target.reason else "")
     return text + (f" and Retry-After {target.retry_after}" if target.retry_after is not None else "")
 

@@ -213,6 +213,27 @@ class Hangup(_Strict):
     retry_after: int | None = Field(default=None, ge=1, le=86400)
 
 
+PROMPT_RE = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*(/[A-Za-z0-9_][A-Za-z0-9_.\-]*)*$"
+
+
+class Announcement(_Strict):
+    """Answer the call ourselves (anchored: the caller's leg is answered with the relay's
+    SDP, no callee leg), play `prompt` to the caller (a name in media.prompt_dirs, the
+    generated default prompts or the built-in sounds), then hang up (`then` null) or go on
+    to `then` (the caller rings that target in a new call linked to this one)."""
+
+    type: Literal["announcement"]
+    prompt: str = Field(min_length=1, max_length=128, pattern=PROMPT_RE)
+    then: Annotated[ToUser | ToExtension | ToTrunk | Hangup, Field(discriminator="type")] | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value: str) -> str:
+        if ".." in value.split("/"):
+            raise ValueError("a prompt name never climbs out of the prompt directories (..)")
+        return value
+
+
 class ThroughFlow(_Strict):
     """Measure and pace the call through an mdflow flow (SPEC §2), then go on by outcome:
     `then` when admitted; `agujero` / `desborda` otherwise (default: 503 + Retry-After)."""
@@ -225,7 +246,7 @@ class ThroughFlow(_Strict):
     ringing: bool = False  # send 180 while the call waits in its DNIS queue
 
 
-Action = Annotated[ToUser | ToExtension | ToTrunk | Hangup | ThroughFlow, Field(discriminator="type")]
+Action = Annotated[ToUser | ToExtension | ToTrunk | Hangup | Announcement | ThroughFlow, Field(discriminator="type")]
 
 
 class Rule(_Strict):
@@ -235,6 +256,11 @@ class Rule(_Strict):
     # Anchoring of this rule's calls (docs/media.md): "anchor" through the media backend;
     # "pass" not by the rule (media.default does not apply; users and features still may).
     media: Literal["anchor", "pass"] | None = None
+    # The music-on-hold class this route's callers hear when held (media.moh_classes, or
+    # "default"); it anchors the rule's calls unless media.moh is "off".
+    moh: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    # Record every call of this route (stereo WAV, docs/media.md); anchors them.
+    record: bool = False
 
 
 # ---- the section ----------------------------------------------------------------------------

@@ -57,6 +57,7 @@ from .cdr import CallRecord, CdrWriter, LegRecord, disposition_for
 from .cdr_admin import add_cdr_routes
 from .cdr_cli import add_cdr_commands
 from .config import B2buaConfig
+from .mediawire import MediaWire, RecordError
 from .routing import Decision, Router, RouteRequest, Source, Target
 from .transfer import MESSAGES as TRANSFER_MESSAGES
 from .transfer import TransferManager
@@ -139,6 +140,7 @@ class B2buaFeature(Feature[B2buaConfig]):
         settings = self.settings
         self.owner = self.name
         self.media: MediaSeam = PassThrough()
+        self.wire: MediaWire | None = None  # the media features of anchored calls (mediawire.py)
         self._media_tasks: set[asyncio.Future[Any]] = set()
         self.registrar: RegistrarFeature | None = None
         self.mdflow: MdflowFeature | None = None
@@ -203,6 +205,8 @@ class B2buaFeature(Feature[B2buaConfig]):
         media = host.feature(MediaFeature)
         if media is not None:
             self.media = media.seam  # SDP of anchored calls through the media backend (docs/media.md)
+            self.wire = MediaWire(media, lambda: self.settings)  # music on hold, recording, DTMF...
+            self.wire.continue_to = self._continue
             media.listen(self._media_event)
         self.directory.registrar = self.registrar
         settings = self.settings
@@ -213,6 +217,7 @@ class B2buaFeature(Feature[B2buaConfig]):
             log.warning("event=config_warning %s", line)
         host.on_call("b2bua_calls", lambda args: self.local_calls())
         host.on_call("b2bua_hangup", lambda args: self.hangup_local(str(args["call"])))
+        host.on_call("b2bua_record", lambda args: self.record_local(str(args["call"]), bool(args["start"])))
 
     def reload(self, config: CoreConfig) -> None:
         settings = self.settings_of(config)
@@ -251,6 +256,8 @@ class B2buaFeature(Feature[B2buaConfig]):
             await asyncio.sleep(0.1)
         self._hang_up_all()
         await asyncio.sleep(0.2)  # the BYEs and final responses go out
+        if self.wire is not None:
+            await self.wire.drain()
         if self._media_tasks:  # media sessions deleted before the media backend stops
             await asyncio.wait(list(self._media_tasks), timeout=2.0)
         await self.trunks.stop()
@@ -376,6 +383,12 @@ class B2buaFeature(Feature[B2buaConfig]):
         if target.kind == "hangup":
             call.fail(target.status, target.reason, retry_after=target.retry_after)
             return
+        if target.kind == "announcement":
+            if self.wire is None:
+                call.fail(503, "Service Unavailable (no media feature for the announcement)")
+            else:
+                self.wire.announce(call, target)
+            return
         if target.kind == "trunk":
             self._ring_trunks(call, target)
             return
@@ -482,6 +495,19 @@ class B2buaFeature(Feature[B2buaConfig]):
 
         task.add_done_callback(finished)
 
+    def _continue(self, call: Call, then: Target) -> None:
+        """After an announcement: the caller goes on to `then` in a new call (transfer.py)."""
+        callee = then.user or then.extension or then.number or call.callee
+        target = self.transfers.continue_call(call, callee, lambda new: self._go(new, then))
+        if target is None:
+            call.hangup("announcement")
+        elif self.wire is not None and target.state is not CallState.ENDED:
+            self.wire.ringback(target)
+
+    def hold_changed(self, call: Call, side: str, held: bool) -> None:
+        if self.wire is not None:
+            self.wire.hold_changed(call, side, held)
+
     def bind(self, call: Call, *, request_id: int | None = None, dialog_id: int | None = None) -> None:
         if request_id is not None:
             self._by_request[request_id] = call
@@ -519,6 +545,8 @@ class B2buaFeature(Feature[B2buaConfig]):
 
     def ended(self, call: Call) -> None:
         self.calls.pop(call.call_uuid, None)
+        if self.wire is not None:
+            self.wire.forget(call)
         self.transfers.call_ended(call)
         ticket = self._tickets.pop(call.call_uuid, None)
         if ticket is not None and self.mdflow is not None:
@@ -585,10 +613,15 @@ class B2buaFeature(Feature[B2buaConfig]):
         if call is None:
             self._orphan(event)
             return
+        if (self.wire is not None and isinstance(event, RequestReceived) and event.request.method == "INFO"
+                and event.dialog_id is not None):
+            self.wire.info(call, event.request, "caller" if event.dialog_id == call.in_dialog else "callee")
         was_answered = call.answered_at is not None
         call.on_event(event)
         if not was_answered and call.answered_at is not None:
             emit(log, logging.INFO, CALL_ANSWER, "call_id=%r from=%r to=%r", call.request.call_id, call.caller, call.callee)
+            if self.wire is not None:
+                self.wire.answered(call)
         if isinstance(event, (ResponseReceived, RequestFailed)) and _final(event) and not _is_leg(call, event.request_id):
             # An in-dialog request of the call (a relayed re-INVITE, INFO, a transfer's):
             # answered once, so its binding goes (legs keep theirs: forks answer again).
@@ -625,25 +658,59 @@ class B2buaFeature(Feature[B2buaConfig]):
 
     # ---- operations ----------------------------------------------------------------------------
     def local_calls(self) -> list[dict[str, object]]:
-        return [call.snapshot() for call in self.calls.values()]
+        wire = self.wire
+        if wire is None:
+            return [call.snapshot() for call in self.calls.values()]
+        return [{**call.snapshot(), "dtmf": wire.digits(call)} for call in self.calls.values()]
 
     def _media_event(self, event: object) -> None:
         """A media worker's event about one of our calls (keyed by its inbound Call-ID):
         no RTP from a party for `media.rtp_timeout_s` ends the call, BYE both ways, the
         CDR saying so."""
+        wire = self.wire
+        if wire is not None and wire.on_event(event, self.calls.values()):
+            return
         if isinstance(event, MediaRtpTimeout):
-            for call in list(self.calls.values()):
-                if call.request.call_id == event.call_id:
-                    log.info("event=rtp_timeout call=%s party=%s idle_s=%.0f", call.call_uuid, event.leg, event.idle_s)
-                    call.hangup("RTP timeout")
-                    return
+            call = wire.call_of(self.calls.values(), event.call_id) if wire is not None else None
+            if call is not None:
+                log.info("event=rtp_timeout call=%s party=%s idle_s=%.0f", call.call_uuid, event.leg, event.idle_s)
+                call.hangup("RTP timeout")
+
+    def find_local(self, key: str) -> Call | None:
+        """A call of this worker by its uuid or any of its legs' Call-IDs."""
+        for call in self.calls.values():
+            if key in (call.call_uuid, call.request.call_id) or any(leg.call_id == key for leg in call.legs):
+                return call
+        return None
 
     def hangup_local(self, key: str) -> bool:
-        for call in list(self.calls.values()):
-            if key in (call.call_uuid, call.request.call_id) or any(leg.call_id == key for leg in call.legs):
-                call.hangup("admin")
-                return True
-        return False
+        call = self.find_local(key)
+        if call is None:
+            return False
+        call.hangup("admin")
+        return True
+
+    async def record_local(self, key: str, start: bool) -> dict[str, object] | None:
+        """`ctl record start|stop` for a call of this worker (None: not here)."""
+        call = self.find_local(key)
+        if call is None:
+            return None
+        if self.wire is None:
+            return {"error": "no media feature", "status": 409}
+        try:
+            return await self.wire.record(call, start)
+        except RecordError as exc:
+            return {"error": str(exc), "status": exc.status}
+
+    async def record(self, key: str, start: bool) -> dict[str, object] | None:
+        """Start or stop recording a call of any worker (None: no such call)."""
+        found = await self.record_local(key, start)
+        if found is not None:
+            return found
+        for part in await self.host.call_workers("b2bua_record", call=key, start=start):
+            if part is not None:
+                return dict(part)
+        return None
 
     def status(self) -> dict[str, object]:
         return {"b2bua": {"calls": len(self.calls), **self.counters, "trunks": self.trunks.status(),

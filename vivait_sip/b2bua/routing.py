@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 from .config import (
     DEFAULT_DIALPLAN,
     WEEKDAYS,
+    Announcement,
     B2buaConfig,
     CalendarMatch,
     Hangup,
@@ -39,7 +40,7 @@ NOT_FOUND = 404
 ADDRESS_INCOMPLETE = 484
 TOO_LONG_REASON = "Number Too Long"
 
-Leaf = ToUser | ToExtension | ToTrunk | Hangup
+Leaf = ToUser | ToExtension | ToTrunk | Hangup | Announcement
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -84,7 +85,7 @@ class Directory(Protocol):
 class Target:
     """What the call does once routing is done: resolved, no flow left."""
 
-    kind: Literal["user", "extension", "trunk", "hangup"]
+    kind: Literal["user", "extension", "trunk", "hangup", "announcement"]
     user: str | None = None  # kind user: the user number to ring (its active devices)
     extension: str | None = None  # kind extension
     trunks: tuple[str, ...] = ()  # kind trunk: in failover order
@@ -94,6 +95,8 @@ class Target:
     reason: str | None = None
     retry_after: int | None = None
     ring_s: float | None = None  # user, extension, trunk: no answer after this → 480
+    prompt: str | None = None  # kind announcement: what the caller hears
+    then: Target | None = None  # kind announcement: where the caller goes next (None: hang up)
 
     def describe(self) -> str:
         """A few words for traces and `ctl route`: `user 6140`, `trunk pri, pri2 as 0913...`."""
@@ -104,6 +107,8 @@ class Target:
         if self.kind == "trunk":
             text = f"trunk {', '.join(self.trunks)} as {self.number}"
             return text + (f" (caller ID {self.caller_id})" if self.caller_id else "")
+        if self.kind == "announcement":
+            return f"announcement {self.prompt}, then " + (self.then.describe() if self.then is not None else "hang up")
         text = f"hangup {self.status}" + (f" {self.reason}" if self.reason else "")
         return text + (f" (Retry-After {self.retry_after})" if self.retry_after is not None else "")
 
@@ -398,6 +403,9 @@ class Router:
             return target, ""
         if isinstance(action, ToUser):
             return self._to_user(action, number)
+        if isinstance(action, Announcement):
+            then, note = self._resolve(action.then, number) if action.then is not None else (None, "")
+            return Target("announcement", number=number, prompt=action.prompt, then=then), note
         if isinstance(action, ToExtension):
             # Without `extension`, the dialled number as it is: a DID names a user, not a device.
             extension = action.extension if action.extension is not None else number

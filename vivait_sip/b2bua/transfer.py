@@ -37,10 +37,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 import itertools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -178,15 +177,13 @@ class Replaces:
     early_only: bool = False
 
 
-def sdp_now(value: bytes | Awaitable[bytes]) -> bytes | None:
-    """The SDP the media seam gave at once; None when its rewriting would be awaited (an
-    anchored call): transferring anchored calls is not supported yet (docs/b2bua.md), and
-    the transfer is refused instead of joining parties whose media would not meet."""
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value)
-    if inspect.iscoroutine(value):
-        value.close()
-    return None
+def media_transfer(new_call: Call, old_call: Call, kept: str, kept_as: str) -> bool:
+    """`new_call` takes over `old_call`'s anchored media session (the media seam's
+    `transfer`: the party on `old_call`'s side `kept` stays, as `new_call`'s `kept_as`;
+    the other is replaced by `new_call`'s new party at its first SDP).  False when the
+    seam has no sessions (pass-through) or `old_call` is not anchored."""
+    transfer = getattr(new_call.env.media, "transfer", None)
+    return bool(transfer(new_call, old_call, kept, kept_as)) if callable(transfer) else False
 
 
 def parse_replaces(value: str) -> Replaces | None:
@@ -370,7 +367,7 @@ class TransferCall(Call):
     ACK.  Until then the transferee stays in its original call (or, when the transferor
     hung up meanwhile, waits here: `adopt`)."""
 
-    def __init__(self, env: CallEnv, refer: Refer, request: Request, peer: Peer, *, request_id: int, call_uuid: str,
+    def __init__(self, env: CallEnv, refer: Refer | Continuation, request: Request, peer: Peer, *, request_id: int, call_uuid: str,
                  caller: str, callee: str, user: str | None, trunk: str | None, ring_s: float, max_redirects: int,
                  referred_by: str | None, restore_target: bool) -> None:
         super().__init__(env, request_id, request, peer, call_uuid=call_uuid, caller=caller, callee=callee, user=user,
@@ -445,13 +442,22 @@ class TransferCall(Call):
         if not resp.body:
             self._join_failed(488, "Not Acceptable Here (the target sent no offer)")
             return
-        offer = sdp_now(self.env.media.offer(self, "caller", resp.body))
-        if offer is None:
-            self._join_failed(488, "Not Acceptable Here (anchored media cannot be transferred yet)")
-            return
-        self._offer = offer
-        self._offer_type = resp.headers.get("content-type") or "application/sdp"
-        self._send_join()
+        content_type = resp.headers.get("content-type") or "application/sdp"
+
+        def offered(offer: bytes) -> None:
+            # through the media seam: an anchored call's relay gets the target in the
+            # transferor's place (ReplaceParty), the transferee keeps its stream
+            if self._target_dialog != dialog_id or self.state is CallState.ENDED:
+                return
+            self._offer = offer
+            self._offer_type = content_type
+            self._send_join()
+
+        def failed(why: str) -> None:
+            if self._target_dialog == dialog_id and self.state is not CallState.ENDED:
+                self._join_failed(488, f"Not Acceptable Here (media: {why})"[:120])
+
+        self._media("offer", "caller", resp.body, offered, failed)
 
     def _on_dialog_ended(self, event: DialogEnded) -> None:
         dialog_id = event.dialog_id
@@ -528,10 +534,21 @@ class TransferCall(Call):
         target = self._target_dialog
         if target is None:
             return
-        answer = (sdp_now(self.env.media.answer(self, "callee", resp.body)) or b"") if resp.body else b""
         content_type = resp.headers.get("content-type") or "application/sdp"
-        with contextlib.suppress(UaError):
-            self.env.sip.ack(target, body=answer, headers=[("Content-Type", content_type)] if answer else [])
+
+        def ack(answer: bytes) -> None:
+            with contextlib.suppress(UaError):
+                self.env.sip.ack(target, body=answer, headers=[("Content-Type", content_type)] if answer else [])
+
+        def failed(why: str) -> None:
+            ack(b"")  # a 2xx is always ACKed; the call then ends
+            if self.state is not CallState.ENDED:
+                self.hangup("media failure")
+
+        if resp.body:
+            self._media("answer", "callee", resp.body, ack, failed)
+        else:
+            ack(b"")
         self.joined = True
         self.final_status = 200
         self.held = set()
@@ -563,6 +580,17 @@ class TransferCall(Call):
         if self.state is not CallState.ENDED:
             self.state = CallState.RINGING  # not connected: fail() below ends it as failed
         self.fail(status, reason)
+        original = self.refer.call
+        if media_replaced(self) and original.state is not CallState.ENDED:
+            # the relay already gave the transferor's place to the target: the original
+            # call has no media left to go on with
+            original.hangup("transfer failed (media)")
+
+
+def media_replaced(call: Call) -> bool:
+    """`call` (a transfer's) took over another call's anchored media session."""
+    replaced = getattr(call.env.media, "replaced", None)
+    return bool(replaced(call)) if callable(replaced) else False
 
 
 def _ack(sip: SipService, dialog: int, sdp: bytes) -> None:
@@ -691,6 +719,30 @@ class Refer:
             if self.target_call is not None:
                 entry["call"] = self.target_call.call_uuid
             entries.append(entry)
+
+
+class Continuation:
+    """What a `Refer` is to a `TransferCall` for a transfer nobody asked for: a caller the
+    B2BUA answered itself (an announcement) goes on to the announcement's `then` in a new
+    call, which it waits in at once (the announcement's call is over)."""
+
+    def __init__(self, manager: TransferManager, call: Call) -> None:
+        self.manager = manager
+        self.call = call
+        self.transferee_dialog = call.in_dialog if call.in_dialog is not None else 0
+        self.state = "started"
+        self.target_call: TransferCall | None = None
+
+    def progress(self, status: int, reason: str | None) -> None:
+        return None
+
+    def target_failed(self, target: TransferCall, status: int, reason: str | None) -> None:
+        self.state = "failed"
+        log.info("event=continuation_failed call=%s new_call=%s status=%d", self.call.call_uuid, target.call_uuid, status)
+
+    def joined(self, target: TransferCall) -> None:
+        self.state = "joined"
+        log.info("event=continuation_joined call=%s new_call=%s", self.call.call_uuid, target.call_uuid)
 
 
 # ---- the holder's side of a take ---------------------------------------------------------------
@@ -879,6 +931,36 @@ class TransferManager:
             return
         self.take(replaces, call, lambda result: self._attended_taken(refer, target_call, result))
 
+    def continue_call(self, call: Call, callee: str, ring: Callable[[TransferCall], None]) -> TransferCall | None:
+        """`call` (answered by us, its caller in `in_dialog`) goes on to `callee`: a new
+        call, linked to it, that the caller waits in at once (ringing as a transfer's target
+        would: late offer, the caller re-INVITEd with the target's SDP); its anchored media
+        session goes along.  `call` ends (cause "announcement").  None: no caller dialog."""
+        dialog = call.in_dialog
+        info = call.env.sip.dialog(dialog) if dialog is not None else None
+        if dialog is None or info is None:
+            return None
+        host = call.env.sip.local_address(info.peer)[0]
+        origin = Continuation(self, call)
+        target = TransferCall(
+            call.env, origin, synthetic_request(info, callee or "continue", host), info.peer,
+            request_id=self.remote.new_id(), call_uuid=_new_uuid(), caller=call.caller, callee=callee, user=call.user,
+            trunk=call.trunk, ring_s=call.ring_s, max_redirects=call.redirects_left, referred_by=None,
+            restore_target=False,
+        )
+        target.linked_to = call.call_uuid
+        target.extra["private"] = bool(call.extra.get("private"))
+        target.extra["display"] = call.extra.get("display")
+        target.extra["continues"] = call.call_uuid
+        origin.target_call = target
+        self.env.add_call(target)
+        media_transfer(target, call, "caller", "caller")
+        detach(call, dialog)
+        target.adopt()
+        call.hangup("announcement")
+        ring(target)
+        return target
+
     def _new_target_call(self, refer: Refer, number: str, referred_by: str | None, *, restore: bool) -> TransferCall:
         call = refer.call
         sip = call.env.sip
@@ -899,6 +981,9 @@ class TransferManager:
                                     "referred_by": referred_by}
         refer.target_call = target
         self.env.add_call(target)
+        # an anchored call's relay session goes to the new call: the target replaces the
+        # transferor there when it answers (the transferee keeps its ports and stream)
+        media_transfer(target, call, "callee" if refer.transferor_side == "caller" else "caller", "caller")
         return target
 
     def _attended_taken(self, refer: Refer, target: TransferCall, result: TakeResult) -> None:
@@ -1016,22 +1101,32 @@ class TransferManager:
         call.linked_to = party.call_uuid
         call.extra["replaces"] = {"call": party.call_uuid}
         request = call.request
-        body = b"" if call.late_offer else sdp_now(call.env.media.offer(call, "callee", request.body))
         content_type = request.headers.get("content-type") or "application/sdp"
-        if body is None:
+        info = result.info
+        handle = result.handle
+        if isinstance(handle, _Taken):  # the other party's call is ours: its relay session takes the new caller
+            media_transfer(call, handle.call, "callee" if handle.survivor_in else "caller", "callee")
+
+        def place(body: bytes) -> None:
+            try:
+                leg = place_reinvite(call, result.dialog, dest_for(info, party.number), info.call_id, body,
+                                     content_type, auto_ack=not call.late_offer)
+            except UaError as exc:
+                self.count("replaces_failed")
+                self.release(result, joined=False)
+                call.fail(491 if isinstance(exc, RequestPending) else 481, None)
+                return
+            self.watch(leg.request_id, lambda event: self._replace_answered(call, leg, result, event))
+
+        def failed(why: str) -> None:
             self.count("replaces_failed")
             self.release(result, joined=False)
-            call.fail(488, "Not Acceptable Here (anchored media cannot be transferred yet)")
-            return
-        try:
-            leg = place_reinvite(call, result.dialog, dest_for(result.info, party.number), result.info.call_id, body,
-                                 content_type, auto_ack=not call.late_offer)
-        except UaError as exc:
-            self.count("replaces_failed")
-            self.release(result, joined=False)
-            call.fail(491 if isinstance(exc, RequestPending) else 481, None)
-            return
-        self.watch(leg.request_id, lambda event: self._replace_answered(call, leg, result, event))
+            call.fail(488, f"Not Acceptable Here (media: {why})"[:120])
+
+        if call.late_offer:
+            place(b"")
+        else:
+            call._media("offer", "callee", request.body, place, failed)
 
     def _replace_answered(self, call: Call, leg: OutLeg, result: TakeResult, event: UaEvent) -> bool:
         if isinstance(event, ResponseReceived) and event.response.status < 200:
@@ -1044,7 +1139,10 @@ class TransferManager:
             _ack(self.sip, result.dialog, info.local_sdp if info is not None else b"")
         joined = call.state is CallState.ANSWERED and call.out_dialog == result.dialog
         self.count("replaces_ok" if joined else "replaces_failed")
+        handle = result.handle
         self.release(result, joined=joined, call_uuid=call.call_uuid, cause="replaced")
+        if not joined and isinstance(handle, _Taken) and media_replaced(call) and handle.call.state is not CallState.ENDED:
+            handle.call.hangup("transfer failed (media)")  # its relay session went to the new caller
         return True
 
     # ---- workers -------------------------------------------------------------------------------------

@@ -51,7 +51,9 @@ from .control import (
     MediaReply,
     Offer,
     Replace,
+    ReplaceParty,
     RtcpMux,
+    StopMedia,
     TransportProtocol,
 )
 
@@ -160,6 +162,14 @@ class _Session:
     offerer: Side | None = None  # the side whose offer is being (or was last) answered
     answered: bool = False  # the backend has both sides (to_tag may go into offers)
     requests: int = 0
+    # A transfer's call sharing another call's session (`source`): the party `replacing`
+    # names is replaced by this call's new party (`new_side`) at its first SDP.
+    source: _Session | None = None
+    replacing: str | None = None
+    new_side: Side | None = None
+    pending: int = 0  # transfers waiting to take this session over
+    ended: bool = False  # its call is over, the session kept for a pending transfer
+    taken: bool = False  # a transfer's call took the session over: it deletes it
 
 
 def _other(side: str) -> Side:
@@ -188,7 +198,7 @@ class AnchoringSeam:
         self.flags_for = flags_for or (lambda call, towards: self.flags)
         self.timeout_s = timeout_s
         self._calls: dict[str, _Session | None] = {}  # call uuid → its session (None: passes through)
-        self.counters: dict[str, int] = {"anchored": 0, "passed": 0, "failures": 0, "deletes": 0}
+        self.counters: dict[str, int] = {"anchored": 0, "passed": 0, "failures": 0, "deletes": 0, "transfers": 0}
 
     # ---- the decision -----------------------------------------------------------------------
     def session(self, call: AnchoredCall) -> _Session | None:
@@ -257,11 +267,101 @@ class AnchoringSeam:
         return self._sdp(session, msg)
 
     def release(self, call: AnchoredCall) -> Awaitable[None] | None:
-        """The call ended: forget it; delete its backend session when it had one."""
+        """The call ended: forget it; delete its backend session when it had one (and no
+        transfer's call took it over or may still)."""
         session = self._calls.pop(call.call_uuid, None)
         if session is None:
             return None
+        source = session.source
+        if source is not None and session.replacing is not None:  # a transfer that never took over
+            source.pending -= 1
+            if source.ended and source.pending <= 0 and not source.taken:
+                return self._delete(source)
+            return None
+        if session.taken:
+            return None
+        if session.pending > 0:
+            session.ended = True
+            return None
         return self._delete(session)
+
+    # ---- transfers ----------------------------------------------------------------------------
+    def transfer(self, new_call: AnchoredCall, old_call: AnchoredCall, kept: Side, kept_as: Side) -> bool:
+        """`new_call` (a transfer's call, a call continuing after an announcement, an INVITE
+        with Replaces) will take over `old_call`'s media session: the party on `old_call`'s
+        side `kept` stays (it is `new_call`'s side `kept_as`), the other one is replaced, at
+        `new_call`'s first SDP, by `new_call`'s other party (`ReplaceParty`: the kept party
+        keeps its ports and one continuous stream).  Until then `old_call` still uses the
+        session; whichever call ends last deletes it.  False (nothing done) when `old_call`
+        is not anchored: `new_call` is then decided as any call."""
+        old = self._calls.get(old_call.call_uuid)
+        if old is None or old.taken:
+            return False
+        kept_tag = old.caller_tag if kept == "caller" else old.callee_tag
+        replaced = old.callee_tag if kept == "caller" else old.caller_tag
+        new_tag = f"t-{new_call.call_uuid[:24]}"
+        session = _Session(
+            call_id=old.call_id,
+            caller_tag=kept_tag if kept_as == "caller" else new_tag,
+            callee_tag=new_tag if kept_as == "caller" else kept_tag,
+            reason=old.reason, answered=True, source=old, replacing=replaced, new_side=_other(kept_as),
+        )
+        old.pending += 1
+        self._calls[new_call.call_uuid] = session
+        self.counters["transfers"] += 1
+        new_call.extra["media"] = old_call.extra.get("media") or f"anchored ({old.reason})"
+        return True
+
+    def taken_over(self, call: AnchoredCall) -> bool:
+        """A transfer's call replaced a party of this call's session (its media is gone)."""
+        session = self._calls.get(call.call_uuid)
+        return session is not None and session.taken
+
+    def replaced(self, call: AnchoredCall) -> bool:
+        """This (transfer's) call replaced the other call's party: it owns the session."""
+        session = self._calls.get(call.call_uuid)
+        return session is not None and session.source is None and session.new_side is not None
+
+    def call_id_of(self, call: AnchoredCall) -> str | None:
+        """The backend session's Call-ID (events name it), None when not anchored."""
+        session = self._calls.get(call.call_uuid)
+        return None if session is None else session.call_id
+
+    def owns(self, call: AnchoredCall) -> bool:
+        """The call's session is its own (not taken over by a transfer, not waiting to
+        take another's over): events of that session are this call's."""
+        session = self._calls.get(call.call_uuid)
+        return session is not None and not session.taken and session.replacing is None
+
+    async def _replace(self, session: _Session, offerer: Side, sdp: bytes, flags: MediaFlags) -> bytes:
+        """The first SDP of a transfer's call: the new party replaces the old one."""
+        source, old_tag = session.source, session.replacing
+        assert source is not None and old_tag is not None
+        new_tag = self._tag(session, session.new_side or "callee")
+        from_new = offerer == session.new_side
+        try:
+            msg = ReplaceParty(session.call_id, old_tag, new_tag, sdp if from_new else None, flags)
+        except ValueError as exc:
+            self.counters["failures"] += 1
+            raise MediaError(str(exc)) from None
+        session.requests += 1
+        reply = await self._request(msg)
+        if not reply.ok or not reply.sdp:
+            self.counters["failures"] += 1
+            raise MediaError(reply.error or f"media backend {self.backend.name}: replace party failed")
+        session.replacing = None
+        session.source = None
+        source.pending -= 1
+        source.taken = True
+        kept = self._tag(session, _other(session.new_side or "callee"))
+        # whatever played to the kept party (music on hold while it was being transferred,
+        # ringback after an announcement) stops: it talks to the new party now
+        await self._request(StopMedia(CallKey(session.call_id, kept)))
+        if from_new:
+            return reply.sdp
+        # the kept party made the first offer (a late-offer INVITE with Replaces): the new
+        # party is offered it once its side is in place
+        return await self._sdp(session, Offer(self._key(session, offerer), sdp, flags))
 
     # ---- requests ---------------------------------------------------------------------------
     def _tag(self, session: _Session, side: Side) -> str:
@@ -273,6 +373,8 @@ class AnchoringSeam:
 
     def _offer(self, call: AnchoredCall, session: _Session, offerer: Side, sdp: bytes) -> Awaitable[bytes]:
         session.offerer = offerer
+        if session.replacing is not None:
+            return self._replace(session, offerer, sdp, self.flags_for(call, _other(offerer)))
         try:
             msg = Offer(self._key(session, offerer), sdp, self.flags_for(call, _other(offerer)))
         except ValueError as exc:
@@ -389,3 +491,49 @@ def flags_by_side(base: Callable[[], MediaFlags]) -> Callable[[AnchoredCall, Sid
         return webrtc_flags(flags, caller if towards == "caller" else callee)
 
     return flags_for
+
+
+def rules_with(dialplan: Iterable[Any], key: str) -> frozenset[str]:
+    """The names of the rules whose `key` is set (a `moh` class, `record: true`)."""
+    return frozenset(str(rule.name) for rule in dialplan if getattr(rule, key, None))
+
+
+def feature_requirements(
+    dialplan: Iterable[Any], *, moh: str, moh_users: Iterable[str]
+) -> dict[str, Requirement | None]:
+    """The anchoring the config itself asks of features (None: withdrawn):
+
+    * "moh": every call when `moh` is "always"; with "anchored", the calls of a rule with a
+      `moh` class and those of a user in `moh_users` (its holds play music, so its calls
+      must go through the relay); nothing when "off";
+    * "recording": the calls of a rule with `record: true`;
+    * "announcement": a call routed to an announcement (dialplan rules that have one).
+
+    Registered by the media feature at construction, so that the backend is started at
+    start-up when one of them can hold (the B2BUA, which plays the music and starts the
+    recordings, starts later)."""
+    rules = list(dialplan)
+    found: dict[str, Requirement | None] = {"moh": None, "recording": None, "announcement": None}
+    if moh == "always":
+        found["moh"] = lambda call: True
+    elif moh == "anchored":
+        moh_rules = rules_with(rules, "moh")
+        users = frozenset(moh_users)
+        if moh_rules or users:
+            found["moh"] = lambda call: (call.rule in moh_rules or call.user in users or call.callee_user in users)
+    record_rules = rules_with(rules, "record")
+    if record_rules:
+        found["recording"] = lambda call: call.rule in record_rules
+    if any(_announces(getattr(rule, "action", None)) for rule in rules):
+        # a call the B2BUA answers with a prompt: marked by the B2BUA before its first SDP
+        found["announcement"] = lambda call: "announcement" in call.extra
+    return found
+
+
+def _announces(action: Any) -> bool:
+    """An announcement target in a rule's action or in one of its flow outcomes."""
+    if action is None:
+        return False
+    if getattr(action, "type", None) == "announcement":
+        return True
+    return any(_announces(getattr(action, key, None)) for key in ("then", "agujero", "desborda"))

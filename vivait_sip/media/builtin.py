@@ -31,6 +31,7 @@ from .control import (
     PlayDtmf,
     PlayMedia,
     Query,
+    ReplaceParty,
     StartRecording,
     StopMedia,
     StopRecording,
@@ -44,6 +45,7 @@ from .protocol import (
     MediaQuery,
     MediaRecordStart,
     MediaRecordStop,
+    MediaReplace,
     MediaSendDtmf,
     MediaStopPlay,
 )
@@ -147,6 +149,12 @@ class BuiltinBackend:
                 MediaAnswer(msg.key.call_id, msg.key.from_tag, msg.key.to_tag, msg.sdp.decode("utf-8", "replace"))
             )
             return self._sdp_reply(result)
+        if isinstance(msg, ReplaceParty):
+            result = await client.request(MediaReplace(
+                msg.call_id, msg.old_tag, msg.new_tag, msg.sdp.decode("utf-8", "replace") if msg.sdp is not None else None,
+                transport_protocol=_value(msg.flags.transport_protocol),
+            ))
+            return self._sdp_reply(result)
         if isinstance(msg, Delete):
             result = await client.request(MediaDelete(msg.call_id))
             return MediaReply("ok", legs=_legs(result.get("stats")), backend=self.name)
@@ -168,11 +176,13 @@ class BuiltinBackend:
             await client.request(MediaStopPlay(msg.key.call_id, msg.key.from_tag))
             return MediaReply("ok", backend=self.name)
         if isinstance(msg, StartRecording):
-            result = await client.request(MediaRecordStart(msg.call_id))
-            return MediaReply("ok", warning=str(result.get("path", "")) or None, backend=self.name)
+            result = await client.request(MediaRecordStart(msg.call_id, msg.name))
+            return MediaReply("ok", path=str(result.get("path", "")) or None, backend=self.name)
         if isinstance(msg, StopRecording):
             result = await client.request(MediaRecordStop(msg.call_id))
-            return MediaReply("ok", warning=str(result.get("path", "")) or None, backend=self.name)
+            seconds = result.get("seconds")
+            return MediaReply("ok", path=str(result.get("path", "")) or None, backend=self.name,
+                              seconds=float(seconds) if isinstance(seconds, (int, float)) else None)
         if isinstance(msg, PlayDtmf):
             await client.request(MediaSendDtmf(msg.key.call_id, msg.key.from_tag, msg.code, duration_ms=msg.duration_ms))
             return MediaReply("ok", backend=self.name)

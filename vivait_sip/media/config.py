@@ -14,6 +14,7 @@ are anchored by default, and how SDP is rewritten (docs/media.md, docs/config.md
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -30,6 +31,8 @@ from .control import (
 )
 from .ng import parse_daemon
 from .settings import BuiltinMediaSettings
+
+CLASS_NAME = r"^[A-Za-z0-9_.-]{1,64}$"  # a music-on-hold class (media.moh_classes key, or "default")
 
 
 class _Strict(BaseModel):
@@ -118,8 +121,33 @@ class MediaConfig(BuiltinMediaSettings):
     default: Literal["anchor", "pass"] = "pass"
     anchor_users: list[str] = Field(default_factory=list)  # user numbers always anchored (NAT'd phones)
     timeout_s: float = Field(default=5.0, gt=0, le=60)  # one SDP step, every daemon tried; then 503
+    # Music on hold (docs/media.md): "anchored" plays it to a held party of any call that is
+    # anchored anyway (a rule's `moh` class or a user's in `moh_users` anchors that call for
+    # it); "always" anchors every call so that a hold always gives music; "off" never plays
+    # it (the phones do as they do: silence, or the holding phone's own music).  true/false
+    # stand for "anchored"/"off".
+    moh: Literal["off", "anchored", "always"] = "anchored"
+    moh_class: str = Field(default="default", pattern=CLASS_NAME)  # calls no rule or user gives a class
+    moh_users: dict[str, str] = Field(default_factory=dict)  # user number → the class its holds play
     flags: FlagsConfig = Field(default_factory=FlagsConfig)
     rtpengine: RtpengineConfig = Field(default_factory=RtpengineConfig)
+
+    @field_validator("moh", mode="before")
+    @classmethod
+    def _moh_bool(cls, value: object) -> object:
+        if value is True:
+            return "anchored"
+        if value is False:
+            return "off"
+        return value
+
+    @field_validator("moh_users")
+    @classmethod
+    def _moh_users(cls, value: dict[str, str]) -> dict[str, str]:
+        for user, klass in value.items():
+            if not re.fullmatch(CLASS_NAME, klass):
+                raise ValueError(f"moh_users.{user}: {klass!r} is not a class name (letters, digits, _ . -)")
+        return value
 
     @model_validator(mode="after")
     def _daemons_for_rtpengine(self) -> MediaConfig:

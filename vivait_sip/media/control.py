@@ -43,6 +43,7 @@ __all__ = [
     "PlayMedia",
     "Query",
     "Replace",
+    "ReplaceParty",
     "RtcpMux",
     "StartRecording",
     "StopMedia",
@@ -278,6 +279,31 @@ class Query(MediaCommand):
 
 
 @dataclass(frozen=True, slots=True)
+class ReplaceParty(MediaCommand):
+    """A transfer: the party `old_tag` of the session is replaced by `new_tag` (its side
+    gets new ports), while the other party keeps its ports and receives one continuous
+    stream (same SSRC, sequence and timestamps carried on).  With `sdp` (the new party's
+    offer) the reply's SDP is that offer for the remaining party; without, it is an offer
+    for the new party (the remaining party's last SDP at the new ports), whose answer goes
+    in an `Answer` with `to_tag=new_tag`.  The built-in backend only (no NG command)."""
+
+    command: ClassVar[str] = "replace party"
+    call_id: str
+    old_tag: str
+    new_tag: str
+    sdp: bytes | None = None
+    flags: MediaFlags = field(default_factory=MediaFlags)
+
+    def __post_init__(self) -> None:
+        _tokens((self.call_id, self.old_tag, self.new_tag), "replace party")
+        if self.sdp is not None:
+            _check_sdp(self.sdp)
+
+    def session_id(self) -> str | None:
+        return self.call_id
+
+
+@dataclass(frozen=True, slots=True)
 class PlayMedia(MediaCommand):
     """Play a prompt or music to the side `key.from_tag` names (replacing what the other
     side sends it): a file on the media server, or the audio itself (`blob`, a WAV)."""
@@ -320,9 +346,10 @@ class StartRecording(MediaCommand):
     command: ClassVar[str] = "start recording"
     call_id: str
     from_tag: str | None = None
+    name: str | None = None  # the file's stem (the built-in backend; rtpengine names its own)
 
     def __post_init__(self) -> None:
-        _tokens(tuple(t for t in (self.call_id, self.from_tag) if t is not None), "start recording")
+        _tokens(tuple(t for t in (self.call_id, self.from_tag, self.name) if t is not None), "start recording")
 
     def session_id(self) -> str | None:
         return self.call_id
@@ -397,6 +424,8 @@ class MediaReply:
     warning: str | None = None
     legs: tuple[LegStats, ...] = ()
     duration_ms: int | None = None  # play media: the length of what is played
+    path: str | None = None  # start recording: the file being written; stop recording: the file closed
+    seconds: float | None = None  # stop recording: its length
     backend: str | None = None  # who answered: "rtpengine 10.0.0.7:2223", "builtin worker 1"
 
     @property

@@ -31,6 +31,7 @@ from .anchor import (
     AnchoringPolicy,
     AnchoringSeam,
     Requirement,
+    feature_requirements,
     flags_by_side,
     rule_media_flags,
 )
@@ -44,9 +45,13 @@ log = logging.getLogger("vivait_sip.media")
 BUILTIN_FACTORY = "vivait_sip.media.builtin:create_backend"
 
 
-def _rules_of(config: CoreConfig) -> dict[str, str | None]:
+def _dialplan_of(config: CoreConfig) -> list[Any]:
     b2bua = getattr(config, "b2bua", None)
-    return rule_media_flags(getattr(b2bua, "dialplan", None) or [])
+    return list(getattr(b2bua, "dialplan", None) or [])
+
+
+def _rules_of(config: CoreConfig) -> dict[str, str | None]:
+    return rule_media_flags(_dialplan_of(config))
 
 
 def load_builtin_factory(spec: str = BUILTIN_FACTORY) -> Any:
@@ -123,6 +128,30 @@ class MediaFeature(Feature[MediaConfig]):
             _LazyBackend(self), self.policy, flags=settings.flags.to_flags(), timeout_s=settings.timeout_s,
             flags_for=flags_by_side(lambda: self.seam.flags),  # WebRTC sides get their own (anchor.webrtc_flags)
         )
+        self._from_config: set[str] = set()
+        self._config_requirements(host.config)
+
+    def _config_requirements(self, config: CoreConfig) -> None:
+        """Music on hold and rules that record: anchoring the config asks for itself."""
+        settings = self.settings_of(config)
+        found = feature_requirements(_dialplan_of(config), moh=settings.moh, moh_users=settings.moh_users)
+        for name, predicate in found.items():
+            if predicate is not None:
+                self.policy.require(name, predicate)
+                self._from_config.add(name)
+            elif name in self._from_config:  # withdrawn by a reload (a feature's own stays)
+                self.policy.withdraw(name)
+                self._from_config.discard(name)
+
+    @classmethod
+    def check_config(cls, config: CoreConfig) -> list[str]:
+        """Music-on-hold classes named but not defined (media.moh_classes, or "default")."""
+        settings = cls.settings_of(config)
+        classes = {"default", *settings.moh_classes}
+        named = [("media.moh_class", settings.moh_class)]
+        named += [(f"media.moh_users.{user}", klass) for user, klass in settings.moh_users.items()]
+        return [f'{path}: no music-on-hold class "{klass}" (media.moh_classes, or "default")'
+                for path, klass in named if klass not in classes]
 
     # ---- the API other features use ----------------------------------------------------------
     def require(self, name: str, predicate: Requirement) -> None:
@@ -198,6 +227,7 @@ class MediaFeature(Feature[MediaConfig]):
     def reload(self, config: CoreConfig) -> None:
         settings = self.settings_of(config)
         self.policy.configure(default=settings.default, users=settings.anchor_users, rules=_rules_of(config))
+        self._config_requirements(config)
         self.seam.flags = settings.flags.to_flags()
         self.seam.timeout_s = settings.timeout_s
         running = self._backend_config

@@ -43,6 +43,7 @@ from .control import (
     PlayMedia,
     Query,
     Replace,
+    ReplaceParty,
     StartRecording,
     StopMedia,
     StopRecording,
@@ -277,6 +278,8 @@ def to_ng(msg: MediaCommand) -> dict[str, object]:
         out["code"] = msg.code.upper()
         out["duration"] = msg.duration_ms
         out["volume"] = -msg.volume_db  # NG: positive dB below the reference
+    elif isinstance(msg, ReplaceParty):
+        raise TypeError("a party of an anchored call cannot be replaced (transfers of anchored calls need the built-in backend)")
     elif not isinstance(msg, Ping):
         raise TypeError(f"no NG mapping for {type(msg).__name__}")
     return out

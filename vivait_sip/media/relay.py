@@ -694,10 +694,16 @@ class Session:
 class Relay:
     """Every session of one media worker, keyed by Call-ID."""
 
-    def __init__(self, address: str, ports: PortPool, *, rtp_timeout_s: float = 30.0, relatch_s: float = 1.0) -> None:
+    def __init__(
+        self, address: str, ports: PortPool, *, rtp_timeout_s: float = 30.0, relatch_s: float = 1.0,
+        rtp_hold_timeout_s: float = 3600.0,
+    ) -> None:
         self.address = address  # written into the SDP we hand out
         self.ports = ports
         self.rtp_timeout_s = rtp_timeout_s
+        # A party holding the call (sendonly) often sends nothing: it gets this long instead
+        # (rtpengine's silent-timeout, Asterisk's rtpholdtimeout); 0: never.
+        self.rtp_hold_timeout_s = rtp_hold_timeout_s
         self.relatch_s = relatch_s
         self.sessions: dict[str, Session] = {}
         self._by_port: dict[int, tuple[Stream, bool]] = {}
@@ -1124,9 +1130,13 @@ class Relay:
                 expected = [s for s in leg.streams if s.port and s.info is not None and s.info.sends and s.info.is_rtp]
                 if not expected:
                     continue
+                holding = all(s.info is not None and s.info.holding for s in expected)
+                limit = self.rtp_hold_timeout_s if holding else timeout
+                if limit <= 0:
+                    continue
                 since = max(max(max(s.last_rx, s.info_at) for s in expected), session.answered_at)
                 idle = now - since
-                if idle >= timeout:
+                if idle >= limit:
                     session.timed_out = True
                     self.timeouts += 1
                     self._events.append(RtpTimeout(session.call_id, leg.tag, leg.label, idle_s=round(idle, 3)))

@@ -52,8 +52,15 @@ class StreamInfo:
 
     @property
     def sends(self) -> bool:
-        """It says it will send (sendrecv or sendonly): used for the RTP timeout."""
-        return not self.rejected and self.direction in (Direction.SENDRECV, Direction.SENDONLY)
+        """It says it will send (sendrecv or sendonly) and wants media back somewhere: used
+        for the RTP timeout.  A party at an unspecified address (c=0.0.0.0, RFC 2543 hold,
+        or the placeholder of a call the B2BUA answers itself) is not expected to send."""
+        return not self.rejected and self.rtp is not None and self.direction in (Direction.SENDRECV, Direction.SENDONLY)
+
+    @property
+    def holding(self) -> bool:
+        """sendonly: it holds the call (RFC 3264 §8.4) and may well send nothing."""
+        return self.direction is Direction.SENDONLY
 
     def clock_rate(self, payload_type: int) -> int:
         return self.clock_rates.get(payload_type, 8000)

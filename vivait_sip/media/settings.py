@@ -37,6 +37,8 @@ class BuiltinMediaSettings(_Strict):
     port_max: int = Field(default=39999, ge=1025, le=65535)
     # No RTP from a party that should send for this long ends the call (0: never).
     rtp_timeout_s: float = Field(default=60.0, ge=0, le=86400)
+    # ...and for a party holding the call (its SDP sendonly: many phones then send nothing).
+    rtp_hold_timeout_s: float = Field(default=3600.0, ge=0, le=86400)
     # A latched source silent this long lets another source take over (NAT rebinding).
     relatch_s: float = Field(default=1.0, ge=0, le=60)
     # Prompt lookup: these directories first, then the generated default prompts.

@@ -133,7 +133,10 @@ class MediaWorker:
         self.loop = asyncio.get_running_loop()
         self.socks: dict[int, socket.socket] = {}
         self.pool = BoundPortPool(self, self.settings.bind, spec.port_min, spec.port_max, self.settings.socket_buffer)
-        self.relay = Relay(self.settings.advertised(), self.pool, rtp_timeout_s=self.settings.rtp_timeout_s, relatch_s=self.settings.relatch_s)
+        self.relay = Relay(
+            self.settings.advertised(), self.pool, rtp_timeout_s=self.settings.rtp_timeout_s,
+            relatch_s=self.settings.relatch_s, rtp_hold_timeout_s=self.settings.rtp_hold_timeout_s,
+        )
         self.prompts = Prompts(self.settings.prompt_dirs, self.settings.moh_classes)
         self.spool, self.archive = self.settings.recording_dirs(spec.data_dir)
         self.recorders: dict[str, CallRecorder] = {}
