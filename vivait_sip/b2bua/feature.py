@@ -634,8 +634,9 @@ class B2buaFeature(Feature[B2buaConfig]):
         if isinstance(event, MediaRtpTimeout):
             for call in list(self.calls.values()):
                 if call.request.call_id == event.call_id:
-                    log.info("event=rtp_timeout call=%s party=%s idle_s=%.0f", call.call_uuid, event.leg, event.idle_s)
-                    call.hangup("RTP timeout")
+                    cause = event.cause or "RTP timeout"  # a WebRTC party gone says how (ICE consent, DTLS)
+                    log.info("event=rtp_timeout call=%s party=%s idle_s=%.0f cause=%r", call.call_uuid, event.leg, event.idle_s, cause)
+                    call.hangup(cause)
                     return
 
     def hangup_local(self, key: str) -> bool:
