@@ -131,3 +131,27 @@ async def test_a_web_extension_that_closes_its_peer_connection_ends_the_call(
         assert "WebRTC: DTLS closed by the browser" in json.dumps(record), record
     finally:
         bare.close()
+
+
+async def test_an_opus_only_client_is_transcoded_to_the_g711_phone(server: Server, web: WebrtcUa, tmp_path: Path) -> None:
+    """No codec in common (the client offers Opus alone, baresip has G.711 alone): the
+    phone is offered PCMU/PCMA as well, answers G.711, and the relay transcodes both ways."""
+    bare = phone(tmp_path, server)
+    try:
+        call = await web.call("6142", tone_hz=WEB_HZ, codecs=("opus",))
+        await asyncio.to_thread(bare.wait_event, "CALL_ESTABLISHED")
+        await talk(3.0)
+        calls = json.loads(ctl(server, "calls", "--json").stdout)["calls"]
+        assert call.heard.frames > 100, call.heard.frames
+        assert call.heard.tone_share(PHONE_HZ) > 0.5, call.heard.tone_share(PHONE_HZ)
+        await call.hangup()
+        await asyncio.to_thread(bare.wait_event, "CALL_CLOSED")
+        heard = analyse(bare.recordings()[-1])
+        assert heard.has_tone(WEB_HZ), heard
+        invite = bare.sip_received("INVITE")[0]
+        assert "opus" in invite and "PCMU/8000" in invite, invite
+        answer = call.pc.remoteDescription.sdp
+        assert "opus/48000" in answer and "PCMU" not in answer, answer  # the client got its Opus
+        assert calls, calls
+    finally:
+        bare.close()

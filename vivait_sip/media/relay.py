@@ -55,6 +55,7 @@ RTP packet through `Session.tap`.
 
 from __future__ import annotations
 
+import copy
 import heapq
 import itertools
 import math
@@ -66,6 +67,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 from ..sip.sdp import SdpError, SessionDescription
+from . import transcode
 from .audio.dtmf import DtmfDetector, event_code, event_packets
 from .sdpinfo import (
     RTP_PROTOS,
@@ -503,6 +505,7 @@ class Stream:
         "sent_mux",
         "srtp_in",
         "srtp_out",
+        "transcoder",
         "webrtc",
     )
 
@@ -545,6 +548,7 @@ class Stream:
         self.auth_failures = 0
         self.webrtc = False  # a WebRTC party: SRTP keys and path come from the bridge
         self.not_ready = 0  # its packets dropped before DTLS gave keys
+        self.transcoder: transcode.Transcoder | None = None  # what it sends, into its peer's codec
 
     def _reset_rx(self) -> None:
         self.rx_ssrc: int | None = None
@@ -646,6 +650,7 @@ class Stream:
             "foreign_dropped": self.foreign,
             "srtp": {"in": self.in_crypto.suite if self.in_crypto else None, "out": self.out_crypto.suite if self.out_crypto else None, "auth_failures": self.auth_failures},
             **({"webrtc": {"secure": self.srtp_in is not None, "not_ready": self.not_ready}} if self.webrtc else {}),
+            **({"transcoded": {"packets": self.transcoder.packets, "dropped": self.transcoder.dropped}} if self.transcoder else {}),
             "malformed": self.malformed,
             "idle_s": round(now - self.last_rx, 3) if self.last_rx else None,
             "playing": self.out.source.name if self.out.source is not None else None,
@@ -801,7 +806,10 @@ class Relay:
             leg.other.tag = to_tag
         self._apply(leg, parsed, now)
         session.mux_policy[leg.index] = rtcp_mux
-        return self._rewritten(parsed, leg.other, offer=True, transport=transport, rtcp_mux=rtcp_mux)
+        to_send = parsed
+        if transport is not None and not is_dtls_proto(transport):  # a WebRTC party's Opus-only offer to a phone
+            to_send = transcode.offer_with_g711(parsed, stream_infos(parsed)) or parsed
+        return self._rewritten(to_send, leg.other, offer=True, transport=transport, rtcp_mux=rtcp_mux)
 
     def answer(self, call_id: str, from_tag: str, to_tag: str, sdp: str | bytes, now: float) -> str:
         """The SDP of the party `to_tag` answering `from_tag`'s offer; returns it rewritten
@@ -820,7 +828,33 @@ class Relay:
         self._apply(leg, parsed, now)
         if session.answered_at is None:
             session.answered_at = now
-        return self._rewritten(parsed, leg.other, offer=False)
+        return self._rewritten(self._transcoding(leg, parsed), leg.other, offer=False)
+
+    def _transcoding(self, answerer: Leg, parsed: SessionDescription) -> SessionDescription:
+        """Opus ↔ G.711 where a WebRTC offerer had Opus without G.711 and the phone answered
+        G.711 (transcode.py): each direction's transcoder, and the answer towards the
+        offerer in its Opus.  Otherwise the answer as it is (payloads forwarded)."""
+        offerer = answerer.other
+        out = parsed
+        if offerer.sdp is None:
+            return out
+        for index, stream in enumerate(answerer.streams):
+            if index >= len(offerer.streams) or index >= len(offerer.sdp.media) or index >= len(out.media):
+                break
+            client = offerer.streams[index]
+            if client.info is None or stream.info is None:
+                continue
+            pair = transcode.plan(client.info, offerer.sdp.media[index], stream.info)
+            if pair is None:
+                if client.webrtc:  # its new offer has G.711 again (or no Opus): forward
+                    client.transcoder = stream.transcoder = None
+                continue
+            if client.transcoder is None or stream.transcoder is None:
+                client.transcoder, stream.transcoder = pair
+            if out is parsed:
+                out = copy.deepcopy(parsed)
+            transcode.answer_in_opus(out, index, offerer.sdp.media[index])
+        return out
 
     def replace(self, call_id: str, old_tag: str, new_tag: str, now: float, sdp: str | bytes | None = None, *, transport: str | None = None) -> str:
         """The party `old_tag` is replaced by `new_tag` (a transfer): its leg gets new ports
@@ -1013,7 +1047,16 @@ class Relay:
             return None
         if peer.srtp_out is None and peer.webrtc:
             return None
-        packet = out.forward(data, seq, ts, ssrc, now, stream.rates.get(pt, 8000))
+        rates = stream.rates
+        transcoder = stream.transcoder
+        if transcoder is not None:  # no codec in common (transcode.py): the packet in the peer's codec
+            converted = transcoder.convert(data)
+            if converted is None:
+                return None
+            data, rates = converted, peer.rates
+            pt = data[1] & 0x7F
+            seq, ts, ssrc = _SEQ_TS_SSRC.unpack_from(data, 2)
+        packet = out.forward(data, seq, ts, ssrc, now, rates.get(pt, 8000))
         if peer.srtp_out is not None:
             try:
                 packet = peer.srtp_out.protect(bytes(packet))
