@@ -45,7 +45,7 @@ def test_the_plan_and_the_answer_in_opus() -> None:
     phone = parse(PHONE)
     pair = transcode.plan(stream_infos(client)[0], client.media[0], stream_infos(phone)[0])
     assert pair is not None
-    to_phone, to_client = pair
+    to_phone, _ = pair
     assert (to_phone.g711_pt, to_phone.codec, to_phone.dtmf) == (8, "PCMA", (110, 101))
     transcode.answer_in_opus(phone, 0, client.media[0])
     assert phone.media[0].formats == ["111", "110"]

@@ -104,7 +104,8 @@ def plan(client: StreamInfo, client_media: MediaDescription, phone: StreamInfo) 
         return None
     opus = opus_pt(client_media)
     assert opus is not None
-    g711_pt, codec = phone.g711[0]
+    g711_pt, name = phone.g711[0]
+    codec: g711.Codec = "PCMA" if name == "PCMA" else "PCMU"
     dtmf48 = next((c.payload_type for c in client_media.codecs() if c.encoding.lower() == "telephone-event" and c.clock_rate == 48000), None)
     to_phone = OpusToG711(opus, g711_pt, codec, dtmf=(dtmf48, phone.dtmf_pt) if dtmf48 is not None and phone.dtmf_pt is not None else None)
     to_client = G711ToOpus(g711_pt, codec, opus, dtmf=(phone.dtmf_pt, dtmf48) if dtmf48 is not None and phone.dtmf_pt is not None else None)
@@ -135,7 +136,7 @@ class Transcoder:
         raise NotImplementedError
 
     def _dtmf(self, data: bytes | bytearray, payload: bytes, pt: int, scale: float) -> bytes:
-        first, second, seq, ts, ssrc = _HDR.unpack_from(data, 0)
+        _, second, seq, ts, ssrc = _HDR.unpack_from(data, 0)
         out_ts = int(ts * scale) & 0xFFFFFFFF
         if len(payload) >= 4:
             duration = min(0xFFFF, int(int.from_bytes(payload[2:4], "big") * scale))
@@ -180,7 +181,7 @@ class OpusToG711(Transcoder):
         if not pcm:
             return None
         samples = pcm[0] if len(pcm) == 1 else np.concatenate(pcm)
-        first, second, seq, ts, ssrc = _HDR.unpack_from(data, 0)
+        _, second, seq, ts, ssrc = _HDR.unpack_from(data, 0)
         self.packets += 1
         return _HDR.pack(0x80, (second & 0x80) | self.g711_pt, seq, (ts // RATIO) & 0xFFFFFFFF, ssrc) + g711.encode(samples, self.codec)
 
@@ -220,7 +221,7 @@ class G711ToOpus(Transcoder):
         if pt != self.g711_pt or not payload:
             self.dropped += 1
             return None
-        first, second, seq, ts, ssrc = _HDR.unpack_from(data, 0)
+        _, second, seq, ts, ssrc = _HDR.unpack_from(data, 0)
         samples = g711.decode(payload, self.codec)
         if not len(self.pending) or (ts - (self.pending_ts + len(self.pending))) & 0xFFFFFFFF:
             self.pending = samples  # first packet, or a gap: start afresh at this packet
