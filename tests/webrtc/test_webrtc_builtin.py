@@ -155,3 +155,31 @@ async def test_an_opus_only_client_is_transcoded_to_the_g711_phone(server: Serve
         assert calls, calls
     finally:
         bare.close()
+
+
+def go_silent(call: Any) -> None:
+    """The client vanishes without a word (a killed browser): every datagram it would send
+    from now on is dropped (test-only reach into aiortc/aioice)."""
+    for transceiver in call.pc.getTransceivers():
+        connection = transceiver.sender.transport.transport._connection
+        for protocol in connection._protocols:
+            protocol.transport.sendto = lambda *args, **kwargs: None
+
+
+async def test_a_web_extension_that_goes_silent_ends_the_call_by_ice_consent(
+        server: Server, web: WebrtcUa, tmp_path: Path) -> None:
+    bare = phone(tmp_path, server)
+    try:
+        call = await web.call("6142")
+        await asyncio.to_thread(bare.wait_event, "CALL_ESTABLISHED")
+        await talk(1.0)
+        started = time.monotonic()
+        go_silent(call)
+        await asyncio.to_thread(bare.wait_event, "CALL_CLOSED", 12.0)
+        took = time.monotonic() - started
+        assert took < 10.0, took
+        [record] = await asyncio.to_thread(wait_cdrs, server, 1)
+        assert record["hangup_cause"].startswith("WebRTC: ICE consent lost"), record
+        assert record["hangup_side"] == "system", record
+    finally:
+        bare.close()

@@ -53,6 +53,9 @@ ICE_CHARS = string.ascii_letters + string.digits + "+/"
 SCAN_S = 0.5  # consent is checked this often
 CERT_LIFETIME_S = 86400.0  # a new certificate for new sessions after a day (aiortc's are valid 30 days)
 HANDSHAKE_LIMIT_S = 20.0  # ICE path known, DTLS not done after this long: failed
+# A browser hanging up sends BYE (over its WebSocket, to a SIP worker) and closes DTLS (to
+# us) at the same moment: the close ends the call only if the BYE has not done so by then.
+CLOSE_GRACE_S = 1.0
 
 
 def _token(n: int) -> str:
@@ -63,7 +66,7 @@ class Endpoint:
     """Our side of one WebRTC party's stream (one port)."""
 
     __slots__ = (
-        "cert", "checks", "created", "dtls", "dtls_at", "fingerprints", "gone", "ignored", "last_check", "offered",
+        "cert", "checks", "closed_at", "created", "dtls", "dtls_at", "fingerprints", "gone", "ignored", "last_check", "offered",
         "path", "port", "pwd", "remote_pwd", "remote_ufrag", "role", "secured_at", "ufrag", "valid",
     )
 
@@ -86,6 +89,7 @@ class Endpoint:
         self.checks = 0
         self.ignored = 0
         self.secured_at: float | None = None
+        self.closed_at: float | None = None  # the browser's close_notify came
         self.gone = False
 
     def stats(self) -> dict[str, Any]:
@@ -233,10 +237,12 @@ class WebrtcBridge:
             self.counters["secured"] += 1
             self.relay.webrtc_secure(ep.port, dtls.srtp_in, dtls.srtp_out)
             log.debug("event=webrtc_secured port=%d profile=%s", ep.port, dtls.profile)
-        elif dtls.state == "closed" and dtls.closed_by_peer:
+        elif dtls.state == "closed" and dtls.closed_by_peer and ep.closed_at is None:
             self._handshaking.discard(ep)
             self.counters["dtls_closed"] += 1
-            self._lost(ep, "WebRTC: DTLS closed by the browser", now)
+            ep.closed_at = now  # gone after CLOSE_GRACE_S, unless its BYE ends the call first
+            if self._next_scan is None or self._next_scan > now + CLOSE_GRACE_S:
+                self._next_scan = now + CLOSE_GRACE_S
         elif dtls.state == "failed":
             self._handshaking.discard(ep)
             self.counters["dtls_failed"] += 1
@@ -276,7 +282,13 @@ class WebrtcBridge:
     def _scan(self, now: float) -> None:
         limit = self.consent_s
         for ep in list(self.endpoints.values()):
-            if ep.gone or not ep.last_check:
+            if ep.gone:
+                continue
+            if ep.closed_at is not None:
+                if now - ep.closed_at >= CLOSE_GRACE_S:
+                    self._lost(ep, "WebRTC: DTLS closed by the browser", now)
+                continue
+            if not ep.last_check:
                 continue
             if limit > 0 and now - ep.last_check > limit:
                 self.counters["consent_lost"] += 1
