@@ -243,9 +243,9 @@ class WebrtcUa(WsPhone):
 
     # ---- calls ------------------------------------------------------------------------------
     async def call(self, number: str, *, tone_hz: float = 1000.0, codecs: tuple[str, ...] | None = None,
-                   timeout: float = 15.0) -> Call:
+                   timeout: float = 15.0, call_id: str | None = None) -> Call:
         """INVITE `number`; returns once the call is answered and the answer applied."""
-        call = Call(self, secrets.token_hex(10), secrets.token_hex(5), outgoing=True)
+        call = Call(self, call_id or secrets.token_hex(10), secrets.token_hex(5), outgoing=True)
         self.calls[call.call_id] = call
         call.add_tone(tone_hz, codecs)
         await call.pc.setLocalDescription(await call.pc.createOffer())

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import time
+import zlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -183,3 +185,32 @@ async def test_a_web_extension_that_goes_silent_ends_the_call_by_ice_consent(
         assert record["hangup_side"] == "system", record
     finally:
         bare.close()
+
+
+async def test_two_sip_workers_bridge_a_web_call(tmp_path: Path) -> None:
+    """With two SIP workers the media workers start with the server (only SIP worker 0 can
+    spawn them), so a WebRTC call owned by either worker is bridged."""
+    loopback_only()
+    (tmp_path / "srv").mkdir()
+    server = Server(tmp_path / "srv", server_config(workers=2), loopback_args(http=True, tls=False)).start()
+    try:
+        port = server.ports[("http", "https")]
+        api = Api(port)
+        data = await api.login("6140", "pw-6140")
+        ua = WebrtcUa(port, api.cookie, data["extension"], data["sip"]["password"])
+        await ua.start()
+        bare = phone(tmp_path, server)
+        try:
+            for worker in (0, 1):  # a call owned by each SIP worker (crc32 of its Call-ID)
+                call_id = next(c for c in (secrets.token_hex(10) for _ in range(100)) if zlib.crc32(c.encode()) % 2 == worker)
+                call = await ua.call("6142", tone_hz=WEB_HZ, call_id=call_id)
+                await asyncio.to_thread(bare.wait_event, "CALL_ESTABLISHED")
+                await talk(1.5)
+                assert call.heard.tone_share(PHONE_HZ) > 0.5, call.heard.tone_share(PHONE_HZ)
+                await call.hangup()
+                await asyncio.to_thread(bare.wait_event, "CALL_CLOSED")
+        finally:
+            bare.close()
+            await ua.stop()
+    finally:
+        server.stop()
