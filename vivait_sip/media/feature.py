@@ -201,7 +201,7 @@ class MediaFeature(Feature[MediaConfig]):
         worker 0 before the others exist: with several SIP workers and the webfon on,
         they start at once."""
         webrtc = getattr(self.host.config, "webrtc", None)
-        return (self.settings.backend == "builtin" and self.host.worker_count > 1 and self.policy.webrtc
+        return (self.settings.backend == "builtin" and getattr(self.host, "worker_count", 1) > 1 and self.policy.webrtc
                 and bool(getattr(webrtc, "enabled", False)))
 
     def reload(self, config: CoreConfig) -> None:
