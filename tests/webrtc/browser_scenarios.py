@@ -260,6 +260,179 @@ async def scenario_media(run: Run, server: Server, browser: Any, work: Path) -> 
         phone.close()
 
 
+def cdr_records(server: Server) -> list[dict[str, Any]]:
+    return list(ctl_json_fmt(server, "cdr", "--format", "json", "--limit", "1000").get("calls", []))
+
+
+def ctl_json_fmt(server: Server, *args: str) -> Any:
+    out = subprocess.run([sys.executable, "-m", "vivait_sip", *server.ctl_args, *args],
+                         capture_output=True, text=True, timeout=20)
+    return json.loads(out.stdout or "{}")
+
+
+def wait_cdr_with(server: Server, text: str, timeout: float = 10.0, *, seen: set[str] | None = None) -> dict[str, Any] | None:
+    """The first CDR whose JSON holds `text` (and whose call is not in `seen`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for record in cdr_records(server):
+            if text in str(record.get("hangup_cause")) and (seen is None or str(record.get("call_uuid")) not in seen):
+                return record
+        time.sleep(0.5)
+    print("NOTE cdr causes:", [(r.get("call_uuid"), r.get("hangup_cause")) for r in cdr_records(server)], flush=True)
+    return None
+
+
+async def wait_closed(phone: Baresip, timeout: float) -> float:
+    """Seconds until the phone's call closed (inf if it did not within `timeout`)."""
+    started = time.monotonic()
+    try:
+        await asyncio.to_thread(phone.wait_event, "CALL_CLOSED", timeout)
+    except AssertionError:
+        return math.inf
+    return time.monotonic() - started
+
+
+async def scenario_builtin(run: Run, server: Server, browser: Any, work: Path, tone: Path) -> None:
+    """The built-in media backend bridges the browser (ICE, DTLS-SRTP) and baresip (plain
+    RTP): the browser calls a phone that auto-answers (audio both ways); the phone calls
+    the user number: the browser rings and the hard extension does not, it answers,
+    holds, resumes and transfers to a second phone; a browser whose tab closes, and one
+    whose Chromium is killed, end their calls on the SIP side within 10 s."""
+    port = server.ports[("http", "https")]
+    base = f"https://127.0.0.1:{port}"
+    udp = server.sip_port("udp")
+    phone = Baresip(work, "phone", 400.0, seconds=90, quit_after=170)
+    target = Baresip(work, "target", 700.0, seconds=90, quit_after=170)
+    hard = Baresip(work, "hard", 500.0, seconds=90, quit_after=170)
+    try:
+        phone.register("6142", "pw-6142", udp)
+        target.register("6141", "pw-6141", udp)
+        hard.command("uanew", f"<sip:5140@127.0.0.1:{udp}>;auth_user=6140;auth_pass=pw-6140;regint=60")
+        hard.wait_event("REGISTER_OK", 10)
+        ctx = await browser.new_context(ignore_https_errors=True, viewport={"width": 460, "height": 860})
+        page = await ctx.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        await login(page, base, "6140", "pw-6140")
+        await status_is(page, "Ready")
+        # 1. the browser calls the phone
+        await page.get_by_role("textbox", name="Number").fill("6142")
+        await page.get_by_role("button", name="Call", exact=True).click()
+        await status_is(page, "Connected", 20000)
+        first, second = await rising(page, 3.0)
+        run.check("browser -> baresip via the built-in bridge: the browser receives the phone's audio (inbound packets rising)",
+                  second > max(first, 50), (first, second))
+        await run.shot(page, "16-connected-via-builtin")
+        media = ctl_json(server, "media")
+        run.check("the call is anchored in the built-in backend", media.get("backend") == "builtin"
+                  and int(media.get("anchored", 0)) >= 1, {k: media.get(k) for k in ("backend", "anchored", "sessions")})
+        await page.get_by_role("button", name="Hang up", exact=True).click()
+        await status_is(page, "Call ended")
+        phone.wait_event("CALL_CLOSED", 10)
+        await asyncio.sleep(0.5)
+        recordings = phone.received()
+        samples = read_samples(recordings[-1]) if recordings else []
+        share = tone_share(samples[4000:], 1000.0) if len(samples) > 8000 else 0.0
+        run.check("baresip's recording holds the browser's 1000 Hz tone (built-in bridge)", share > 0.3,
+                  {"recordings": [p.name for p in recordings], "samples": len(samples), "share_1000hz": round(share, 3)})
+        # 2. the phone calls the user: the browser rings, the hard extension does not
+        phone.drain(0.2)
+        hard.drain(0.2)
+        phone.command("dial", f"sip:6140@127.0.0.1:{udp}")
+        await status_is(page, "Ringing", 15000)
+        await run.shot(page, "17-incoming-builtin")
+        hard_events = [e.get("type") for e in hard.drain(1.0)]
+        run.check("the hard extension does not ring while the browser is registered", "CALL_INCOMING" not in hard_events,
+                  hard_events)
+        await page.get_by_role("button", name="Answer", exact=True).click()
+        await status_is(page, "Connected")
+        first, second = await rising(page, 2.0)
+        run.check("baresip -> browser via the built-in bridge: audio reaches the browser", second > max(first, 50),
+                  (first, second))
+        await page.get_by_role("button", name="Hold", exact=True).click()
+        await status_is(page, "On hold")
+        await run.shot(page, "18-on-hold-builtin")
+        await page.get_by_role("button", name="Resume", exact=True).click()
+        await status_is(page, "Connected")
+        first, second = await rising(page, 2.0)
+        run.check("after hold and resume the browser receives audio again", second > first + 50, (first, second))
+        target.drain(0.2)
+        await page.get_by_role("button", name="Transfer", exact=True).click()
+        await page.get_by_role("textbox", name="Transfer to").fill("6141")
+        await run.shot(page, "19-transfer-builtin")
+        await page.get_by_role("button", name="Transfer now", exact=True).click()
+        await status_is(page, "Call ended", 20000)
+        try:
+            target.wait_event("CALL_ESTABLISHED", 15)
+            joined = True
+        except AssertionError:
+            joined = False
+        still = [e.get("type") for e in phone.drain(1.5)]
+        run.check("blind transfer: the second phone answered and the caller stays in the call",
+                  joined and "CALL_CLOSED" not in still, {"joined": joined, "caller_events": still})
+        target.command("hangup")
+        phone.wait_event("CALL_CLOSED", 10)
+        # 3. the tab closes mid-call: the phone gets BYE within 10 s, the CDR says why
+        await page.get_by_role("textbox", name="Number").fill("6142")
+        await page.get_by_role("button", name="Call", exact=True).click()
+        await status_is(page, "Connected", 20000)
+        await asyncio.sleep(1.0)
+        phone.drain(0.1)
+        await page.close()
+        took = await wait_closed(phone, 15)
+        record = await asyncio.to_thread(wait_cdr_with, server, "WebRTC:", 15)
+        run.check("closing the tab mid-call ends the call on the SIP side within 10 s, the CDR says why",
+                  took < 10 and record is not None,
+                  {"seconds": round(took, 1), "cdr_cause": (record or {}).get("hangup_cause") or record})
+        run.check("no page errors (built-in)", not errors, errors)
+        await ctx.close()
+        # 4. Chromium killed mid-call (a second browser, reached over CDP, SIGKILLed)
+        await scenario_killed(run, server, work, tone, phone)
+    finally:
+        for bare in (phone, target, hard):
+            bare.close()
+
+
+async def scenario_killed(run: Run, server: Server, work: Path, tone: Path, phone: Baresip) -> None:
+    port = server.ports[("http", "https")]
+    debug_port = 9333
+    profile = tempfile.mkdtemp(prefix="chromium-killed-", dir=work)
+    proc = subprocess.Popen([CHROMIUM, *FLAGS, f"--use-file-for-fake-audio-capture={tone}",
+                             f"--remote-debugging-port={debug_port}", f"--user-data-dir={profile}", "about:blank"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        async with async_playwright() as p:
+            browser = None
+            for _ in range(50):
+                try:
+                    browser = await p.chromium.connect_over_cdp(f"http://127.0.0.1:{debug_port}")
+                    break
+                except Exception:
+                    await asyncio.sleep(0.2)
+            assert browser is not None, "chromium over CDP did not come up"
+            ctx = browser.contexts[0] if browser.contexts else await browser.new_context(ignore_https_errors=True)
+            page = await ctx.new_page()
+            await login(page, f"https://127.0.0.1:{port}", "6140", "pw-6140")
+            await status_is(page, "Ready")
+            await page.get_by_role("textbox", name="Number").fill("6142")
+            await page.get_by_role("button", name="Call", exact=True).click()
+            await status_is(page, "Connected", 20000)
+            first, second = await rising(page, 2.0)
+            phone.drain(0.1)
+            earlier = {str(r.get("call_uuid")) for r in await asyncio.to_thread(cdr_records, server)}
+            proc.kill()
+            took = await wait_closed(phone, 15)
+        record = await asyncio.to_thread(wait_cdr_with, server, "WebRTC:", 15, seen=earlier)
+        run.check("Chromium killed mid-call: the call ends on the SIP side within 10 s, the CDR says why",
+                  took < 10 and second > first and record is not None,
+                  {"seconds": round(took, 1), "packets": (first, second),
+                   "cdr_cause": (record or {}).get("hangup_cause") or record})
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
 async def scenario_waiting(run: Run, server: Server, browser: Any) -> None:
     """Call waiting and attended transfer between three browsers (no relay needed)."""
     port = server.ports[("http", "https")]
@@ -331,7 +504,7 @@ async def scenario_waiting(run: Run, server: Server, browser: Any) -> None:
 async def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
-    parser.add_argument("--scenario", action="append", choices=["ui", "media", "waiting"], default=None)
+    parser.add_argument("--scenario", action="append", choices=["ui", "media", "waiting", "builtin"], default=None)
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -344,6 +517,9 @@ async def main() -> int:
     if "media" in scenarios:
         daemon = await Rtpengine().start()
         config["media"] = {"backend": "rtpengine", "rtpengine": {"daemons": [daemon.address]}}
+    elif "builtin" in scenarios:
+        config["media"] = {"backend": "builtin", "workers": 1, "port_min": 43000, "port_max": 43999}
+        config["registrar"]["algorithms"] = ["MD5"]  # baresip does MD5 only
     server = Server(work / "srv", config, loopback_args(http=True, tls=False))
     (work / "srv").mkdir()
     server.start()
@@ -356,6 +532,8 @@ async def main() -> int:
                     try:
                         if name == "media":
                             await scenario_media(run, server, browser, work)
+                        elif name == "builtin":
+                            await scenario_builtin(run, server, browser, work, tone)
                         elif name == "waiting":
                             await scenario_waiting(run, server, browser)
                         else:

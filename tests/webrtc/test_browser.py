@@ -56,3 +56,17 @@ def test_call_waiting_and_attended_transfer_between_browsers() -> None:
     result = run_scenarios("waiting")
     shots = {Path(p).name for p in result["screenshots"]}  # type: ignore[union-attr]
     assert {"12-call-waiting.png", "13-two-calls.png", "14-consulting.png", "15-transferred.png"} <= shots
+
+
+def test_browser_and_baresip_through_the_builtin_bridge() -> None:
+    """media.backend builtin (the media workers' WebRTC bridge): the browser calls a baresip
+    phone that auto-answers, audio both ways (inbound packets rising; baresip's recording
+    holds the browser's 1000 Hz tone); baresip calls the user number: the browser rings
+    (the hard extension does not), answers, holds, resumes, transfers to a second
+    baresip; a browser whose tab closes, and one whose Chromium is killed (SIGKILL),
+    end their calls on the SIP side within 10 s with the cause in the CDR."""
+    result = run_scenarios("builtin", timeout=280)
+    names = [c["check"] for c in result["checks"]]  # type: ignore[union-attr]
+    assert any("1000 Hz" in n for n in names) and any("killed" in n for n in names)
+    shots = {Path(p).name for p in result["screenshots"]}  # type: ignore[union-attr]
+    assert {"16-connected-via-builtin.png", "17-incoming-builtin.png", "18-on-hold-builtin.png"} <= shots

@@ -853,7 +853,7 @@ class Call:
             self.in_dialog = None
             if self.state is CallState.ANSWERED:
                 self.hangup_side = "caller" if event.reason == "bye" else "system"
-                self.hangup_cause = _cause(event)
+                self.hangup_cause = _cause_after(self.hangup_cause, event)
                 self._bye(self.out_dialog, _reason_of(event))
                 self.out_dialog = None
                 self._finish()
@@ -871,7 +871,7 @@ class Call:
         self.env.leg_ended(self, leg)
         if self.state is CallState.ANSWERED:
             self.hangup_side = "callee" if event.reason == "bye" else "system"
-            self.hangup_cause = _cause(event)
+            self.hangup_cause = _cause_after(self.hangup_cause, event)
             if self.final_status is None:  # gone while its answer was with the media backend
                 self.answered_at = None
                 self.fail(480, "Temporarily Unavailable (callee hung up)")
@@ -992,6 +992,14 @@ def _cause(event: DialogEnded) -> str:
         if reason:
             return f"bye ({reason[:80]})"
     return event.reason
+
+
+def _cause_after(cause: str, event: DialogEnded) -> str:
+    """Our own BYE completing ("bye_sent") keeps the cause `hangup()` gave (it may complete
+    within that call, when the far end's connection is already gone: a closed WebSocket)."""
+    if event.reason == "bye_sent" and cause:
+        return cause
+    return _cause(event)
 
 
 def _reason_of(event: DialogEnded) -> list[tuple[str, str]]:

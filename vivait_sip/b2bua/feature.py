@@ -673,8 +673,9 @@ class B2buaFeature(Feature[B2buaConfig]):
         if isinstance(event, MediaRtpTimeout):
             call = wire.call_of(self.calls.values(), event.call_id) if wire is not None else None
             if call is not None:
-                log.info("event=rtp_timeout call=%s party=%s idle_s=%.0f", call.call_uuid, event.leg, event.idle_s)
-                call.hangup("RTP timeout")
+                cause = event.cause or "RTP timeout"  # a WebRTC party gone says how (ICE consent, DTLS)
+                log.info("event=rtp_timeout call=%s party=%s idle_s=%.0f cause=%r", call.call_uuid, event.leg, event.idle_s, cause)
+                call.hangup(cause)
 
     def find_local(self, key: str) -> Call | None:
         """A call of this worker by its uuid or any of its legs' Call-IDs."""

@@ -217,12 +217,21 @@ class MediaFeature(Feature[MediaConfig]):
 
     async def _start(self) -> None:
         self.host.on_call("media_status", lambda args: self.status())
-        if not self.policy.could_anchor():
+        if not self.policy.could_anchor() and not self._webrtc_needs_media_workers():
             return
         try:
             await self.ensure_backend()
         except MediaError as exc:
             raise StartError(str(exc)) from None
+
+    def _webrtc_needs_media_workers(self) -> bool:
+        """WebRTC ↔ RTP calls are anchored whatever the config says (the first such call
+        starts the backend), but the built-in media workers can only be spawned by SIP
+        worker 0 before the others exist: with several SIP workers and the webfon on,
+        they start at once."""
+        webrtc = getattr(self.host.config, "webrtc", None)
+        return (self.settings.backend == "builtin" and getattr(self.host, "worker_count", 1) > 1 and self.policy.webrtc
+                and bool(getattr(webrtc, "enabled", False)))
 
     def reload(self, config: CoreConfig) -> None:
         settings = self.settings_of(config)

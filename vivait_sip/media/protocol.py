@@ -185,12 +185,15 @@ class MediaReady(MediaEvent):
 @worker_message("media.rtp_timeout")
 @dataclass(frozen=True)
 class MediaRtpTimeout(MediaEvent):
-    """No RTP from the party `tag` for `idle_s`: end the call both ways (CDR cause)."""
+    """No RTP from the party `tag` for `idle_s`: end the call both ways (CDR cause).  A
+    WebRTC party gone (ICE consent lost, DTLS closed) comes the same way, `cause` saying
+    so (None: "RTP timeout")."""
 
     call_id: str
     tag: str | None
     leg: str
     idle_s: float
+    cause: str | None = None
 
 
 @worker_message("media.dtmf")

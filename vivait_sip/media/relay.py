@@ -40,6 +40,13 @@ it really sends from (latched).
   SRTP phone to plain RTP, or the reverse).
 * **Injected sources.**  A `Player` (prompt, music on hold) or a `DtmfSender` (RFC 4733)
   replaces, while it runs, what we forward to one party, 20 ms packets paced by the timer.
+* **WebRTC parties** (UDP/TLS/RTP/SAVPF: ICE, DTLS-SRTP, rtcp-mux) are bridged to plain
+  RTP ones.  ICE and DTLS are not here: the media worker's bridge (webrtc_bridge.py,
+  `Relay.webrtc`) answers the party's STUN checks and runs the DTLS handshake on the
+  stream's port, then hands the relay the SRTP sessions (`webrtc_secure`) and the path
+  (`webrtc_path`).  Until then nothing is forwarded to or from that party.  The SDP
+  towards it gets the bridge's ICE-lite credentials, candidate, fingerprint and DTLS
+  role; the SDP towards a plain party loses every WebRTC attribute.
 
 No payload is decoded on the relay path (telephone-event payloads are read for
 detection: they are four bytes of fields, not audio).  Recording taps see each received
@@ -48,6 +55,7 @@ RTP packet through `Session.tap`.
 
 from __future__ import annotations
 
+import copy
 import heapq
 import itertools
 import math
@@ -56,11 +64,23 @@ import struct
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from ..sip.sdp import SdpError, SessionDescription
+from . import transcode
 from .audio.dtmf import DtmfDetector, event_code, event_packets
-from .sdpinfo import RTP_PROTOS, Addr, StreamInfo, Transport, parse, rewrite, stream_infos
+from .sdpinfo import (
+    RTP_PROTOS,
+    WEBRTC_MEDIA_ATTRIBUTES,
+    WEBRTC_SESSION_ATTRIBUTES,
+    Addr,
+    StreamInfo,
+    Transport,
+    is_dtls_proto,
+    parse,
+    rewrite,
+    stream_infos,
+)
 from .srtp import (
     DEFAULT_SUITE,
     Crypto,
@@ -72,6 +92,23 @@ from .srtp import (
 )
 
 Out = tuple[int, bytes | bytearray, Addr]  # (our local port to send from, datagram, destination)
+
+
+class WebrtcHooks(Protocol):
+    """What the relay asks of the media worker's WebRTC bridge (webrtc_bridge.py)."""
+
+    def attributes(self, stream: Stream, *, offer: bool) -> list[tuple[str, str | None]]:
+        """Our ICE and DTLS attributes for the m= line we send the party of `stream`."""
+        ...
+
+    def remote(self, stream: Stream) -> None:
+        """The party of `stream` sent an SDP (`stream.info`: its ICE and DTLS parameters)."""
+        ...
+
+    def released(self, port: int) -> None:
+        """The stream on `port` is gone (the call ended, the party was replaced)."""
+        ...
+
 # (leg index 0/1, payload type, RTP timestamp, sequence, the packet, arrival time)
 Tap = Callable[[int, int, int, int, bytes, float], None]
 
@@ -156,6 +193,7 @@ class RtpTimeout(RelayEvent):
 
     kind: ClassVar[str] = "rtp_timeout"
     idle_s: float = 0.0
+    cause: str | None = None  # None: "RTP timeout"; a WebRTC party gone says how (bridge)
 
 
 @dataclass(frozen=True)
@@ -449,6 +487,7 @@ class Stream:
         "malformed",
         "max_seq",
         "mux_seen",
+        "not_ready",
         "out",
         "out_crypto",
         "packets_in",
@@ -466,6 +505,8 @@ class Stream:
         "sent_mux",
         "srtp_in",
         "srtp_out",
+        "transcoder",
+        "webrtc",
     )
 
     def __init__(self, leg: Leg, index: int, port: int) -> None:
@@ -505,6 +546,9 @@ class Stream:
         self.srtp_in: Any = None  # pylibsrtp.Session or None
         self.srtp_out: Any = None
         self.auth_failures = 0
+        self.webrtc = False  # a WebRTC party: SRTP keys and path come from the bridge
+        self.not_ready = 0  # its packets dropped before DTLS gave keys
+        self.transcoder: transcode.Transcoder | None = None  # what it sends, into its peer's codec
 
     def _reset_rx(self) -> None:
         self.rx_ssrc: int | None = None
@@ -523,7 +567,9 @@ class Stream:
         self.info_at = now
         self.rates = info.clock_rates
         self.dtmf_pt = info.dtmf_pt
-        if old is not None and old.rtp != info.rtp:
+        if is_dtls_proto(info.proto):
+            self.webrtc = True
+        if old is not None and old.rtp != info.rtp and not self.webrtc:  # (ICE decides a WebRTC path)
             self.latched = self.latched_rtcp = None  # it moved: learn again
         crypto = info.crypto if is_sdes_proto(info.proto) else None
         if crypto != self.in_crypto:
@@ -533,6 +579,9 @@ class Stream:
 
     def _update_dest(self) -> None:
         info = self.info
+        if self.webrtc:  # only where ICE (or authenticated SRTP) says it is
+            self.dest = self.dest_rtcp = self.latched
+            return
         self.dest = self.latched or (info.rtp if info is not None else None)
         if self.uses_mux:
             self.dest_rtcp = self.dest
@@ -600,6 +649,8 @@ class Stream:
             "rtcp_packets": self.rtcp_in,
             "foreign_dropped": self.foreign,
             "srtp": {"in": self.in_crypto.suite if self.in_crypto else None, "out": self.out_crypto.suite if self.out_crypto else None, "auth_failures": self.auth_failures},
+            **({"webrtc": {"secure": self.srtp_in is not None, "not_ready": self.not_ready}} if self.webrtc else {}),
+            **({"transcoded": {"packets": self.transcoder.packets, "dropped": self.transcoder.dropped}} if self.transcoder else {}),
             "malformed": self.malformed,
             "idle_s": round(now - self.last_rx, 3) if self.last_rx else None,
             "playing": self.out.source.name if self.out.source is not None else None,
@@ -719,6 +770,9 @@ class Relay:
         self.closed_received = 0
         self.sessions_total = 0
         self.timeouts = 0
+        # the media worker's WebRTC bridge (ICE, DTLS); None: WebRTC parties are refused
+        self.webrtc: WebrtcHooks | None = None
+        self.webrtc_gone = 0
 
     # ---- commands ----------------------------------------------------------------------
     def offer(
@@ -758,7 +812,10 @@ class Relay:
             leg.other.tag = to_tag
         self._apply(leg, parsed, now)
         session.mux_policy[leg.index] = rtcp_mux
-        return self._rewritten(parsed, leg.other, offer=True, transport=transport, rtcp_mux=rtcp_mux)
+        to_send = parsed
+        if transport is not None and not is_dtls_proto(transport):  # a WebRTC party's Opus-only offer to a phone
+            to_send = transcode.offer_with_g711(parsed, stream_infos(parsed)) or parsed
+        return self._rewritten(to_send, leg.other, offer=True, transport=transport, rtcp_mux=rtcp_mux)
 
     def answer(self, call_id: str, from_tag: str, to_tag: str, sdp: str | bytes, now: float) -> str:
         """The SDP of the party `to_tag` answering `from_tag`'s offer; returns it rewritten
@@ -777,7 +834,33 @@ class Relay:
         self._apply(leg, parsed, now)
         if session.answered_at is None:
             session.answered_at = now
-        return self._rewritten(parsed, leg.other, offer=False)
+        return self._rewritten(self._transcoding(leg, parsed), leg.other, offer=False)
+
+    def _transcoding(self, answerer: Leg, parsed: SessionDescription) -> SessionDescription:
+        """Opus ↔ G.711 where a WebRTC offerer had Opus without G.711 and the phone answered
+        G.711 (transcode.py): each direction's transcoder, and the answer towards the
+        offerer in its Opus.  Otherwise the answer as it is (payloads forwarded)."""
+        offerer = answerer.other
+        out = parsed
+        if offerer.sdp is None:
+            return out
+        for index, stream in enumerate(answerer.streams):
+            if index >= len(offerer.streams) or index >= len(offerer.sdp.media) or index >= len(out.media):
+                break
+            client = offerer.streams[index]
+            if client.info is None or stream.info is None:
+                continue
+            pair = transcode.plan(client.info, offerer.sdp.media[index], stream.info)
+            if pair is None:
+                if client.webrtc:  # its new offer has G.711 again (or no Opus): forward
+                    client.transcoder = stream.transcoder = None
+                continue
+            if client.transcoder is None or stream.transcoder is None:
+                client.transcoder, stream.transcoder = pair
+            if out is parsed:
+                out = copy.deepcopy(parsed)
+            transcode.answer_in_opus(out, index, offerer.sdp.media[index])
+        return out
 
     def replace(self, call_id: str, old_tag: str, new_tag: str, now: float, sdp: str | bytes | None = None, *, transport: str | None = None) -> str:
         """The party `old_tag` is replaced by `new_tag` (a transfer): its leg gets new ports
@@ -905,6 +988,9 @@ class Relay:
             except (SrtpError, ValueError):  # ValueError: longer than libsrtp's buffer
                 stream.auth_failures += 1
                 return None
+        elif stream.webrtc:  # DTLS has given no keys yet
+            stream.not_ready += 1
+            return None
         # latching
         if src != stream.latched:
             if stream.latched is not None and now - stream.last_rx < self.relatch_s:
@@ -965,7 +1051,18 @@ class Relay:
         if out.source is not None:
             out.suppressed += 1
             return None
-        packet = out.forward(data, seq, ts, ssrc, now, stream.rates.get(pt, 8000))
+        if peer.srtp_out is None and peer.webrtc:
+            return None
+        rates = stream.rates
+        transcoder = stream.transcoder
+        if transcoder is not None:  # no codec in common (transcode.py): the packet in the peer's codec
+            converted = transcoder.convert(data)
+            if converted is None:
+                return None
+            data, rates = converted, peer.rates
+            pt = data[1] & 0x7F
+            seq, ts, ssrc = _SEQ_TS_SSRC.unpack_from(data, 2)
+        packet = out.forward(data, seq, ts, ssrc, now, rates.get(pt, 8000))
         if peer.srtp_out is not None:
             try:
                 packet = peer.srtp_out.protect(bytes(packet))
@@ -1021,6 +1118,9 @@ class Relay:
             except (SrtpError, ValueError):  # ValueError: longer than libsrtp's buffer
                 stream.auth_failures += 1
                 return None
+        elif stream.webrtc:
+            stream.not_ready += 1
+            return None
         if on_rtcp_port:
             if src != stream.latched_rtcp:
                 if stream.latched_rtcp is not None and now - stream.last_rx_rtcp < self.relatch_s * 5:
@@ -1039,7 +1139,7 @@ class Relay:
         stream.rtcp_in += 1
         self._read_reports(stream, data)
         peer = stream.peer
-        if peer is None or peer.dest_rtcp is None:
+        if peer is None or peer.dest_rtcp is None or (peer.webrtc and peer.srtp_out is None):
             return None
         out: bytes | bytearray = data
         if not (peer.out.identity and stream.out.identity):
@@ -1099,6 +1199,8 @@ class Relay:
                 if stream.dest is not None:
                     if stream.srtp_out is not None:
                         packet = stream.srtp_out.protect(packet)
+                    elif stream.webrtc:
+                        continue
                     outs.append((stream.port, packet, stream.dest))
             if source.done:
                 if stream.out.source is source:
@@ -1173,6 +1275,7 @@ class Relay:
             "stray": self.stray,
             "players": players,
             "rtp_timeouts": self.timeouts,
+            "webrtc_gone": self.webrtc_gone,
         }
 
     # ---- internals -----------------------------------------------------------------------------
@@ -1232,6 +1335,8 @@ class Relay:
 
     def _release(self, stream: Stream) -> None:
         if stream.port:
+            if stream.webrtc and self.webrtc is not None:
+                self.webrtc.released(stream.port)
             self._by_port.pop(stream.port, None)
             self._by_port.pop(stream.port + 1, None)
             self.ports.release(stream.port)
@@ -1240,6 +1345,8 @@ class Relay:
         leg.sdp = parsed
         for stream, info in zip(leg.streams, stream_infos(parsed), strict=False):
             stream.set_info(info, now)
+            if stream.webrtc and self.webrtc is not None and stream.port:
+                self.webrtc.remote(stream)
             if stream.peer is not None:
                 stream.peer._update_dest()  # rtcp-mux agreement may have changed
 
@@ -1253,6 +1360,7 @@ class Relay:
         infos = stream_infos(parsed)
         transports: list[Transport | None] = []
         muxes: list[bool | None] = []
+        webrtc: dict[int, Stream] = {}  # m= lines going to a WebRTC party
         # in an answer, the flag given with the offer this answers (the facing party's)
         policy = rtcp_mux if offer else facing.session.mux_policy[facing.index]
         for index, media in enumerate(parsed.media):
@@ -1274,8 +1382,19 @@ class Relay:
                 want = transport if transport is not None and transport.upper() in RTP_PROTOS else media.proto
             else:
                 want = stream.info.proto if stream.info is not None else media.proto
+            if is_dtls_proto(want):  # towards a WebRTC party: the bridge's ICE and DTLS
+                if self.webrtc is None:
+                    raise MediaError("bad_request", f"{want} needs the WebRTC bridge, which this relay has not")
+                if not stream.webrtc:
+                    stream.webrtc = True
+                    stream.out_crypto = stream.srtp_out = None
+                    stream._update_dest()
+                transports.append((want, None))
+                webrtc[index] = stream
+                continue
             if not is_sdes_proto(want):
-                stream.out_crypto = stream.srtp_out = None
+                if stream.out_crypto is not None:  # (a WebRTC party's keys are the bridge's)
+                    stream.out_crypto = stream.srtp_out = None
                 transports.append((want, None))
                 continue
             if offer:
@@ -1291,6 +1410,10 @@ class Relay:
                 stream.srtp_out = outbound(crypto)
             transports.append((want, crypto.attribute()))
         out = rewrite(parsed, self.address, ports, transports, muxes)
+        if webrtc or any(a[0] in WEBRTC_SESSION_ATTRIBUTES for a in out.attributes) or any(
+            is_dtls_proto(m.proto) for m in parsed.media
+        ):
+            self._webrtc_sdp(out, webrtc, offer=offer)
         out.origin.username = "-"
         out.origin.session_id = facing.origin_id
         out.origin.session_version = 0
@@ -1300,6 +1423,65 @@ class Relay:
             facing.origin_version += 1
         out.origin.session_version = facing.origin_version
         return out.to_str()
+
+    def _webrtc_sdp(self, out: SessionDescription, webrtc: dict[int, Stream], *, offer: bool) -> None:
+        """Towards a WebRTC party: every m= line we send it carries the bridge's ICE-lite and
+        DTLS attributes, its mid (the party's own in an answer), rtcp-mux and no a=rtcp,
+        all in one BUNDLE group.  Towards a plain party: no WebRTC attribute at all."""
+        out.attributes = [a for a in out.attributes if a[0] not in WEBRTC_SESSION_ATTRIBUTES]
+        mids: list[str] = []
+        for index, media in enumerate(out.media):
+            original = list(media.attributes)
+            media.attributes = [a for a in media.attributes if a[0] not in WEBRTC_MEDIA_ATTRIBUTES]
+            stream = webrtc.get(index)
+            if stream is None or media.port == 0:
+                continue
+            assert self.webrtc is not None
+            if offer:
+                mid = next((v for n, v in original if n == "mid" and v), None) or str(index)
+            else:
+                mid = (stream.info.mid if stream.info is not None else None) or str(index)
+            media.attributes = [a for a in media.attributes if a[0] != "rtcp"]
+            media.attributes.insert(0, ("mid", mid))
+            media.attributes.extend(self.webrtc.attributes(stream, offer=offer))
+            if not any(a[0] == "rtcp-mux" for a in media.attributes):
+                media.attributes.append(("rtcp-mux", None))
+            mids.append(mid)
+        if mids:
+            out.attributes.extend([("ice-lite", None), ("group", "BUNDLE " + " ".join(mids))])
+
+    # ---- the WebRTC bridge's calls ------------------------------------------------------------
+    def stream_at(self, port: int) -> Stream | None:
+        binding = self._by_port.get(port)
+        return binding[0] if binding is not None and not binding[1] else None
+
+    def webrtc_path(self, port: int, addr: Addr) -> None:
+        """ICE chose where the WebRTC party on `port` is (its nominated check's source)."""
+        stream = self.stream_at(port)
+        if stream is not None and stream.latched != addr:
+            stream.latched = addr
+            stream._update_dest()
+
+    def webrtc_secure(self, port: int, srtp_in: Any, srtp_out: Any) -> None:
+        """DTLS is done with the WebRTC party on `port`: its SRTP sessions."""
+        stream = self.stream_at(port)
+        if stream is not None:
+            stream.srtp_in, stream.srtp_out = srtp_in, srtp_out
+
+    def webrtc_lost(self, port: int, cause: str, now: float) -> bool:
+        """The WebRTC party on `port` is gone (consent lost, DTLS closed): one event per
+        session, as for an RTP timeout, with the cause for the CDR."""
+        stream = self.stream_at(port)
+        if stream is None:
+            return False
+        session = stream.leg.session
+        if session.timed_out:
+            return False
+        session.timed_out = True
+        self.webrtc_gone += 1
+        idle = now - stream.last_rx if stream.last_rx else 0.0
+        self._events.append(RtpTimeout(session.call_id, stream.leg.tag, stream.leg.label, idle_s=round(idle, 3), cause=cause))
+        return True
 
     def _audio_stream(self, call_id: str, tag: str) -> Stream:
         session = self._session(call_id)

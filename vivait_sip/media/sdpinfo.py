@@ -25,6 +25,18 @@ ICE_ATTRIBUTES = frozenset(
     ("candidate", "ice-ufrag", "ice-pwd", "ice-options", "ice-lite", "end-of-candidates", "remote-candidates", "ice-mismatch")
 )
 RTP_PROTOS = ("RTP/AVP", "RTP/AVPF", "RTP/SAVP", "RTP/SAVPF", "UDP/TLS/RTP/SAVP", "UDP/TLS/RTP/SAVPF")
+# What only a WebRTC (ICE + DTLS-SRTP + BUNDLE) party understands: dropped from an SDP
+# going to a plain RTP party (the bridge terminates them), and replaced by our own
+# towards a WebRTC party (webrtc_bridge.py writes those).
+WEBRTC_MEDIA_ATTRIBUTES = frozenset(
+    ("fingerprint", "setup", "tls-id", "mid", "msid", "ssrc", "ssrc-group", "extmap", "extmap-allow-mixed", "rtcp-fb", "rtcp-rsize")
+)
+WEBRTC_SESSION_ATTRIBUTES = frozenset(("fingerprint", "setup", "tls-id", "group", "msid-semantic", "extmap-allow-mixed", "ice-lite"))
+
+
+def is_dtls_proto(proto: str) -> bool:
+    """UDP/TLS/RTP/SAVP(F): DTLS-SRTP over ICE, a WebRTC party."""
+    return proto.upper().startswith("UDP/TLS/")
 _UNSPECIFIED = frozenset(("0.0.0.0", "::"))
 
 
@@ -44,6 +56,13 @@ class StreamInfo:
     ptime_ms: int = 20
     rejected: bool = False
     crypto: Crypto | None = None  # its first usable a=crypto line (SDES SRTP)
+    # WebRTC (DTLS-SRTP over ICE): its ICE credentials, certificate fingerprints, DTLS
+    # role (a=setup) and mid, from the m= line or else the session level
+    ice_ufrag: str | None = None
+    ice_pwd: str | None = None
+    fingerprints: list[tuple[str, str]] = field(default_factory=list)
+    setup: str | None = None
+    mid: str | None = None
 
     is_rtp: bool = field(init=False)  # an RTP profile (else forwarded as plain UDP)
 
@@ -112,6 +131,15 @@ def _stream_info(session: SessionDescription, media: MediaDescription) -> Stream
         crypto = parse_crypto(value)
         if crypto is not None:
             break
+    def either(name: str) -> str | None:
+        value = media.attribute(name)
+        return value if value is not None else session.attribute(name)
+
+    prints: list[tuple[str, str]] = []
+    for value in media.attributes_named("fingerprint") or [v for n, v in session.attributes if n == "fingerprint"]:
+        alg, _, digest = (value or "").strip().partition(" ")
+        if alg and digest:
+            prints.append((alg.strip(), digest.strip()))
     return StreamInfo(
         media=media.media,
         proto=media.proto,
@@ -125,6 +153,11 @@ def _stream_info(session: SessionDescription, media: MediaDescription) -> Stream
         ptime_ms=int(ptime) if ptime is not None and 10 <= ptime <= 120 else 20,
         rejected=rejected,
         crypto=crypto,
+        ice_ufrag=either("ice-ufrag"),
+        ice_pwd=either("ice-pwd"),
+        fingerprints=prints,
+        setup=(either("setup") or "").strip().lower() or None,
+        mid=media.attribute("mid"),
     )
 
 

@@ -49,6 +49,9 @@ class BuiltinMediaSettings(_Strict):
     recording: RecordingSettings = Field(default_factory=RecordingSettings)
     # Kernel socket buffers per RTP socket (bytes); 0 leaves the system default.
     socket_buffer: int = Field(default=0, ge=0, le=16 * 1024 * 1024)
+    # A WebRTC party (browser) whose ICE checks (its consent freshness, RFC 7675) stop for
+    # this long is gone: its call ends both ways (0: never; DTLS close still ends it).
+    webrtc_consent_s: float = Field(default=6.0, ge=0, le=300)
 
     @model_validator(mode="after")
     def _range(self) -> BuiltinMediaSettings:

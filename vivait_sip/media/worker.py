@@ -65,6 +65,7 @@ from .relay import (
     Session,
 )
 from .settings import ENV_SPEC, BuiltinMediaSettings, MediaWorkerSpec
+from .webrtc_bridge import WebrtcBridge
 
 log = logging.getLogger("vivait_sip.media.worker")
 
@@ -137,6 +138,10 @@ class MediaWorker:
             self.settings.advertised(), self.pool, rtp_timeout_s=self.settings.rtp_timeout_s,
             relatch_s=self.settings.relatch_s, rtp_hold_timeout_s=self.settings.rtp_hold_timeout_s,
         )
+        # ICE and DTLS of WebRTC parties on the relay's ports (webrtc_bridge.py)
+        self.bridge = WebrtcBridge(self.relay, self._send_from, consent_s=self.settings.webrtc_consent_s)
+        self._bridge_timer: asyncio.TimerHandle | None = None
+        self._bridge_at: float | None = None
         self.prompts = Prompts(self.settings.prompt_dirs, self.settings.moh_classes)
         self.spool, self.archive = self.settings.recording_dirs(spec.data_dir)
         self.recorders: dict[str, CallRecorder] = {}
@@ -163,10 +168,20 @@ class MediaWorker:
             self.loop.remove_reader(sock.fileno())
             sock.close()
 
+    def _send_from(self, port: int, data: bytes, addr: tuple[str, int]) -> None:
+        sock = self.socks.get(port)
+        if sock is not None:
+            try:
+                sock.sendto(data, addr)
+            except OSError:
+                self.send_errors += 1
+
     def _readable(self, sock: socket.socket, port: int) -> None:
         receive = self.relay.receive
         socks = self.socks
         monotonic = time.monotonic
+        webrtc = self.bridge.endpoints
+        bridged = False
         for _ in range(READ_BATCH):
             try:
                 data, addr = sock.recvfrom(2048)
@@ -176,6 +191,14 @@ class MediaWorker:
                 continue  # ICMP errors of earlier sends surface here on Linux
             if len(addr) != 2:
                 addr = addr[:2]
+            if data and data[0] < 128 and port in webrtc:  # STUN or DTLS (RFC 7983): the bridge's
+                bridged = True
+                try:
+                    self.bridge.receive(port, data, addr, monotonic())
+                except Exception:
+                    self.errors += 1
+                    log.exception("event=webrtc_receive_failed port=%d", port)
+                continue
             try:
                 out = receive(port, data, addr, monotonic())
             except Exception:  # a bug must cost one datagram, never the reader
@@ -192,6 +215,31 @@ class MediaWorker:
                         self.send_errors += 1
         if self.relay.has_events:
             self._dispatch_events()
+        if bridged:
+            self._arm_bridge()
+
+    # ---- the bridge's timer (DTLS retransmissions, ICE consent) ---------------------------------
+    def _arm_bridge(self) -> None:
+        deadline = self.bridge.deadline()
+        if deadline == self._bridge_at:
+            return
+        if self._bridge_timer is not None:
+            self._bridge_timer.cancel()
+            self._bridge_timer = None
+        self._bridge_at = deadline
+        if deadline is not None:
+            self._bridge_timer = self.loop.call_later(max(0.0, deadline - time.monotonic()), self._on_bridge_timer)
+
+    def _on_bridge_timer(self) -> None:
+        self._bridge_timer = None
+        self._bridge_at = None
+        try:
+            self.bridge.on_timer(time.monotonic())
+        except Exception:
+            self.errors += 1
+            log.exception("event=webrtc_timer_failed")
+        self._dispatch_events()
+        self._arm_bridge()
 
     # ---- the one timer ---------------------------------------------------------------------
     def _arm(self) -> None:
@@ -257,6 +305,7 @@ class MediaWorker:
         link.send(reply)
         self._dispatch_events()
         self._arm()
+        self._arm_bridge()
 
     async def _reply_when_done(self, link: Link, req: int, pending: asyncio.Future[tuple[Path, float]]) -> None:
         path, seconds = await pending
@@ -388,6 +437,7 @@ class MediaWorker:
             send_errors=self.send_errors,
             errors=self.errors,
             unusable_ports=self.pool.unusable,
+            webrtc=self.bridge.status(),
             commands=self.commands,
             cpu_s=round(usage.ru_utime + usage.ru_stime, 3),
         )
@@ -440,6 +490,8 @@ class MediaWorker:
         self.writer.shutdown(wait=True)  # every recording on disk, closed and moved
         if self._timer is not None:
             self._timer.cancel()
+        if self._bridge_timer is not None:
+            self._bridge_timer.cancel()
         for port in list(self.socks):
             self.remove_socket(port)
 
@@ -455,7 +507,7 @@ def _g711_codecs(session: Session, leg: int) -> dict[int, str]:
 
 def _event_message(event: RelayEvent) -> MediaEvent:
     if isinstance(event, RtpTimeout):
-        return MediaRtpTimeout(call_id=event.call_id, tag=event.tag, leg=event.leg, idle_s=event.idle_s)
+        return MediaRtpTimeout(call_id=event.call_id, tag=event.tag, leg=event.leg, idle_s=event.idle_s, cause=event.cause)
     if isinstance(event, DtmfDetected):
         return MediaDtmf(
             call_id=event.call_id, tag=event.tag, leg=event.leg, digit=event.digit, duration_ms=event.duration_ms, volume=event.volume, ended=event.ended
