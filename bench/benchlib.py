@@ -9,6 +9,7 @@ once-a-second statistics), so the result is CPU per request, per process.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import itertools
 import json
@@ -27,6 +28,26 @@ from typing import Any
 from benchenv import CLK_TCK, ROOT, cpu_ticks, process_tree, python_for_server, rss_kb, sys_ticks
 
 BENCH = ROOT / "bench"
+_CHILDREN: list[subprocess.Popen[bytes]] = []  # stopped by PID if this process is told to stop
+
+
+def _stop_children(*_: object) -> None:
+    for proc in reversed(_CHILDREN):
+        if proc.poll() is None:
+            with contextlib.suppress(OSError):
+                proc.terminate()
+    raise SystemExit(143)
+
+
+for _sig in (signal.SIGTERM, signal.SIGHUP):
+    signal.signal(_sig, _stop_children)
+
+
+def spawn(cmd: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    """Popen, remembered so that SIGTERM/SIGHUP to the benchmark stops it too (by PID)."""
+    proc = subprocess.Popen(cmd, **kwargs)
+    _CHILDREN.append(proc)
+    return proc
 
 
 def free_port(kind: int = socket.SOCK_DGRAM, host: str = "127.0.0.1") -> int:
@@ -128,7 +149,7 @@ class Vivait(ServerBase):
                f"udp:127.0.0.1:{self.port}", "--no-http", "--admin", f"127.0.0.1:{self.admin_port}",
                "--data-dir", str(self.data_dir), "--workers", str(self.workers)]
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
-        self.proc = subprocess.Popen(cmd, stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT, cwd=self.root, env=env)
+        self.proc = spawn(cmd, stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT, cwd=self.root, env=env)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -194,7 +215,7 @@ class Kamailio(ServerBase):
             cmd += ["-l", f"udp:127.0.0.1:{self.port}"]
         for d in self.defines:
             cmd += ["-A", d]
-        self.proc = subprocess.Popen(cmd, stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT)
+        self.proc = spawn(cmd, stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -330,7 +351,9 @@ def run_sipp(cmd: list[str], *, rate: int, count: int, server: ServerBase | None
     drops0 = udp_rcvbuf_errors()
     wall_limit = int(cmd[cmd.index("-timeout") + 1].rstrip("s")) + 30
     out = (work / "sipp.out").open("wb")
-    proc = subprocess.Popen(["timeout", "-k", "5", str(wall_limit), *cmd], cwd=work, stdout=out, stderr=subprocess.STDOUT)
+    # --foreground: SIPp stays in our process group, so it dies with us
+    proc = spawn(["timeout", "--foreground", "-k", "5", str(wall_limit), *cmd], cwd=work, stdout=out,
+                 stderr=subprocess.STDOUT)
     start = time.monotonic()
     server_pids = server.pids() if server else []
     peak = 0
@@ -411,7 +434,7 @@ def start_profile(pid: int, seconds: float, path: Path, native: bool = True) -> 
            "--format", "raw", "--output", str(path)]
     # --native pauses the process for each sample (it cannot read native stacks otherwise)
     cmd += ["--native"] if native else ["--nonblocking"]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return spawn(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def summarize_profile(path: Path, top: int = 25) -> list[str]:
