@@ -410,6 +410,9 @@ def run_sipp(cmd: list[str], *, rate: int, count: int, server: ServerBase | None
         if "window_epochs" in res.extra:
             e0, e1 = res.extra["window_epochs"]
             res.window.done = _done_at(rows, e1) - _done_at(rows, e0)
+    errors = sorted(work.glob("*_errors.log"))
+    if errors and res.ok < res.count:
+        res.extra["errors_head"] = errors[0].read_text(errors="replace")[:3000]
     if own:
         shutil.rmtree(work, ignore_errors=True)
     return res

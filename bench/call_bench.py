@@ -197,6 +197,9 @@ def ladder(args: argparse.Namespace, log: Any, tmp: Path) -> dict[str, int]:
             ok = res.clean(hold_s)
             log(describe(res, server, hold_s) + f" | load {before} -> {loadavg()}"
                 + ("" if "NOT quiet" not in quiet else " LOAD NOT QUIET"))
+            if not ok and args.show_errors and "errors_head" in res.extra:
+                for line in res.extra["errors_head"].splitlines()[: args.show_errors]:
+                    log("#   sipp: " + line)
             time.sleep(3)
             return ok
 
@@ -323,6 +326,8 @@ def main() -> int:
     parser.add_argument("--wait", type=float, default=300)
     parser.add_argument("--profile", type=Path, metavar="DIR", help="cpu: py-spy --native of each vivait-sip process")
     parser.add_argument("--profile-top", type=int, default=40)
+    parser.add_argument("--show-errors", type=int, default=0, metavar="LINES",
+                        help="ladder: print this many lines of SIPp's error log of an unclean step")
     parser.add_argument("--out", type=Path, help="also append the output to this file")
     args = parser.parse_args()
     if args.hold_ms is None:
