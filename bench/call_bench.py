@@ -164,8 +164,13 @@ def describe(res: SippResult, server: ServerBase, hold_s: float) -> str:
         notes.append(f"b2bua answered {b.get('answered', '?')} failed {b.get('failed', '?')} "
                      f"rejected_overload {b.get('rejected_overload', '?')}")
         st = res.extra.get("status", {})
-        if st.get("overload", {}).get("episodes"):
-            notes.append(f"overload episodes {st['overload']['episodes']}")
+        episodes = sum(x.get("overload", {}).get("episodes", 0) for x in st.get("workers", [])) \
+            or st.get("overload", {}).get("episodes", 0)
+        if episodes:
+            notes.append(f"overload episodes {episodes}")
+        shed = st.get("counters", {}).get("overload_rejections", 0)
+        if shed:
+            notes.append(f"503 shed {shed}")
     if res.failures:
         notes.append(res.failures)
     per = " ".join(f"{w.us_per(t):.0f}" for t in w.server_ticks.values()) if isinstance(server, Vivait) else \

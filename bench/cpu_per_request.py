@@ -180,9 +180,15 @@ def main() -> int:
                         notes.append(f"fwd {sum(x.get('forwarded_to_worker', 0) for x in st.get('workers', []))}")
                         notes.append(f"bindings {st.get('registrar', {}).get('bindings', '?')}")
                         notes.append(f"RSS {res.extra['rss_mb']} MB")
-                        overload = st.get("overload", {})
-                        if overload.get("episodes"):
-                            notes.append(f"overload episodes {overload['episodes']}")
+                        episodes = sum(x.get("overload", {}).get("episodes", 0) for x in st.get("workers", [])) \
+                            or st.get("overload", {}).get("episodes", 0)
+                        if episodes:
+                            notes.append(f"overload episodes {episodes}")
+                        shed = st.get("counters", {}).get("overload_rejections", 0)
+                        if shed:
+                            notes.append(f"503 shed {shed}")
+                    if res.failures:
+                        notes.append(res.failures)
                     if "NOT quiet" in quiet:
                         notes.append("LOAD NOT QUIET")
                     name = server.name
