@@ -50,6 +50,11 @@ def spawn(cmd: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
     return proc
 
 
+def slug(spec: str) -> str:
+    """A server spec (vivait:2+nocdr@/tmp/x) as a file name."""
+    return "".join(c if c.isalnum() or c in "-." else "_" for c in spec)
+
+
 def free_port(kind: int = socket.SOCK_DGRAM, host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind((host, 0))

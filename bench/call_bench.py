@@ -48,6 +48,7 @@ from benchlib import (
     free_port,
     run_sipp,
     sipp_cmd,
+    slug,
     spawn,
     start_profile,
     summarize_profile,
@@ -71,12 +72,21 @@ def vivait_call_config(extra_users: int = 0) -> dict[str, Any]:
 
 
 def make_server(spec: str, work: Path) -> ServerBase:
+    """kamailio, or vivait:WORKERS[+nocdr][+pure][@/other/checkout]."""
     if spec == "kamailio":
         return Kamailio(work, BENCH / "kamailio" / "proxy.cfg")
     spec, _, root = spec.partition("@")
+    spec, *flags = spec.split("+")
     workers = int(spec.split(":")[1]) if ":" in spec else 2
+    config = vivait_call_config()
+    if "nocdr" in flags:
+        config["b2bua"]["cdr"] = False
     kwargs: dict[str, Any] = {"root": Path(root)} if root else {}
-    return Vivait(work, vivait_call_config(), workers, **kwargs)
+    if "pure" in flags:
+        kwargs["env"] = {"VIVAIT_SIP_PURE": "1"}
+    server = Vivait(work, config, workers, **kwargs)
+    server.name += "".join(f"+{f}" for f in flags)
+    return server
 
 
 def register_phone(server: ServerBase, port: int, work: Path) -> None:
@@ -140,7 +150,7 @@ def call_step(spec: str, rate: int, seconds: int, hold_ms: int, work: Path, wind
                 if prof is not None:
                     prof.wait()
                     src = work / f"profile-{i}.txt"
-                    dest = profile / f"call-{spec.replace(':', '')}-{rate}-p{i}.txt"
+                    dest = profile / f"call-{slug(spec)}-{rate}-p{i}.txt"
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     if src.exists():
                         src.replace(dest)
@@ -197,7 +207,7 @@ def ladder(args: argparse.Namespace, log: Any, tmp: Path) -> dict[str, int]:
         def step(rate: int, spec: str = spec) -> bool:
             quiet = wait_quiet(args.max_load, args.wait, log)
             before = loadavg()
-            res, server = call_step(spec, rate, args.step_s, args.hold_ms, tmp / f"{spec.replace(':', '')}-{rate}",
+            res, server = call_step(spec, rate, args.step_s, args.hold_ms, tmp / f"{slug(spec)}-{rate}",
                                     (4.0, args.step_s - 2.0))
             ok = res.clean(hold_s)
             log(describe(res, server, hold_s) + f" | load {before} -> {loadavg()}"
@@ -236,7 +246,7 @@ def cpu(args: argparse.Namespace, log: Any, tmp: Path) -> None:
         for spec in args.servers.split(","):
             quiet = wait_quiet(args.max_load, args.wait, log)
             before = loadavg()
-            res, server = call_step(spec, args.rate, args.seconds, args.hold_ms, tmp / f"cpu-{spec.replace(':', '')}-{n}",
+            res, server = call_step(spec, args.rate, args.seconds, args.hold_ms, tmp / f"cpu-{slug(spec)}-{n}",
                                     (args.window[0], args.seconds - args.window[1]), profile=args.profile)
             results.setdefault(spec, []).append(res.window.server_us())
             log(describe(res, server, hold_s) + f" | load {before} -> {loadavg()}"
@@ -260,7 +270,7 @@ def concurrent(args: argparse.Namespace, log: Any, tmp: Path) -> None:
         f"(all up from {calls / ramp:.0f} s to {hold_ms / 1000:.0f} s)")
     for spec in args.servers.split(","):
         quiet = wait_quiet(args.max_load, args.wait, log)
-        work = tmp / f"conc-{spec.replace(':', '')}"
+        work = tmp / f"conc-{slug(spec)}"
         server = make_server(spec, work / "server")
         server.start()
         try:

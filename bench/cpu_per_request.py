@@ -51,6 +51,7 @@ from benchlib import (
     Vivait,
     run_sipp,
     sipp_cmd,
+    slug,
     start_profile,
     summarize_profile,
     users_csv,
@@ -70,9 +71,14 @@ def make_server(spec: str, test: str, work: Path, env: dict[str, str]) -> Server
     if spec == "kamailio":
         return Kamailio(work, kam_cfg, defines=defines)
     spec, _, root = spec.partition("@")
+    spec, *flags = spec.split("+")
     workers = int(spec.split(":")[1]) if ":" in spec else 2
     trusted = ["127.0.0.0/8"] if test == "register" else None
-    return Vivait(work, vivait_config(trusted=trusted), workers, env=env, root=Path(root) if root else ROOT)
+    if "pure" in flags:
+        env = {**env, "VIVAIT_SIP_PURE": "1"}
+    server = Vivait(work, vivait_config(trusted=trusted), workers, env=env, root=Path(root) if root else ROOT)
+    server.name += "".join(f"+{f}" for f in flags)
+    return server
 
 
 def one_run(spec: str, test: str, rate: int, args: argparse.Namespace, work: Path, log) -> tuple[SippResult, ServerBase]:
@@ -164,7 +170,7 @@ def main() -> int:
                 for spec in args.servers.split(","):
                     quiet = wait_quiet(args.max_load, args.wait, log)
                     before = loadavg()
-                    work = Path(tmp) / f"{test}-{spec.replace(':', '').replace('/', '_').replace('@', '_')}-{n}"
+                    work = Path(tmp) / f"{test}-{slug(spec)}-{n}"
                     res, server = one_run(spec, test, rate, args, work, log)
                     after = loadavg()
                     results.setdefault((test, spec), []).append(res)
