@@ -36,7 +36,10 @@ EXTRAS=test ./scripts/install.sh
 # Python (VIVAIT_SIP_PURE=1), the mode every compiled module must also work in; the
 # server tests already start pure servers where it matters (test_invite_flood.py).
 # The whole suite passes pure too: VIVAIT_SIP_PURE=1 .venv/bin/python -m pytest -q
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# Test files run in parallel (pytest-xdist, one file per worker at a time: a file's tests
+# share its servers and port ranges): most of the suite waits on real peers and timers,
+# not on the CPU.  VIVAIT_TEST_JOBS=1 runs it serially.
+.venv/bin/python -m pytest -q -p no:cacheprovider -n "${VIVAIT_TEST_JOBS:-3}" --dist loadfile --durations=20 "$@"
 if [ $# -eq 0 ]; then
     VIVAIT_SIP_PURE=1 .venv/bin/python -m pytest -q -p no:cacheprovider \
         tests/sip \

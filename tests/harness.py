@@ -19,6 +19,13 @@ from typing import Any
 READY_TIMEOUT_S = 20.0
 
 
+def xdist_slot() -> int:
+    """This test process's index among pytest-xdist's workers (0 without xdist): fixed port
+    ranges (media relays, rtpengine) are cut by it so parallel workers never share one."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return int(worker[2:]) if worker[2:].isdigit() else 0
+
+
 def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind((host, 0))

@@ -221,7 +221,9 @@ class Baresip:
         if self.proc.poll() is None:
             try:
                 self.command("quit", timeout=2)
-                self.proc.wait(5)
+                # baresip unregisters before it exits: with the server gone it waits ~5 s
+                # for answers that never come, so a quit is given 1.5 s, then killed
+                self.proc.wait(1.5)
             except (OSError, AssertionError, subprocess.TimeoutExpired):
                 self.proc.kill()
                 self.proc.wait(5)

@@ -14,11 +14,14 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from harness import xdist_slot
+
 from vivait_sip.media.ng import NgClient, NgError
 
 BINARY = shutil.which("rtpengine") or "/usr/bin/rtpengine"
 _ranges = itertools.count()
-PORT_BASE = 23000 + (os.getpid() % 20) * 400  # each test process its own 400 ports (xdist-safe enough)
+# each test process its own 400 ports: by xdist worker, else by pid (suites run side by side)
+PORT_BASE = 23000 + (xdist_slot() if "PYTEST_XDIST_WORKER" in os.environ else os.getpid() % 20) * 400
 
 
 def free_udp_port() -> int:

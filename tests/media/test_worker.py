@@ -42,7 +42,7 @@ from vivait_sip.media.settings import BuiltinMediaSettings
 from vivait_sip.sip.sdp import parse_sdp
 
 LOCAL = "127.0.0.1"
-BASE_PORT = 20000 + (os.getpid() % 190) * 60  # below the ephemeral range (32768-)
+BASE_PORT = 12000 + (os.getpid() % 160) * 60  # below rtpengine_proc's 23000- and the ephemeral range (32768-)
 
 
 class Phone:
