@@ -481,6 +481,24 @@ def test_rfc2543_fallback_matching() -> None:
     assert tx.state is State.CONFIRMED
 
 
+def test_shedding_refuses_new_calls_but_not_what_ends_or_keeps_up_admitted_ones() -> None:
+    layer = TransactionLayer()
+    layer.refuse_new = True  # the core sheds load: its event loop lags
+    invite = request("INVITE", branch="z9hG4bKs1")
+    options = request("OPTIONS", branch="z9hG4bKs2")
+    for refused in (invite, options):
+        layer.receive_request(refused, UDP, 0.0)
+        assert drain(layer) == [Overloaded(refused, UDP)]
+    # a BYE, a re-INVITE or an INFO in a dialog, and a CANCEL, still get their transaction
+    receive_new(layer, request("BYE", branch="z9hG4bKs3", to_tag="b1", cseq=2))
+    receive_new(layer, request("INVITE", branch="z9hG4bKs4", to_tag="b1", cseq=3))
+    receive_new(layer, request("INFO", branch="z9hG4bKs5", to_tag="b1", cseq=4))
+    layer.receive_request(request("CANCEL", branch="z9hG4bKs6"), UDP, 0.0)
+    assert [type(e) for e in drain(layer)] == [CancelReceived]
+    layer.refuse_new = False
+    receive_new(layer, request("INVITE", branch="z9hG4bKs7"))
+
+
 def test_overload_limit() -> None:
     layer = TransactionLayer(max_transactions=2)
     receive_new(layer, request("OPTIONS", branch="z9hG4bK1"))

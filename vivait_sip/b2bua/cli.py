@@ -64,7 +64,7 @@ def add_commands(sub: Any, ctl_sub: Any) -> None:
         "the call's CDR (extra.recording). The call must be anchored. Exit 1 when there is no such call or "
         "it cannot be recorded (not anchored, not being recorded).",
     )
-    record.add_argument("action", choices=["start", "stop"])
+    record.add_argument("action", choices=["start", "stop"], help="start: begin (or report) the recording; stop: close its file")
     record.add_argument("call", help="the call's id (first column of `ctl calls`) or any of its legs' Call-IDs")
     record.add_argument("--json", action="store_true", help="the admin API's JSON answer")
     record.set_defaults(func=cmd_ctl_record)

@@ -24,7 +24,9 @@ Choices worth knowing:
   as if the ACK never came (server, Timer H).  An INVITE client transaction in Proceeding
   has no timer of its own: the TU cancels it (Timer C) when it has waited long enough.
 * The table is bounded (`max_transactions`), and the owner can set `refuse_new` while it
-  sheds load.  A request that would need a new transaction
+  sheds load; shedding spares BYE, CANCEL and requests inside a dialog (a To tag), which
+  end or keep up calls already admitted (refusing them only makes the load last longer).
+  A request that would need a new transaction
   when the table is full yields `Overloaded` and the TU answers 503 + Retry-After with
   `send_stateless`; `send_request` raises `TransactionTableFull`.
 * Completed non-INVITE server transactions on UDP, which only wait out Timer J (64·T1) to
@@ -277,6 +279,15 @@ def build_cancel(invite: Request) -> Request:
     cancel = _hop_request(invite, "CANCEL")
     _copy(cancel, invite, "to")
     return cancel
+
+
+def _sheddable(req: Request, method: str) -> bool:
+    """A new request load shedding may refuse: out of dialog, neither BYE nor CANCEL."""
+    if method == "BYE" or method == "CANCEL":
+        return False
+    to = req.to  # locals: tests/native_shapes.py, property-borrow
+    tag = to.tag
+    return tag is None
 
 
 def _server_key(req: Request, via: Via, method: str) -> TxKey:
@@ -758,7 +769,7 @@ class TransactionLayer:
         if tx is not None:
             tx._on_retransmission()
             return
-        if self.refuse_new or len(self._by_id) - self._lingering_count >= self.max_transactions:
+        if (self.refuse_new and _sheddable(req, method)) or len(self._by_id) - self._lingering_count >= self.max_transactions:
             self._events.append(Overloaded(req, peer))
             return
         tx_id = next(self._ids)
