@@ -29,9 +29,12 @@ def config(workers: int) -> dict[str, object]:
         "sip": {"workers": workers},
         "registrar": {"algorithms": ["MD5"], "users": [
             {"number": "6140", "password": "pw-6140"}, {"number": "6141", "password": "pw-6141", "extension": "5141"},
+            {"number": "6199", "password": "pw-carrier"},  # the credentials of the carrier below
         ]},
         "b2bua": {
-            "trunks": [{"name": "gw", "host": GATEWAY, "port": 5999, "networks": [f"{GATEWAY}/32"], "options_interval_s": 0}],
+            "trunks": [{"name": "gw", "host": GATEWAY, "port": 5999, "networks": [f"{GATEWAY}/32"], "options_interval_s": 0},
+                       {"name": "carrier", "host": "127.0.0.9", "port": 5999, "inbound_user": "6199",
+                        "options_interval_s": 0}],
             "dids": {"913346141": "6141"},
         },
     }
@@ -128,3 +131,33 @@ def test_a_call_to_nobody_registered_is_480_and_recorded(server: Server, tmp_pat
     records = records["calls"] if isinstance(records, dict) else records
     assert sorted(r["disposition"] for r in records) == ["failed", "no_answer"]
     assert {r["user"] for r in records} == {"6140"}  # the authenticated caller
+
+
+def test_a_trunk_recognised_by_its_credentials(server: Server, tmp_path: Path) -> None:
+    """A carrier without a fixed address authenticates (digest, 407) as its inbound_user:
+    its call is the trunk's (routed by DID, no user billed), not that user's."""
+    uas_port, uas = start_uas(tmp_path)
+    register_phone_at(server, "5141", "pw-6141", uas_port)
+    scenario = Path(__file__).parent.parent / "peers" / "sipp" / "b2b_uac_auth.xml"
+    port = server.sip_port("udp")
+    uac = subprocess.run(
+        ["sipp", f"127.0.0.1:{port}", "-sf", str(scenario), "-s", "913346141", "-set", "user", "6199",
+         "-au", "6199", "-ap", "pw-carrier", "-auth_uri", f"913346141@127.0.0.1:{port}",
+         "-i", "127.0.0.1", "-p", str(free_port(socket.SOCK_DGRAM)),
+         "-m", "1", "-d", "300", "-nostdin", "-timeout", "30s", "-timeout_error", "-trace_err"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+    )
+    errors = "".join(p.read_text() for p in tmp_path.glob("*_errors.log"))
+    assert uac.returncode == 0, f"{errors[-3000:]}\n{uac.stdout[-3000:]}"
+    uas.terminate()
+    uas.communicate(timeout=10)
+    deadline = time.monotonic() + 5
+    records: list[dict[str, object]] = []
+    while time.monotonic() < deadline and not records:
+        out = json.loads(ctl(server, "cdr", "--format", "json").stdout)
+        records = out["calls"] if isinstance(out, dict) else out
+        time.sleep(0.2)
+    [record] = records
+    assert record["trunk"] == "carrier" and record["user"] is None  # the trunk's call, no user billed
+    assert record["did"] == "913346141" and record["callee_user"] == "6141"
+    assert record["disposition"] == "answered"

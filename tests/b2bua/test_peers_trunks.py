@@ -126,6 +126,26 @@ def test_a_user_calls_out_with_the_caller_id_and_rewriting(server_tmp: Path, wor
         pri2.stop()
 
 
+def test_a_users_own_caller_id_is_presented_unless_the_rule_sets_one(server_tmp: Path, workers: int) -> None:
+    pri = gateway(server_tmp, "pri", GATEWAY, calls=2)
+    config = base_config(workers, trunks=[trunk("pri", GATEWAY, pri.port)], dialplan=DIALPLAN,
+                         caller_ids={"6140": "+34913346140"})
+    server = start_server(server_tmp / "srv", config)
+    try:
+        call_out(server, server_tmp, "0912345678", "fixed")  # rule "outside": no caller ID of its own
+        call_out(server, server_tmp, "0612345678", "mobile")  # rule "mobile": its caller ID wins
+        assert pri.wait(10) == 0, pri.report()
+        first, second = pri.received("INVITE")
+        for invite, caller_id in ((first, "+34913346140"), (second, RULE_CALLER_ID)):
+            assert (header(invite, "From") or "").startswith(f"<sip:{caller_id}@127.0.0.1>;tag="), invite
+            assert header(invite, "P-Asserted-Identity") == f"<sip:{caller_id}@127.0.0.1>"
+        wait_no_calls(server)
+        assert {r["callee"]: r["caller"] for r in wait_cdrs(server, 2)} == {"0912345678": "6140", "0612345678": "6140"}
+    finally:
+        server.stop()
+        pri.stop()
+
+
 def test_a_trunk_that_stops_answering_options_is_skipped(server_tmp: Path, workers: int) -> None:
     silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # the first gateway: there, but mute
     silent.bind((GATEWAY, free_port(socket.SOCK_DGRAM, GATEWAY)))

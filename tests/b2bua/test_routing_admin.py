@@ -66,10 +66,11 @@ def test_every_mistake_is_reported_at_once_with_its_path() -> None:
             "registrar": USERS,
             "mdflow": {"flows": [FLOW]},
             "b2bua": {
-                "trunks": [{"name": "pri", "host": "10.0.0.5"}, {"name": "pri", "host": "10.0.0.6"}],
+                "trunks": [{"name": "pri", "host": "10.0.0.5"}, {"name": "pri", "host": "10.0.0.6", "inbound_user": "5140"}],
                 "groups": {"ventas": ["6140", "5140", "4005", "ana"]},
                 "dids": {"913346140": "6140", "6141": "6140", "7140": "6140", "915553000": "4000",
                          "915553001": "+34915553001"},
+                "caller_ids": {"6140": "913346140", "5140": "913346141"},
                 "dialplan": [
                     {"name": "outside", "match": {"number": {"prefix": "0"}},
                      "action": {"type": "trunk", "trunks": ["pri", "pri2"]}},
@@ -90,6 +91,8 @@ def test_every_mistake_is_reported_at_once_with_its_path() -> None:
         "b2bua.groups.ventas[1]: 5140 is user 6140's extension; groups list user numbers",
         "b2bua.groups.ventas[2]: 4005 is user 3005's extension; groups list user numbers",
         "b2bua.groups.ventas[3]: 'ana' is not a user number (2 to 15 digits)",
+        "b2bua.trunks[1].inbound_user: 5140 is user 6140's extension; trunks list user numbers",
+        "b2bua.caller_ids.5140: 5140 is user 6140's extension; caller IDs list user numbers",
         "b2bua.dids.6141: 6141 is user 6141's number; as a DID of 6140 it would take that user's calls",
         "b2bua.dids.915553001: '+34915553001' is not a user number (2 to 15 digits)",
         'b2bua.dialplan[0].action.trunks[1]: no trunk named "pri2" (b2bua.trunks[].name)',
@@ -103,6 +106,13 @@ def test_every_mistake_is_reported_at_once_with_its_path() -> None:
     ]
 
 
+def test_a_caller_id_must_be_a_number() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="caller ID 'ventas' of user 6140 must be digits"):
+        config({"registrar": USERS, "b2bua": {"caller_ids": {"6140": "ventas"}}})
+
+
 def test_a_sound_config_has_no_errors() -> None:
     sound = config(
         {
@@ -113,6 +123,7 @@ def test_a_sound_config_has_no_errors() -> None:
                 "groups": {"ventas": ["6140", "3005"]},
                 # Its own user's number or extension may be a DID of that user.
                 "dids": {"913346140": "6140", "5140": "6140", "3000": "3000"},
+                "caller_ids": {"6140": "913346140", "3005": "+34913343005"},
                 "dialplan": [
                     {"name": "inbound", "match": {"source": {"trunks": ["pri"], "groups": ["ventas"]}},
                      "action": {"type": "flow", "flow": "Cen_Inicio_SIP", "then": {"type": "user"},

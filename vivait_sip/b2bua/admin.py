@@ -137,6 +137,15 @@ def check_references(config: CoreConfig) -> list[str]:
             error = _not_a_user(member, f"b2bua.groups.{name}[{j}]", users, "groups")
             if error is not None:
                 errors.append(error)
+    for i, trunk in enumerate(b2bua.trunks):
+        if trunk.inbound_user is not None:
+            error = _not_a_user(trunk.inbound_user, f"b2bua.trunks[{i}].inbound_user", users, "trunks")
+            if error is not None:
+                errors.append(error)
+    for user in b2bua.caller_ids:
+        error = _not_a_user(user, f"b2bua.caller_ids.{user}", users, "caller IDs")
+        if error is not None:
+            errors.append(error)
     for did, number in b2bua.dids.items():
         if not NUMBER_RE.fullmatch(number):
             errors.append(f"b2bua.dids.{did}: {number!r} is not a user number (2 to 15 digits)")

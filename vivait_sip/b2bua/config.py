@@ -3,6 +3,7 @@
 ```json
 "b2bua": {
   "dids": {"913346140": "6140"},
+  "caller_ids": {"6140": "913346140"},
   "groups": {"ventas": ["6140", "6141"]},
   "trunks": [{"name": "pri", "host": "10.0.0.5", "networks": ["10.0.0.5/32"]}],
   "dialplan": [
@@ -30,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 DIGITS_RE = re.compile(r"[0-9*#+]{1,32}")
+CALLER_ID_RE = re.compile(r"\+?[0-9]{2,20}")
 TIME_RANGE_RE = re.compile(r"(?:[01]\d|2[0-3]):[0-5]\d-(?:(?:[01]\d|2[0-3]):[0-5]\d|24:00)")
 
 
@@ -61,6 +63,9 @@ class TrunkConfig(_Strict):
     transport: Literal["udp", "tcp", "tls"] = "udp"
     # Inbound calls from these networks are this trunk's (no digest: trusted by address).
     networks: list[str] = Field(default_factory=list)
+    # Inbound calls authenticated (digest) as this registrar user are this trunk's: a far
+    # end without a fixed address; its credentials are that user's (HA1, bans, nonces).
+    inbound_user: str | None = Field(default=None, pattern=r"^[0-9]{2,15}$")
     auth: TrunkAuth | None = None
     registration: bool = False  # register to the far end and keep it registered (needs auth)
     register_expires_s: int = Field(default=600, ge=60, le=86400)
@@ -271,6 +276,8 @@ class B2buaConfig(_Strict):
 
     dialplan: list[Rule] = Field(default_factory=list)
     dids: dict[str, str] = Field(default_factory=dict)  # DID → user number
+    # user number → the number its calls present on trunks (usually one of its DIDs)
+    caller_ids: dict[str, str] = Field(default_factory=dict)
     groups: dict[str, list[str]] = Field(default_factory=dict)  # group name → user numbers
     trunks: list[TrunkConfig] = Field(default_factory=list)
     max_calls: int = Field(default=10_000, ge=1)  # beyond: 503 + Retry-After
@@ -290,6 +297,16 @@ class B2buaConfig(_Strict):
                 raise ValueError(f"DID {did!r} must be digits")
             if not DIGITS_RE.fullmatch(user):
                 raise ValueError(f"DID {did!r} maps to {user!r}, not a number")
+        return value
+
+    @field_validator("caller_ids")
+    @classmethod
+    def _caller_ids(cls, value: dict[str, str]) -> dict[str, str]:
+        for user, number in value.items():
+            if not DIGITS_RE.fullmatch(user):
+                raise ValueError(f"caller ID key {user!r} must be a user number")
+            if not CALLER_ID_RE.fullmatch(number):
+                raise ValueError(f"caller ID {number!r} of user {user} must be digits, optionally after a +")
         return value
 
 

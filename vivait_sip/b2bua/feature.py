@@ -288,7 +288,11 @@ class B2buaFeature(Feature[B2buaConfig]):
                 return
             user = self.directory.user_of(username) or username
             caller = user
-        else:
+            # a trunk recognised by its credentials: the user it authenticates as is its own
+            trunk = next((t.name for t in settings.trunks if t.inbound_user is not None and t.inbound_user == user), None)
+            if trunk is not None:
+                user = None
+        if trunk is not None:
             trunk_config = next((t for t in settings.trunks if t.name == trunk), None)
             number, private = inbound_identity(req, trunk_config)
             caller = number or "anonymous"
@@ -446,7 +450,8 @@ class B2buaFeature(Feature[B2buaConfig]):
         trunk_configs = {t.name: t for t in self.settings.trunks}
         for route in routes:
             config = trunk_configs.get(route.name)
-            user_caller_id = target.caller_id
+            # the rule's caller ID, else the calling user's own (b2bua.caller_ids), else the trunk's
+            user_caller_id = target.caller_id or (self.settings.caller_ids.get(call.user) if call.user else None)
             from_, headers = outgoing_identity(
                 config, call.caller, _str(call.extra.get("display")), user_caller_id,
                 bool(call.extra.get("private")), route.from_domain,
