@@ -90,6 +90,7 @@ class Pbx:
     redirects: list[list[SipUri]] = field(default_factory=list)
     unowned: list[UaEvent] = field(default_factory=list)
     holds: list[tuple[str, str, bool]] = field(default_factory=list)  # hold_changed: (call, side, held)
+    media_stats: dict[str, dict[str, Any]] = field(default_factory=dict)  # media_released: call -> by party
     _by_request: dict[int, Call] = field(default_factory=dict)
     _by_dialog: dict[int, Call] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -124,6 +125,9 @@ class Pbx:
 
     def hold_changed(self, call: Call, side: str, held: bool) -> None:
         self.holds.append((call.call_uuid, side, held))
+
+    def media_released(self, call: Call, stats: dict[str, Any]) -> None:
+        self.media_stats[call.call_uuid] = stats
 
     def leg_started(self, call: Call, leg: OutLeg) -> None:
         self.started_legs.append(leg)

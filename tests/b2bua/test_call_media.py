@@ -17,7 +17,7 @@ from ua_harness import SDP, SDP_ANSWER, SDP_OFFER, Callee, Net, Node
 
 from vivait_sip.b2bua.call import Call, CallState, LegState
 from vivait_sip.media.anchor import AnchoringPolicy, AnchoringSeam
-from vivait_sip.media.control import Answer, Delete, MediaCommand, MediaReply, Offer
+from vivait_sip.media.control import Answer, Delete, LegStats, MediaCommand, MediaReply, Offer
 from vivait_sip.sip.message import Request, Response
 from vivait_sip.sip.ua import AckReceived, DialogEnded, RequestReceived, ResponseReceived
 
@@ -34,6 +34,7 @@ class FakeBackend:
     def __init__(self) -> None:
         self.requests: list[MediaCommand] = []
         self.fail: set[str] = set()
+        self.tags: list[str] = []  # the parties' tags, in the order the backend met them
 
     async def start(self) -> None:
         return None
@@ -52,6 +53,14 @@ class FakeBackend:
         self.requests.append(msg)
         if msg.command in self.fail:
             return MediaReply.failure(f"fake: {msg.command} refused")
+        if isinstance(msg, Delete):  # what the relay saw of each party it had a tag for
+            legs = tuple(LegStats(tag, packets=50 - i, bytes=8000 - 160 * i, loss=0.0, jitter_ms=1.5,
+                                  address=f"10.0.0.{i + 1}:4000") for i, tag in enumerate(self.tags))
+            return MediaReply("ok", legs=legs, backend=self.name)
+        if isinstance(msg, Offer) and msg.key.from_tag not in self.tags:
+            self.tags.append(msg.key.from_tag)
+        if isinstance(msg, Answer) and msg.key.to_tag is not None and msg.key.to_tag not in self.tags:
+            self.tags.append(msg.key.to_tag)
         if isinstance(msg, (Offer, Answer)):
             port = 30000 + 2 * len(self.requests)
             sdp = re.sub(rb"IN IP4 \S+", f"IN IP4 {RELAY}".encode(), msg.sdp)
@@ -117,6 +126,11 @@ def test_an_anchored_call_gets_rewritten_sdp_both_ways_and_is_deleted_on_hang_up
     (delete,) = backend.of(Delete)
     assert delete.call_id == call.request.call_id
     assert pbx.ended_calls == [call] and seam.active == 0 and seam.status()["deletes"] == 1
+    # the delete's statistics reach the feature by party, for the call's record
+    assert pbx.media_stats[call.call_uuid] == {
+        "caller": {"packets": 50, "bytes": 8000, "errors": 0, "loss": 0.0, "jitter_ms": 1.5, "address": "10.0.0.1:4000"},
+        "callee": {"packets": 49, "bytes": 7840, "errors": 0, "loss": 0.0, "jitter_ms": 1.5, "address": "10.0.0.2:4000"},
+    }
     net.assert_idle()
 
 

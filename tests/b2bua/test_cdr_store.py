@@ -155,3 +155,15 @@ def test_kill_9_loses_no_written_cdr(tmp_path: Path) -> None:
     assert missing == []
     assert all(len(call.legs) == 2 for call in stored.values())  # no call without its legs
     assert store.conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_what_is_learned_after_the_record_is_amended_into_its_extra(tmp_path: Path) -> None:
+    store = Store.open(private_dir(tmp_path / "var"))
+    writer = CdrWriter(store)
+    writer.write(sample_call(extra={"media": "anchored (default)"}))
+    stats = {"caller": {"packets": 250, "loss": 0.0}, "callee": {"packets": 249, "jitter_ms": 1.2}}
+    assert writer.amend("call-1", {"media_stats": stats}) is True
+    assert writer.amend("no-such-call", {"media_stats": stats}) is False
+    [record] = writer.query(T0 - 1, T0 + 1)
+    assert record.extra == {"media": "anchored (default)", "media_stats": stats}  # merged, nothing lost
+    store.close()

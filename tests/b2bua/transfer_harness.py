@@ -15,6 +15,7 @@ import itertools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from call_harness import NodeSip
 from ua_harness import Net, Node
@@ -90,6 +91,7 @@ class TransferPbx:
         self.routed: list[tuple[str, Source]] = []
         self.unowned: list[UaEvent] = []
         self.holds: list[tuple[str, str, bool]] = []
+        self.media_stats: dict[str, dict[str, Any]] = {}
         self._by_request: dict[int, Call] = {}
         self._by_dialog: dict[int, Call] = {}
         self._ids = itertools.count(1)
@@ -130,6 +132,9 @@ class TransferPbx:
 
     def hold_changed(self, call: Call, side: str, held: bool) -> None:
         self.holds.append((call.call_uuid, side, held))
+
+    def media_released(self, call: Call, stats: dict[str, Any]) -> None:
+        self.media_stats[call.call_uuid] = stats
 
     def leg_started(self, call: Call, leg: OutLeg) -> None:
         pass

@@ -86,6 +86,16 @@ def test_an_anchored_call_relays_audio_both_ways_through_the_media_workers(serve
                 break
             time.sleep(0.2)
         assert status["sessions"] == 0  # deleted at the BYE
+        # the session's statistics, known at its deletion, were added to the call's record
+        deadline = time.monotonic() + 5
+        while "media_stats" not in record["extra"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+            [record] = wait_cdrs(server, 1)
+        stats = record["extra"]["media_stats"]
+        assert set(stats) == {"caller", "callee"}, stats
+        for party in stats.values():  # TALK_S of 20 ms packets from each phone
+            assert party["packets"] > 25 * TALK_S and party["bytes"] > 160 * 25 * TALK_S, stats
+            assert str(party["address"]).startswith("127.0.0.1:"), stats
     finally:
         for phone in phones:
             phone.close()

@@ -87,7 +87,7 @@ class MediaSeam(Protocol):
 
     def answer(self, call: Call, leg: str, sdp: bytes) -> bytes | Awaitable[bytes]: ...
 
-    def release(self, call: Call) -> Awaitable[None] | None: ...
+    def release(self, call: Call) -> Awaitable[object] | None: ...
 
 
 class PassThrough:
@@ -152,6 +152,11 @@ class CallEnv(Protocol):
     def hold_changed(self, call: Call, side: str, held: bool) -> None:
         """`side` ("caller"/"callee") put the call on hold (`held`) or took it off: its
         re-INVITE or UPDATE was answered 2xx and relayed (music on hold starts, stops)."""
+        ...
+
+    def media_released(self, call: Call, stats: dict[str, Any]) -> None:
+        """The call's media session was deleted after the call ended: `stats` is what the
+        relay received from each party (packets, loss, jitter), for the call's CDR."""
         ...
 
 
@@ -918,7 +923,12 @@ class Call:
         except Exception:
             release = None
         if release is not None:
-            self.env.await_media(self, release, lambda value, error: None)
+            self.env.await_media(self, release, self._media_released)
+
+    def _media_released(self, stats: Any, error: BaseException | None) -> None:
+        """The session is deleted: what the relay received from each party, for the record."""
+        if error is None and isinstance(stats, dict) and stats:
+            self.env.media_released(self, stats)
 
     # ---- status -----------------------------------------------------------------------------
     @property

@@ -215,6 +215,10 @@ class CdrWriter:
         cutoff = self.clock() - self.retention_days * DAY_S if self.retention_days > 0 else None
         self.store.save_cdr(row, legs, prune_before=cutoff)
 
+    def amend(self, call_uuid: str, extra: dict[str, object]) -> bool:
+        """Add `extra` keys to a call already written (StoreError when it cannot be)."""
+        return self.store.amend_cdr_extra(call_uuid, extra)
+
     def query(
         self,
         since: float,

@@ -513,6 +513,15 @@ class B2buaFeature(Feature[B2buaConfig]):
         if self.wire is not None:
             self.wire.hold_changed(call, side, held)
 
+    def media_released(self, call: Call, stats: dict[str, Any]) -> None:
+        """Added to the call's CDR, written when it ended (`extra.media_stats`)."""
+        if self.cdr_writer is None:
+            return
+        try:
+            self.cdr_writer.amend(call.call_uuid, {"media_stats": stats})
+        except Exception as exc:
+            log.warning("event=cdr_amend_failed call=%s error=%r", call.call_uuid, str(exc))
+
     def bind(self, call: Call, *, request_id: int | None = None, dialog_id: int | None = None) -> None:
         if request_id is not None:
             self._by_request[request_id] = call

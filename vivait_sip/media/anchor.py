@@ -44,6 +44,7 @@ from .control import (
     CallKey,
     Delete,
     Ice,
+    LegStats,
     MediaBackend,
     MediaCommand,
     MediaError,
@@ -266,9 +267,10 @@ class AnchoringSeam:
         session.answered = True
         return self._sdp(session, msg)
 
-    def release(self, call: AnchoredCall) -> Awaitable[None] | None:
+    def release(self, call: AnchoredCall) -> Awaitable[dict[str, dict[str, object]]] | None:
         """The call ended: forget it; delete its backend session when it had one (and no
-        transfer's call took it over or may still)."""
+        transfer's call took it over or may still).  The awaitable gives what the relay
+        received from each party (`party_stats`), for the call's record."""
         session = self._calls.pop(call.call_uuid, None)
         if session is None:
             return None
@@ -408,14 +410,31 @@ class AnchoringSeam:
             raise MediaError(f"media backend {self.backend.name}: {msg.command} answered without SDP")
         return reply.sdp
 
-    async def _delete(self, session: _Session) -> None:
+    async def _delete(self, session: _Session) -> dict[str, dict[str, object]]:
+        """Delete the backend session; what the relay received from each party."""
         self.counters["deletes"] += 1
         reply = await self._request(Delete(session.call_id))
         if not reply.ok:
             log.warning("event=media_delete_failed call_id=%r error=%r", session.call_id, reply.error)
+            return {}
+        return party_stats(reply.legs, session.caller_tag, session.callee_tag)
 
     def status(self) -> dict[str, object]:
         return {"anchored_calls": self.active, **self.counters, "requirements": self.policy.requirements}
+
+
+def party_stats(legs: Iterable[LegStats], caller_tag: str, callee_tag: str) -> dict[str, dict[str, object]]:
+    """A deleted session's statistics by party ("caller", "callee"; another tag as itself:
+    a party a transfer replaced), without the fields the backend did not fill: what a
+    call's record keeps as `extra.media_stats`."""
+    found: dict[str, dict[str, object]] = {}
+    for leg in legs:
+        party = "caller" if leg.tag == caller_tag else "callee" if leg.tag == callee_tag else leg.tag
+        fields = (("packets", leg.packets), ("bytes", leg.bytes), ("errors", leg.errors),
+                  ("packets_lost", leg.packets_lost), ("loss", leg.loss), ("jitter_ms", leg.jitter_ms),
+                  ("address", leg.address))
+        found[party] = {name: value for name, value in fields if value is not None}
+    return found
 
 
 def rule_media_flags(dialplan: Iterable[Any]) -> dict[str, str | None]:

@@ -440,6 +440,24 @@ class Store:
         except sqlite3.Error as exc:  # a duplicate call_uuid, a full disk, a lock held too long
             raise StoreError(f"call {call.call_uuid} not saved: {exc}") from None
 
+    def amend_cdr_extra(self, call_uuid: str, extra: dict[str, object]) -> bool:
+        """Merge `extra` into a stored call's `extra` (what is learned after its record
+        was written: its media session's statistics, known once the session is deleted).
+        False when no such call is stored."""
+        try:
+            with self.conn:
+                row = self.conn.execute("SELECT extra FROM cdr_calls WHERE call_uuid = ?", (call_uuid,)).fetchone()
+                if row is None:
+                    return False
+                merged = {**json.loads(row[0] or "{}"), **extra}
+                self.conn.execute(
+                    "UPDATE cdr_calls SET extra = ? WHERE call_uuid = ?",
+                    (json.dumps(merged, separators=(",", ":"), default=str), call_uuid),
+                )
+        except (sqlite3.Error, ValueError) as exc:
+            raise StoreError(f"call {call_uuid} not amended: {exc}") from None
+        return True
+
     def _delete_cdrs_before(self, cutoff: float, limit: int) -> None:
         gone = [
             (uuid,)
