@@ -1,11 +1,12 @@
-"""Calls anchored in the built-in media backend, between real phones, with one and two SIP
-workers: the media workers are started by SIP worker 0 and reached by every SIP worker over
+"""Calls anchored in the built-in media backend (and, last, in real rtpengine), between
+real phones, with one and two SIP workers: the media workers are started by SIP worker 0 and reached by every SIP worker over
 its own socketpairs (RTP never crosses a SIP process); both phones see the server's media
 address in the SDP, each hears the other's tone through the relay, and the session is gone
 when the call ends."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from audio import analyse
 from baresip_phone import Baresip
 from harness import Server
 from peer_env import active_calls, base_config, ctl, start_server, wait_cdrs, wait_no_calls, workers
+from rtpengine_proc import Rtpengine
 
 __all__ = ["workers"]
 
@@ -96,6 +98,52 @@ def test_an_anchored_call_relays_audio_both_ways_through_the_media_workers(serve
         for party in stats.values():  # TALK_S of 20 ms packets from each phone
             assert party["packets"] > 25 * TALK_S and party["bytes"] > 160 * 25 * TALK_S, stats
             assert str(party["address"]).startswith("127.0.0.1:"), stats
+    finally:
+        for phone in phones:
+            phone.close()
+
+
+@pytest.fixture
+def rtpengine_server(tmp_path: Path, workers: int) -> Iterator[tuple[Server, Rtpengine]]:
+    daemon = asyncio.run(Rtpengine().start())
+    config = base_config(workers)
+    config["media"] = {"backend": "rtpengine", "default": "anchor", "rtpengine": {"daemons": [daemon.address]}}
+    srv = start_server(tmp_path / "srv", config)
+    yield srv, daemon
+    srv.stop()
+    daemon.stop()
+
+
+def test_the_same_call_through_rtpengine(rtpengine_server: tuple[Server, Rtpengine], tmp_path: Path) -> None:
+    """Issue 11: two baresip phones through real rtpengine (userspace) as the backend."""
+    server, daemon = rtpengine_server
+    phones = []
+    try:
+        port = server.sip_port("udp")
+        for name, number, hz in (("alice", "6140", CALLER_HZ), ("bob", "6141", CALLEE_HZ)):
+            account = f"<sip:{number}@127.0.0.1:{port}>;auth_user={number};auth_pass=pw-{number};regint=600"
+            phone = Baresip(tmp_path, name, hz, account=account, auto_answer=True)
+            phones.append(phone)
+            phone.register()
+        alice, bob = phones
+        alice.dial("6141")
+        alice.wait_event("CALL_ESTABLISHED")
+        bob.wait_event("CALL_ESTABLISHED")
+        time.sleep(TALK_S)
+        bob.hangup()
+        alice.wait_event("CALL_CLOSED")
+        wait_no_calls(server)
+        invite_to_bob = bob.sip_received("INVITE")[0]
+        ok_to_alice = next(m for m in alice.sip_received("SIP/2.0 200") if "m=audio" in m)
+        for message in (invite_to_bob, ok_to_alice):  # each phone was given rtpengine's ports
+            ports = media_ports_in(message.replace("\r\n", "\n").split("\n"))
+            assert ports and all(daemon.port_min <= p <= daemon.port_max for p in ports), message
+        heard_by_bob = analyse(bob.recordings()[-1])
+        heard_by_alice = analyse(alice.recordings()[-1])
+        assert heard_by_bob.has_tone(CALLER_HZ), heard_by_bob
+        assert heard_by_alice.has_tone(CALLEE_HZ), heard_by_alice
+        [record] = wait_cdrs(server, 1)
+        assert record["disposition"] == "answered" and record["extra"]["media"] == "anchored (default)"
     finally:
         for phone in phones:
             phone.close()
