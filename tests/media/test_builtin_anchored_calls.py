@@ -44,19 +44,26 @@ def media_ports_in(sdp_lines: list[str]) -> list[int]:
     return [int(line.split()[1]) for line in sdp_lines if line.startswith("m=audio ")]
 
 
+def connect_two_phones(server: Server, tmp_path: Path, phones: list[Baresip]) -> tuple[Baresip, Baresip]:
+    """alice (6140, sending CALLER_HZ) calls bob (6141, CALLEE_HZ, auto-answer): both
+    established.  Each phone goes into `phones` as soon as it runs (the caller closes them)."""
+    port = server.sip_port("udp")
+    for name, number, hz in (("alice", "6140", CALLER_HZ), ("bob", "6141", CALLEE_HZ)):
+        account = f"<sip:{number}@127.0.0.1:{port}>;auth_user={number};auth_pass=pw-{number};regint=600"
+        phone = Baresip(tmp_path, name, hz, account=account, auto_answer=True)
+        phones.append(phone)
+        phone.register()
+    alice, bob = phones
+    alice.dial("6141")
+    alice.wait_event("CALL_ESTABLISHED")
+    bob.wait_event("CALL_ESTABLISHED")
+    return alice, bob
+
+
 def test_an_anchored_call_relays_audio_both_ways_through_the_media_workers(server: Server, tmp_path: Path) -> None:
-    phones = []
+    phones: list[Baresip] = []
     try:
-        port = server.sip_port("udp")
-        for name, number, hz in (("alice", "6140", CALLER_HZ), ("bob", "6141", CALLEE_HZ)):
-            account = f"<sip:{number}@127.0.0.1:{port}>;auth_user={number};auth_pass=pw-{number};regint=600"
-            phone = Baresip(tmp_path, name, hz, account=account, auto_answer=True)
-            phones.append(phone)
-            phone.register()
-        alice, bob = phones
-        alice.dial("6141")
-        alice.wait_event("CALL_ESTABLISHED")
-        bob.wait_event("CALL_ESTABLISHED")
+        alice, bob = connect_two_phones(server, tmp_path, phones)
         [call] = active_calls(server)
         assert call["state"] == "answered"
         status = json.loads(ctl(server, "media", "--json").stdout)
@@ -117,18 +124,9 @@ def rtpengine_server(tmp_path: Path, workers: int) -> Iterator[tuple[Server, Rtp
 def test_the_same_call_through_rtpengine(rtpengine_server: tuple[Server, Rtpengine], tmp_path: Path) -> None:
     """Issue 11: two baresip phones through real rtpengine (userspace) as the backend."""
     server, daemon = rtpengine_server
-    phones = []
+    phones: list[Baresip] = []
     try:
-        port = server.sip_port("udp")
-        for name, number, hz in (("alice", "6140", CALLER_HZ), ("bob", "6141", CALLEE_HZ)):
-            account = f"<sip:{number}@127.0.0.1:{port}>;auth_user={number};auth_pass=pw-{number};regint=600"
-            phone = Baresip(tmp_path, name, hz, account=account, auto_answer=True)
-            phones.append(phone)
-            phone.register()
-        alice, bob = phones
-        alice.dial("6141")
-        alice.wait_event("CALL_ESTABLISHED")
-        bob.wait_event("CALL_ESTABLISHED")
+        alice, bob = connect_two_phones(server, tmp_path, phones)
         time.sleep(TALK_S)
         bob.hangup()
         alice.wait_event("CALL_CLOSED")
