@@ -109,9 +109,7 @@ class SipCore:
         self._draining = False
         # Requests a handler answers without keeping state (no transaction, nothing
         # changed), so a transaction would cost memory for 64*T1 and buy nothing.
-        self.stateless_when: dict[str, Callable[[Request, Peer], bool]] = {
-            "OPTIONS": lambda req, peer: "OPTIONS" not in self.handlers and req.to.tag is None
-        }
+        self.stateless_when: dict[str, Callable[[Request, Peer], bool]] = {"OPTIONS": self._options_stateless}
         self.cluster: Cluster | None = None
         self.ua.set_handler("OPTIONS", "core")  # answered here unless a feature takes it
 
@@ -498,6 +496,12 @@ class SipCore:
             ("Accept", ", ".join(ACCEPTED_TYPES)),
             ("Supported", ", ".join(SUPPORTED_OPTIONS)),
         ]
+
+    def _options_stateless(self, req: Request, peer: Peer) -> bool:
+        """An OPTIONS outside a dialog that no feature took over is answered statelessly."""
+        to = req.to  # locals, not `req.to.tag`: tests/native_shapes.py, property-borrow
+        tag = to.tag
+        return "OPTIONS" not in self.handlers and tag is None
 
     def _options(self, inc: Incoming) -> None:
         uri = inc.request.uri  # a local, not `req.uri.host`: tests/native_shapes.py, property-borrow

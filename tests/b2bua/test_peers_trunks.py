@@ -128,8 +128,9 @@ def test_a_user_calls_out_with_the_caller_id_and_rewriting(server_tmp: Path, wor
 
 def test_a_users_own_caller_id_is_presented_unless_the_rule_sets_one(server_tmp: Path, workers: int) -> None:
     pri = gateway(server_tmp, "pri", GATEWAY, calls=2)
-    config = base_config(workers, trunks=[trunk("pri", GATEWAY, pri.port)], dialplan=DIALPLAN,
-                         caller_ids={"6140": "+34913346140"})
+    # pri2 is the rules' second choice, never used here (pri answers)
+    config = base_config(workers, trunks=[trunk("pri", GATEWAY, pri.port), trunk("pri2", GATEWAY2, pri.port)],
+                         dialplan=DIALPLAN, caller_ids={"6140": "+34913346140"})
     server = start_server(server_tmp / "srv", config)
     try:
         call_out(server, server_tmp, "0912345678", "fixed")  # rule "outside": no caller ID of its own

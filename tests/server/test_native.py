@@ -142,6 +142,10 @@ def serialise(head: str, body: bytes) -> bytes:
     return head.encode() + body                   # bytes-concat
 
 
+def stateless(req: object) -> object:
+    return (lambda r: r.to.tag is None)(req)      # lambda-chain
+
+
 def joined(head: bytes, body: bytes) -> bytes:
     text = "a" + "b"                              # allowed: str
     return b"".join((head, body)) if text else head
@@ -158,8 +162,9 @@ def test_the_checker_catches_each_planted_shape(tmp_path: Path) -> None:
     assert sorted((v.rule, v.line) for v in syntax) == sorted(
         [("attr-clear", n) for n in line_of("# attr-clear")]
         + [("chained-assign", n) for n in line_of("# chained-assign")]
+        + [("lambda-chain", n) for n in line_of("# lambda-chain")]
     )
-    assert len(syntax) == 4
+    assert len(syntax) == 5
     path = tmp_path / "planted_module.py"
     path.write_text(PLANTED)
     typed = typed_violations({"planted_module": (str(path), PLANTED)})
