@@ -194,6 +194,15 @@ class Baresip:
                 found.append(message)
         return found
 
+    def wait_sip_received(self, start: str, timeout: float = 5.0) -> list[str]:
+        """`sip_received`, once at least one such message is in the trace: a phone may
+        report an event before the message that follows it (baresip closes a call it
+        cancels before the 487 arrives)."""
+        deadline = time.monotonic() + timeout
+        while not (found := self.sip_received(start)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return found
+
     def close(self) -> None:
         if self.proc.poll() is None:
             try:

@@ -138,7 +138,7 @@ def test_the_caller_cancels_while_it_rings(server: Server, phones: Phones) -> No
     alice.hangup()  # CANCEL
     alice.wait_event("CALL_CLOSED")
     bob.wait_event("CALL_CLOSED")
-    assert [m.splitlines()[0] for m in alice.sip_received("SIP/2.0 487")] == ["SIP/2.0 487 Request Terminated"]
+    assert [m.splitlines()[0] for m in alice.wait_sip_received("SIP/2.0 487")] == ["SIP/2.0 487 Request Terminated"]
     [cancel] = bob.sip_received("CANCEL")
     assert header(cancel, "Reason") == 'SIP;cause=487;text="Caller cancelled"'
     wait_no_calls(server)
