@@ -20,10 +20,12 @@ import asyncio
 import cProfile
 import gc
 import inspect
+import os
 import pstats
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -31,8 +33,16 @@ parser.add_argument("--count", type=int, default=100_000)
 parser.add_argument("--users", type=int, default=10_000)
 parser.add_argument("--auth", action="store_true", help="401 then an authenticated REGISTER (per registration)")
 parser.add_argument("--profile", action="store_true")
+parser.add_argument("--pace", type=float, default=0.0, metavar="RATE",
+                    help="one REGISTER at a time at RATE/s, the loop asleep in between as in the server "
+                    "(the CPU of the same paced loop without REGISTERs is measured and subtracted)")
 parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[1])
 args = parser.parse_args()
+_root_python = args.root / ".venv" / "bin" / "python"
+if _root_python.exists() and Path(sys.prefix).resolve() != (args.root / ".venv").resolve():
+    # Another checkout's install maps `vivait_sip` to its own tree (an editable install's
+    # import hook wins over sys.path): run this script under that checkout's Python.
+    os.execv(str(_root_python), [str(_root_python), __file__, *sys.argv[1:]])
 sys.path.insert(0, str(args.root))
 
 import vivait_sip.native as native  # noqa: E402
@@ -61,6 +71,21 @@ def register(user: int, n: int, cseq: int = 1, auth: str | None = None) -> bytes
     if auth:
         lines.append(auth)
     return ("\r\n".join([*lines, "Content-Length: 0", "", ""])).encode()
+
+
+async def paced(work: Callable[[int], object], count: int) -> float:
+    """`work(n)` for `count` n at `args.pace` per second, sleeping in the event loop in
+    between (a timer per step, as a datagram's readiness wakes the server); its CPU time."""
+    loop = asyncio.get_running_loop()
+    step = 1 / args.pace
+    c0 = time.process_time()
+    start = loop.time()
+    for i in range(count):
+        work(args.users + i)
+        delay = start + (i + 1) * step - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+    return time.process_time() - c0
 
 
 async def main() -> None:
@@ -110,12 +135,18 @@ async def main() -> None:
         t0, c0 = time.perf_counter(), time.process_time()
         if prof:
             prof.enable()
-        batch = 1000
-        for start in range(args.users, args.users + args.count, batch):
-            for n in range(start, start + batch):
-                one(n)
-            sent.clear()
-            await asyncio.sleep(0)  # let the write-behind flush run, as the server's loop would
+        if args.pace:
+            idle_cpu = await paced(lambda n: None, args.count)
+            c0 = time.process_time()
+            await paced(lambda n: (one(n), sent.clear()), args.count)
+            c0 += idle_cpu  # what the pacing itself cost
+        else:
+            batch = 1000
+            for start in range(args.users, args.users + args.count, batch):
+                for n in range(start, start + batch):
+                    one(n)
+                sent.clear()
+                await asyncio.sleep(0)  # let the write-behind flush run, as the server's loop would
         if prof:
             prof.disable()
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -130,4 +161,10 @@ async def main() -> None:
             await stop
 
 
+try:  # the server's event loop (vivait_sip/cli.py installs uvloop when it is there)
+    import uvloop
+
+    uvloop.install()
+except ImportError:
+    pass
 asyncio.run(main())
