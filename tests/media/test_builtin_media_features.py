@@ -229,6 +229,82 @@ def test_an_announcement_then_rings_its_target(tmp_path: Path, workers: int, pho
         server.stop()
 
 
+SIPP_GW = "127.0.0.7"
+
+
+def late_offer_server(tmp: Path, workers: int) -> Server:
+    trunk = {"name": "gw", "host": SIPP_GW, "port": 5999, "networks": [f"{SIPP_GW}/32"], "options_interval_s": 0}
+    return serve(tmp, workers, media=media_config(), trunks=[trunk], dialplan=[
+        {"name": "closed", "match": {"number": {"exact": "900"}}, "action": {"type": "announcement", "prompt": "test-1k"}},
+    ])
+
+
+def test_a_late_offer_caller_is_offered_the_relays_sdp_answers_in_the_ack_and_hears_the_prompt(
+    tmp_path: Path, workers: int
+) -> None:
+    """SIPp (a gateway) dials 900 with an INVITE without SDP: the 200 carries the relay's
+    offer (G.711 from our placeholder party), SIPp answers in the ACK with PCMU at a port
+    this test listens on, and the prompt (1 kHz) arrives there from the relay's port;
+    then BYE, CDR answered / announcement."""
+    server = late_offer_server(tmp_path, workers)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.settimeout(0.2)
+        rtp_port = listener.getsockname()[1]
+        gw = sipp("gw", tmp_path, "late_offer_uac_answer_in_ack.xml", f"127.0.0.1:{server.sip_port('udp')}",
+                  "-s", "900", "-set", "rtpport", str(rtp_port), "-m", "1", "-timeout", "30s", "-timeout_error",
+                  local=SIPP_GW).start()
+        received: list[tuple[tuple[str, int], bytes]] = []
+        deadline = time.monotonic() + 10
+        try:
+            while time.monotonic() < deadline and gw.proc.poll() is None:
+                try:
+                    data, source = listener.recvfrom(2048)
+                except TimeoutError:
+                    continue
+                received.append((source, data))
+            assert gw.wait(30) == 0, gw.report()
+        finally:
+            gw.stop()
+        audio = [(source, data) for source, data in received if len(data) > 12 and data[1] & 0x7F == 0]
+        assert len(audio) > 25, f"{len(received)} datagrams"  # a second of 20 ms PCMU packets
+        sources = {source for source, _ in audio}
+        assert len(sources) == 1 and all(MEDIA_PORTS[0] <= port <= MEDIA_PORTS[1] for _, port in sources), sources
+        assert tone_share(ulaw_samples([data[12:] for _, data in audio]), A_HZ) > 0.8
+        wait_no_calls(server)
+        [record] = wait_cdrs(server, 1)
+        assert record["disposition"] == "answered" and record["hangup_cause"] == "announcement", record
+        assert record["extra"]["announcement"] == "test-1k"
+        wait_for(lambda: json.loads(ctl(server, "media", "--json").stdout)["sessions"] == 0, 5,
+                 message="the session deleted at the end")
+    finally:
+        listener.close()
+        server.stop()
+
+
+def test_a_late_offer_caller_whose_ack_has_no_answer_is_hung_up(tmp_path: Path, workers: int) -> None:
+    """The same call, but the ACK carries no SDP: nothing can be played (the caller's
+    address and codec are unknown), so the B2BUA hangs up at once with BYE; the CDR says
+    why."""
+    server = late_offer_server(tmp_path, workers)
+    try:
+        gw = sipp("gw", tmp_path, "late_offer_uac_no_answer.xml", f"127.0.0.1:{server.sip_port('udp')}",
+                  "-s", "900", "-m", "1", "-timeout", "20s", "-timeout_error", local=SIPP_GW).start()
+        try:
+            assert gw.wait(20) == 0, gw.report()
+        finally:
+            gw.stop()
+        wait_no_calls(server)
+        [record] = wait_cdrs(server, 1)
+        assert record["hangup_cause"] == "no SDP answer in the ACK" and record["hangup_side"] == "system", record
+        assert record["billable_s"] < 1.0, record
+        wait_for(lambda: json.loads(ctl(server, "media", "--json").stdout)["sessions"] == 0, 5,
+                 message="the session deleted at the end")
+    finally:
+        server.stop()
+
+
 def analyse_tail(phone: Baresip, skip_s: float) -> Any:
     files = phone.received()
     assert files, f"{phone.name} recorded nothing:\n{phone.log()}"
