@@ -286,6 +286,10 @@ class RtpCapture:
 
     def rtp(self) -> list[tuple[float, int, int, int, int, bytes]]:
         """(arrival time, payload type, sequence, timestamp, SSRC, payload) of each RTP packet."""
+        return [packet for _source, packet in self.rtp_with_sources()]
+
+    def rtp_with_sources(self) -> list[tuple[tuple[str, int], tuple[float, int, int, int, int, bytes]]]:
+        """Each RTP packet as in `rtp()`, with the (address, port) it came from."""
         data = self.path.read_bytes()
         if len(data) < 24:
             return []
@@ -294,7 +298,7 @@ class RtpCapture:
         nano = magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
         linktype = struct.unpack(endian + "I", data[20:24])[0]
         offset = 24
-        out: list[tuple[float, int, int, int, int, bytes]] = []
+        out: list[tuple[tuple[str, int], tuple[float, int, int, int, int, bytes]]] = []
         while offset + 16 <= len(data):
             sec, frac, incl, _orig = struct.unpack(endian + "IIII", data[offset:offset + 16])
             frame = data[offset + 16:offset + 16 + incl]
@@ -314,7 +318,8 @@ class RtpCapture:
             if payload_type >= 72 and payload_type <= 76:  # RTCP sent to the RTP port (rtcp-mux)
                 continue
             seq, ts, ssrc = struct.unpack("!HII", rtp[2:12])
-            out.append((when, payload_type, seq, ts, ssrc, rtp[start:]))
+            source = (".".join(str(b) for b in ip[12:16]), struct.unpack("!H", udp[0:2])[0])
+            out.append((source, (when, payload_type, seq, ts, ssrc, rtp[start:])))
         return out
 
 

@@ -1,9 +1,10 @@
-"""The pure parts of b2bua/mediawire.py: the placeholder party's answer of a call the
-B2BUA answers itself, and DTMF read from SIP INFO bodies."""
+"""The pure parts of b2bua/mediawire.py: the placeholder party's answer (and, to a
+late-offer caller, its offer) of a call the B2BUA answers itself, and DTMF read from SIP
+INFO bodies."""
 
 from __future__ import annotations
 
-from vivait_sip.b2bua.mediawire import info_digit, placeholder_answer
+from vivait_sip.b2bua.mediawire import PLACEHOLDER_OFFER, info_digit, placeholder_answer
 from vivait_sip.sip.message import Request
 from vivait_sip.sip.sdp import parse_sdp
 
@@ -25,6 +26,14 @@ def test_the_placeholder_answers_the_first_g711_codec_at_an_unspecified_address(
     assert video.port == 0  # other streams rejected
     assert placeholder_answer(OFFER.replace(b"8 0 101", b"101").replace(b"PCM", b"XXX")) is None
     assert placeholder_answer(b"not sdp") is None
+
+
+def test_the_placeholder_offer_to_a_late_offer_caller_is_g711_at_an_unspecified_address() -> None:
+    parsed = parse_sdp(PLACEHOLDER_OFFER)
+    assert parsed.connection is not None and parsed.connection.address == "0.0.0.0"
+    [audio] = parsed.media
+    assert audio.proto == "RTP/AVP" and audio.formats == ["0", "8", "101"]
+    assert {c.encoding for c in audio.codecs()} == {"PCMU", "PCMA", "telephone-event"}
 
 
 def info(content_type: str, body: bytes) -> Request:

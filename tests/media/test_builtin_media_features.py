@@ -1,6 +1,7 @@
 """The media features of anchored calls with real phones, through the built-in media
 workers, with one and two SIP workers: music on hold, announcements, recording on demand,
-DTMF, the RTP timeout, transfers (docs/media.md, "The SIP side").
+DTMF, the RTP timeout, transfers (docs/media.md, "The SIP side"); the transfers also
+through the real rtpengine daemon (`ReplaceParty` over NG).
 
 baresip phones register as users and call each other; each sends its own tone and
 records what it receives.  Where a phone's own recording cannot show what it receives
@@ -39,6 +40,7 @@ from peer_env import (
     workers,
 )
 from peer_phones import Baresip, RtpCapture, read_growing, rms_dbfs, tone_share, ulaw_samples
+from rtpengine_proc import Rtpengine
 
 from vivait_sip.store import Store
 
@@ -223,6 +225,82 @@ def test_an_announcement_then_rings_its_target(tmp_path: Path, workers: int, pho
         assert second["callee"] == USERS["B"] and second["hangup_side"] == "caller"
         status = json.loads(ctl(server, "media", "--json").stdout)
         assert status["sessions"] == 0
+    finally:
+        server.stop()
+
+
+SIPP_GW = "127.0.0.7"
+
+
+def late_offer_server(tmp: Path, workers: int) -> Server:
+    trunk = {"name": "gw", "host": SIPP_GW, "port": 5999, "networks": [f"{SIPP_GW}/32"], "options_interval_s": 0}
+    return serve(tmp, workers, media=media_config(), trunks=[trunk], dialplan=[
+        {"name": "closed", "match": {"number": {"exact": "900"}}, "action": {"type": "announcement", "prompt": "test-1k"}},
+    ])
+
+
+def test_a_late_offer_caller_is_offered_the_relays_sdp_answers_in_the_ack_and_hears_the_prompt(
+    tmp_path: Path, workers: int
+) -> None:
+    """SIPp (a gateway) dials 900 with an INVITE without SDP: the 200 carries the relay's
+    offer (G.711 from our placeholder party), SIPp answers in the ACK with PCMU at a port
+    this test listens on, and the prompt (1 kHz) arrives there from the relay's port;
+    then BYE, CDR answered / announcement."""
+    server = late_offer_server(tmp_path, workers)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.settimeout(0.2)
+        rtp_port = listener.getsockname()[1]
+        gw = sipp("gw", tmp_path, "late_offer_uac_answer_in_ack.xml", f"127.0.0.1:{server.sip_port('udp')}",
+                  "-s", "900", "-set", "rtpport", str(rtp_port), "-m", "1", "-timeout", "30s", "-timeout_error",
+                  local=SIPP_GW).start()
+        received: list[tuple[tuple[str, int], bytes]] = []
+        deadline = time.monotonic() + 10
+        try:
+            while time.monotonic() < deadline and gw.proc.poll() is None:
+                try:
+                    data, source = listener.recvfrom(2048)
+                except TimeoutError:
+                    continue
+                received.append((source, data))
+            assert gw.wait(30) == 0, gw.report()
+        finally:
+            gw.stop()
+        audio = [(source, data) for source, data in received if len(data) > 12 and data[1] & 0x7F == 0]
+        assert len(audio) > 25, f"{len(received)} datagrams"  # a second of 20 ms PCMU packets
+        sources = {source for source, _ in audio}
+        assert len(sources) == 1 and all(MEDIA_PORTS[0] <= port <= MEDIA_PORTS[1] for _, port in sources), sources
+        assert tone_share(ulaw_samples([data[12:] for _, data in audio]), A_HZ) > 0.8
+        wait_no_calls(server)
+        [record] = wait_cdrs(server, 1)
+        assert record["disposition"] == "answered" and record["hangup_cause"] == "announcement", record
+        assert record["extra"]["announcement"] == "test-1k"
+        wait_for(lambda: json.loads(ctl(server, "media", "--json").stdout)["sessions"] == 0, 5,
+                 message="the session deleted at the end")
+    finally:
+        listener.close()
+        server.stop()
+
+
+def test_a_late_offer_caller_whose_ack_has_no_answer_is_hung_up(tmp_path: Path, workers: int) -> None:
+    """The same call, but the ACK carries no SDP: nothing can be played (the caller's
+    address and codec are unknown), so the B2BUA hangs up at once with BYE; the CDR says
+    why."""
+    server = late_offer_server(tmp_path, workers)
+    try:
+        gw = sipp("gw", tmp_path, "late_offer_uac_no_answer.xml", f"127.0.0.1:{server.sip_port('udp')}",
+                  "-s", "900", "-m", "1", "-timeout", "20s", "-timeout_error", local=SIPP_GW).start()
+        try:
+            assert gw.wait(20) == 0, gw.report()
+        finally:
+            gw.stop()
+        wait_no_calls(server)
+        [record] = wait_cdrs(server, 1)
+        assert record["hangup_cause"] == "no SDP answer in the ACK" and record["hangup_side"] == "system", record
+        assert record["billable_s"] < 1.0, record
+        wait_for(lambda: json.loads(ctl(server, "media", "--json").stdout)["sessions"] == 0, 5,
+                 message="the session deleted at the end")
     finally:
         server.stop()
 
@@ -423,12 +501,31 @@ def continuity(packets: list[tuple[float, int, int, int, int, bytes]]) -> tuple[
     return {p[4] for p in audio}, max(steps, default=0), back
 
 
-def test_a_blind_transfer_of_an_anchored_call(tmp_path: Path, workers: int, phones_for: Any) -> None:
+@pytest.fixture(params=["builtin", "rtpengine"])
+def transfer_media(request: pytest.FixtureRequest) -> Iterator[tuple[dict[str, Any], Rtpengine | None]]:
+    """The media config of a transfer test: the built-in backend, or a real rtpengine
+    daemon (userspace) started for the test."""
+    if request.param == "builtin":
+        yield media_config(default="anchor"), None
+        return
+    import asyncio
+
+    daemon = asyncio.run(Rtpengine().start())
+    try:
+        yield {"backend": "rtpengine", "default": "anchor", "rtpengine": {"daemons": [daemon.address]}}, daemon
+    finally:
+        daemon.stop()
+
+
+def test_a_blind_transfer_of_an_anchored_call(tmp_path: Path, workers: int, phones_for: Any,
+                                              transfer_media: tuple[dict[str, Any], Rtpengine | None]) -> None:
     """A and B anchored; B transfers A to C (REFER, baresip's `transfer`).  C takes B's place in
-    the relay session: A keeps its ports and receives one continuous stream (one SSRC,
-    sequence +1, timestamps forward: nothing a phone would reject), A hears C and C hears
-    A; the session is gone at the end."""
-    server = serve(tmp_path, workers, media=media_config(default="anchor"))
+    the relay session: A keeps its ports and receives one continuous stream (built-in: one
+    SSRC, sequence +1, timestamps forward: nothing a phone would reject; rtpengine: the
+    same rtpengine port sends A first B's stream, then C's, with C's own SSRC), A hears C
+    and C hears A; the session is gone at the end."""
+    media, daemon = transfer_media
+    server = serve(tmp_path, workers, media=media)
     phones = phones_for(tmp_path, server)
     try:
         a, b, c = phones.add("A", A_HZ), phones.add("B", B_HZ), phones.add("C", C_HZ)
@@ -447,8 +544,22 @@ def test_a_blind_transfer_of_an_anchored_call(tmp_path: Path, workers: int, phon
             capture.stop()
         assert heard(a, C_HZ) > 0.8, heard(a, C_HZ)
         assert heard(c, A_HZ) > 0.8, heard(c, A_HZ)
-        ssrcs, step, back = continuity(capture.rtp())
-        assert len(ssrcs) == 1 and step <= 2 and back == 0, (ssrcs, step, back)
+        if daemon is None:
+            ssrcs, step, back = continuity(capture.rtp())
+            assert len(ssrcs) == 1 and step <= 2 and back == 0, (ssrcs, step, back)
+        else:
+            # every packet reaching A came from one rtpengine port, before and after the
+            # transfer (A kept its port: rtpengine sends from the port A sends to), first
+            # with B's SSRC, last with C's (rtpengine passes SSRCs through)
+            packets = [(source, p) for source, p in capture.rtp_with_sources() if p[1] == 0]
+            sources = {source for source, _ in packets}
+            assert len(sources) == 1, sources
+            [(host, port)] = sources
+            assert host == "127.0.0.1" and daemon.port_min <= port <= daemon.port_max, sources
+            first_ssrc, last_ssrc = packets[0][1][4], packets[-1][1][4]
+            assert first_ssrc != last_ssrc, (first_ssrc, last_ssrc)
+            after = [p for _, p in packets if p[4] == last_ssrc]
+            assert len(after) > 100 and tone_share(ulaw_samples([p[5] for p in after[-75:]]), C_HZ) > 0.8
         [active] = active_calls(server)
         assert active["state"] == "answered" and active["linked_to"]
         status = json.loads(ctl(server, "media", "--json").stdout)
@@ -481,13 +592,16 @@ def salt_for_workers(count: int) -> str:
     raise AssertionError("no salt")
 
 
-def test_an_attended_transfer_of_anchored_calls_driven_by_sipp(tmp_path: Path, workers: int, phones_for: Any) -> None:
+def test_an_attended_transfer_of_anchored_calls_driven_by_sipp(
+    tmp_path: Path, workers: int, phones_for: Any, transfer_media: tuple[dict[str, Any], Rtpengine | None]
+) -> None:
     """SIPp is B (a trusted peer calling as 6141): it calls A, then C, then REFERs A to C
-    with Replaces naming the consultation call.  Both calls are anchored: C takes B's place
-    in A's relay session (C is re-INVITEd onto it), the consultation's session is deleted,
-    and A and C hear each other."""
+    with Replaces naming the consultation call.  Both calls are anchored (built-in media
+    workers or rtpengine): C takes B's place in A's relay session (C is re-INVITEd onto
+    it), the consultation's session is deleted, and A and C hear each other."""
+    media, _daemon = transfer_media
     trunk = {"name": "pbx-b", "host": SIPP_B, "port": 5999, "networks": [f"{SIPP_B}/32"], "options_interval_s": 0}
-    server = serve(tmp_path, workers, media=media_config(default="anchor"), trunks=[trunk])
+    server = serve(tmp_path, workers, media=media, trunks=[trunk])
     phones = phones_for(tmp_path, server)
     try:
         a, c = phones.add("A", A_HZ), phones.add("C", C_HZ)

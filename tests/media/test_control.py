@@ -23,13 +23,14 @@ from vivait_sip.media.control import (
     PlayMedia,
     Query,
     Replace,
+    ReplaceParty,
     RtcpMux,
     StartRecording,
     StopMedia,
     StopRecording,
     TransportProtocol,
 )
-from vivait_sip.media.ng import bdecode, bencode, from_ng, to_ng
+from vivait_sip.media.ng import bdecode, bencode, from_ng, replace_party_to_ng, to_ng
 
 SDP = b"v=0\r\no=a 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
 KEY = CallKey("abc@host", "ft1", "tt1")
@@ -75,6 +76,30 @@ def test_every_command_maps_to_its_ng_dictionary() -> None:
         "code": "#", "duration": 100, "volume": 10,
     }
     assert to_ng(Ping()) == {"command": "ping"}
+
+
+def test_replace_party_maps_to_an_offer_between_new_and_kept_party_then_the_old_branchs_delete() -> None:
+    """rtpengine has no "replace party": the new party offers to the kept one (a new
+    monologue, as for a branched answer) with port-latching (the kept party keeps its
+    ports), then the old party's branch is deleted at once."""
+    flags = MediaFlags(replace=(Replace.ORIGIN,), ice=Ice.REMOVE)
+    offer, delete = replace_party_to_ng(ReplaceParty("abc@host", "old", "new", SDP, flags, "kept"), "kept")
+    assert offer == {
+        "command": "offer", "call-id": "abc@host", "from-tag": "new", "to-tag": "kept", "sdp": SDP,
+        "ICE": "remove", "replace": ["origin"], "flags": ["symmetric", "port-latching"],
+    }
+    assert delete == {"command": "delete", "call-id": "abc@host", "from-tag": "old", "delete-delay": 0}
+    # without the new party's SDP: the kept party's last SDP is offered to the new party
+    kept_sdp = SDP.replace(b"4000", b"5000")
+    offer, delete = replace_party_to_ng(ReplaceParty("abc@host", "old", "new", None, flags, "kept"), "kept", kept_sdp)
+    assert (offer["from-tag"], offer["to-tag"], offer["sdp"]) == ("kept", "new", kept_sdp)
+    assert offer["flags"] == ["symmetric", "port-latching"] and delete["from-tag"] == "old"
+    with pytest.raises(ValueError, match="no SDP of the kept party"):
+        replace_party_to_ng(ReplaceParty("abc@host", "old", "new"), "kept")
+    with pytest.raises(TypeError, match="two NG messages"):
+        to_ng(ReplaceParty("abc@host", "old", "new"))
+    with pytest.raises(ValueError, match="must differ"):
+        ReplaceParty("abc@host", "old", "new", kept_tag="old")
 
 
 @pytest.mark.parametrize(

@@ -24,8 +24,9 @@ from vivait_sip.media.control import (
     Ping,
     PlayDtmf,
     Query,
+    ReplaceParty,
 )
-from vivait_sip.media.ng import NgClient, NgError, RtpengineBackend, bencode, parse_daemon
+from vivait_sip.media.ng import NgClient, NgError, RtpengineBackend, bdecode, bencode, parse_daemon
 
 SDP = b"v=0\r\no=a 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
 
@@ -274,5 +275,36 @@ async def test_a_delete_racing_the_first_offer_waits_for_it() -> None:
     deleted = await backend.request(Delete("race"))
     assert (await placing).ok and deleted.ok and deleted.warning is None
     assert [c for c in daemon.commands() if c != "ping"] == ["offer", "offer", "delete"] and backend.sessions == 0
+    await backend.stop()
+    daemon.close()
+
+
+async def test_replace_party_is_an_offer_then_the_old_branchs_delete_and_later_sdp_keeps_the_ports() -> None:
+    daemon = await FakeDaemon.start()
+    backend = backend_for(daemon)
+    await backend.start()
+    assert (await backend.request(Offer(CallKey("x", "a"), SDP))).ok
+    assert (await backend.request(Answer(CallKey("x", "a", "b"), SDP.replace(b"4000", b"4002")))).ok
+    # the kept party offers next (no SDP from the new party): its last SDP is offered to the new one
+    replaced = await backend.request(ReplaceParty("x", "b", "c", None, kept_tag="a"))
+    assert replaced.ok and replaced.sdp
+    sent = [bdecode(data.partition(b" ")[2]) for _, data in daemon.received]
+    offer, delete = [m for m in sent if isinstance(m, dict) and m["command"] in (b"offer", b"delete")][-2:]
+    assert isinstance(offer, dict) and isinstance(delete, dict)
+    assert (offer["from-tag"], offer["to-tag"], offer["sdp"]) == (b"a", b"c", SDP)
+    assert b"port-latching" in offer["flags"]  # type: ignore[operator]
+    assert (delete["from-tag"], delete["delete-delay"]) == (b"b", 0)
+    # later offers and answers of the call keep the kept party's ports too
+    assert (await backend.request(Answer(CallKey("x", "a", "c"), SDP))).ok
+    last = bdecode(daemon.received[-1][1].partition(b" ")[2])
+    assert isinstance(last, dict) and b"port-latching" in last["flags"]  # type: ignore[operator]
+    # without kept_tag the backend finds the one other party it knows
+    assert (await backend.request(ReplaceParty("x", "c", "d", SDP))).ok
+    last_offer = [m for m in (bdecode(d.partition(b" ")[2]) for _, d in daemon.received)
+                  if isinstance(m, dict) and m["command"] == b"offer"][-1]
+    assert isinstance(last_offer, dict) and (last_offer["from-tag"], last_offer["to-tag"]) == (b"d", b"a")
+    unknown = await backend.request(ReplaceParty("nobody", "b", "c", SDP, kept_tag="a"))
+    assert not unknown.ok and "no media session for call nobody" in (unknown.error or "")
+    assert (await backend.request(Delete("x"))).ok and backend.sessions == 0
     await backend.stop()
     daemon.close()

@@ -276,3 +276,66 @@ async def test_the_anchoring_seam_over_real_rtpengine_with_a_hold_reinvite(daemo
     assert backend.sessions == 0 and seam.active == 0
     pair.close()
     await backend.stop()
+
+
+async def drain(phone: Phone) -> None:
+    while not phone.queue.empty():
+        phone.queue.get_nowait()
+
+
+@pytest.mark.parametrize("offerer", ["new party", "kept party"])
+async def test_a_transfer_replaces_a_party_on_real_rtpengine_and_the_kept_party_keeps_its_ports(
+    daemon: Rtpengine, offerer: str
+) -> None:
+    """The seam's `transfer` on the real daemon: alice (kept) talks to bob, then carol
+    takes bob's place (`ReplaceParty`: an offer between carol's new tag and alice's,
+    port-latching, then bob's branch deleted).  Alice's port on rtpengine does not change,
+    carol's RTP reaches alice from it, and bob's does not any more.  "new party": carol's
+    2xx offer (a blind transfer's target); "kept party": alice offers (a late-offer
+    INVITE with Replaces)."""
+    backend = await backend_for(daemon)
+    seam = AnchoringSeam(backend, AnchoringPolicy(rules={"anchored": "anchor"}), timeout_s=5)
+    old = _SeamCall("xfer-1@test", "alice-from-tag")
+    alice, bob, carol = await Phone.open("127.0.0.2"), await Phone.open("127.0.0.3"), await Phone.open("127.0.0.4")
+    to_bob = await seam.offer(old, "callee", alice.sdp("alice"))  # type: ignore[misc]
+    to_alice = await seam.answer(old, "caller", bob.sdp("bob"))  # type: ignore[misc]
+    pair = AnchoredCall("xfer-1@test", alice, bob, to_alice=media_of(to_alice), to_bob=media_of(to_bob))
+    await exchange(pair, 3)
+
+    new = _SeamCall("xfer-2@test", "unused")
+    assert seam.transfer(new, old, kept="caller", kept_as="caller")  # type: ignore[arg-type]
+    if offerer == "new party":
+        offer_to_alice = await seam.offer(new, "caller", carol.sdp("carol"))  # type: ignore[misc]
+        answer_to_carol = await seam.answer(new, "callee", alice.sdp("alice"))  # type: ignore[misc]
+        to_carol = media_of(answer_to_carol)
+    else:
+        offer_to_carol = await seam.offer(new, "callee", alice.sdp("alice"))  # type: ignore[misc]
+        offer_to_alice = await seam.answer(new, "caller", carol.sdp("carol"))  # type: ignore[misc]
+        to_carol = media_of(offer_to_carol)
+    assert media_of(offer_to_alice) == pair.to_alice  # alice keeps talking to the same port
+    assert daemon.port_min <= to_carol[1] <= daemon.port_max and to_carol not in (pair.to_alice, pair.to_bob)
+    assert seam.taken_over(old) and seam.replaced(new)
+    await drain(alice)
+    for seq in range(5):
+        carol.send(rtp(seq, 0xCA201), to_carol)
+        data, source = await alice.receive()
+        assert data[8:12] == struct.pack("!I", 0xCA201) and source == pair.to_alice  # from alice's own port
+        alice.send(rtp(100 + seq, 0xA11CE), pair.to_alice)
+        data, _ = await carol.receive()
+        assert data[8:12] == struct.pack("!I", 0xA11CE)
+    bob.send(rtp(50, 0xB0B), pair.to_bob)  # bob's branch is gone: nothing of his reaches alice
+    with pytest.raises(asyncio.TimeoutError):
+        while True:
+            data, _ = await alice.receive(timeout=0.3)
+            assert data[8:12] != struct.pack("!I", 0xB0B)
+    queried = await backend.request(Query("xfer-1@test"))
+    packets = {leg.tag: leg.packets for leg in queried.legs}
+    assert packets["alice-from-tag"] >= 8 and packets[seam.tag_of(new, "callee") or ""] == 5, packets  # type: ignore[arg-type]
+    assert seam.release(old) is None  # taken over: the transfer's call deletes the session
+    release = seam.release(new)
+    assert release is not None
+    await release  # (rtpengine 10.5 answers a whole call's delete without statistics)
+    assert backend.sessions == 0
+    pair.close()
+    carol.close()
+    await backend.stop()

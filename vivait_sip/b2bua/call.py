@@ -282,6 +282,7 @@ class Call:
         self._best_from_callee = False  # ...a final response a callee sent (not our timeout)
         self.extra: dict[str, object] = {}
         self.transfer: TransferHook | None = None
+        self._here_ack: Callable[[], None] | None = None  # answered here with our offer: done() once the ACK's answer is in
         env.bind(self, request_id=request_id)
 
     # ---- inputs from the feature ------------------------------------------------------------
@@ -324,11 +325,17 @@ class Call:
         `sdp` (the answer of a party of ours, a placeholder the relay sends nothing to)
         cross the media seam in order, and the caller gets 200 with what the seam made of
         it; `done()` once it is answered.  No callee leg: an in-dialog INFO gets 200, a
-        re-INVITE or UPDATE 491.  A failed media step answers 503."""
+        re-INVITE or UPDATE 491.  A failed media step answers 503.
+
+        A caller that sent no offer (late offer): `sdp` is then our party's *offer*; the
+        caller gets the relay's offer in the 200, its answer comes in the ACK and crosses
+        the seam, then `done()`.  An ACK without SDP (or an answer the seam refuses) hangs
+        the call up (BYE, cause "no SDP answer in the ACK" / "media failure")."""
         if self.state not in (CallState.ROUTING, CallState.QUEUED) or self.cancelled or self.final_status is not None:
             return
         self.state = CallState.RINGING  # a CANCEL, an admin hang-up, a BYE... as while ringing
         content_type = self.request.headers.get("content-type") or "application/sdp"
+        late = self.late_offer
 
         def answered(body: bytes) -> None:
             if self.state is not CallState.RINGING or self.final_status is not None:
@@ -344,12 +351,31 @@ class Call:
             if dialog != self.in_dialog:
                 self.in_dialog = dialog
                 self.env.bind(self, dialog_id=dialog)
-            done()
+            if late:
+                self._here_ack = done
+            else:
+                done()
 
+        if late:
+            content_type = "application/sdp"
+            self._media("offer", "caller", sdp, answered, self._media_failed)
+            return
         self._media(
             "offer", "callee", self.request.body,
             lambda _: self._media("answer", "caller", sdp, answered, self._media_failed), self._media_failed,
         )
+
+    def _here_answer(self, body: bytes, done: Callable[[], None]) -> None:
+        """The ACK of a late-offer call we answered ourselves: its SDP answers our offer."""
+        if not body:
+            self.hangup("no SDP answer in the ACK")
+            return
+
+        def failed(why: str) -> None:
+            if self.state is not CallState.ENDED:
+                self.hangup("media failure")
+
+        self._media("answer", "callee", body, lambda _: done(), failed)
 
     def hangup(self, cause: str = "admin", *, side: str = "system") -> None:
         """End the call from our side (`ctl hangup`, drain on SIGTERM; a completed transfer
@@ -815,6 +841,10 @@ class Call:
         body = event.request.body
         if event.request_id == self.request_id:
             # The ACK of our 2xx to the caller: with a late offer it carries the answer.
+            here, self._here_ack = self._here_ack, None
+            if here is not None:
+                self._here_answer(body, here)
+                return
             if self.late_offer and self.out_dialog is not None:
                 self._ack_callee(self.out_dialog, body)
             return

@@ -16,7 +16,8 @@ loop; a failed one is logged and never ends a call.
 * **Announcements.**  A route's target `announcement`: the call is anchored and answered
   by us (`Call.answer_here`: the relay's session has the caller and a placeholder party
   at c=0.0.0.0, which answers the caller's offer with one G.711 codec and is sent
-  nothing), the prompt is played to the caller, and at its end (`MediaPlayDone`) the
+  nothing; a late-offer caller is offered G.711 by the placeholder in the 200 and
+  answers in the ACK, `PLACEHOLDER_OFFER`), the prompt is played to the caller, and at its end (`MediaPlayDone`) the
   call is hung up (cause "announcement") or goes on to `then`: a new call (a
   `TransferCall` linked to this one) into which the caller is moved at once, ringing the
   target with ringback played meanwhile; when the target answers it takes the
@@ -88,6 +89,17 @@ def placeholder_answer(offer: bytes) -> bytes | None:
     ports = [9 if i == audio else 0 for i in range(len(parsed.media))]
     answer = build_answer(parsed, "0.0.0.0", ports, [(first.encoding, 8000)], "1", 1, protos=RTP_PROTOS)
     return answer.to_str().encode()
+
+
+# A late-offer caller (INVITE without SDP) gets an offer from us: our placeholder party
+# offers G.711 (and telephone-event, for DTMF) at c=0.0.0.0 (sent nothing, never timed
+# out); the relay hands the caller that offer at its own address and port in the 200, and
+# the caller's answer comes in the ACK (`Call.answer_here`).
+PLACEHOLDER_OFFER = (
+    b"v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\n"
+    b"m=audio 9 RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n"
+    b"a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n"
+)
 
 
 class RecordError(Exception):
@@ -215,10 +227,7 @@ class MediaWire:
     # ---- announcements ------------------------------------------------------------------------
     def announce(self, call: Call, target: Target) -> None:
         """Answer `call` ourselves, play `target.prompt`, then hang up or go on (module docstring)."""
-        if call.late_offer:
-            call.fail(488, "Not Acceptable Here (an announcement needs the caller's SDP offer)")
-            return
-        placeholder = placeholder_answer(call.request.body)
+        placeholder = PLACEHOLDER_OFFER if call.late_offer else placeholder_answer(call.request.body)
         if placeholder is None:
             call.fail(488, "Not Acceptable Here (an announcement needs G.711 audio)")
             return

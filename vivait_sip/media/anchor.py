@@ -341,8 +341,9 @@ class AnchoringSeam:
         assert source is not None and old_tag is not None
         new_tag = self._tag(session, session.new_side or "callee")
         from_new = offerer == session.new_side
+        kept_tag = self._tag(session, _other(session.new_side or "callee"))
         try:
-            msg = ReplaceParty(session.call_id, old_tag, new_tag, sdp if from_new else None, flags)
+            msg = ReplaceParty(session.call_id, old_tag, new_tag, sdp if from_new else None, flags, kept_tag)
         except ValueError as exc:
             self.counters["failures"] += 1
             raise MediaError(str(exc)) from None
@@ -355,10 +356,9 @@ class AnchoringSeam:
         session.source = None
         source.pending -= 1
         source.taken = True
-        kept = self._tag(session, _other(session.new_side or "callee"))
         # whatever played to the kept party (music on hold while it was being transferred,
         # ringback after an announcement) stops: it talks to the new party now
-        await self._request(StopMedia(CallKey(session.call_id, kept)))
+        await self._request(StopMedia(CallKey(session.call_id, kept_tag)))
         if from_new:
             return reply.sdp
         # the kept party made the first offer (a late-offer INVITE with Replaces): the new

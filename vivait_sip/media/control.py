@@ -285,7 +285,10 @@ class ReplaceParty(MediaCommand):
     stream (same SSRC, sequence and timestamps carried on).  With `sdp` (the new party's
     offer) the reply's SDP is that offer for the remaining party; without, it is an offer
     for the new party (the remaining party's last SDP at the new ports), whose answer goes
-    in an `Answer` with `to_tag=new_tag`.  The built-in backend only (no NG command)."""
+    in an `Answer` with `to_tag=new_tag`.  `kept_tag` names the remaining party (the
+    built-in relay knows it; rtpengine needs it: NG has no such command, the rtpengine
+    backend makes it an offer between the new and the kept party with `port-latching`,
+    then deletes the old party's branch, see `ng.replace_party_to_ng`)."""
 
     command: ClassVar[str] = "replace party"
     call_id: str
@@ -293,9 +296,14 @@ class ReplaceParty(MediaCommand):
     new_tag: str
     sdp: bytes | None = None
     flags: MediaFlags = field(default_factory=MediaFlags)
+    kept_tag: str | None = None
 
     def __post_init__(self) -> None:
         _tokens((self.call_id, self.old_tag, self.new_tag), "replace party")
+        if self.kept_tag is not None:
+            _tokens((self.kept_tag,), "replace party")
+        if len({self.old_tag, self.new_tag, self.kept_tag} - {None}) != (3 if self.kept_tag is not None else 2):
+            raise ValueError("replace party: the old, new and kept tags must differ")
         if self.sdp is not None:
             _check_sdp(self.sdp)
 

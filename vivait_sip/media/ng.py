@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
@@ -279,10 +280,57 @@ def to_ng(msg: MediaCommand) -> dict[str, object]:
         out["duration"] = msg.duration_ms
         out["volume"] = -msg.volume_db  # NG: positive dB below the reference
     elif isinstance(msg, ReplaceParty):
-        raise TypeError("a party of an anchored call cannot be replaced (transfers of anchored calls need the built-in backend)")
+        raise TypeError("replace party is two NG messages (replace_party_to_ng), not one")
     elif not isinstance(msg, Ping):
         raise TypeError(f"no NG mapping for {type(msg).__name__}")
     return out
+
+
+PORT_LATCHING = "port-latching"
+
+
+def replace_party_to_ng(
+    msg: ReplaceParty, kept_tag: str, kept_sdp: bytes | None = None
+) -> tuple[dict[str, object], dict[str, object]]:
+    """A transfer in NG terms (rtpengine has no "replace party"): an `offer` that puts
+    the new party opposite the kept one in the same call, then a `delete` of the old
+    party's branch (`from-tag` alone, `delete-delay` 0).
+
+    * With `msg.sdp` (the new party offers): `offer` from-tag = the new tag, to-tag = the
+      kept tag.  rtpengine makes a new monologue for the new tag and subscribes it and
+      the kept party to each other (what it does for a branched answer); its reply is the
+      offer for the kept party, whose answer then goes as `answer` from-tag = new, to-tag
+      = kept (`Answer(CallKey(call, new, kept))`).
+    * Without (the kept party will offer): `offer` from-tag = the kept tag, to-tag = the
+      new tag, with the kept party's last SDP (`kept_sdp`): the reply is an offer for the
+      new party; its answer goes as `answer` from-tag = kept, to-tag = new.
+
+    `port-latching` keeps the ports facing the kept party: rtpengine otherwise picks the
+    ports facing a party by the *other* party's endpoint (its "endpoint maps", made for
+    forked calls), so a new party at another address would give the kept party new ports
+    (measured with rtpengine 10.5: new ports without the flag, the same with it).  The old
+    party's branch stays subscribed to nobody but must be deleted: the kept party would
+    otherwise still receive what the old party sends."""
+    if msg.sdp is not None:
+        offer: dict[str, object] = {
+            "command": "offer", "call-id": msg.call_id, "from-tag": msg.new_tag, "to-tag": kept_tag, "sdp": msg.sdp,
+        }
+    else:
+        if not kept_sdp:
+            raise ValueError(f"replace party: no SDP of the kept party {kept_tag!r} to offer to the new party")
+        offer = {"command": "offer", "call-id": msg.call_id, "from-tag": kept_tag, "to-tag": msg.new_tag, "sdp": kept_sdp}
+    _flags_to_ng(msg.flags, offer)
+    _add_flag(offer, PORT_LATCHING)
+    delete: dict[str, object] = {"command": "delete", "call-id": msg.call_id, "from-tag": msg.old_tag, "delete-delay": 0}
+    return offer, delete
+
+
+def _add_flag(payload: dict[str, object], flag: str) -> None:
+    flags = payload.get("flags")
+    found = [*flags] if isinstance(flags, list) else []
+    if flag not in found:
+        found.append(flag)
+    payload["flags"] = found
 
 
 def _text(value: object) -> str | None:
@@ -669,6 +717,12 @@ class RtpengineBackend:
         # Call-ID → daemons its first offer timed out on: they may have made the session
         # after all (a late reply), so the call's delete goes to them too.
         self._stray: dict[str, list[Daemon]] = {}
+        # Call-ID → {tag: the last SDP that party sent}: a transfer whose kept party offers
+        # next needs its SDP (`replace_party_to_ng`); two small SDPs per call.
+        self._sdps: dict[str, dict[str, bytes]] = {}
+        # Calls with a replaced party: their later offers and answers carry `port-latching`
+        # (the kept party's ports were made for the old party's endpoint, see above)
+        self._latched: set[str] = set()
         self._pinging: asyncio.Task[None] | None = None
         self.counters: dict[str, int] = {"requests": 0, "errors": 0, "failovers": 0, "refused_no_daemon": 0}
 
@@ -736,10 +790,61 @@ class RtpengineBackend:
 
     async def request(self, msg: MediaCommand) -> MediaReply:
         self.counters["requests"] += 1
+        if isinstance(msg, ReplaceParty):
+            return await self._replace_party(msg)
         try:
             payload = to_ng(msg)
         except (TypeError, ValueError) as exc:
             return self._error(f"rtpengine: {exc}")
+        if isinstance(msg, (Offer, Answer)) and msg.key.call_id in self._latched:
+            _add_flag(payload, PORT_LATCHING)
+        reply = await self._request(msg, payload)
+        if reply.ok and isinstance(msg, (Offer, Answer)):
+            key = msg.key
+            party = key.from_tag if isinstance(msg, Offer) else key.to_tag
+            if party is not None and key.call_id in self._pinned:
+                self._sdps.setdefault(key.call_id, {})[party] = msg.sdp
+        return reply
+
+    async def _replace_party(self, msg: ReplaceParty) -> MediaReply:
+        """`replace_party_to_ng`: the offer, then the old branch's delete (its failure is
+        a warning: the kept party may then also receive what the old party still sends)."""
+        call_id = msg.call_id
+        placing = self._placing.get(call_id)
+        if placing is not None:
+            await asyncio.shield(placing)
+        daemon = self._pinned.get(call_id)
+        if daemon is None:
+            return self._error(f"rtpengine: no media session for call {call_id}")
+        if daemon.state == "down":
+            return self._error(f"rtpengine {daemon.address} holding call {call_id} is down ({daemon.last_error})")
+        parties = self._sdps.get(call_id, {})
+        kept_tag = msg.kept_tag
+        if kept_tag is None:
+            others = [tag for tag in parties if tag not in (msg.old_tag, msg.new_tag)]
+            if len(others) != 1:
+                return self._error(f"rtpengine: replace party: which party of call {call_id} stays is unknown")
+            kept_tag = others[0]
+        try:
+            offer, delete = replace_party_to_ng(msg, kept_tag, parties.get(kept_tag))
+        except ValueError as exc:
+            return self._error(f"rtpengine: {exc}")
+        reply = await self._send(daemon, offer)
+        if not reply.ok:
+            return reply
+        self._latched.add(call_id)
+        parties = self._sdps.setdefault(call_id, {})
+        parties.pop(msg.old_tag, None)
+        if msg.sdp is not None:
+            parties[msg.new_tag] = msg.sdp
+        dropped = await self._send(daemon, delete)
+        if not dropped.ok:
+            log.warning("event=media_replace_delete_failed call_id=%r tag=%r error=%r", call_id, msg.old_tag, dropped.error)
+            warning = f"the replaced party's branch was not deleted ({dropped.error})"
+            return dataclasses.replace(reply, warning="; ".join(w for w in (reply.warning, warning) if w))
+        return reply
+
+    async def _request(self, msg: MediaCommand, payload: dict[str, object]) -> MediaReply:
         if isinstance(msg, Ping):
             return await self._ping_reply()
         call_id = msg.session_id()
@@ -841,6 +946,8 @@ class RtpengineBackend:
         await asyncio.gather(*(one(d) for d in strays))
 
     def _unpin(self, call_id: str) -> None:
+        self._sdps.pop(call_id, None)
+        self._latched.discard(call_id)
         daemon = self._pinned.pop(call_id, None)
         if daemon is not None:
             daemon.sessions = max(0, daemon.sessions - 1)
