@@ -314,7 +314,7 @@ class _Server:
         self.counted = False  # counts against max_dialogs until it has a dialog or a final
         self.reliable: _Reliable | None = None
         self.queued: list[tuple[int, str | None, list[tuple[str, str]], bytes]] = []
-        self.next_rseq = 1 + secrets.randbelow(0x7FFFFFFF)
+        self.next_rseq = 0  # RFC 3262 §7.1: random, drawn at the first reliable provisional
 
 
 class _Dialog:
@@ -1212,7 +1212,7 @@ class UserAgent:
             extra.append(("Server", self.user_agent))
         rseq = 0
         if reliable:
-            rseq = server.next_rseq
+            rseq = server.next_rseq or 1 + secrets.randbelow(0x7FFFFFFF)
             server.next_rseq = rseq + 1
             extra.append(("Require", "100rel"))
             extra.append(("RSeq", str(rseq)))
