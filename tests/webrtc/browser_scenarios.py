@@ -126,7 +126,7 @@ def ctl_json(server: Server, *args: str) -> Any:
 
 
 async def scenario_ui(run: Run, server: Server, browser: Any) -> None:
-    """Log in, register, call between two browsers (pass-through media), hold, resume,
+    """Log in, register, call between two browsers (anchored in the built-in relay), hold, resume,
     DTMF, mute, hang up; Spanish; a wrong password; screenshots of each state."""
     port = server.ports[("http", "https")]
     base = f"https://127.0.0.1:{port}"
@@ -253,7 +253,8 @@ async def flowing(page: Page, seconds: float = 2.0, within: float = 10.0, least:
 async def scenario_media(run: Run, server: Server, browser: Any, work: Path) -> None:
     """Browser ↔ baresip through rtpengine (media.backend rtpengine): the browser's
     DTLS-SRTP with ICE on one side, the phone's plain RTP on the other, audio both ways;
-    then the phone calls the user and the browser answers."""
+    then the phone calls the user and the browser answers; then two browsers call each
+    other through rtpengine."""
     port = server.ports[("http", "https")]
     base = f"https://127.0.0.1:{port}"
     phone = Baresip(work, "phone", 600.0, seconds=60, quit_after=100)
@@ -297,6 +298,24 @@ async def scenario_media(run: Run, server: Server, browser: Any, work: Path) -> 
         run.check("baresip -> browser via rtpengine: audio reaches the browser", second > max(first, 50), (first, second))
         await page.get_by_role("button", name="Hang up", exact=True).click()
         await status_is(page, "Call ended")
+        # browser <-> browser: anchored in rtpengine too (both sides get the browser flags)
+        ctx_b = await browser.new_context(ignore_https_errors=True, viewport={"width": 460, "height": 860})
+        other = await ctx_b.new_page()
+        await login(other, base, "6143", "pw-6143")
+        await status_is(other, "Ready")
+        await page.get_by_role("textbox", name="Number").fill("6143")
+        await page.get_by_role("button", name="Call", exact=True).click()
+        await status_is(other, "Ringing")
+        await other.get_by_role("button", name="Answer", exact=True).click()
+        await status_is(page, "Connected")
+        got_a, got_b = await flowing(page), await flowing(other)
+        calls = ctl_json(server, "calls")["calls"]
+        run.check("browser <-> browser via rtpengine: anchored (webrtc), audio both ways",
+                  got_a[2] and got_b[2] and [x.get("media") for x in calls] == ["anchored (webrtc)"],
+                  {"a": got_a, "b": got_b, "media": [x.get("media") for x in calls]})
+        await page.get_by_role("button", name="Hang up", exact=True).click()
+        await status_is(other, "Call ended")
+        await ctx_b.close()
         await ctx.close()
     finally:
         phone.close()
