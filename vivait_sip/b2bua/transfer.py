@@ -19,7 +19,8 @@ party of that call (it stays and is reconnected), the *target* is where it goes.
   transfer, RFC 3891): the new caller takes the replaced party's place opposite the other
   party of that call, which is re-INVITEd; the replaced dialog gets BYE.
 
-Offer/answer across the join (no media anchoring yet): the party that must produce the
+Offer/answer across the join (an anchored call's SDP goes through the media seam on
+the way, `media_transfer`: docs/media.md, "Transfers of anchored calls"): the party that must produce the
 new session description is asked for it with an INVITE *without* SDP (a new INVITE to the
 blind target, a re-INVITE to the attended target), so its 2xx carries a fresh offer; that
 offer goes to the transferee in a re-INVITE, whose answer goes back in the ACK.  Nobody's
