@@ -26,8 +26,9 @@ offer goes to the transferee in a re-INVITE, whose answer goes back in the ACK. 
 SDP is rewritten unless the call is anchored (then both go through the media seam, the
 relay's ReplaceParty: `media_transfer`, docs/media.md "Transfers of anchored calls"),
 and the only ACK held back waits for a re-INVITE round trip to a phone already in a call
-(milliseconds), never for someone to pick up.  INVITE/Replaces is the mirror image: the new INVITE's offer (or none, late offer) goes to the other party in a
-re-INVITE and its answer back in the 200.
+(milliseconds), never for someone to pick up.  INVITE/Replaces is the mirror image: the
+new INVITE's offer (or none, late offer) goes to the other party in a re-INVITE and its
+answer back in the 200.
 
 The calls being joined may live in different workers (calls land on workers by Call-ID
 hash); the worker owning the named dialog (`owner_of` its Call-ID) detaches the party to
