@@ -44,9 +44,10 @@ it really sends from (latched).
   RTP ones, or to each other (each leg its own DTLS-SRTP, payloads forwarded).  ICE and
   DTLS are not here: the media worker's bridge (webrtc_bridge.py, `Relay.webrtc`) answers
   the party's STUN checks and runs the DTLS handshake on the stream's port, then hands
-  the relay the SRTP sessions (`webrtc_secure`) and the path (`webrtc_path`).  Until then nothing is forwarded to or from that party.  The SDP
-  towards it gets the bridge's ICE-lite credentials, candidate, fingerprint and DTLS
-  role; the SDP towards a plain party loses every WebRTC attribute.
+  the relay the SRTP sessions (`webrtc_secure`) and the path (`webrtc_path`).  Until then
+  nothing is forwarded to or from that party.  The SDP towards it gets the bridge's
+  ICE-lite credentials, candidate, fingerprint and DTLS role; the SDP towards a plain
+  party loses every WebRTC attribute.
 
 No payload is decoded on the relay path (telephone-event payloads are read for
 detection: they are four bytes of fields, not audio).  Recording taps see each received
