@@ -255,3 +255,56 @@ def test_stream_infos_read_ice_and_dtls_parameters() -> None:
     [info] = stream_infos(parse(chrome_offer("AA:BB")))
     assert (info.ice_ufrag, info.ice_pwd, info.setup, info.mid) == ("brws", "browserpasswordbrowserpw", "actpass", "0")
     assert info.fingerprints == [("sha-256", "AA:BB")]
+
+
+def test_two_browsers_each_leg_its_own_srtp_and_a_transfer_gives_the_new_party_its_own_certificate(
+    setup: tuple[Relay, WebrtcBridge, Net],
+) -> None:
+    """Browser ↔ browser: DTLS-SRTP on both legs, Opus forwarded (decrypted with one leg's
+    keys, encrypted with the other's); then B's other party is replaced by C (an attended
+    transfer): B's re-offer keeps its port, ICE credentials, fingerprint and mid (its DTLS
+    association stays), C's leg has new ports and a certificate of its own (a browser
+    that already spoke DTLS with us must see another fingerprint to start anew)."""
+    relay, bridge, net = setup
+    cert_a, cert_b, cert_c = Certificate(), Certificate(), Certificate()
+    webrtc = "UDP/TLS/RTP/SAVPF"
+    to_b = relay.offer("c1", "a", chrome_offer(cert_a.fingerprint), 0.0, transport=webrtc, rtcp_mux="offer")
+    attrs_b = media_attrs(to_b)
+    assert parse(to_b).media[0].proto == webrtc and attrs_b["setup"] == "actpass"
+    to_a = relay.answer("c1", "a", "b", chrome_offer(cert_b.fingerprint, setup="active"), 0.0)
+    attrs_a = media_attrs(to_a)
+    assert attrs_a["setup"] == "passive" and attrs_a["fingerprint"] == attrs_b["fingerprint"]  # the worker's
+    assert "111 63 9 0 8" in to_a  # Opus first, as B answered: nothing to transcode
+    client_a = connect_browser(relay, bridge, net, cert_a, to_a)
+    client_b = connect_browser(relay, bridge, net, cert_b, to_b)
+    port_a, port_b = parse(to_a).media[0].port, parse(to_b).media[0].port
+    opus = bytes(range(80))
+    out = relay.receive(port_a, client_a.srtp_out.protect(rtp(100, 48000, 0xA, opus, pt=111)), BROWSER, 1.1)
+    assert out is not None and out[0] == port_b
+    assert client_b.srtp_in.unprotect(bytes(out[1])) == rtp(100, 48000, 0xA, opus, pt=111)
+    out = relay.receive(port_b, client_b.srtp_out.protect(rtp(7, 960, 0xB, opus, pt=111)), BROWSER, 1.2)
+    assert out is not None and out[0] == port_a
+    assert client_a.srtp_in.unprotect(bytes(out[1])) == rtp(7, 960, 0xB, opus, pt=111)
+
+    # C (its PeerConnection re-offering, with another mid) replaces A; B is kept
+    offer_c = chrome_offer(cert_c.fingerprint).replace("a=mid:0", "a=mid:1").replace("BUNDLE 0", "BUNDLE 1")
+    to_b2 = relay.replace("c1", "a", "c", 2.0, offer_c, transport=webrtc)
+    attrs_b2 = media_attrs(to_b2)
+    assert parse(to_b2).media[0].port == port_b
+    assert {k: attrs_b2[k] for k in ("ice-ufrag", "ice-pwd", "fingerprint", "mid")} == \
+        {k: attrs_b[k] for k in ("ice-ufrag", "ice-pwd", "fingerprint", "mid")}
+    to_c = relay.answer("c1", "c", "b", chrome_offer(cert_b.fingerprint, setup="active"), 2.0)
+    attrs_c = media_attrs(to_c)
+    port_c = parse(to_c).media[0].port
+    assert port_c not in (port_a, port_b) and attrs_c["mid"] == "1" and attrs_c["setup"] == "passive"
+    assert attrs_c["fingerprint"] != attrs_b["fingerprint"] and bridge.status()["own_certs"] == 1
+    net.take()  # A's close_notify
+    client_c = connect_browser(relay, bridge, net, cert_c, to_c, now=2.5)
+    # B (its DTLS untouched) -> C, and C -> B in the stream B already had (A's SSRC)
+    out = relay.receive(port_b, client_b.srtp_out.protect(rtp(60, 9600, 0xB, opus, pt=111)), BROWSER, 2.6)
+    assert out is not None and out[0] == port_c
+    assert client_c.srtp_in.unprotect(bytes(out[1]))[12:] == opus
+    out = relay.receive(port_c, client_c.srtp_out.protect(rtp(1, 0, 0xC, opus, pt=111)), BROWSER, 2.7)
+    assert out is not None and out[0] == port_b
+    plain = client_b.srtp_in.unprotect(bytes(out[1]))
+    assert plain[12:] == opus and struct.unpack_from("!I", plain, 8)[0] == 0xA

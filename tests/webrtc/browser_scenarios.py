@@ -102,6 +102,23 @@ async def inbound_packets(page: Page) -> int:
     return total
 
 
+PC_STATE_JS = """async () => Promise.all(window.webfon.state.phone.calls.map(async (c) => {
+  const h = c.session.sessionDescriptionHandler; const pc = h && h.peerConnection;
+  if (!pc) return {remote: c.remote, pc: null};
+  const out = {remote: c.remote, state: c.state, connection: pc.connectionState, ice: pc.iceConnectionState, inbound: [], dtls: [], pair: null};
+  (await pc.getStats()).forEach((s) => {
+    if (s.type === "inbound-rtp") out.inbound.push([s.ssrc, s.packetsReceived]);
+    if (s.type === "transport") out.dtls.push([s.dtlsState, s.selectedCandidatePairId || null]);
+  });
+  return out;
+}))"""
+
+
+async def pc_state(page: Page) -> Any:
+    """Each call's peer connection: states, inbound streams (ssrc, packets), DTLS."""
+    return await page.evaluate(PC_STATE_JS)
+
+
 def ctl_json(server: Server, *args: str) -> Any:
     out = subprocess.run([sys.executable, "-m", "vivait_sip", *server.ctl_args, *args, "--json"],
                          capture_output=True, text=True, timeout=20)
@@ -109,7 +126,7 @@ def ctl_json(server: Server, *args: str) -> Any:
 
 
 async def scenario_ui(run: Run, server: Server, browser: Any) -> None:
-    """Log in, register, call between two browsers (pass-through media), hold, resume,
+    """Log in, register, call between two browsers (anchored in the built-in relay), hold, resume,
     DTMF, mute, hang up; Spanish; a wrong password; screenshots of each state."""
     port = server.ports[("http", "https")]
     base = f"https://127.0.0.1:{port}"
@@ -208,10 +225,36 @@ async def rising(page: Page, seconds: float = 2.0) -> tuple[int, int]:
     return first, await inbound_packets(page)
 
 
+async def inbound_total(page: Page) -> int:
+    """Audio packets received by every call of the page, over all its inbound streams (a
+    transfer may change the stream's SSRC; Chrome may drop the old one's statistics)."""
+    total = 0
+    for call in await pc_state(page):
+        total += sum(int(packets or 0) for _, packets in call.get("inbound") or [])
+    return total
+
+
+async def flowing(page: Page, seconds: float = 2.0, within: float = 10.0, least: int = 50) -> tuple[int, int, bool]:
+    """Whether the page's inbound audio packets rise by more than `least` in a window of
+    `seconds`, trying windows for up to `within` seconds (a transfer's new DTLS
+    association takes a moment): (first, last, ok)."""
+    deadline = time.monotonic() + within
+    first = await inbound_total(page)
+    while True:
+        await asyncio.sleep(seconds)
+        second = await inbound_total(page)
+        if second - first > least:
+            return first, second, True
+        if time.monotonic() > deadline:
+            return first, second, False
+        first = second
+
+
 async def scenario_media(run: Run, server: Server, browser: Any, work: Path) -> None:
     """Browser ↔ baresip through rtpengine (media.backend rtpengine): the browser's
     DTLS-SRTP with ICE on one side, the phone's plain RTP on the other, audio both ways;
-    then the phone calls the user and the browser answers."""
+    then the phone calls the user and the browser answers; then two browsers call each
+    other through rtpengine."""
     port = server.ports[("http", "https")]
     base = f"https://127.0.0.1:{port}"
     phone = Baresip(work, "phone", 600.0, seconds=60, quit_after=100)
@@ -255,6 +298,24 @@ async def scenario_media(run: Run, server: Server, browser: Any, work: Path) -> 
         run.check("baresip -> browser via rtpengine: audio reaches the browser", second > max(first, 50), (first, second))
         await page.get_by_role("button", name="Hang up", exact=True).click()
         await status_is(page, "Call ended")
+        # browser <-> browser: anchored in rtpengine too (both sides get the browser flags)
+        ctx_b = await browser.new_context(ignore_https_errors=True, viewport={"width": 460, "height": 860})
+        other = await ctx_b.new_page()
+        await login(other, base, "6143", "pw-6143")
+        await status_is(other, "Ready")
+        await page.get_by_role("textbox", name="Number").fill("6143")
+        await page.get_by_role("button", name="Call", exact=True).click()
+        await status_is(other, "Ringing")
+        await other.get_by_role("button", name="Answer", exact=True).click()
+        await status_is(page, "Connected")
+        got_a, got_b = await flowing(page), await flowing(other)
+        calls = ctl_json(server, "calls")["calls"]
+        run.check("browser <-> browser via rtpengine: anchored (webrtc), audio both ways",
+                  got_a[2] and got_b[2] and [x.get("media") for x in calls] == ["anchored (webrtc)"],
+                  {"a": got_a, "b": got_b, "media": [x.get("media") for x in calls]})
+        await page.get_by_role("button", name="Hang up", exact=True).click()
+        await status_is(other, "Call ended")
+        await ctx_b.close()
         await ctx.close()
     finally:
         phone.close()
@@ -434,7 +495,8 @@ async def scenario_killed(run: Run, server: Server, work: Path, tone: Path, phon
 
 
 async def scenario_waiting(run: Run, server: Server, browser: Any) -> None:
-    """Call waiting and attended transfer between three browsers (no relay needed)."""
+    """Call waiting and attended transfer between three browsers (anchored in the built-in
+    relay: media asserted after the join)."""
     port = server.ports[("http", "https")]
     base = f"https://127.0.0.1:{port}"
     pages: dict[str, Page] = {}
@@ -488,11 +550,16 @@ async def scenario_waiting(run: Run, server: Server, browser: Any) -> None:
     await status_is(a, "Call ended", 20000)
     await status_is(b, "Connected")
     await status_is(c, "Connected")
-    first, second = await rising(c, 2.0)
-    # Signalling only: the media of two browsers joined by a transfer does not flow (see
-    # docs/webrtc.md, "Not done yet"); recorded, not checked.
-    run.note("attended transfer between browsers, C's inbound packets", (first, second),
-             [line for line in console if "SDP" in line or "fingerprint" in line.lower() or "DTLS" in line][:5])
+    # the media after the join: B kept its leg of the relay (its DTLS association), C was
+    # moved into B's relay session on new ports with a DTLS identity of its own
+    got_b, got_c = await flowing(b), await flowing(c)
+    run.check("attended transfer between browsers: B receives C's audio after the join (inbound packets rising)",
+              got_b[2], got_b)
+    run.check("attended transfer between browsers: C receives B's audio after the join (inbound packets rising)",
+              got_c[2], got_c)
+    calls = ctl_json(server, "calls")["calls"]
+    run.check("the joined call is anchored (webrtc): each browser's one DTLS peer is the relay",
+              [x.get("media") for x in calls] == ["anchored (webrtc)"], calls)
     await run.shot(c, "15-transferred")
     await b.get_by_role("button", name="Hang up", exact=True).click()
     await status_is(c, "Call ended")
@@ -501,10 +568,96 @@ async def scenario_waiting(run: Run, server: Server, browser: Any) -> None:
         await ctx.close()
 
 
+async def scenario_b2b(run: Run, server: Server, browser: Any) -> None:
+    """Two browsers call each other through the built-in relay (anchored, reason webrtc):
+    audio both ways, `ctl calls` and the CDR say so; then a blind transfer from the page
+    (REFER): the callee transfers the caller to a third browser, and the two joined
+    browsers hear each other."""
+    port = server.ports[("http", "https")]
+    base = f"https://127.0.0.1:{port}"
+    pages: dict[str, Page] = {}
+    contexts = []
+    errors: list[str] = []
+    for who, user in (("a", "6140"), ("b", "6143"), ("c", "6141")):
+        ctx = await browser.new_context(ignore_https_errors=True, viewport={"width": 460, "height": 900})
+        contexts.append(ctx)
+        page = await ctx.new_page()
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        await login(page, base, user, f"pw-{user}")
+        await status_is(page, "Ready")
+        pages[who] = page
+    a, b, c = pages["a"], pages["b"], pages["c"]
+    # 1. A calls B: anchored, audio both ways
+    await a.get_by_role("textbox", name="Number").fill("6143")
+    await a.get_by_role("button", name="Call", exact=True).click()
+    await status_is(b, "Ringing")
+    await b.get_by_role("button", name="Answer", exact=True).click()
+    await status_is(a, "Connected")
+    await status_is(b, "Connected")
+    got_a, got_b = await flowing(a), await flowing(b)
+    run.check("browser -> browser through the relay: A receives B's audio (inbound packets rising)", got_a[2], got_a)
+    run.check("browser -> browser through the relay: B receives A's audio (inbound packets rising)", got_b[2], got_b)
+    calls = ctl_json(server, "calls")["calls"]
+    run.check("ctl calls: the browser <-> browser call is anchored, reason webrtc",
+              [x.get("media") for x in calls] == ["anchored (webrtc)"], calls)
+    media = ctl_json(server, "media")
+    run.check("ctl media: anchored in the built-in backend", media.get("backend") == "builtin"
+              and int(media.get("anchored_calls", 0)) == 1, {k: media.get(k) for k in ("backend", "anchored", "anchored_calls")})
+    first_uuid = str(calls[0]["call"]) if calls else ""
+    await a.get_by_role("button", name="Hang up", exact=True).click()
+    await status_is(a, "Call ended")
+    await status_is(b, "Call ended")
+    record = await asyncio.to_thread(wait_cdr_of, server, first_uuid, "media_stats")
+    extra = (record or {}).get("extra") or {}
+    stats = extra.get("media_stats") or {}
+    run.check("the CDR says anchored (webrtc) and the relay received both browsers' packets",
+              extra.get("media") == "anchored (webrtc)"
+              and all(int((stats.get(p) or {}).get("packets") or 0) > 50 for p in ("caller", "callee")),
+              {"media": extra.get("media"), "media_stats": stats})
+    # 2. blind transfer from the page: A calls B, B transfers A to C ("Transfer now": REFER)
+    await a.get_by_role("textbox", name="Number").fill("6143")
+    await a.get_by_role("button", name="Call", exact=True).click()
+    await status_is(b, "Ringing")
+    await b.get_by_role("button", name="Answer", exact=True).click()
+    await status_is(a, "Connected")
+    await status_is(b, "Connected")
+    await b.get_by_role("button", name="Transfer", exact=True).click()
+    await b.get_by_role("textbox", name="Transfer to").fill("6141")
+    await b.get_by_role("button", name="Transfer now", exact=True).click()
+    await status_is(c, "Ringing", 15000)
+    await c.get_by_role("button", name="Answer", exact=True).click()
+    await status_is(c, "Connected")
+    await status_is(b, "Call ended", 20000)
+    await status_is(a, "Connected")
+    got_a, got_c = await flowing(a), await flowing(c)
+    run.check("blind transfer between browsers: A (kept) receives C's audio after the transfer", got_a[2], got_a)
+    run.check("blind transfer between browsers: C (the target) receives A's audio", got_c[2], got_c)
+    calls = ctl_json(server, "calls")["calls"]
+    run.check("the transferred call is anchored (webrtc)", [x.get("media") for x in calls] == ["anchored (webrtc)"], calls)
+    await run.shot(c, "20-blind-transferred-browsers")
+    await c.get_by_role("button", name="Hang up", exact=True).click()
+    await status_is(a, "Call ended")
+    run.check("no page errors (browser <-> browser)", not errors, errors)
+    for ctx in contexts:
+        await ctx.close()
+
+
+def wait_cdr_of(server: Server, call_uuid: str, key: str, timeout: float = 10.0) -> dict[str, Any] | None:
+    """The CDR of `call_uuid` once its `extra` has `key` (the media statistics are amended
+    after the record is written)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for record in cdr_records(server):
+            if str(record.get("call_uuid")) == call_uuid and key in (record.get("extra") or {}):
+                return record
+        time.sleep(0.5)
+    return next((r for r in cdr_records(server) if str(r.get("call_uuid")) == call_uuid), None)
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
-    parser.add_argument("--scenario", action="append", choices=["ui", "media", "waiting", "builtin"], default=None)
+    parser.add_argument("--scenario", action="append", choices=["ui", "media", "waiting", "builtin", "b2b"], default=None)
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -536,6 +689,8 @@ async def main() -> int:
                             await scenario_builtin(run, server, browser, work, tone)
                         elif name == "waiting":
                             await scenario_waiting(run, server, browser)
+                        elif name == "b2b":
+                            await scenario_b2b(run, server, browser)
                         else:
                             await scenario_ui(run, server, browser)
                     except Exception as exc:

@@ -97,7 +97,10 @@ def test_sides_and_the_policy() -> None:
     assert policy.decide(phone_to_browser()) == "webrtc"
     both = phone_to_browser()
     both.peer = Peer("wss", "127.0.0.1", 50001, 8)
-    assert policy.decide(both) is None  # browser to browser: end to end, nothing to bridge
+    # browser to browser: anchored too, so each browser's one ICE/DTLS peer is the relay
+    # and a transfer replaces the party behind it, never the browser's peer
+    assert policy.decide(both) == "webrtc"
+    assert webrtc_sides(both) == (True, True)
     assert AnchoringPolicy(webrtc=False).decide(browser_to_phone()) is None
     assert not policy.could_anchor()  # no backend started for this alone (the embedded demo is unchanged)
 

@@ -1,7 +1,8 @@
 """Headless Chromium (Debian's, through Playwright) runs the webfon against a real server,
 inside `unshare -n` (loopback only): login by role and accessible name, registration of
 the pool extension over WSS, a call between two browsers with audio both ways, mute,
-hold, resume, DTMF, hang up, a rejected call, the digit cap, Spanish, logout.  The
+hold, resume, DTMF, hang up, a rejected call, the digit cap, Spanish, logout; calls
+between browsers anchored in the relay, with media after attended and blind transfers.  The
 screenshots of each state land in tests/out/webrtc/ (not committed): look at them."""
 
 from __future__ import annotations
@@ -51,11 +52,24 @@ def test_call_waiting_and_attended_transfer_between_browsers() -> None:
     """Three browsers: a second call to a user in a call is shown as waiting, answering it
     holds the first (listed with its own Resume); hanging up returns to the held call;
     the attended transfer (consult, complete: REFER with Replaces) leaves the transferor
-    with "Call ended" and the two others connected.  Their media after the join is not
-    checked (docs/webrtc.md, "Not done yet")."""
+    with "Call ended" and the two others connected, and both of them receive audio
+    after the join (the calls are anchored in the built-in relay: the transferee keeps
+    its DTLS association, the target gets a new one with another certificate)."""
     result = run_scenarios("waiting")
     shots = {Path(p).name for p in result["screenshots"]}  # type: ignore[union-attr]
     assert {"12-call-waiting.png", "13-two-calls.png", "14-consulting.png", "15-transferred.png"} <= shots
+    names = [c["check"] for c in result["checks"]]  # type: ignore[union-attr]
+    assert sum("after the join" in n for n in names) == 2
+
+
+def test_browser_to_browser_anchored_and_blind_transfer() -> None:
+    """Two browsers call each other: the call is anchored in the built-in relay (reason
+    webrtc in `ctl calls` and the CDR, whose media statistics count both browsers'
+    packets), audio both ways; then the callee transfers the caller blind (REFER from
+    the page) to a third browser, and the kept caller and the target hear each other."""
+    result = run_scenarios("b2b")
+    names = [c["check"] for c in result["checks"]]  # type: ignore[union-attr]
+    assert any("reason webrtc" in n for n in names) and sum("blind transfer between browsers" in n for n in names) == 2
 
 
 def test_browser_and_baresip_through_the_builtin_bridge() -> None:

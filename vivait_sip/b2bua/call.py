@@ -988,6 +988,8 @@ class Call:
             "user": self.user,
             "trunk": self.trunk,
             "duration_s": round(self.duration_s, 1),
+            # "anchored (REASON)" once the media seam decided to anchor it, else absent
+            "media": self.extra.get("media"),
             "legs": [
                 {"leg": leg.leg_id, "call_id": leg.call_id, "target": leg.dest.label, "state": str(leg.state),
                  "status": leg.status, "trunk": leg.dest.trunk}

@@ -19,14 +19,16 @@ party of that call (it stays and is reconnected), the *target* is where it goes.
   transfer, RFC 3891): the new caller takes the replaced party's place opposite the other
   party of that call, which is re-INVITEd; the replaced dialog gets BYE.
 
-Offer/answer across the join (no media anchoring yet): the party that must produce the
-new session description is asked for it with an INVITE *without* SDP (a new INVITE to the
-blind target, a re-INVITE to the attended target), so its 2xx carries a fresh offer; that
+Offer/answer across the join: the party that must produce the new session description
+is asked for it with an INVITE *without* SDP (a new INVITE to the blind target, a
+re-INVITE to the attended target), so its 2xx carries a fresh offer; that
 offer goes to the transferee in a re-INVITE, whose answer goes back in the ACK.  Nobody's
-SDP is rewritten, and the only ACK held back waits for a re-INVITE round trip to a phone
-already in a call (milliseconds), never for someone to pick up.  INVITE/Replaces is the
-mirror image: the new INVITE's offer (or none, late offer) goes to the other party in a
-re-INVITE and its answer back in the 200.
+SDP is rewritten unless the call is anchored (then both go through the media seam, the
+relay's ReplaceParty: `media_transfer`, docs/media.md "Transfers of anchored calls"),
+and the only ACK held back waits for a re-INVITE round trip to a phone already in a call
+(milliseconds), never for someone to pick up.  INVITE/Replaces is the mirror image: the
+new INVITE's offer (or none, late offer) goes to the other party in a re-INVITE and its
+answer back in the 200.
 
 The calls being joined may live in different workers (calls land on workers by Call-ID
 hash); the worker owning the named dialog (`owner_of` its Call-ID) detaches the party to

@@ -5,8 +5,9 @@ checked in this order (the first gives the reason shown in the CDR):
 
 1. a feature requires it (`require(name, predicate)`: recording, music on hold, prompts,
    WebRTC...; `anchor_required(call)` tells whether one does);
-1b. one side is WebRTC and the other plain RTP (`webrtc_sides`): the relay bridges them,
-   with flags per direction (`webrtc_flags`);
+1b. either side is WebRTC (`webrtc_sides`): the relay bridges a browser to plain RTP,
+   and is each browser's one ICE and DTLS peer in a browser ↔ browser call (so that
+   transfers keep it), with flags per direction (`webrtc_flags`);
 2. its dialplan rule says `"media": "anchor"`;
 3. its caller or callee user is in `media.anchor_users` (phones behind NAT);
 4. `media.default` is `"anchor"` and its rule does not say `"media": "pass"`.
@@ -141,7 +142,11 @@ class AnchoringPolicy:
             return f"feature {feature}"
         if self.webrtc:
             caller, callee = webrtc_sides(call)
-            if caller != callee:  # one side a browser, the other plain RTP: only the relay joins them
+            # one side a browser, the other plain RTP: only the relay joins them.  Browser ↔
+            # browser too: each browser keeps the relay as its one ICE and DTLS peer for the
+            # whole call, so a transfer (the relay's ReplaceParty) never asks a browser to
+            # talk to another peer within its PeerConnection, which it cannot do.
+            if caller or callee:
                 return "webrtc"
         rule = self.rules.get(call.rule) if call.rule is not None else None
         if rule == "anchor":

@@ -41,12 +41,13 @@ it really sends from (latched).
 * **Injected sources.**  A `Player` (prompt, music on hold) or a `DtmfSender` (RFC 4733)
   replaces, while it runs, what we forward to one party, 20 ms packets paced by the timer.
 * **WebRTC parties** (UDP/TLS/RTP/SAVPF: ICE, DTLS-SRTP, rtcp-mux) are bridged to plain
-  RTP ones.  ICE and DTLS are not here: the media worker's bridge (webrtc_bridge.py,
-  `Relay.webrtc`) answers the party's STUN checks and runs the DTLS handshake on the
-  stream's port, then hands the relay the SRTP sessions (`webrtc_secure`) and the path
-  (`webrtc_path`).  Until then nothing is forwarded to or from that party.  The SDP
-  towards it gets the bridge's ICE-lite credentials, candidate, fingerprint and DTLS
-  role; the SDP towards a plain party loses every WebRTC attribute.
+  RTP ones, or to each other (each leg its own DTLS-SRTP, payloads forwarded).  ICE and
+  DTLS are not here: the media worker's bridge (webrtc_bridge.py, `Relay.webrtc`) answers
+  the party's STUN checks and runs the DTLS handshake on the stream's port, then hands
+  the relay the SRTP sessions (`webrtc_secure`) and the path (`webrtc_path`).  Until then
+  nothing is forwarded to or from that party.  The SDP towards it gets the bridge's
+  ICE-lite credentials, candidate, fingerprint and DTLS role; the SDP towards a plain
+  party loses every WebRTC attribute.
 
 No payload is decoded on the relay path (telephone-event payloads are read for
 detection: they are four bytes of fields, not audio).  Recording taps see each received
@@ -486,6 +487,7 @@ class Stream:
         "lost_before",
         "malformed",
         "max_seq",
+        "moved_in",
         "mux_seen",
         "not_ready",
         "out",
@@ -549,6 +551,9 @@ class Stream:
         self.webrtc = False  # a WebRTC party: SRTP keys and path come from the bridge
         self.not_ready = 0  # its packets dropped before DTLS gave keys
         self.transcoder: transcode.Transcoder | None = None  # what it sends, into its peer's codec
+        # made by `replace` for a party new to this session: a browser moved here from
+        # another session of ours gets another DTLS identity (webrtc_bridge.py)
+        self.moved_in = False
 
     def _reset_rx(self) -> None:
         self.rx_ssrc: int | None = None
@@ -883,6 +888,7 @@ class Relay:
         leg.streams = []
         for index in range(count):
             stream = Stream(leg, index, new_ports[index])
+            stream.moved_in = True
             leg.streams.append(stream)
             self._bind(stream)
             peer = other.streams[index] if index < len(other.streams) else None
@@ -1437,10 +1443,13 @@ class Relay:
             if stream is None or media.port == 0:
                 continue
             assert self.webrtc is not None
+            known = stream.info.mid if stream.info is not None else None  # the party's own, from its last SDP
             if offer:
-                mid = next((v for n, v in original if n == "mid" and v), None) or str(index)
+                # a re-offer keeps the mid the party already has for this m= line (JSEP: mids
+                # never change), whoever is behind the other leg now (a transfer's new party)
+                mid = known or next((v for n, v in original if n == "mid" and v), None) or str(index)
             else:
-                mid = (stream.info.mid if stream.info is not None else None) or str(index)
+                mid = known or str(index)
             media.attributes = [a for a in media.attributes if a[0] != "rtcp"]
             media.attributes.insert(0, ("mid", mid))
             media.attributes.extend(self.webrtc.attributes(stream, offer=offer))

@@ -116,12 +116,12 @@ class WebrtcBridge:
         self._cert: Certificate | None = None
         self._next_scan: float | None = None
         self.counters = {"secured": 0, "consent_lost": 0, "dtls_closed": 0, "dtls_failed": 0, "stun_ignored": 0,
-                         "not_webrtc": 0}
+                         "not_webrtc": 0, "own_certs": 0}
         relay.webrtc = self
 
     # ---- the relay's hooks ----------------------------------------------------------------------
     def attributes(self, stream: Stream, *, offer: bool) -> list[tuple[str, str | None]]:
-        ep = self._endpoint(stream.port)
+        ep = self._endpoint(stream.port, own_cert=stream.moved_in)
         if offer:
             setup = "active" if ep.role == "client" else "actpass"
             ep.offered = ep.role is None
@@ -144,7 +144,7 @@ class WebrtcBridge:
         info = stream.info
         if info is None:
             return
-        ep = self._endpoint(stream.port)
+        ep = self._endpoint(stream.port, own_cert=stream.moved_in)
         ep.remote_ufrag, ep.remote_pwd = info.ice_ufrag, info.ice_pwd
         if info.fingerprints and info.fingerprints != ep.fingerprints:
             ep.fingerprints = list(info.fingerprints)
@@ -300,12 +300,21 @@ class WebrtcBridge:
                 self._lost(ep, "WebRTC: DTLS handshake not done in time", now)
 
     # ---- state ----------------------------------------------------------------------------------
-    def _endpoint(self, port: int) -> Endpoint:
+    def _endpoint(self, port: int, *, own_cert: bool = False) -> Endpoint:
+        """The endpoint of `port`, made on first use with the worker's certificate, or
+        with one of its own (`own_cert`): a party that a transfer moved into this session
+        (`Stream.moved_in`) may be a browser whose PeerConnection already has a DTLS
+        association with us, on its old session's port; Chrome keeps that association
+        when the fingerprint in the new answer is the same as before, and starts a new
+        one, on the new path, only when it changed (measured, Chromium 156)."""
         ep = self.endpoints.get(port)
         if ep is None:
             now = self.clock()
             cert = self._cert
-            if cert is None or now - cert.created > CERT_LIFETIME_S:
+            if own_cert:
+                cert = Certificate()
+                self.counters["own_certs"] += 1
+            elif cert is None or now - cert.created > CERT_LIFETIME_S:
                 cert = self._cert = Certificate()
             ep = self.endpoints[port] = Endpoint(port, cert, now)
         return ep
