@@ -18,6 +18,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -233,6 +234,26 @@ class Kamailio(ServerBase):
 
     def process_names(self) -> dict[int, str]:
         return {p: ("main" if i == 0 else "child") for i, p in enumerate(self.pids())}
+
+
+class FloorServer(ServerBase):
+    """bench/udp_floor_server.py: answers every datagram without any SIP work."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.log_path = workdir / "floor.log"
+        self.name = "python floor"
+        workdir.mkdir(parents=True, exist_ok=True)
+
+    def start(self) -> FloorServer:
+        self.proc = spawn([sys.executable, str(BENCH / "udp_floor_server.py"), str(self.port)],
+                          stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if udp_listening(self.port):
+                return self
+            time.sleep(0.1)
+        raise RuntimeError("udp_floor_server.py did not start")
 
 
 # ---- SIPp --------------------------------------------------------------------------------------

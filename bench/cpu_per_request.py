@@ -3,6 +3,12 @@
     python bench/cpu_per_request.py                                  # register, register-auth, options
     python bench/cpu_per_request.py --tests register --rate register=5000 --repeat 3
     python bench/cpu_per_request.py --servers kamailio,vivait:2 --seconds 40
+    python bench/cpu_per_request.py --tests register --servers floor,vivait:1,kamailio
+
+Servers: `kamailio`; `vivait:N` (N SIP workers; `+pure` for VIVAIT_SIP_PURE=1, `@DIR` to
+run another checkout with its own .venv, e.g. an old commit); `floor`
+(bench/udp_floor_server.py: uvloop answering each datagram with no SIP work, the cost a
+Python server pays per request before parsing a byte).
 
 Ceilings on a box shared with other people's tests move by ±20 % run to run; the CPU a
 server spends per request at a rate well below its ceiling hardly moves.  Each run starts
@@ -27,6 +33,7 @@ compiled modules as loaded by each server process, GC policy, rmem_max, Python, 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -45,6 +52,7 @@ from benchenv import (
 from benchlib import (
     BENCH,
     ROOT,
+    FloorServer,
     Kamailio,
     ServerBase,
     SippResult,
@@ -70,6 +78,8 @@ def make_server(spec: str, test: str, work: Path, env: dict[str, str]) -> Server
     _, kam_cfg, defines, _ = TESTS[test]
     if spec == "kamailio":
         return Kamailio(work, kam_cfg, defines=defines)
+    if spec == "floor":
+        return FloorServer(work)
     spec, _, root = spec.partition("@")
     spec, *flags = spec.split("+")
     workers = int(spec.split(":")[1]) if ":" in spec else 2
@@ -86,14 +96,21 @@ def one_run(spec: str, test: str, rate: int, args: argparse.Namespace, work: Pat
     server = make_server(spec, test, work, dict(e.split("=", 1) for e in args.server_env))
     server.start()
     try:
-        for line in server_lines(server.pid) if not isinstance(server, Kamailio) else []:
+        for line in server_lines(server.pid) if isinstance(server, Vivait) else []:
             log("#   " + line)
         csv_path = users_csv(work / "users.csv", 100000, 10000)
         count = rate * args.seconds
         cmd = sipp_cmd(f"127.0.0.1:{server.port}", scenario, rate=rate, count=count, inf=csv_path,
                        timeout_s=args.seconds * 3 + 30)
+        if args.pin:
+            # The server's processes on the last CPU, SIPp on the others: neither evicts the
+            # other's caches between two requests (what sharing one core costs).
+            last = max(os.sched_getaffinity(0))
+            for pid in server.pids():
+                os.sched_setaffinity(pid, {last})
+            cmd = ["taskset", "-c", ",".join(str(c) for c in sorted(os.sched_getaffinity(0) - {last})), *cmd]
         on_window = None
-        if args.profile and not isinstance(server, Kamailio):
+        if args.profile and isinstance(server, Vivait):
             def on_window(seconds: float) -> object:
                 pids = server.pids()
                 return [start_profile(pid, seconds, work / f"profile-{i}.txt", native=not args.no_native)
@@ -136,6 +153,7 @@ def main() -> int:
     parser.add_argument("--profile", type=Path, metavar="DIR", help="py-spy (--native) every vivait-sip process over "
                         "the window, collapsed stacks to DIR, top frames printed (the CPU figures of such a run include "
                         "the sampling's cost: do not report them)")
+    parser.add_argument("--pin", action="store_true", help="pin the server to the last CPU and SIPp to the others")
     parser.add_argument("--no-native", action="store_true", help="py-spy without --native")
     parser.add_argument("--profile-top", type=int, default=30)
     parser.add_argument("--out", type=Path, help="also append everything printed to this file")
