@@ -17,6 +17,7 @@ import importlib.machinery
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -58,6 +59,9 @@ def build() -> None:
     manifest = manifest_for_build()
     MANIFEST.write_text(json.dumps(manifest, indent=1) + "\n")
     print(f"compiled {len(NATIVE_MODULES)} modules with mypyc {manifest['compiler']['mypy']}")  # type: ignore[index]
+    # The toolchain stamp install.sh checks (scripts/native_needed.py): a build by hand is
+    # then not compiled again by the next install.
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "native_needed.py"), "--record"], check=True)
 
 
 if __name__ == "__main__":

@@ -118,7 +118,6 @@ else
     t=$SECONDS
     printf "compile: %s; compiling with mypyc (about a minute) ... " "$reason"
     if .venv/bin/python scripts/build_native.py > .venv/build_native.log 2>&1; then
-        .venv/bin/python scripts/native_needed.py --record
         echo "done ($(took $t))"
     else
         .venv/bin/python scripts/build_native.py --clean >/dev/null 2>&1 || true

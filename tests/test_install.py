@@ -46,13 +46,17 @@ def copy_tree(dest: Path) -> Path:
     return dest
 
 
-def fake_build(root: Path) -> None:
-    """What scripts/build_native.py leaves: an extension per module and the manifest."""
+def fake_build(root: Path, stamp: bool = False) -> None:
+    """What scripts/build_native.py leaves: an extension per module and the manifest (and,
+    with `stamp`, the toolchain stamp)."""
     native = load(root / "vivait_sip" / "native.py", "native_for_fake_build")
     for module in native.NATIVE_MODULES:
         source = native.source_path(module)
         source.with_name(source.stem + SUFFIX).write_bytes(b"")
     native.MANIFEST.write_text(json.dumps(native.manifest_for_build()))
+    if stamp:  # as build_native.py does; without it, a build by an older build_native.py
+        needed = load(root / "scripts" / "native_needed.py", "native_needed_for_fake_build")
+        needed.record(root, root / ".venv" / needed.STAMP_NAME, needed.toolchain())
 
 
 def test_the_build_is_needed_only_when_sources_or_compiler_change(tmp_path: Path) -> None:
@@ -84,7 +88,7 @@ case "$1 $2" in
 esac
 if [ "$1" = "scripts/build_native.py" ]; then
     echo "build $*" >> "$here/calls.log"
-    if [ "${2:-}" != "--clean" ]; then exec "{python}" -c "import sys; sys.path.insert(0, '{tests}'); import test_install; test_install.fake_build(__import__('pathlib').Path('$here'))"; fi
+    if [ "${2:-}" != "--clean" ]; then exec "{python}" -c "import sys; sys.path.insert(0, '{tests}'); import test_install; test_install.fake_build(__import__('pathlib').Path('$here'), stamp=True)"; fi
     exit 0
 fi
 exec "{python}" "$@"
