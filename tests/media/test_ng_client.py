@@ -343,6 +343,7 @@ async def test_a_transfers_new_webrtc_party_gets_the_certificate_under_another_f
     prime, offer, delete = sent()[before:]
     assert (prime["command"], prime["from-tag"], prime["to-tag"], prime["sdp"]) == (b"offer", b"b", b"c", kept_sdp)
     assert prime["DTLS-fingerprint"] == b"sha-384" and b"port-latching" in prime["flags"]
+    assert prime["ICE-lite"] == b"forward"  # the new party restarts ICE as the controlling agent
     assert prime["transport-protocol"] == b"UDP/TLS/RTP/SAVPF" and prime["ICE"] == b"force"
     assert (offer["from-tag"], offer["to-tag"], offer["sdp"]) == (b"c", b"b", target)
     assert "DTLS-fingerprint" not in offer  # that offer's SDP goes to the kept party: its hash unchanged

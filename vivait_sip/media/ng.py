@@ -933,6 +933,10 @@ class RtpengineBackend:
                 rtcp_mux=(RtcpMux.OFFER, RtcpMux.REQUIRE)), prime)
             _add_flag(prime, PORT_LATCHING)
             prime["DTLS-fingerprint"] = given
+            # the new party offers next (an ICE restart, it is then controlling): rtpengine,
+            # the offerer of this priming offer, would stay controlling too; as ICE-lite
+            # towards it (what the built-in bridge is to every browser) it never is
+            prime["ICE-lite"] = "forward"
             primed = await self._send(daemon, prime)
             if not primed.ok:
                 return primed
