@@ -567,7 +567,7 @@ async def scenario_waiting(run: Run, server: Server, browser: Any, backend: str 
     run.check(f"the joined call is anchored (webrtc){via}: each browser's one DTLS peer is the relay",
               [x.get("media") for x in calls] == ["anchored (webrtc)"] and bool(calls[0].get("linked_to")), calls)
     media = ctl_json(server, "media")
-    run.check(f"ctl media{via}: one session left after the join (the consultation's deleted)",
+    run.check(f"ctl media{via}: one session left once B and C are joined (the consultation's deleted)",
               media.get("backend") == backend and int(media.get("sessions", -1)) == 1,
               {k: media.get(k) for k in ("backend", "sessions", "anchored_calls")})
     await run.shot(c, "15-transferred" if backend == "builtin" else f"15-transferred-{backend}")
