@@ -19,12 +19,15 @@ from vivait_sip.media.control import (
     Answer,
     CallKey,
     Delete,
+    Ice,
+    MediaFlags,
     MediaReply,
     Offer,
     Ping,
     PlayDtmf,
     Query,
     ReplaceParty,
+    TransportProtocol,
 )
 from vivait_sip.media.ng import NgClient, NgError, RtpengineBackend, bdecode, bencode, parse_daemon
 
@@ -306,5 +309,62 @@ async def test_replace_party_is_an_offer_then_the_old_branchs_delete_and_later_s
     unknown = await backend.request(ReplaceParty("nobody", "b", "c", SDP, kept_tag="a"))
     assert not unknown.ok and "no media session for call nobody" in (unknown.error or "")
     assert (await backend.request(Delete("x"))).ok and backend.sessions == 0
+    await backend.stop()
+    daemon.close()
+
+
+WEB_SDP = (b"v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 0\r\n"
+           b"c=IN IP4 127.0.0.1\r\na=ice-ufrag:x\r\na=ice-pwd:yyyyyyyyyyyyyyyyyyyyyy\r\n"
+           b"a=fingerprint:sha-256 AA:BB\r\na=setup:actpass\r\na=mid:0\r\na=rtcp-mux\r\n")
+WEB_FLAGS = MediaFlags(transport_protocol=TransportProtocol.UDP_TLS_RTP_SAVPF, ice=Ice.FORCE)
+
+
+async def test_a_transfers_new_webrtc_party_gets_the_certificate_under_another_fingerprint_hash() -> None:
+    """rtpengine gives every leg one certificate: a browser moved onto a new leg (the
+    target of an attended transfer, which offers in its re-INVITE's 2xx) is given it
+    hashed another way (`DTLS-fingerprint`).  rtpengine 10.5 takes that flag only in an
+    offer for a leg without a hash yet, so a priming offer (the kept party's last SDP,
+    from the kept tag to the new one) comes first; a later transfer of the same peer
+    connection (its own fingerprint) gets yet another hash."""
+    daemon = await FakeDaemon.start()
+    backend = backend_for(daemon)
+    await backend.start()
+
+    def sent() -> list[dict[str, Any]]:
+        out = [bdecode(data.partition(b" ")[2]) for _, data in daemon.received]
+        return [m for m in out if isinstance(m, dict) and m["command"] != b"ping"]
+
+    kept_sdp = WEB_SDP.replace(b"AA:BB", b"0A:0A")
+    assert (await backend.request(Offer(CallKey("x", "a"), WEB_SDP.replace(b"AA:BB", b"01:01"), WEB_FLAGS))).ok
+    assert (await backend.request(Answer(CallKey("x", "a", "b"), kept_sdp, WEB_FLAGS))).ok
+    before = len(sent())
+    target = WEB_SDP.replace(b"AA:BB", b"0C:0C")
+    assert (await backend.request(ReplaceParty("x", "a", "c", target, WEB_FLAGS, kept_tag="b"))).ok
+    prime, offer, delete = sent()[before:]
+    assert (prime["command"], prime["from-tag"], prime["to-tag"], prime["sdp"]) == (b"offer", b"b", b"c", kept_sdp)
+    assert prime["DTLS-fingerprint"] == b"sha-384" and b"port-latching" in prime["flags"]
+    assert prime["ICE-lite"] == b"forward"  # the new party restarts ICE as the controlling agent
+    assert prime["transport-protocol"] == b"UDP/TLS/RTP/SAVPF" and prime["ICE"] == b"force"
+    assert (offer["from-tag"], offer["to-tag"], offer["sdp"]) == (b"c", b"b", target)
+    assert "DTLS-fingerprint" not in offer  # that offer's SDP goes to the kept party: its hash unchanged
+    assert (delete["command"], delete["from-tag"]) == (b"delete", b"a")
+    # the kept party's answer: its reply goes to the new party, with the new party's hash
+    assert (await backend.request(Answer(CallKey("x", "c", "b"), kept_sdp, WEB_FLAGS))).ok
+    assert sent()[-1]["DTLS-fingerprint"] == b"sha-384"
+    # the same browser (its fingerprint) moved again, in another call: another hash
+    assert (await backend.request(Offer(CallKey("y", "d"), WEB_SDP.replace(b"AA:BB", b"0D:0D"), WEB_FLAGS))).ok
+    assert (await backend.request(Answer(CallKey("y", "d", "e"), WEB_SDP, WEB_FLAGS))).ok
+    assert (await backend.request(ReplaceParty("y", "d", "f", target, WEB_FLAGS, kept_tag="e"))).ok
+    assert [m for m in sent() if m["command"] == b"offer"][-2]["DTLS-fingerprint"] == b"sha-512"
+    # a plain phone as the new party: no priming offer, no hash
+    assert (await backend.request(Offer(CallKey("z", "g"), SDP))).ok
+    assert (await backend.request(Answer(CallKey("z", "g", "h"), SDP))).ok
+    before = len(sent())
+    assert (await backend.request(ReplaceParty("z", "g", "i", SDP, kept_tag="h"))).ok
+    assert [m["command"] for m in sent()[before:]] == [b"offer", b"delete"]
+    assert "DTLS-fingerprint" not in sent()[before]
+    for call in ("x", "y", "z"):
+        assert (await backend.request(Delete(call))).ok
+    assert backend._hashes == {}
     await backend.stop()
     daemon.close()

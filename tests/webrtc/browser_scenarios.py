@@ -494,9 +494,10 @@ async def scenario_killed(run: Run, server: Server, work: Path, tone: Path, phon
         proc.wait(10)
 
 
-async def scenario_waiting(run: Run, server: Server, browser: Any) -> None:
+async def scenario_waiting(run: Run, server: Server, browser: Any, backend: str = "builtin") -> None:
     """Call waiting and attended transfer between three browsers (anchored in the built-in
-    relay: media asserted after the join)."""
+    relay or rtpengine, `backend`: media asserted after the join)."""
+    via = "" if backend == "builtin" else f" ({backend})"
     port = server.ports[("http", "https")]
     base = f"https://127.0.0.1:{port}"
     pages: dict[str, Page] = {}
@@ -509,6 +510,8 @@ async def scenario_waiting(run: Run, server: Server, browser: Any) -> None:
         page = await ctx.new_page()
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.on("console", lambda m, who=who: console.append(f"{who} {m.type}: {m.text[:400]}") if m.type in ("error", "warning") else None)
+        if os.environ.get("WEBFON_VERBOSE"):
+            page.on("console", lambda m, who=who: print(f"CONSOLE {who} {m.type}: {m.text[:3000]}", flush=True))
         await login(page, base, user, f"pw-{user}")
         await status_is(page, "Ready")
         pages[who] = page
@@ -546,6 +549,7 @@ async def scenario_waiting(run: Run, server: Server, browser: Any) -> None:
     await c.get_by_role("button", name="Answer", exact=True).click()
     await expect(a.get_by_role("button", name="Complete transfer", exact=True)).to_be_visible(timeout=TIMEOUT_MS)
     await run.shot(a, "14-consulting")
+    earlier = {str(r.get("call_uuid")) for r in await asyncio.to_thread(cdr_records, server)}
     await a.get_by_role("button", name="Complete transfer", exact=True).click()
     await status_is(a, "Call ended", 20000)
     await status_is(b, "Connected")
@@ -553,26 +557,42 @@ async def scenario_waiting(run: Run, server: Server, browser: Any) -> None:
     # the media after the join: B kept its leg of the relay (its DTLS association), C was
     # moved into B's relay session on new ports with a DTLS identity of its own
     got_b, got_c = await flowing(b), await flowing(c)
-    run.check("attended transfer between browsers: B receives C's audio after the join (inbound packets rising)",
+    # evidence: each browser's DTLS state, selected ICE pair and inbound streams after the join
+    run.note(f"peer connections after the join{via}", {"b": await pc_state(b), "c": await pc_state(c)})
+    run.check(f"attended transfer between browsers{via}: B receives C's audio after the join (inbound packets rising)",
               got_b[2], got_b)
-    run.check("attended transfer between browsers: C receives B's audio after the join (inbound packets rising)",
+    run.check(f"attended transfer between browsers{via}: C receives B's audio after the join (inbound packets rising)",
               got_c[2], got_c)
     calls = ctl_json(server, "calls")["calls"]
-    run.check("the joined call is anchored (webrtc): each browser's one DTLS peer is the relay",
-              [x.get("media") for x in calls] == ["anchored (webrtc)"], calls)
-    await run.shot(c, "15-transferred")
+    run.check(f"the joined call is anchored (webrtc){via}: each browser's one DTLS peer is the relay",
+              [x.get("media") for x in calls] == ["anchored (webrtc)"] and bool(calls[0].get("linked_to")), calls)
+    media = ctl_json(server, "media")
+    run.check(f"ctl media{via}: one session left once B and C are joined (the consultation's deleted)",
+              media.get("backend") == backend and int(media.get("sessions", -1)) == 1,
+              {k: media.get(k) for k in ("backend", "sessions", "anchored_calls")})
+    await run.shot(c, "15-transferred" if backend == "builtin" else f"15-transferred-{backend}")
     await b.get_by_role("button", name="Hang up", exact=True).click()
     await status_is(c, "Call ended")
-    run.check("no page errors (waiting, transfer)", not errors, errors)
+    records = await asyncio.to_thread(wait_new_cdrs, server, earlier, 3)
+    run.check(f"CDRs of the attended transfer{via}: the two calls A was in end 'transferred', the joined call is "
+              "linked to them, anchored (webrtc), answered",
+              sum(1 for r in records if r.get("hangup_cause") == "transferred") == 2
+              and any(r.get("linked_to") and r.get("disposition") == "answered"
+                      and (r.get("extra") or {}).get("media") == "anchored (webrtc)" for r in records),
+              [{k: r.get(k) for k in ("call_uuid", "caller", "callee", "disposition", "hangup_cause", "linked_to")}
+               | {"media": (r.get("extra") or {}).get("media")} for r in records])
+    await wait_sessions(run, server, f"ctl media{via}: no session left once the joined call ended")
+    run.check(f"no page errors (waiting, transfer{via})", not errors, errors)
     for ctx in contexts:
         await ctx.close()
 
 
-async def scenario_b2b(run: Run, server: Server, browser: Any) -> None:
-    """Two browsers call each other through the built-in relay (anchored, reason webrtc):
-    audio both ways, `ctl calls` and the CDR say so; then a blind transfer from the page
-    (REFER): the callee transfers the caller to a third browser, and the two joined
-    browsers hear each other."""
+async def scenario_b2b(run: Run, server: Server, browser: Any, backend: str = "builtin") -> None:
+    """Two browsers call each other through the built-in relay or rtpengine (`backend`;
+    anchored, reason webrtc): audio both ways, `ctl calls` and the CDR say so; then a
+    blind transfer from the page (REFER): the callee transfers the caller to a third
+    browser, and the two joined browsers hear each other."""
+    via = "" if backend == "builtin" else f" ({backend})"
     port = server.ports[("http", "https")]
     base = f"https://127.0.0.1:{port}"
     pages: dict[str, Page] = {}
@@ -595,25 +615,32 @@ async def scenario_b2b(run: Run, server: Server, browser: Any) -> None:
     await status_is(a, "Connected")
     await status_is(b, "Connected")
     got_a, got_b = await flowing(a), await flowing(b)
-    run.check("browser -> browser through the relay: A receives B's audio (inbound packets rising)", got_a[2], got_a)
-    run.check("browser -> browser through the relay: B receives A's audio (inbound packets rising)", got_b[2], got_b)
+    run.check(f"browser -> browser through the relay{via}: A receives B's audio (inbound packets rising)", got_a[2], got_a)
+    run.check(f"browser -> browser through the relay{via}: B receives A's audio (inbound packets rising)", got_b[2], got_b)
     calls = ctl_json(server, "calls")["calls"]
-    run.check("ctl calls: the browser <-> browser call is anchored, reason webrtc",
+    run.check(f"ctl calls{via}: the browser <-> browser call is anchored, reason webrtc",
               [x.get("media") for x in calls] == ["anchored (webrtc)"], calls)
     media = ctl_json(server, "media")
-    run.check("ctl media: anchored in the built-in backend", media.get("backend") == "builtin"
+    run.check(f"ctl media: anchored in the {backend} backend", media.get("backend") == backend
               and int(media.get("anchored_calls", 0)) == 1, {k: media.get(k) for k in ("backend", "anchored", "anchored_calls")})
     first_uuid = str(calls[0]["call"]) if calls else ""
     await a.get_by_role("button", name="Hang up", exact=True).click()
     await status_is(a, "Call ended")
     await status_is(b, "Call ended")
-    record = await asyncio.to_thread(wait_cdr_of, server, first_uuid, "media_stats")
-    extra = (record or {}).get("extra") or {}
-    stats = extra.get("media_stats") or {}
-    run.check("the CDR says anchored (webrtc) and the relay received both browsers' packets",
-              extra.get("media") == "anchored (webrtc)"
-              and all(int((stats.get(p) or {}).get("packets") or 0) > 50 for p in ("caller", "callee")),
-              {"media": extra.get("media"), "media_stats": stats})
+    if backend == "builtin":
+        record = await asyncio.to_thread(wait_cdr_of, server, first_uuid, "media_stats")
+        extra = (record or {}).get("extra") or {}
+        stats = extra.get("media_stats") or {}
+        run.check("the CDR says anchored (webrtc) and the relay received both browsers' packets",
+                  extra.get("media") == "anchored (webrtc)"
+                  and all(int((stats.get(p) or {}).get("packets") or 0) > 50 for p in ("caller", "callee")),
+                  {"media": extra.get("media"), "media_stats": stats})
+    else:  # rtpengine 10.5 answers a whole call's delete without statistics (media.md)
+        record = await asyncio.to_thread(wait_cdr_of, server, first_uuid, "media")
+        extra = (record or {}).get("extra") or {}
+        run.check(f"the CDR says anchored (webrtc){via}, answered",
+                  extra.get("media") == "anchored (webrtc)" and (record or {}).get("disposition") == "answered",
+                  {k: (record or {}).get(k) for k in ("disposition", "hangup_cause")} | {"media": extra.get("media")})
     # 2. blind transfer from the page: A calls B, B transfers A to C ("Transfer now": REFER)
     await a.get_by_role("textbox", name="Number").fill("6143")
     await a.get_by_role("button", name="Call", exact=True).click()
@@ -623,6 +650,7 @@ async def scenario_b2b(run: Run, server: Server, browser: Any) -> None:
     await status_is(b, "Connected")
     await b.get_by_role("button", name="Transfer", exact=True).click()
     await b.get_by_role("textbox", name="Transfer to").fill("6141")
+    earlier = {str(r.get("call_uuid")) for r in await asyncio.to_thread(cdr_records, server)}
     await b.get_by_role("button", name="Transfer now", exact=True).click()
     await status_is(c, "Ringing", 15000)
     await c.get_by_role("button", name="Answer", exact=True).click()
@@ -630,16 +658,52 @@ async def scenario_b2b(run: Run, server: Server, browser: Any) -> None:
     await status_is(b, "Call ended", 20000)
     await status_is(a, "Connected")
     got_a, got_c = await flowing(a), await flowing(c)
-    run.check("blind transfer between browsers: A (kept) receives C's audio after the transfer", got_a[2], got_a)
-    run.check("blind transfer between browsers: C (the target) receives A's audio", got_c[2], got_c)
+    if not (got_a[2] and got_c[2]):
+        run.note(f"peer connections after the blind transfer{via}", {"a": await pc_state(a), "c": await pc_state(c)})
+    run.check(f"blind transfer between browsers{via}: A (kept) receives C's audio after the transfer", got_a[2], got_a)
+    run.check(f"blind transfer between browsers{via}: C (the target) receives A's audio", got_c[2], got_c)
     calls = ctl_json(server, "calls")["calls"]
-    run.check("the transferred call is anchored (webrtc)", [x.get("media") for x in calls] == ["anchored (webrtc)"], calls)
-    await run.shot(c, "20-blind-transferred-browsers")
+    run.check(f"the transferred call is anchored (webrtc){via}", [x.get("media") for x in calls] == ["anchored (webrtc)"]
+              and bool(calls[0].get("linked_to")), calls)
+    media = ctl_json(server, "media")
+    run.check(f"ctl media{via}: one session, handed over to the transfer's call",
+              int(media.get("sessions", -1)) == 1, {k: media.get(k) for k in ("backend", "sessions", "anchored_calls")})
+    await run.shot(c, "20-blind-transferred-browsers" if backend == "builtin" else f"20-blind-transferred-{backend}")
     await c.get_by_role("button", name="Hang up", exact=True).click()
     await status_is(a, "Call ended")
-    run.check("no page errors (browser <-> browser)", not errors, errors)
+    records = await asyncio.to_thread(wait_new_cdrs, server, earlier, 2)
+    run.check(f"CDRs of the blind transfer{via}: A -> B ends 'transferred', the transfer's call is linked to it, "
+              "anchored (webrtc), answered",
+              any(r.get("hangup_cause") == "transferred" for r in records)
+              and any(r.get("linked_to") and r.get("disposition") == "answered"
+                      and (r.get("extra") or {}).get("media") == "anchored (webrtc)" for r in records),
+              [{k: r.get(k) for k in ("call_uuid", "caller", "callee", "disposition", "hangup_cause", "linked_to")}
+               | {"media": (r.get("extra") or {}).get("media")} for r in records])
+    await wait_sessions(run, server, f"ctl media{via}: no session left once the transferred call ended")
+    run.check(f"no page errors (browser <-> browser{via})", not errors, errors)
     for ctx in contexts:
         await ctx.close()
+
+
+def wait_new_cdrs(server: Server, seen: set[str], count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """The CDRs of calls not in `seen`, once there are at least `count` of them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = [r for r in cdr_records(server) if str(r.get("call_uuid")) not in seen]
+        if len(records) >= count or time.monotonic() > deadline:
+            return records
+        time.sleep(0.5)
+
+
+async def wait_sessions(run: Run, server: Server, name: str, timeout: float = 5.0) -> None:
+    """Check that the media backend holds no session (within `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        media = ctl_json(server, "media")
+        if int(media.get("sessions", -1)) == 0 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.3)
+    run.check(name, int(media.get("sessions", -1)) == 0, {k: media.get(k) for k in ("backend", "sessions")})
 
 
 def wait_cdr_of(server: Server, call_uuid: str, key: str, timeout: float = 10.0) -> dict[str, Any] | None:
@@ -657,7 +721,8 @@ def wait_cdr_of(server: Server, call_uuid: str, key: str, timeout: float = 10.0)
 async def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
-    parser.add_argument("--scenario", action="append", choices=["ui", "media", "waiting", "builtin", "b2b"], default=None)
+    parser.add_argument("--scenario", action="append", default=None,
+                        choices=["ui", "media", "waiting", "builtin", "b2b", "rtpe-waiting", "rtpe-b2b"])
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -667,7 +732,7 @@ async def main() -> int:
     config = base_config(smart_buttons=BUTTONS, max_digi_llam_sal=12)
     scenarios = args.scenario or ["ui"]
     daemon: Rtpengine | None = None
-    if "media" in scenarios:
+    if "media" in scenarios or any(s.startswith("rtpe-") for s in scenarios):
         daemon = await Rtpengine().start()
         config["media"] = {"backend": "rtpengine", "rtpengine": {"daemons": [daemon.address]}}
     elif "builtin" in scenarios:
@@ -691,6 +756,10 @@ async def main() -> int:
                             await scenario_waiting(run, server, browser)
                         elif name == "b2b":
                             await scenario_b2b(run, server, browser)
+                        elif name == "rtpe-waiting":
+                            await scenario_waiting(run, server, browser, "rtpengine")
+                        elif name == "rtpe-b2b":
+                            await scenario_b2b(run, server, browser, "rtpengine")
                         else:
                             await scenario_ui(run, server, browser)
                     except Exception as exc:

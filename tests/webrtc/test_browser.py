@@ -2,8 +2,9 @@
 inside `unshare -n` (loopback only): login by role and accessible name, registration of
 the pool extension over WSS, a call between two browsers with audio both ways, mute,
 hold, resume, DTMF, hang up, a rejected call, the digit cap, Spanish, logout; calls
-between browsers anchored in the relay, with media after attended and blind transfers.  The
-screenshots of each state land in tests/out/webrtc/ (not committed): look at them."""
+between browsers anchored in the relay (built-in or rtpengine), with media after attended
+and blind transfers.  The screenshots of each state land in tests/out/webrtc/ (not
+committed): look at them."""
 
 from __future__ import annotations
 
@@ -84,3 +85,19 @@ def test_browser_and_baresip_through_the_builtin_bridge() -> None:
     assert any("1000 Hz" in n for n in names) and any("killed" in n for n in names)
     shots = {Path(p).name for p in result["screenshots"]}  # type: ignore[union-attr]
     assert {"16-connected-via-builtin.png", "17-incoming-builtin.png", "18-on-hold-builtin.png"} <= shots
+
+
+def test_transfers_between_browsers_anchored_in_rtpengine() -> None:
+    """media.backend rtpengine: the attended transfer between three browsers (consult,
+    complete) and the blind transfer from the page, both joined browsers receiving audio
+    afterwards; `ctl calls` says anchored (webrtc) and linked, `ctl media` one session
+    after the join and none at the end, the CDRs say transferred and linked.  The
+    attended transfer's target, which had a DTLS association with the same daemon's
+    certificate in its consultation call, is given that certificate under another
+    fingerprint hash (without it Chrome refuses the new leg: "Failed to set SSL role")."""
+    result = run_scenarios("rtpe-waiting")  # each its own server: the web pool has two extensions
+    names = [c["check"] for c in result["checks"]]  # type: ignore[union-attr]
+    assert sum("after the join" in n and "(rtpengine)" in n for n in names) == 2
+    result = run_scenarios("rtpe-b2b")
+    names = [c["check"] for c in result["checks"]]  # type: ignore[union-attr]
+    assert sum("blind transfer between browsers (rtpengine)" in n for n in names) == 2

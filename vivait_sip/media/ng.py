@@ -34,6 +34,7 @@ from .control import (
     Answer,
     CallKey,
     Delete,
+    Ice,
     LegStats,
     MediaCommand,
     MediaFlags,
@@ -45,9 +46,11 @@ from .control import (
     Query,
     Replace,
     ReplaceParty,
+    RtcpMux,
     StartRecording,
     StopMedia,
     StopRecording,
+    TransportProtocol,
 )
 
 log = logging.getLogger("vivait_sip.media.ng")
@@ -323,6 +326,35 @@ def replace_party_to_ng(
     _add_flag(offer, PORT_LATCHING)
     delete: dict[str, object] = {"command": "delete", "call-id": msg.call_id, "from-tag": msg.old_tag, "delete-delay": 0}
     return offer, delete
+
+
+# The DTLS fingerprint hashes a transferred WebRTC party is given in turn (`DTLS-fingerprint`,
+# rtpengine 10.5: sha-1, sha-224, sha-256, sha-384, sha-512).  rtpengine signs every leg
+# with one certificate and, by default, hashes it as the party hashed its own (sha-256 for
+# Chrome); see `RtpengineBackend._transfer_hash`.
+TRANSFER_HASHES = ("sha-384", "sha-512")
+DEFAULT_HASH = "sha-256"
+MAX_PEERS = 4096  # peers whose fingerprint hash we remember (bounded, oldest forgotten)
+
+
+def sdp_fingerprint(sdp: bytes | None) -> bytes | None:
+    """The (first) `a=fingerprint:` value of an SDP: a WebRTC party's own certificate, one
+    per peer connection (None: no DTLS)."""
+    if not sdp:
+        return None
+    start = sdp.find(b"a=fingerprint:")
+    if start < 0:
+        return None
+    end = sdp.find(b"\n", start)
+    return sdp[start + 14:end if end >= 0 else len(sdp)].strip().lower()
+
+
+def next_transfer_hash(current: str | None) -> str:
+    """The hash a transferred party's new leg gets: one its peer connection does not have
+    now (`current`, the one our fingerprint reached it with last; rtpengine's default
+    when unknown)."""
+    current = (current or DEFAULT_HASH).lower()
+    return next(h for h in TRANSFER_HASHES if h != current)
 
 
 def _add_flag(payload: dict[str, object], flag: str) -> None:
@@ -723,6 +755,11 @@ class RtpengineBackend:
         # Calls with a replaced party: their later offers and answers carry `port-latching`
         # (the kept party's ports were made for the old party's endpoint, see above)
         self._latched: set[str] = set()
+        # Call-ID → {tag: DTLS fingerprint hash}: WebRTC parties a transfer put on a new leg,
+        # and the hash of our fingerprint every SDP to them carries (`_transfer_hash`)
+        self._hashes: dict[str, dict[str, str]] = {}
+        # a WebRTC party's own fingerprint (its peer connection) → the hash it last got from us
+        self._peer_hash: dict[bytes, str] = {}
         self._pinging: asyncio.Task[None] | None = None
         self.counters: dict[str, int] = {"requests": 0, "errors": 0, "failovers": 0, "refused_no_daemon": 0}
 
@@ -798,17 +835,72 @@ class RtpengineBackend:
             return self._error(f"rtpengine: {exc}")
         if isinstance(msg, (Offer, Answer)) and msg.key.call_id in self._latched:
             _add_flag(payload, PORT_LATCHING)
+        if not isinstance(msg, (Offer, Answer)):
+            return await self._request(msg, payload)
+        key = msg.key
+        # the party whose SDP this is, and the one the reply's SDP goes to
+        party, recipient = (key.from_tag, key.to_tag) if isinstance(msg, Offer) else (key.to_tag, key.from_tag)
+        self._with_hash(payload, key.call_id, recipient)
         reply = await self._request(msg, payload)
-        if reply.ok and isinstance(msg, (Offer, Answer)):
-            key = msg.key
-            party = key.from_tag if isinstance(msg, Offer) else key.to_tag
-            if party is not None and key.call_id in self._pinned:
-                self._sdps.setdefault(key.call_id, {})[party] = msg.sdp
+        if reply.ok and party is not None and key.call_id in self._pinned:
+            self._sdps.setdefault(key.call_id, {})[party] = msg.sdp
+            given = self._hashes.get(key.call_id, {}).get(party)
+            if given is not None:
+                self._remember_peer(sdp_fingerprint(msg.sdp), given)
         return reply
+
+    def _with_hash(self, payload: dict[str, object], call_id: str, recipient: str | None) -> None:
+        given = self._hashes.get(call_id, {}).get(recipient) if recipient is not None else None
+        if given is not None:
+            payload["DTLS-fingerprint"] = given
+
+    def _remember_peer(self, fingerprint: bytes | None, given: str) -> None:
+        if fingerprint is None:
+            return
+        self._peer_hash.pop(fingerprint, None)
+        if len(self._peer_hash) >= MAX_PEERS:
+            del self._peer_hash[next(iter(self._peer_hash))]
+        self._peer_hash[fingerprint] = given
+
+    def _transfer_hash(self, msg: ReplaceParty) -> str | None:
+        """The DTLS fingerprint hash of a transfer's new WebRTC party (None: not WebRTC):
+        one its peer connection has not seen our certificate hashed with (sha-256, the
+        hash Chrome uses and rtpengine copies, unless a transfer gave it another); every
+        later SDP to it keeps it.  See `_replace_party`."""
+        if msg.sdp is not None:
+            webrtc = b"a=fingerprint:" in msg.sdp or b"UDP/TLS/RTP/SAVP" in msg.sdp
+        else:
+            webrtc = msg.flags.transport_protocol is TransportProtocol.UDP_TLS_RTP_SAVPF
+        if not webrtc:
+            return None
+        fingerprint = sdp_fingerprint(msg.sdp)
+        given = next_transfer_hash(self._peer_hash.get(fingerprint) if fingerprint is not None else None)
+        self._hashes.setdefault(msg.call_id, {})[msg.new_tag] = given
+        self._remember_peer(fingerprint, given)
+        return given
 
     async def _replace_party(self, msg: ReplaceParty) -> MediaReply:
         """`replace_party_to_ng`: the offer, then the old branch's delete (its failure is
-        a warning: the kept party may then also receive what the old party still sends)."""
+        a warning: the kept party may then also receive what the old party still sends).
+
+        **A new WebRTC party gets our certificate under another fingerprint.**  rtpengine
+        signs every leg with one certificate, and by default hashes it as the party
+        hashed its own (sha-256 for Chrome).  A browser moved onto a new leg — an
+        attended transfer's target, re-INVITEd inside its consultation call, whose leg
+        was in the same daemon — would see the very fingerprint it already has a DTLS
+        association with: Chrome then keeps that association and refuses the new leg's
+        DTLS role when it differs ("Failed to set SSL role for the transport": it was
+        the client of the consultation call, rtpengine answers its `actpass` re-offer as
+        the client), and sip.js hangs up (BYE, 488).  Another hash of the same
+        certificate (`DTLS-fingerprint`, `_transfer_hash`) is another fingerprint to
+        Chrome: it starts a new handshake on the new ICE path, in the role the answer
+        gives it.  rtpengine 10.5 honours `DTLS-fingerprint` only in an offer, for a leg
+        that has no hash yet, and keeps it afterwards; so when the new party offers (its
+        SDP here) the daemon is first offered the kept party's last SDP towards the new
+        tag (the *priming* offer, its reply dropped), which makes the new leg with the
+        chosen hash, and the new party's offer follows as usual (measured with
+        Chromium 156 and rtpengine 10.5.3.5: sha-384 in the answer to the target, the
+        kept party's port and fingerprint unchanged)."""
         call_id = msg.call_id
         placing = self._placing.get(call_id)
         if placing is not None:
@@ -825,10 +917,30 @@ class RtpengineBackend:
             if len(others) != 1:
                 return self._error(f"rtpengine: replace party: which party of call {call_id} stays is unknown")
             kept_tag = others[0]
+        kept_sdp = parties.get(kept_tag)
         try:
-            offer, delete = replace_party_to_ng(msg, kept_tag, parties.get(kept_tag))
+            offer, delete = replace_party_to_ng(msg, kept_tag, kept_sdp)
         except ValueError as exc:
             return self._error(f"rtpengine: {exc}")
+        given = self._transfer_hash(msg)
+        if given is not None and msg.sdp is not None:
+            if not kept_sdp:
+                return self._error(f"rtpengine: replace party: no SDP of the kept party {kept_tag!r} to make "
+                                   f"the new WebRTC party's leg with")
+            prime = dict(offer, **{"from-tag": kept_tag, "to-tag": msg.new_tag, "sdp": kept_sdp})
+            _flags_to_ng(dataclasses.replace(
+                msg.flags, transport_protocol=TransportProtocol.UDP_TLS_RTP_SAVPF, ice=Ice.FORCE,
+                rtcp_mux=(RtcpMux.OFFER, RtcpMux.REQUIRE)), prime)
+            _add_flag(prime, PORT_LATCHING)
+            prime["DTLS-fingerprint"] = given
+            # the new party offers next (an ICE restart, it is then controlling): rtpengine,
+            # the offerer of this priming offer, would stay controlling too; as ICE-lite
+            # towards it (what the built-in bridge is to every browser) it never is
+            prime["ICE-lite"] = "forward"
+            primed = await self._send(daemon, prime)
+            if not primed.ok:
+                return primed
+        self._with_hash(offer, call_id, kept_tag if msg.sdp is not None else msg.new_tag)
         reply = await self._send(daemon, offer)
         if not reply.ok:
             return reply
@@ -947,6 +1059,7 @@ class RtpengineBackend:
 
     def _unpin(self, call_id: str) -> None:
         self._sdps.pop(call_id, None)
+        self._hashes.pop(call_id, None)
         self._latched.discard(call_id)
         daemon = self._pinned.pop(call_id, None)
         if daemon is not None:
@@ -959,3 +1072,4 @@ class RtpengineBackend:
     def _error(self, text: str) -> MediaReply:
         self.counters["errors"] += 1
         return MediaReply.failure(text, self.name)
+
