@@ -151,7 +151,7 @@ def test_kill_9_loses_no_written_cdr(tmp_path: Path) -> None:
     assert len(reported) > 100, "the writers barely ran"
     store = Store.open(tmp_path)
     stored = {c.call_uuid: c for c in CdrWriter(store).query(0, 2e9)}
-    missing = [uuid for uuid in reported if uuid not in stored]
+    missing = [uuid for uuid in reported if uuid and uuid not in stored]  # a killed write may leave a blank line
     assert missing == []
     assert all(len(call.legs) == 2 for call in stored.values())  # no call without its legs
     assert store.conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
