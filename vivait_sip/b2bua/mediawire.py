@@ -68,6 +68,9 @@ MOH = "moh:"  # PlayMedia(file="moh:CLASS"): a music-on-hold class, looping
 DTMF_KEPT = 32  # digits kept per party for `ctl calls`
 DTMF_DIGITS = frozenset("0123456789*#ABCDabcd")
 PLAY_GRACE_S = 3.0  # a prompt's end not reported this long after its length: go on anyway
+# a backend that never reports a prompt's end (rtpengine: `reports_play_done` False) is
+# timed by the prompt's length alone, plus this (its player starts a little ahead)
+UNREPORTED_GRACE_S = 0.5
 RTP_PROTOS = ("RTP/AVP", "RTP/AVPF", "RTP/SAVP", "RTP/SAVPF")
 
 
@@ -250,7 +253,9 @@ class MediaWire:
             return
         log.info("event=announcement_started call=%s prompt=%s", call.call_uuid, prompt)
         seconds = (reply.duration_ms or 0) / 1000
-        asyncio.get_running_loop().call_later(seconds + PLAY_GRACE_S, self._played, key.call_id, key.from_tag)
+        reported = getattr(self.media.backend, "reports_play_done", True)
+        grace = PLAY_GRACE_S if reported else UNREPORTED_GRACE_S
+        asyncio.get_running_loop().call_later(seconds + grace, self._played, key.call_id, key.from_tag)
 
     def on_play_done(self, event: MediaPlayDone) -> None:
         if event.tag is not None:

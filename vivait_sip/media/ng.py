@@ -688,6 +688,8 @@ class RtpengineBackend:
     answer, no daemon up, too many sessions — each is an error reply naming what failed."""
 
     name = "rtpengine"
+    # rtpengine tells nobody when a prompt ends: the caller times it by the reply's duration
+    reports_play_done = False
 
     def __init__(
         self,
@@ -701,6 +703,7 @@ class RtpengineBackend:
         max_pending: int = 1024,
         max_sessions: int = 0,
         client_factory: Callable[[str, int], NgClient] | None = None,
+        sounds: Callable[[PlayMedia], PlayMedia] | None = None,
     ) -> None:
         if not daemons:
             raise ValueError("rtpengine: at least one daemon (HOST:PORT)")
@@ -723,6 +726,11 @@ class RtpengineBackend:
         # Calls with a replaced party: their later offers and answers carry `port-latching`
         # (the kept party's ports were made for the old party's endpoint, see above)
         self._latched: set[str] = set()
+        # `PlayMedia(file=NAME)` → what rtpengine can play (rtpe_sounds.RtpengineSounds.resolve);
+        # None: files and blobs go as they are
+        self.sounds = sounds
+        # (Call-ID, the party played to) → the parties whose media is blocked meanwhile
+        self._blocked: dict[tuple[str, str], list[str]] = {}
         self._pinging: asyncio.Task[None] | None = None
         self.counters: dict[str, int] = {"requests": 0, "errors": 0, "failovers": 0, "refused_no_daemon": 0}
 
@@ -792,6 +800,10 @@ class RtpengineBackend:
         self.counters["requests"] += 1
         if isinstance(msg, ReplaceParty):
             return await self._replace_party(msg)
+        if isinstance(msg, PlayMedia):
+            return await self._play(msg)
+        if isinstance(msg, StopMedia):
+            return await self._stop_play(msg)
         try:
             payload = to_ng(msg)
         except (TypeError, ValueError) as exc:
@@ -804,6 +816,42 @@ class RtpengineBackend:
             party = key.from_tag if isinstance(msg, Offer) else key.to_tag
             if party is not None and key.call_id in self._pinned:
                 self._sdps.setdefault(key.call_id, {})[party] = msg.sdp
+        return reply
+
+    async def _play(self, msg: PlayMedia) -> MediaReply:
+        """`play media` of a sound rtpengine can play (a named one rendered by `sounds`),
+        the other parties' media blocked first: rtpengine 10.5 sends its player's stream
+        *alongside* what it forwards to that party (measured: two SSRCs interleaved), so a
+        held party would hear the holder's audio over the music.  `_stop_play` unblocks."""
+        if self.sounds is not None and msg.blob is None and msg.file is not None and not msg.file.startswith("/"):
+            try:
+                msg = await asyncio.to_thread(self.sounds, msg)
+            except (LookupError, OSError, ValueError) as exc:
+                return self._error(f"rtpengine: {exc}")
+        call_id, tag = msg.key.call_id, msg.key.from_tag
+        others = [t for t in self._sdps.get(call_id, {}) if t != tag]
+        blocked = self._blocked.setdefault((call_id, tag), [])
+        for other in others:
+            if other in blocked:
+                continue
+            reply = await self._request(msg, {"command": "block media", "call-id": call_id, "from-tag": other})
+            if reply.ok:
+                blocked.append(other)
+            else:
+                log.warning("event=media_block_failed call_id=%r tag=%r error=%r", call_id, other, reply.error)
+        return await self._request(msg, to_ng(msg))
+
+    async def _stop_play(self, msg: StopMedia) -> MediaReply:
+        """`stop media`, then the parties `_play` blocked are heard again (their failures,
+        a party deleted meanwhile by a transfer, are only logged)."""
+        call_id, tag = msg.key.call_id, msg.key.from_tag
+        reply = await self._request(msg, to_ng(msg))
+        for other in self._blocked.pop((call_id, tag), []):
+            if call_id not in self._pinned:
+                break
+            unblocked = await self._request(msg, {"command": "unblock media", "call-id": call_id, "from-tag": other})
+            if not unblocked.ok:
+                log.info("event=media_unblock_failed call_id=%r tag=%r error=%r", call_id, other, unblocked.error)
         return reply
 
     async def _replace_party(self, msg: ReplaceParty) -> MediaReply:
@@ -861,10 +909,17 @@ class RtpengineBackend:
                     return MediaReply("ok", warning=f"rtpengine {daemon.address} is down: session forgotten",
                                       backend=f"rtpengine {daemon.address}")
                 return self._error(f"rtpengine {daemon.address} holding call {call_id} is down ({daemon.last_error})")
+            queried: MediaReply | None = None
+            if whole_delete:
+                # rtpengine 10.5 answers a whole call's delete without statistics (only a
+                # branch delete carries them): what each party sent, asked just before
+                queried = await self._send(daemon, {"command": "query", "call-id": call_id})
             reply = await self._send(daemon, payload)
             if whole_delete:
                 self._unpin(call_id)
                 await self._delete_strays(call_id, payload)
+                if reply.ok and not reply.legs and queried is not None and queried.ok and queried.legs:
+                    reply = dataclasses.replace(reply, legs=queried.legs)
             return reply
         if not isinstance(msg, Offer):
             if isinstance(msg, Delete):
@@ -947,6 +1002,8 @@ class RtpengineBackend:
 
     def _unpin(self, call_id: str) -> None:
         self._sdps.pop(call_id, None)
+        for key in [k for k in self._blocked if k[0] == call_id]:
+            del self._blocked[key]
         self._latched.discard(call_id)
         daemon = self._pinned.pop(call_id, None)
         if daemon is not None:
