@@ -731,6 +731,9 @@ class RtpengineBackend:
         self.sounds = sounds
         # (Call-ID, the party played to) → the parties whose media is blocked meanwhile
         self._blocked: dict[tuple[str, str], list[str]] = {}
+        # (Call-ID, party) → its play and stop requests, one at a time and in order: a stop
+        # asked while the play is still being rendered or blocking goes after it
+        self._players: dict[tuple[str, str], asyncio.Lock] = {}
         self._pinging: asyncio.Task[None] | None = None
         self.counters: dict[str, int] = {"requests": 0, "errors": 0, "failovers": 0, "refused_no_daemon": 0}
 
@@ -800,10 +803,10 @@ class RtpengineBackend:
         self.counters["requests"] += 1
         if isinstance(msg, ReplaceParty):
             return await self._replace_party(msg)
-        if isinstance(msg, PlayMedia):
-            return await self._play(msg)
-        if isinstance(msg, StopMedia):
-            return await self._stop_play(msg)
+        if isinstance(msg, (PlayMedia, StopMedia)):
+            player = (msg.key.call_id, msg.key.from_tag)
+            async with self._players.setdefault(player, asyncio.Lock()):  # forgotten with the session (_unpin)
+                return await (self._play(msg) if isinstance(msg, PlayMedia) else self._stop_play(msg))
         try:
             payload = to_ng(msg)
         except (TypeError, ValueError) as exc:
@@ -1004,6 +1007,8 @@ class RtpengineBackend:
         self._sdps.pop(call_id, None)
         for key in [k for k in self._blocked if k[0] == call_id]:
             del self._blocked[key]
+        for key in [k for k in self._players if k[0] == call_id and not self._players[k].locked()]:
+            del self._players[key]
         self._latched.discard(call_id)
         daemon = self._pinned.pop(call_id, None)
         if daemon is not None:
