@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from ng_fake import FakeDaemon, rtpengine_like
 
+from vivait_sip.media.anchor import party_stats
 from vivait_sip.media.control import (
     Answer,
     CallKey,
@@ -28,7 +29,6 @@ from vivait_sip.media.control import (
     ReplaceParty,
     StopMedia,
 )
-from vivait_sip.media.anchor import party_stats
 from vivait_sip.media.ng import NgClient, NgError, RtpengineBackend, bdecode, bencode, parse_daemon
 from vivait_sip.media.prompts import Prompts
 from vivait_sip.media.rtpe_sounds import LOOP_S, RtpengineSounds

@@ -20,6 +20,9 @@ from peer_phones import tone_share, ulaw_samples
 from rtpengine_proc import Rtpengine
 
 from vivait_sip.media.anchor import AnchoringPolicy, AnchoringSeam
+from vivait_sip.media.audio import g711
+from vivait_sip.media.audio.tones import tone
+from vivait_sip.media.audio.wav import write_wav
 from vivait_sip.media.control import (
     Answer,
     CallKey,
@@ -33,9 +36,6 @@ from vivait_sip.media.control import (
     Replace,
     StopMedia,
 )
-from vivait_sip.media.audio import g711
-from vivait_sip.media.audio.tones import tone
-from vivait_sip.media.audio.wav import write_wav
 from vivait_sip.media.ng import NgClient, RtpengineBackend
 from vivait_sip.media.prompts import Prompts
 from vivait_sip.media.rtpe_sounds import RtpengineSounds

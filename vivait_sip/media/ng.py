@@ -805,6 +805,8 @@ class RtpengineBackend:
             return await self._replace_party(msg)
         if isinstance(msg, (PlayMedia, StopMedia)):
             player = (msg.key.call_id, msg.key.from_tag)
+            if msg.key.call_id not in self._pinned and msg.key.call_id not in self._placing:
+                return self._error(f"rtpengine: no media session for call {msg.key.call_id}")
             async with self._players.setdefault(player, asyncio.Lock()):  # forgotten with the session (_unpin)
                 return await (self._play(msg) if isinstance(msg, PlayMedia) else self._stop_play(msg))
         try:

@@ -77,12 +77,12 @@ def ogg_opus(pcmu: bytes, bitrate: int = OPUS_BITRATE) -> bytes | None:
         with av.open(buffer, "w", format="ogg") as out:
             stream = out.add_stream("libopus", rate=48000)
             stream.bit_rate = bitrate
-            stream.layout = "mono"  # type: ignore[union-attr]
+            stream.layout = "mono"
             frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
             frame.sample_rate = 8000
-            for packet in stream.encode(frame):  # type: ignore[union-attr]
+            for packet in stream.encode(frame):
                 out.mux(packet)
-            for packet in stream.encode(None):  # type: ignore[union-attr]
+            for packet in stream.encode(None):
                 out.mux(packet)
     except Exception as exc:  # an encoder PyAV was built without: WAV or a file instead
         log.warning("event=opus_encode_failed error=%r", str(exc))
