@@ -4,7 +4,12 @@ INFO bodies."""
 
 from __future__ import annotations
 
-from vivait_sip.b2bua.mediawire import PLACEHOLDER_OFFER, info_digit, placeholder_address, placeholder_answer
+from vivait_sip.b2bua.mediawire import (
+    PLACEHOLDER_OFFER,
+    info_digit,
+    placeholder_address,
+    placeholder_answer,
+)
 from vivait_sip.sip.message import Request
 from vivait_sip.sip.sdp import parse_sdp
 
