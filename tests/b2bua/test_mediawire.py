@@ -4,7 +4,12 @@ INFO bodies."""
 
 from __future__ import annotations
 
-from vivait_sip.b2bua.mediawire import PLACEHOLDER_OFFER, info_digit, placeholder_answer
+from vivait_sip.b2bua.mediawire import (
+    PLACEHOLDER_OFFER,
+    info_digit,
+    placeholder_address,
+    placeholder_answer,
+)
 from vivait_sip.sip.message import Request
 from vivait_sip.sip.sdp import parse_sdp
 
@@ -52,3 +57,11 @@ def test_dtmf_in_sip_info_bodies() -> None:
     for ctype, body in (("application/dtmf-relay", b"Signal=55"), ("application/dtmf", b"12"),
                         ("application/media_control+xml", b"<x/>"), ("application/dtmf-relay", b"Duration=1")):
         assert info_digit(info(ctype, body)) == (None, None)
+
+
+def test_the_placeholder_for_rtpengine_is_the_discard_port_of_its_loopback() -> None:
+    """rtpengine 10.5 hands a zero address on as `a=sendonly` (a hold): with it the
+    placeholder is 127.0.0.1:9 instead (nothing leaves the daemon's machine)."""
+    assert placeholder_address("builtin") == "0.0.0.0" and placeholder_address("rtpengine") == "127.0.0.1"
+    answer = placeholder_answer(OFFER, placeholder_address("rtpengine"))
+    assert answer is not None and b"c=IN IP4 127.0.0.1" in answer and b"m=audio 9 " in answer

@@ -122,7 +122,9 @@ def rtpengine_server(tmp_path: Path, workers: int) -> Iterator[tuple[Server, Rtp
 
 
 def test_the_same_call_through_rtpengine(rtpengine_server: tuple[Server, Rtpengine], tmp_path: Path) -> None:
-    """Issue 11: two baresip phones through real rtpengine (userspace) as the backend."""
+    """Issue 11: two baresip phones through real rtpengine (userspace) as the backend; the
+    CDR gets each party's statistics (rtpengine 10.5's delete has none: the backend asks
+    `query` just before it)."""
     server, daemon = rtpengine_server
     phones: list[Baresip] = []
     try:
@@ -142,6 +144,15 @@ def test_the_same_call_through_rtpengine(rtpengine_server: tuple[Server, Rtpengi
         assert heard_by_alice.has_tone(CALLEE_HZ), heard_by_alice
         [record] = wait_cdrs(server, 1)
         assert record["disposition"] == "answered" and record["extra"]["media"] == "anchored (default)"
+        deadline = time.monotonic() + 5
+        while "media_stats" not in record["extra"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+            [record] = wait_cdrs(server, 1)
+        stats = record["extra"]["media_stats"]
+        assert set(stats) == {"caller", "callee"}, stats
+        for party in stats.values():  # TALK_S of 20 ms packets from each phone, what rtpengine received
+            assert party["packets"] > 25 * TALK_S and party["bytes"] > 160 * 25 * TALK_S, stats
+            assert party["errors"] == 0 and str(party["address"]).startswith("127.0.0.1:"), stats
     finally:
         for phone in phones:
             phone.close()

@@ -58,6 +58,34 @@ def media_config(**extra: Any) -> dict[str, Any]:
             "rtp_timeout_s": 0, **extra}
 
 
+@pytest.fixture(params=["builtin", "rtpengine"])
+def backend(request: pytest.FixtureRequest) -> Iterator[Rtpengine | None]:
+    """The media backend of a test: the built-in media workers (None), or a real
+    rtpengine daemon (userspace) started for the test."""
+    if request.param == "builtin":
+        yield None
+        return
+    import asyncio
+
+    daemon = asyncio.run(Rtpengine().start())
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+def media_for(daemon: Rtpengine | None, **extra: Any) -> dict[str, Any]:
+    """`media_config(**extra)`, through `daemon` when there is one."""
+    if daemon is None:
+        return media_config(**extra)
+    return media_config(backend="rtpengine", rtpengine={"daemons": [daemon.address]}, **extra)
+
+
+def ports_of(daemon: Rtpengine | None) -> tuple[int, int]:
+    """The range the relay's ports come from."""
+    return (daemon.port_min, daemon.port_max) if daemon is not None else MEDIA_PORTS
+
+
 def serve(tmp: Path, workers: int, *, media: dict[str, Any], dialplan: list[dict[str, Any]] | None = None,
           **b2bua: Any) -> Server:
     config = base_config(workers, **b2bua)
@@ -116,13 +144,13 @@ def state(server: Server) -> list[str]:
 
 
 def test_a_held_party_hears_music_on_hold_and_the_other_party_again_after_the_resume(
-    tmp_path: Path, workers: int, phones_for: Any
+    tmp_path: Path, workers: int, phones_for: Any, backend: Rtpengine | None
 ) -> None:
     """B holds A.  Without anchoring A gets nothing while held (test_transfer_peers); here
     the route's music-on-hold class (a 600 Hz tune) anchors the call (feature moh) and A
     receives it while held; after the resume A receives B's tone again."""
     tune = write_tone(tmp_path / "tune.wav", MOH_HZ, 5)
-    server = serve(tmp_path, workers, media=media_config(moh_classes={"tune": str(tune)}),
+    server = serve(tmp_path, workers, media=media_for(backend, moh_classes={"tune": str(tune)}),
                    dialplan=[{"name": "local", "moh": "tune", "action": {"type": "user"}}])
     phones = phones_for(tmp_path, server)
     try:
@@ -165,8 +193,8 @@ def test_a_held_party_hears_music_on_hold_and_the_other_party_again_after_the_re
 # ---- announcements --------------------------------------------------------------------------------
 
 
-def announcement_server(tmp: Path, workers: int) -> Server:
-    return serve(tmp, workers, media=media_config(), dialplan=[
+def announcement_server(tmp: Path, workers: int, daemon: Rtpengine | None = None) -> Server:
+    return serve(tmp, workers, media=media_for(daemon), dialplan=[
         {"name": "closed", "match": {"number": {"exact": "900"}}, "action": {"type": "announcement", "prompt": "test-1k"}},
         {"name": "welcome", "match": {"number": {"exact": "901"}},
          "action": {"type": "announcement", "prompt": "test-1k", "then": {"type": "user", "user": USERS["B"]}}},
@@ -174,10 +202,13 @@ def announcement_server(tmp: Path, workers: int) -> Server:
     ])
 
 
-def test_an_announcement_answers_plays_the_prompt_and_hangs_up(tmp_path: Path, workers: int, phones_for: Any) -> None:
+def test_an_announcement_answers_plays_the_prompt_and_hangs_up(tmp_path: Path, workers: int, phones_for: Any,
+                                                               backend: Rtpengine | None) -> None:
     """A dials 900: the B2BUA answers (the relay's SDP, no callee), A hears the generated
-    1 kHz prompt, then gets BYE; the CDR says answered, cause announcement."""
-    server = announcement_server(tmp_path, workers)
+    1 kHz prompt, then gets BYE; the CDR says answered, cause announcement.  Through
+    rtpengine the prompt goes as a WAV blob in `play media`, and its end is timed by the
+    reply's duration (rtpengine reports none)."""
+    server = announcement_server(tmp_path, workers, backend)
     phones = phones_for(tmp_path, server)
     try:
         a = phones.add("A", B_HZ)  # A sends 400 Hz: what it hears is the prompt's 1 kHz
@@ -198,11 +229,12 @@ def test_an_announcement_answers_plays_the_prompt_and_hangs_up(tmp_path: Path, w
         server.stop()
 
 
-def test_an_announcement_then_rings_its_target(tmp_path: Path, workers: int, phones_for: Any) -> None:
+def test_an_announcement_then_rings_its_target(tmp_path: Path, workers: int, phones_for: Any,
+                                               backend: Rtpengine | None) -> None:
     """A dials 901: the prompt, then B rings (A hears ringback) and answers; A and B hear
     each other through the same relay session (B took the placeholder's place); two CDRs,
     the second linked to the announcement's."""
-    server = announcement_server(tmp_path, workers)
+    server = announcement_server(tmp_path, workers, backend)
     phones = phones_for(tmp_path, server)
     try:
         a, b = phones.add("A", B_HZ), phones.add("B", C_HZ)
@@ -232,21 +264,22 @@ def test_an_announcement_then_rings_its_target(tmp_path: Path, workers: int, pho
 SIPP_GW = "127.0.0.7"
 
 
-def late_offer_server(tmp: Path, workers: int) -> Server:
+def late_offer_server(tmp: Path, workers: int, daemon: Rtpengine | None = None) -> Server:
     trunk = {"name": "gw", "host": SIPP_GW, "port": 5999, "networks": [f"{SIPP_GW}/32"], "options_interval_s": 0}
-    return serve(tmp, workers, media=media_config(), trunks=[trunk], dialplan=[
+    return serve(tmp, workers, media=media_for(daemon), trunks=[trunk], dialplan=[
         {"name": "closed", "match": {"number": {"exact": "900"}}, "action": {"type": "announcement", "prompt": "test-1k"}},
     ])
 
 
 def test_a_late_offer_caller_is_offered_the_relays_sdp_answers_in_the_ack_and_hears_the_prompt(
-    tmp_path: Path, workers: int
+    tmp_path: Path, workers: int, backend: Rtpengine | None
 ) -> None:
     """SIPp (a gateway) dials 900 with an INVITE without SDP: the 200 carries the relay's
     offer (G.711 from our placeholder party), SIPp answers in the ACK with PCMU at a port
     this test listens on, and the prompt (1 kHz) arrives there from the relay's port;
     then BYE, CDR answered / announcement."""
-    server = late_offer_server(tmp_path, workers)
+    server = late_offer_server(tmp_path, workers, backend)
+    low, high = ports_of(backend)
     listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         listener.bind(("127.0.0.1", 0))
@@ -270,7 +303,7 @@ def test_a_late_offer_caller_is_offered_the_relays_sdp_answers_in_the_ack_and_he
         audio = [(source, data) for source, data in received if len(data) > 12 and data[1] & 0x7F == 0]
         assert len(audio) > 25, f"{len(received)} datagrams"  # a second of 20 ms PCMU packets
         sources = {source for source, _ in audio}
-        assert len(sources) == 1 and all(MEDIA_PORTS[0] <= port <= MEDIA_PORTS[1] for _, port in sources), sources
+        assert len(sources) == 1 and all(low <= port <= high for _, port in sources), sources
         assert tone_share(ulaw_samples([data[12:] for _, data in audio]), A_HZ) > 0.8
         wait_no_calls(server)
         [record] = wait_cdrs(server, 1)

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from ng_fake import FakeDaemon, rtpengine_like
 
+from vivait_sip.media.anchor import party_stats
 from vivait_sip.media.control import (
     Answer,
     CallKey,
@@ -25,11 +26,15 @@ from vivait_sip.media.control import (
     Offer,
     Ping,
     PlayDtmf,
+    PlayMedia,
     Query,
     ReplaceParty,
+    StopMedia,
     TransportProtocol,
 )
 from vivait_sip.media.ng import NgClient, NgError, RtpengineBackend, bdecode, bencode, parse_daemon
+from vivait_sip.media.prompts import Prompts
+from vivait_sip.media.rtpe_sounds import LOOP_S, RtpengineSounds
 
 SDP = b"v=0\r\no=a 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
 
@@ -180,7 +185,7 @@ async def test_sessions_are_pinned_and_spread_over_the_daemons() -> None:
     assert backend.daemon_of("c1") == one.address and backend.sessions == 2
     assert (await backend.request(Delete("c1"))).ok
     assert backend.daemon_of("c1") is None and backend.sessions == 1
-    assert [c for c in one.commands() if c != "ping"] == ["offer", "answer", "delete"]
+    assert [c for c in one.commands() if c != "ping"] == ["offer", "answer", "query", "delete"]  # query: the statistics
     await backend.stop()
     one.close()
     two.close()
@@ -277,7 +282,7 @@ async def test_a_delete_racing_the_first_offer_waits_for_it() -> None:
     await asyncio.sleep(0.01)
     deleted = await backend.request(Delete("race"))
     assert (await placing).ok and deleted.ok and deleted.warning is None
-    assert [c for c in daemon.commands() if c != "ping"] == ["offer", "offer", "delete"] and backend.sessions == 0
+    assert [c for c in daemon.commands() if c != "ping"] == ["offer", "offer", "query", "delete"] and backend.sessions == 0
     await backend.stop()
     daemon.close()
 
@@ -366,5 +371,88 @@ async def test_a_transfers_new_webrtc_party_gets_the_certificate_under_another_f
     for call in ("x", "y", "z"):
         assert (await backend.request(Delete(call))).ok
     assert backend._hashes == {}
+# ---- statistics of a whole call's delete, play media ------------------------------------------
+
+
+def _stream(address: str, port: int, packets: int, rtcp: bool = False, ssrc: int | None = None) -> dict[str, Any]:
+    stream: dict[str, Any] = {
+        "local port": 30000, "endpoint": {"family": "IPv4", "address": address, "port": port},
+        "flags": ["RTCP" if rtcp else "RTP", "filled"],
+        "stats": {"packets": packets, "bytes": packets * 172, "errors": 0},
+    }
+    if ssrc is not None:
+        stream["SSRC"] = ssrc
+    return stream
+
+
+QUERY_REPLY: dict[str, Any] = {  # what rtpengine 10.5's query answers (trimmed), with RTCP statistics for one SSRC
+    "result": "ok",
+    "tags": {
+        "ft": {"tag": "ft", "medias": [{"index": 1, "streams": [_stream("192.0.2.7", 4000, 150, ssrc=1111),
+                                                                _stream("192.0.2.7", 4001, 3, rtcp=True)]}]},
+        "tt": {"tag": "tt", "medias": [{"index": 1, "streams": [_stream("192.0.2.8", 4002, 149, ssrc=2222),
+                                                                _stream("192.0.2.8", 4003, 0, rtcp=True)]}]},
+    },
+    "SSRC": {"1111": {"packets lost": 2, "MOS progression": {"entries": [{"packet loss": 1, "jitter": 3}]}}},
+}
+
+
+async def test_a_whole_calls_delete_carries_the_statistics_of_a_query_just_before() -> None:
+    """rtpengine 10.5 answers the delete of a whole call without statistics: the backend
+    asks `query` first and puts its legs into the delete's reply; the seam's
+    `party_stats` makes the CDR's `media_stats` of them (caller, callee)."""
+
+    def reply(msg: dict[str, Any]) -> dict[str, Any] | None:
+        if msg.get("command") == b"query":
+            return QUERY_REPLY
+        return rtpengine_like(msg)
+
+    daemon = await FakeDaemon.start(reply)
+    backend = backend_for(daemon)
+    await backend.start()
+    assert (await backend.request(offer("s1"))).ok
+    deleted = await backend.request(Delete("s1"))
+    assert deleted.ok and [c for c in daemon.commands() if c != "ping"] == ["offer", "query", "delete"]
+    assert party_stats(deleted.legs, "ft", "tt") == {
+        "caller": {"packets": 150, "bytes": 25800, "errors": 0, "packets_lost": 2, "loss": 0.01, "jitter_ms": 3.0,
+                   "address": "192.0.2.7:4000"},
+        "callee": {"packets": 149, "bytes": 25628, "errors": 0, "address": "192.0.2.8:4002"},
+    }
+    # a branch delete (one tag) is not queried; a query that fails leaves the delete as it is
+    assert (await backend.request(offer("s2"))).ok
+    assert (await backend.request(Delete("s2", from_tag="ft"))).ok
+    assert daemon.commands()[-1] == "delete" and daemon.commands()[-2] == "offer"
+    daemon.reply = lambda msg: {"result": "error", "error-reason": "Unknown call-id"} if msg.get("command") == b"query" \
+        else rtpengine_like(msg)
+    deleted = await backend.request(Delete("s2"))
+    assert deleted.ok and deleted.legs == () and backend.sessions == 0
+    await backend.stop()
+    daemon.close()
+
+
+async def test_play_media_renders_a_named_sound_and_blocks_the_other_party_until_stop() -> None:
+    """`PlayMedia(file="test-1k")` goes out as `play media` with the sound as a µ-law WAV
+    blob, after `block media` of the other party; `StopMedia` is `stop media` then
+    `unblock media`.  repeat=0 (until stopped) becomes a repeat count covering hours."""
+    daemon = await FakeDaemon.start(lambda msg: {"result": "ok", "duration": 1000} if msg.get("command") == b"play media"
+                                    else rtpengine_like(msg))
+    backend = backend_for(daemon, sounds=RtpengineSounds(Prompts()).resolve)
+    await backend.start()
+    assert (await backend.request(offer("p1"))).ok
+    assert (await backend.request(Answer(CallKey("p1", "ft", "tt"), SDP))).ok
+    played = await backend.request(PlayMedia(CallKey("p1", "ft"), file="test-1k", repeat=0))
+    assert played.ok and played.duration_ms == 1000
+    assert (await backend.request(StopMedia(CallKey("p1", "ft")))).ok
+    sent = [bdecode(data.partition(b" ")[2]) for _, data in daemon.received]
+    sent = [m for m in sent if isinstance(m, dict) and m["command"] != b"ping"]
+    assert [(m["command"], m.get("from-tag")) for m in sent[2:]] == [
+        (b"block media", b"tt"), (b"play media", b"ft"), (b"stop media", b"ft"), (b"unblock media", b"tt")]
+    play = sent[3]
+    assert isinstance(play, dict) and "file" not in play
+    blob = play["blob"]
+    assert isinstance(blob, bytes) and blob[:4] == b"RIFF" and blob[8:12] == b"WAVE" and len(blob) == 8000 + 58
+    assert play["repeat-times"] == LOOP_S  # a 1 s sound, looped for LOOP_S
+    missing = await backend.request(PlayMedia(CallKey("p1", "ft"), file="no-such-prompt"))
+    assert not missing.ok and "no prompt 'no-such-prompt'" in (missing.error or "")
     await backend.stop()
     daemon.close()

@@ -12,12 +12,17 @@ import re
 import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
+from peer_phones import tone_share, ulaw_samples
 from rtpengine_proc import Rtpengine
 
 from vivait_sip.media.anchor import AnchoringPolicy, AnchoringSeam
+from vivait_sip.media.audio import g711
+from vivait_sip.media.audio.tones import tone
+from vivait_sip.media.audio.wav import write_wav
 from vivait_sip.media.control import (
     Answer,
     CallKey,
@@ -26,10 +31,14 @@ from vivait_sip.media.control import (
     MediaReply,
     Offer,
     Ping,
+    PlayMedia,
     Query,
     Replace,
+    StopMedia,
 )
 from vivait_sip.media.ng import NgClient, RtpengineBackend
+from vivait_sip.media.prompts import Prompts
+from vivait_sip.media.rtpe_sounds import RtpengineSounds
 from vivait_sip.sip.message import Request, parse_message
 
 pytestmark = pytest.mark.timeout(60)
@@ -338,4 +347,119 @@ async def test_a_transfer_replaces_a_party_on_real_rtpengine_and_the_kept_party_
     assert backend.sessions == 0
     pair.close()
     carol.close()
+    await backend.stop()
+
+
+# ---- prompts, music on hold and statistics through rtpengine ----------------------------------
+
+
+def sounds_for(tmp: Path, **kwargs: Any) -> RtpengineSounds:
+    tune = tmp / "tune"
+    tune.mkdir()
+    write_wav(tune / "a.wav", tone(600, 11.0))  # with the second of silence after it: 12 s, over a WAV blob
+    return RtpengineSounds(Prompts([], {"tune": str(tune)}), **kwargs)
+
+
+async def collect(phone: Phone, seconds: float) -> list[tuple[bytes, Any]]:
+    got: list[tuple[bytes, Any]] = []
+    deadline = asyncio.get_running_loop().time() + seconds
+    while (left := deadline - asyncio.get_running_loop().time()) > 0:
+        try:
+            got.append(await phone.receive(timeout=left))
+        except TimeoutError:
+            break
+    return got
+
+
+def ssrc_of(packet: bytes) -> int:
+    return int(struct.unpack("!I", packet[8:12])[0])
+
+
+async def keep_sending(phone: Phone, to: tuple[str, int], ssrc: int, hz: float, stop: asyncio.Event) -> None:
+    payload = g711.encode(tone(hz, 0.02), "PCMU")
+    seq = 0
+    while not stop.is_set():
+        phone.send(struct.pack("!BBHII", 0x80, 0, seq, seq * 160, ssrc) + payload, to)
+        seq += 1
+        await asyncio.sleep(0.02)
+
+
+async def test_a_named_prompt_plays_through_rtpengine_and_the_other_party_is_blocked_meanwhile(
+    daemon: Rtpengine, tmp_path: Path
+) -> None:
+    """`PlayMedia(file="test-1k")` (a prompt name, as the B2BUA sends it) reaches alice as
+    the generated 1 kHz tone, from her own rtpengine port, in a stream of its own; bob's RTP,
+    which rtpengine 10.5 would otherwise interleave with it, is blocked while it plays and
+    heard again after `StopMedia`.  Then music on hold of a 12 s class (an Ogg/Opus blob)
+    loops until stopped.  The whole call's delete carries each party's statistics (asked
+    with a query just before: 10.5's delete has none)."""
+    backend = await backend_for(daemon, sounds=sounds_for(tmp_path).resolve)
+    call = await anchored_call(backend, "play-1@test")
+    stop = asyncio.Event()
+    senders = [asyncio.create_task(keep_sending(call.alice, call.to_alice, 0xA11CE, 400, stop)),
+               asyncio.create_task(keep_sending(call.bob, call.to_bob, 0xB0B, 700, stop))]
+    try:
+        await asyncio.sleep(0.3)
+        played = await backend.request(PlayMedia(CallKey("play-1@test", "alice-tag"), file="test-1k"))
+        assert played.ok and played.duration_ms == 1000, played
+        await drain(call.alice)
+        got = await collect(call.alice, 1.0)
+        assert {source for _, source in got} == {call.to_alice}  # from alice's own rtpengine port
+        ssrcs = {ssrc_of(data) for data, _ in got}
+        assert 0xB0B not in ssrcs and len(ssrcs) == 1, ssrcs  # bob blocked: the prompt alone
+        assert tone_share(ulaw_samples([data[12:] for data, _ in got]), 1000) > 0.9
+        assert (await backend.request(StopMedia(CallKey("play-1@test", "alice-tag")))).ok
+        await asyncio.sleep(0.2)
+        await drain(call.alice)
+        after = await collect(call.alice, 0.5)
+        assert {ssrc_of(data) for data, _ in after} == {0xB0B}  # bob again, alone
+
+        moh = await backend.request(PlayMedia(CallKey("play-1@test", "alice-tag"), file="moh:tune", repeat=0))
+        assert moh.ok and 11_900 <= (moh.duration_ms or 0) <= 12_100, moh
+        await asyncio.sleep(0.3)
+        await drain(call.alice)
+        music = await collect(call.alice, 1.5)
+        assert 0xB0B not in {ssrc_of(data) for data, _ in music}
+        assert tone_share(ulaw_samples([data[12:] for data, _ in music]), 600) > 0.8
+        assert (await backend.request(StopMedia(CallKey("play-1@test", "alice-tag")))).ok
+        await asyncio.sleep(0.2)
+        await drain(call.alice)
+        assert {ssrc_of(data) for data, _ in await collect(call.alice, 0.5)} == {0xB0B}
+    finally:
+        stop.set()
+        await asyncio.gather(*senders)
+    deleted = await backend.request(Delete("play-1@test"))
+    assert deleted.ok
+    legs = {leg.tag: leg for leg in deleted.legs}
+    assert set(legs) == {"alice-tag", "bob-tag"}, deleted
+    for leg, phone in ((legs["alice-tag"], call.alice), (legs["bob-tag"], call.bob)):
+        assert leg.packets > 150 and leg.bytes == leg.packets * 172 and leg.errors == 0, leg
+        assert leg.address == f"{phone.address[0]}:{phone.address[1]}"
+    call.close()
+    await backend.stop()
+
+
+async def test_a_prompt_too_long_for_a_blob_is_refused_or_played_from_the_media_dir(
+    daemon: Rtpengine, tmp_path: Path
+) -> None:
+    """A 12 s sound with neither WAV nor Opus allowed to carry it (blob limit 20 kB, Opus
+    off): refused with the reason; with `media_dir` it is played from that directory on
+    the daemon's machine (here the same machine)."""
+    media_dir = tmp_path / "daemon-media"
+    (media_dir / "moh").mkdir(parents=True)
+    sounds = sounds_for(tmp_path, blob_max=20_000, opus=False)
+    backend = await backend_for(daemon, sounds=sounds.resolve)
+    call = await anchored_call(backend, "play-2@test")
+    refused = await backend.request(PlayMedia(CallKey("play-2@test", "alice-tag"), file="moh"))
+    assert not refused.ok and "too long for one NG message" in (refused.error or ""), refused
+    write_wav(media_dir / "moh.wav", tone(1000, 3.0))
+    sounds.media_dir = str(media_dir)
+    sounds._cache.clear()
+    played = await backend.request(PlayMedia(CallKey("play-2@test", "alice-tag"), file="moh"))
+    assert played.ok and played.duration_ms == 3000, played  # the daemon's file, not our 12 s tune
+    await drain(call.alice)
+    got = await collect(call.alice, 1.0)
+    assert len(got) > 30 and tone_share(ulaw_samples([data[12:] for data, _ in got]), 1000) > 0.9
+    assert (await backend.request(Delete("play-2@test"))).ok
+    call.close()
     await backend.stop()

@@ -68,10 +68,13 @@ MOH = "moh:"  # PlayMedia(file="moh:CLASS"): a music-on-hold class, looping
 DTMF_KEPT = 32  # digits kept per party for `ctl calls`
 DTMF_DIGITS = frozenset("0123456789*#ABCDabcd")
 PLAY_GRACE_S = 3.0  # a prompt's end not reported this long after its length: go on anyway
+# a backend that never reports a prompt's end (rtpengine: `reports_play_done` False) is
+# timed by the prompt's length alone, plus this (its player starts a little ahead)
+UNREPORTED_GRACE_S = 0.5
 RTP_PROTOS = ("RTP/AVP", "RTP/AVPF", "RTP/SAVP", "RTP/SAVPF")
 
 
-def placeholder_answer(offer: bytes) -> bytes | None:
+def placeholder_answer(offer: bytes, address: str = "0.0.0.0") -> bytes | None:
     """The answer of the party we put opposite a caller we answer ourselves: the
     caller's first audio stream with its first G.711 codec (and telephone-event when
     offered, for DTMF), at c=0.0.0.0 so that the relay sends it nothing; other streams
@@ -87,7 +90,7 @@ def placeholder_answer(offer: bytes) -> bytes | None:
         return None
     first = next(c for c in parsed.media[audio].codecs() if c.encoding.upper() in ("PCMU", "PCMA") and c.clock_rate == 8000)
     ports = [9 if i == audio else 0 for i in range(len(parsed.media))]
-    answer = build_answer(parsed, "0.0.0.0", ports, [(first.encoding, 8000)], "1", 1, protos=RTP_PROTOS)
+    answer = build_answer(parsed, address, ports, [(first.encoding, 8000)], "1", 1, protos=RTP_PROTOS)
     return answer.to_str().encode()
 
 
@@ -100,6 +103,16 @@ PLACEHOLDER_OFFER = (
     b"m=audio 9 RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n"
     b"a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n"
 )
+# rtpengine (10.5, measured) keeps a zero c= address in what it hands the caller and tells
+# it `a=sendonly` (an RFC 2543 hold): baresip then never starts its audio, and a caller
+# told sendonly sends no DTMF.  Its placeholder is the discard port of the daemon's own
+# loopback instead: what the caller sends goes nowhere beyond that machine.
+RTPENGINE_PLACEHOLDER_ADDRESS = "127.0.0.1"
+
+
+def placeholder_address(backend: str) -> str:
+    """Where the placeholder party is (port 9) for the backend named `backend`."""
+    return RTPENGINE_PLACEHOLDER_ADDRESS if backend == "rtpengine" else "0.0.0.0"
 
 
 class RecordError(Exception):
@@ -227,7 +240,11 @@ class MediaWire:
     # ---- announcements ------------------------------------------------------------------------
     def announce(self, call: Call, target: Target) -> None:
         """Answer `call` ourselves, play `target.prompt`, then hang up or go on (module docstring)."""
-        placeholder = PLACEHOLDER_OFFER if call.late_offer else placeholder_answer(call.request.body)
+        address = placeholder_address(self.media.settings.backend)
+        if call.late_offer:
+            placeholder: bytes | None = PLACEHOLDER_OFFER.replace(b"0.0.0.0", address.encode())
+        else:
+            placeholder = placeholder_answer(call.request.body, address)
         if placeholder is None:
             call.fail(488, "Not Acceptable Here (an announcement needs G.711 audio)")
             return
@@ -250,7 +267,9 @@ class MediaWire:
             return
         log.info("event=announcement_started call=%s prompt=%s", call.call_uuid, prompt)
         seconds = (reply.duration_ms or 0) / 1000
-        asyncio.get_running_loop().call_later(seconds + PLAY_GRACE_S, self._played, key.call_id, key.from_tag)
+        reported = getattr(self.media.backend, "reports_play_done", True)
+        grace = PLAY_GRACE_S if reported else UNREPORTED_GRACE_S
+        asyncio.get_running_loop().call_later(seconds + grace, self._played, key.call_id, key.from_tag)
 
     def on_play_done(self, event: MediaPlayDone) -> None:
         if event.tag is not None:

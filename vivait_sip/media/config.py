@@ -101,6 +101,11 @@ class RtpengineConfig(_Strict):
     up_after: int = Field(default=2, ge=1, le=100)  # consecutive pongs → up again
     max_pending: int = Field(default=1024, ge=1, le=1_000_000)  # requests waiting for replies, per daemon
     max_sessions: int = Field(default=0, ge=0)  # anchored calls per SIP worker; 0: unlimited
+    # Prompts and music on hold (rtpe_sounds): sent inside the NG message (`blob`) when
+    # they fit in blob_max_bytes (one UDP datagram); longer ones are played from this
+    # directory *on the daemon's machine* (NAME.wav, moh/CLASS.wav) when it is set.
+    media_dir: str | None = Field(default=None, min_length=1, max_length=1024, pattern=r"^/")
+    blob_max_bytes: int = Field(default=60_000, ge=1_000, le=65_000)
 
     @field_validator("daemons")
     @classmethod

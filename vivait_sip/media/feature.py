@@ -169,11 +169,16 @@ class MediaFeature(Feature[MediaConfig]):
     # ---- the backend ------------------------------------------------------------------------
     def make_backend(self, settings: MediaConfig) -> MediaBackend:
         if settings.backend == "rtpengine":
+            from .prompts import Prompts  # numpy: only when prompts can be played
+            from .rtpe_sounds import RtpengineSounds
+
             rtp = settings.rtpengine
             return RtpengineBackend(
                 rtp.daemons, timeout_s=rtp.timeout_s, retransmit_s=rtp.retransmit_s,
                 ping_interval_s=rtp.ping_interval_s, down_after=rtp.down_after, up_after=rtp.up_after,
                 max_pending=rtp.max_pending, max_sessions=rtp.max_sessions,
+                sounds=RtpengineSounds(Prompts(settings.prompt_dirs, settings.moh_classes), media_dir=rtp.media_dir,
+                                       blob_max=rtp.blob_max_bytes).resolve,
             )
         factory = load_builtin_factory()
         backend: MediaBackend = factory(self.host, settings)

@@ -720,6 +720,8 @@ class RtpengineBackend:
     answer, no daemon up, too many sessions — each is an error reply naming what failed."""
 
     name = "rtpengine"
+    # rtpengine tells nobody when a prompt ends: the caller times it by the reply's duration
+    reports_play_done = False
 
     def __init__(
         self,
@@ -733,6 +735,7 @@ class RtpengineBackend:
         max_pending: int = 1024,
         max_sessions: int = 0,
         client_factory: Callable[[str, int], NgClient] | None = None,
+        sounds: Callable[[PlayMedia], PlayMedia] | None = None,
     ) -> None:
         if not daemons:
             raise ValueError("rtpengine: at least one daemon (HOST:PORT)")
@@ -760,6 +763,14 @@ class RtpengineBackend:
         self._hashes: dict[str, dict[str, str]] = {}
         # a WebRTC party's own fingerprint (its peer connection) → the hash it last got from us
         self._peer_hash: dict[bytes, str] = {}
+        # `PlayMedia(file=NAME)` → what rtpengine can play (rtpe_sounds.RtpengineSounds.resolve);
+        # None: files and blobs go as they are
+        self.sounds = sounds
+        # (Call-ID, the party played to) → the parties whose media is blocked meanwhile
+        self._blocked: dict[tuple[str, str], list[str]] = {}
+        # (Call-ID, party) → its play and stop requests, one at a time and in order: a stop
+        # asked while the play is still being rendered or blocking goes after it
+        self._players: dict[tuple[str, str], asyncio.Lock] = {}
         self._pinging: asyncio.Task[None] | None = None
         self.counters: dict[str, int] = {"requests": 0, "errors": 0, "failovers": 0, "refused_no_daemon": 0}
 
@@ -829,6 +840,12 @@ class RtpengineBackend:
         self.counters["requests"] += 1
         if isinstance(msg, ReplaceParty):
             return await self._replace_party(msg)
+        if isinstance(msg, (PlayMedia, StopMedia)):
+            player = (msg.key.call_id, msg.key.from_tag)
+            if msg.key.call_id not in self._pinned and msg.key.call_id not in self._placing:
+                return self._error(f"rtpengine: no media session for call {msg.key.call_id}")
+            async with self._players.setdefault(player, asyncio.Lock()):  # forgotten with the session (_unpin)
+                return await (self._play(msg) if isinstance(msg, PlayMedia) else self._stop_play(msg))
         try:
             payload = to_ng(msg)
         except (TypeError, ValueError) as exc:
@@ -878,6 +895,41 @@ class RtpengineBackend:
         self._hashes.setdefault(msg.call_id, {})[msg.new_tag] = given
         self._remember_peer(fingerprint, given)
         return given
+    async def _play(self, msg: PlayMedia) -> MediaReply:
+        """`play media` of a sound rtpengine can play (a named one rendered by `sounds`),
+        the other parties' media blocked first: rtpengine 10.5 sends its player's stream
+        *alongside* what it forwards to that party (measured: two SSRCs interleaved), so a
+        held party would hear the holder's audio over the music.  `_stop_play` unblocks."""
+        if self.sounds is not None and msg.blob is None and msg.file is not None and not msg.file.startswith("/"):
+            try:
+                msg = await asyncio.to_thread(self.sounds, msg)
+            except (LookupError, OSError, ValueError) as exc:
+                return self._error(f"rtpengine: {exc}")
+        call_id, tag = msg.key.call_id, msg.key.from_tag
+        others = [t for t in self._sdps.get(call_id, {}) if t != tag]
+        blocked = self._blocked.setdefault((call_id, tag), [])
+        for other in others:
+            if other in blocked:
+                continue
+            reply = await self._request(msg, {"command": "block media", "call-id": call_id, "from-tag": other})
+            if reply.ok:
+                blocked.append(other)
+            else:
+                log.warning("event=media_block_failed call_id=%r tag=%r error=%r", call_id, other, reply.error)
+        return await self._request(msg, to_ng(msg))
+
+    async def _stop_play(self, msg: StopMedia) -> MediaReply:
+        """`stop media`, then the parties `_play` blocked are heard again (their failures,
+        a party deleted meanwhile by a transfer, are only logged)."""
+        call_id, tag = msg.key.call_id, msg.key.from_tag
+        reply = await self._request(msg, to_ng(msg))
+        for other in self._blocked.pop((call_id, tag), []):
+            if call_id not in self._pinned:
+                break
+            unblocked = await self._request(msg, {"command": "unblock media", "call-id": call_id, "from-tag": other})
+            if not unblocked.ok:
+                log.info("event=media_unblock_failed call_id=%r tag=%r error=%r", call_id, other, unblocked.error)
+        return reply
 
     async def _replace_party(self, msg: ReplaceParty) -> MediaReply:
         """`replace_party_to_ng`: the offer, then the old branch's delete (its failure is
@@ -973,10 +1025,17 @@ class RtpengineBackend:
                     return MediaReply("ok", warning=f"rtpengine {daemon.address} is down: session forgotten",
                                       backend=f"rtpengine {daemon.address}")
                 return self._error(f"rtpengine {daemon.address} holding call {call_id} is down ({daemon.last_error})")
+            queried: MediaReply | None = None
+            if whole_delete:
+                # rtpengine 10.5 answers a whole call's delete without statistics (only a
+                # branch delete carries them): what each party sent, asked just before
+                queried = await self._send(daemon, {"command": "query", "call-id": call_id})
             reply = await self._send(daemon, payload)
             if whole_delete:
                 self._unpin(call_id)
                 await self._delete_strays(call_id, payload)
+                if reply.ok and not reply.legs and queried is not None and queried.ok and queried.legs:
+                    reply = dataclasses.replace(reply, legs=queried.legs)
             return reply
         if not isinstance(msg, Offer):
             if isinstance(msg, Delete):
@@ -1060,6 +1119,10 @@ class RtpengineBackend:
     def _unpin(self, call_id: str) -> None:
         self._sdps.pop(call_id, None)
         self._hashes.pop(call_id, None)
+        for key in [k for k in self._blocked if k[0] == call_id]:
+            del self._blocked[key]
+        for key in [k for k in self._players if k[0] == call_id and not self._players[k].locked()]:
+            del self._players[key]
         self._latched.discard(call_id)
         daemon = self._pinned.pop(call_id, None)
         if daemon is not None:
