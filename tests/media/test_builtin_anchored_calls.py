@@ -11,6 +11,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from audio import analyse
@@ -43,6 +44,20 @@ def server(tmp_path: Path, workers: int) -> Iterator[Server]:
 def media_ports_in(sdp_lines: list[str]) -> list[int]:
     return [int(line.split()[1]) for line in sdp_lines if line.startswith("m=audio ")]
 
+
+
+def check_media_stats(server: Server, record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The call's record gains both parties' media statistics (added once the session is
+    deleted), TALK_S of 20 ms packets from each phone; they are returned."""
+    deadline = time.monotonic() + 5
+    while "media_stats" not in record["extra"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+        [record] = wait_cdrs(server, 1)
+    stats = record["extra"]["media_stats"]
+    assert set(stats) == {"caller", "callee"}, stats
+    for party in stats.values():
+        assert party["packets"] > 25 * TALK_S and party["bytes"] > 160 * 25 * TALK_S, stats
+    return stats
 
 def connect_two_phones(server: Server, tmp_path: Path, phones: list[Baresip]) -> tuple[Baresip, Baresip]:
     """alice (6140, sending CALLER_HZ) calls bob (6141, CALLEE_HZ, auto-answer): both
@@ -96,15 +111,8 @@ def test_an_anchored_call_relays_audio_both_ways_through_the_media_workers(serve
             time.sleep(0.2)
         assert status["sessions"] == 0  # deleted at the BYE
         # the session's statistics, known at its deletion, were added to the call's record
-        deadline = time.monotonic() + 5
-        while "media_stats" not in record["extra"] and time.monotonic() < deadline:
-            time.sleep(0.2)
-            [record] = wait_cdrs(server, 1)
-        stats = record["extra"]["media_stats"]
-        assert set(stats) == {"caller", "callee"}, stats
-        for party in stats.values():  # TALK_S of 20 ms packets from each phone
-            assert party["packets"] > 25 * TALK_S and party["bytes"] > 160 * 25 * TALK_S, stats
-            assert str(party["address"]).startswith("127.0.0.1:"), stats
+        stats = check_media_stats(server, record)
+        assert all(str(party["address"]).startswith("127.0.0.1:") for party in stats.values()), stats
     finally:
         for phone in phones:
             phone.close()
@@ -144,14 +152,8 @@ def test_the_same_call_through_rtpengine(rtpengine_server: tuple[Server, Rtpengi
         assert heard_by_alice.has_tone(CALLEE_HZ), heard_by_alice
         [record] = wait_cdrs(server, 1)
         assert record["disposition"] == "answered" and record["extra"]["media"] == "anchored (default)"
-        deadline = time.monotonic() + 5
-        while "media_stats" not in record["extra"] and time.monotonic() < deadline:
-            time.sleep(0.2)
-            [record] = wait_cdrs(server, 1)
-        stats = record["extra"]["media_stats"]
-        assert set(stats) == {"caller", "callee"}, stats
-        for party in stats.values():  # TALK_S of 20 ms packets from each phone, what rtpengine received
-            assert party["packets"] > 25 * TALK_S and party["bytes"] > 160 * 25 * TALK_S, stats
+        stats = check_media_stats(server, record)  # what rtpengine received
+        for party in stats.values():
             assert party["errors"] == 0 and str(party["address"]).startswith("127.0.0.1:"), stats
     finally:
         for phone in phones:
