@@ -56,7 +56,7 @@ def test_an_offer_with_every_flag() -> None:
 
 def test_every_command_maps_to_its_ng_dictionary() -> None:
     assert to_ng(Answer(KEY, SDP)) == {
-        "command": "answer", "call-id": "abc@host", "from-tag": "ft1", "to-tag": "tt1", "sdp": SDP, "flags": ["symmetric"],
+        "command": "answer", "call-id": "abc@host", "from-tag": "ft1", "to-tag": "tt1", "sdp": SDP, "flags": [],
     }
     assert to_ng(Delete("abc@host")) == {"command": "delete", "call-id": "abc@host"}
     assert to_ng(Delete("abc@host", from_tag="ft1", delay_s=0)) == {
@@ -86,14 +86,14 @@ def test_replace_party_maps_to_an_offer_between_new_and_kept_party_then_the_old_
     offer, delete = replace_party_to_ng(ReplaceParty("abc@host", "old", "new", SDP, flags, "kept"), "kept")
     assert offer == {
         "command": "offer", "call-id": "abc@host", "from-tag": "new", "to-tag": "kept", "sdp": SDP,
-        "ICE": "remove", "replace": ["origin"], "flags": ["symmetric", "port-latching"],
+        "ICE": "remove", "replace": ["origin"], "flags": ["port-latching"],
     }
     assert delete == {"command": "delete", "call-id": "abc@host", "from-tag": "old", "delete-delay": 0}
     # without the new party's SDP: the kept party's last SDP is offered to the new party
     kept_sdp = SDP.replace(b"4000", b"5000")
     offer, delete = replace_party_to_ng(ReplaceParty("abc@host", "old", "new", None, flags, "kept"), "kept", kept_sdp)
     assert (offer["from-tag"], offer["to-tag"], offer["sdp"]) == ("kept", "new", kept_sdp)
-    assert offer["flags"] == ["symmetric", "port-latching"] and delete["from-tag"] == "old"
+    assert offer["flags"] == ["port-latching"] and delete["from-tag"] == "old"
     with pytest.raises(ValueError, match="no SDP of the kept party"):
         replace_party_to_ng(ReplaceParty("abc@host", "old", "new"), "kept")
     with pytest.raises(TypeError, match="two NG messages"):

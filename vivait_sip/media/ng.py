@@ -35,6 +35,7 @@ from .control import (
     CallKey,
     Delete,
     Ice,
+    Latching,
     LegStats,
     MediaCommand,
     MediaFlags,
@@ -227,7 +228,8 @@ def _flags_to_ng(flags: MediaFlags, out: dict[str, object]) -> None:
         out["codec"] = {
             name: list(getattr(codec, name)) for name in ("strip", "offer", "transcode", "mask") if getattr(codec, name)
         }
-    ng_flags.append(flags.latching.value)
+    if flags.latching is Latching.ASYMMETRIC:  # symmetric is rtpengine's default (10.5 logs the word as unknown)
+        ng_flags.append(flags.latching.value)
     if flags.media_handover:
         ng_flags.append("media-handover")
     if flags.replace:
