@@ -15,10 +15,11 @@ from callers that cancel after 1.5 s without an answer.
   limit.  (1) 50 +- 1 calls in the 10 s from the first admission (2 %): the engine
   admits the first 5 at once, then releases one call per 1/5 s slot on 100 ms ticks and
   never more than ceil(5) in any 1 s window (docs/mdflow.md); a 10 s window holds 50,
-  give or take the one its edge cuts.  (2) Once the queues formed, the releases from the
-  first to the last are within 1 % of 5/s: what happens between the engine and the phone
-  (routing, a message between workers, UDP on loopback) moves a call by milliseconds,
-  0.1 % over 10 s, while one lost slot would cost 2 %.  (3) No 1 s window holds more
+  give or take the one its edge cuts.  (2) Once the queues formed, the releases come at
+  5/s within 1 %, as the slope of the arrivals over time: what happens between the engine
+  and the phone (routing, a message between workers, UDP on loopback) moves a call by
+  milliseconds, but on a loaded box (the parallel suite on 2 vCPUs) the last one was seen
+  0.2 s late, which first-to-last alone turns into a 3 % error.  (3) No 1 s window holds more
   than 5, +1: the first 5 went straight through and the next ones through the queue,
   paths a few milliseconds apart, so the phone may see 6 within a second at that seam.
 """
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -162,10 +164,12 @@ def test_a_flood_through_one_flow(tmp_path: Path, workers: int) -> None:
         assert abs(in_window - RATE * WINDOW_S) <= 1, (in_window, " ".join(f"{t - first:.2f}" for t in arrivals))
         busiest = max(sum(1 for u in arrivals if t <= u < t + 1) for t in arrivals)
         assert busiest <= RATE + 1, busiest
-        # Once the queues formed, the releases (one per 1/5 s slot): within 1 % of the limit.
+        # Once the queues formed, the releases (one per 1/5 s slot): within 1 % of the limit,
+        # as the slope of arrivals over time (first to last alone would move by one whole
+        # slot, 2 %, when a loaded box delays the last INVITE on its way to the phone).
         paced = [t for t in arrivals if t >= first + 0.5]
-        paced_rate = (len(paced) - 1) / (paced[-1] - paced[0])
-        assert abs(paced_rate - RATE) <= 0.01 * RATE, paced_rate
+        paced_rate = statistics.linear_regression(paced, range(len(paced))).slope
+        assert abs(paced_rate - RATE) <= 0.01 * RATE, (paced_rate, " ".join(f"{t - first:.2f}" for t in paced))
         print(f"\nmdflow {workers} worker(s): offered {totals['offered']}, ok {totals['ok']}, agujero "
               f"{totals['agujero']}, desborda {totals['desborda']}, abandoned {totals['abandoned']}; "
               f"SIPp answered {by_sipp['answered']}, cancelled {by_sipp['cancelled']} ({rang_then_cancelled} while "
