@@ -47,8 +47,11 @@ def test_two_invite_floods_leave_rss_flat_and_registration_working(mode: str) ->
     report = f"\n{run.stdout}\n{run.stderr[-2000:]}"
     assert result["native"] == ("compiled" if mode == "compiled" else "forced-pure"), report
     assert result["sent"] == [COUNT, COUNT], report
-    # Every INVITE was answered (100 Trying, then a 407 or 480 and its retransmissions).
-    assert min(result["received"]) >= 2 * COUNT, report
+    # The flood was answered: at least a datagram per INVITE came back while it was sent
+    # (100 Trying, then a 407 or 480 and its retransmissions; one stateless 503 for those
+    # shed in an overload episode, which a loaded box, the parallel suite, can cause; and
+    # what arrives after the sender closed its socket is not counted).
+    assert min(result["received"]) >= COUNT, report
     assert result["transactions_left"] == [0, 0], report
     assert result["internal_errors"] == 0, report
     first, second = result["rss_after_mb"]
