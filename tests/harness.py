@@ -26,10 +26,68 @@ def xdist_slot() -> int:
     return int(worker[2:]) if worker[2:].isdigit() else 0
 
 
-def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+# Ports for peers (SIPp, baresip, listeners a test names) come from a window below the kernel's
+# ephemeral range (32768-), one window per xdist worker.  A port the kernel picked with bind(0)
+# and released could be handed by the kernel to any process (another worker's server, an outgoing
+# connection) before the peer binds it, and so it was, in CI: "Address already in use".  Here
+# nobody but this test process allocates, and each candidate is still checked by binding it.
+FIRST_TEST_PORT = 10000
+PORTS_PER_SLOT = 2200  # [0, 1400): single ports, cycled; [1400, 1800): fixed blocks; [1800, 2200): rtpengine
+SINGLES, BLOCKS, RTPENGINE_BLOCK = 1400, 400, 400
+_next_single = 0
+_next_block = 0
+
+
+def _slot_base() -> int:
+    return FIRST_TEST_PORT + (xdist_slot() % 8) * PORTS_PER_SLOT
+
+
+def _bindable(port: int, host: str) -> bool:
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_INET, kind) as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                return False
+    return True
+
+
+def free_ports(count: int, host: str = "127.0.0.1", *, even: bool = False) -> int:
+    """The first of `count` consecutive ports free for UDP and TCP on `host` (baresip takes its SIP
+    port and the next one for TLS, and a range for RTP that starts even)."""
+    global _next_single
+    base = _slot_base()  # even
+    for _ in range(SINGLES):
+        offset = _next_single + (_next_single & 1 if even else 0)
+        if offset + count > SINGLES:
+            _next_single = 0
+            continue
+        _next_single = offset + count
+        if all(_bindable(port, host) for port in range(base + offset, base + offset + count)):
+            return base + offset
+    raise RuntimeError(f"no {count} free ports in {base}-{base + SINGLES - 1}")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """One port free for both UDP and TCP on `host`."""
+    return free_ports(1, host)
+
+
+def port_block(count: int) -> tuple[int, int]:
+    """A fixed range (`port_min`, `port_max`) of this test process for its life, e.g. a media relay's."""
+    global _next_block
+    first = _slot_base() + SINGLES + _next_block
+    if _next_block + count > BLOCKS:
+        raise RuntimeError(f"the fixed test port blocks ({BLOCKS} ports) are used up")
+    _next_block += count
+    return first, first + count - 1
+
+
+def rtpengine_ports(index: int, count: int) -> tuple[int, int]:
+    """The `index`-th (cycled) range of `count` ports for an rtpengine daemon of this test process."""
+    blocks = RTPENGINE_BLOCK // count
+    first = _slot_base() + SINGLES + BLOCKS + (index % blocks) * count
+    return first, first + count - 1
 
 
 @dataclass

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from audio import write_tone
-from harness import free_port
+from harness import free_port, free_ports
 
 LIFETIME_S = 180  # baresip quits by itself after this (-t): a safety cap
 
@@ -66,9 +66,9 @@ class Baresip:
         self.name = name
         self.dir = workdir / f"baresip-{name}"
         self.dir.mkdir(parents=True)
-        self.sip_port = free_port(socket.SOCK_DGRAM)
+        self.sip_port = free_ports(2)  # and the next for TLS
         self.ctrl_port = free_port()
-        rtp = free_port(socket.SOCK_DGRAM) & ~1
+        rtp = free_ports(22, even=True)
         tone = write_tone(self.dir / f"tone{int(tone_hz)}.wav", tone_hz, 60)
         (self.dir / "config").write_text(CONFIG.format(
             sip_port=self.sip_port, name=name, tone=tone, rtp=rtp, rtp_end=rtp + 20, ctrl_port=self.ctrl_port, dir=self.dir,

@@ -8,7 +8,6 @@ import json
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -194,7 +193,7 @@ def sipp(name: str, cwd: Path, scenario: str, *args: str, local: str = "127.0.0.
          transport: str = "u1") -> Sipp:
     """A SIPp process with our scenario (a file name in tests/peers/sipp) or a built-in
     one (`"uas"`, `"uac"`), bound to `local:port` (a free UDP port when not given)."""
-    port = port or free_port(socket.SOCK_DGRAM, local)
+    port = port or free_port(local)
     scenario_args = ["-sn", scenario] if scenario in ("uas", "uac") else ["-sf", str(SCENARIOS / scenario)]
     runner = Sipp(name, cwd, [*scenario_args, "-i", local, "-p", str(port), "-t", transport, *args])
     runner.port = port

@@ -18,7 +18,7 @@ import time
 import wave
 from pathlib import Path
 
-from harness import free_port
+from harness import free_port, free_ports
 
 RATE = 8000  # PCMU/PCMA: aufile needs the codec's rate, mono
 
@@ -112,9 +112,9 @@ class Baresip:
         self.dir.mkdir(parents=True)
         self.tone_hz = tone_hz
         tone = write_tone(self.dir / "tone.wav", tone_hz, seconds)
-        self.sip_port = free_port(socket.SOCK_DGRAM)
+        self.sip_port = free_ports(2)  # and the next for TLS
         self.ctrl_port = free_port()
-        rtp = free_port(socket.SOCK_DGRAM) & ~1
+        rtp = free_ports(22, even=True)
         self.rtp_ports = (rtp, rtp + 20)
         (self.dir / "config").write_text(CONFIG.format(
             sip_port=self.sip_port, name=name, tone=tone, rtp=rtp, rtp_end=rtp + 20, ctrl_port=self.ctrl_port,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -55,7 +54,7 @@ def ctl(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def start_uas(cwd: Path) -> tuple[int, subprocess.Popen[str]]:
-    port = free_port(socket.SOCK_DGRAM)
+    port = free_port()
     proc = subprocess.Popen(
         ["sipp", "-sn", "uas", "-i", "127.0.0.1", "-p", str(port), "-m", str(CALLS), "-nostdin", "-timeout", "40s"],
         cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -79,7 +78,7 @@ def test_gateway_calls_reach_the_users_phone_by_did(server: Server, tmp_path: Pa
     register_phone_at(server, "5141", "pw-6141", uas_port)  # user 6141's hard extension
     uac = subprocess.run(
         ["sipp", f"127.0.0.1:{server.sip_port('udp')}", "-sn", "uac", "-s", "913346141", "-i", GATEWAY,
-         "-p", str(free_port(socket.SOCK_DGRAM, GATEWAY)), "-m", str(CALLS), "-r", "5", "-d", "300",
+         "-p", str(free_port(GATEWAY)), "-m", str(CALLS), "-r", "5", "-d", "300",
          "-nostdin", "-timeout", "40s", "-timeout_error", "-trace_err"],
         cwd=tmp_path, capture_output=True, text=True, timeout=90, check=False,
     )
@@ -143,7 +142,7 @@ def test_a_trunk_recognised_by_its_credentials(server: Server, tmp_path: Path) -
     uac = subprocess.run(
         ["sipp", f"127.0.0.1:{port}", "-sf", str(scenario), "-s", "913346141", "-set", "user", "6199",
          "-au", "6199", "-ap", "pw-carrier", "-auth_uri", f"913346141@127.0.0.1:{port}",
-         "-i", "127.0.0.1", "-p", str(free_port(socket.SOCK_DGRAM)),
+         "-i", "127.0.0.1", "-p", str(free_port()),
          "-m", "1", "-d", "300", "-nostdin", "-timeout", "30s", "-timeout_error", "-trace_err"],
         cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
     )

@@ -149,7 +149,7 @@ def test_a_users_own_caller_id_is_presented_unless_the_rule_sets_one(server_tmp:
 
 def test_a_trunk_that_stops_answering_options_is_skipped(server_tmp: Path, workers: int) -> None:
     silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # the first gateway: there, but mute
-    silent.bind((GATEWAY, free_port(socket.SOCK_DGRAM, GATEWAY)))
+    silent.bind((GATEWAY, free_port(GATEWAY)))
     pri2 = gateway(server_tmp, "pri2", GATEWAY2)
     server = server_with(server_tmp, workers, [
         trunk("pri", GATEWAY, silent.getsockname()[1], options_interval_s=0.3, down_after=1),

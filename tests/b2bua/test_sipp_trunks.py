@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -46,7 +45,7 @@ class Gateway:
         self.scenario = str(SCENARIOS / scenario)
         self.cwd = cwd
         self.tcp = tcp
-        self.port = free_port(socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM)
+        self.port = free_port()
         self.procs: list[subprocess.Popen[str]] = []
 
     def start(self, *extra: str) -> subprocess.Popen[str]:

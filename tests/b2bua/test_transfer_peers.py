@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import Server, free_port, loopback_args
+from harness import Server, free_port, free_ports, loopback_args
 from peer_phones import (
     Baresip,
     RtpCapture,
@@ -206,8 +205,8 @@ def test_attended_transfer_driven_by_sipp(server: Server, tmp_path: Path) -> Non
     inf.write_text("SEQUENTIAL\n6140;first;\n6142;consult;\n")
     sipp = subprocess.Popen(
         ["sipp", f"127.0.0.1:{server.sip_port('udp')}", "-sf", str(SIPP / "xfer_attended_b.xml"), "-inf", str(inf),
-         "-s", "6141", "-i", SIPP_HOST, "-p", str(free_port(socket.SOCK_DGRAM, SIPP_HOST)),
-         "-mp", str(free_port(socket.SOCK_DGRAM, SIPP_HOST)), "-m", "2", "-l", "2", "-r", "1", "-rp", "1000",
+         "-s", "6141", "-i", SIPP_HOST, "-p", str(free_port(SIPP_HOST)),
+         "-mp", str(free_ports(4, SIPP_HOST, even=True)), "-m", "2", "-l", "2", "-r", "1", "-rp", "1000",
          "-cid_str", f"xfer%u-{salt_for_workers(workers)}", "-nostdin", "-timeout", "40s", "-timeout_error",
          "-trace_err", "-trace_msg"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

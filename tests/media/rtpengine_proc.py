@@ -6,38 +6,26 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 
-from harness import xdist_slot
+from harness import free_port, rtpengine_ports
 
 from vivait_sip.media.ng import NgClient, NgError
 
 BINARY = shutil.which("rtpengine") or "/usr/bin/rtpengine"
 _ranges = itertools.count()
-# each test process its own 400 ports: by xdist worker, else by pid (suites run side by side)
-PORT_BASE = 23000 + (xdist_slot() if "PYTEST_XDIST_WORKER" in os.environ else os.getpid() % 20) * 400
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Rtpengine:
     """One daemon: `address` is its NG `host:port`; `port_min`..`port_max` its RTP ports."""
 
     def __init__(self, *, ports: int = 40) -> None:
-        block = next(_ranges) % 10
-        self.port_min = PORT_BASE + block * ports
-        self.port_max = self.port_min + ports - 1
-        self.ng_port = free_udp_port()
+        self.port_min, self.port_max = rtpengine_ports(next(_ranges), ports)
+        self.ng_port = free_port()
         self.address = f"127.0.0.1:{self.ng_port}"
         self.log = Path(tempfile.mkstemp(prefix="rtpengine-", suffix=".log")[1])
         self.proc: subprocess.Popen[bytes] | None = None

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from audio import analyse
 from baresip_phone import Baresip
-from harness import Server
+from harness import Server, port_block
 from peer_env import active_calls, base_config, ctl, start_server, wait_cdrs, wait_no_calls, workers
 from rtpengine_proc import Rtpengine
 
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.timeout(120)
 
 CALLER_HZ, CALLEE_HZ = 1000.0, 400.0
 TALK_S = 3.0
-MEDIA_PORTS = (41000, 41999)
+MEDIA_PORTS = port_block(100)
 
 
 @pytest.fixture

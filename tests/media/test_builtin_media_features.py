@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 from audio import analyse, write_tone
-from harness import Server, free_port
+from harness import Server, free_ports, port_block
 from peer_env import (
     active_calls,
     base_config,
@@ -49,7 +49,7 @@ __all__ = ["workers"]
 pytestmark = pytest.mark.timeout(150)
 
 A_HZ, B_HZ, C_HZ, MOH_HZ = 1000.0, 400.0, 700.0, 600.0
-MEDIA_PORTS = (42000, 42999)
+MEDIA_PORTS = port_block(100)
 USERS = {"A": "6140", "B": "6141", "C": "6142"}
 
 
@@ -640,7 +640,7 @@ def test_an_attended_transfer_of_anchored_calls_driven_by_sipp(
         a, c = phones.add("A", A_HZ), phones.add("C", C_HZ)
         (tmp_path / "b.csv").write_text(f"SEQUENTIAL\n{USERS['A']};first;\n{USERS['C']};consult;\n")
         b = sipp("b", tmp_path, "xfer_attended_b.xml", f"127.0.0.1:{server.sip_port('udp')}", "-inf",
-                 str(tmp_path / "b.csv"), "-s", USERS["B"], "-mp", str(free_port(socket.SOCK_DGRAM, SIPP_B)),
+                 str(tmp_path / "b.csv"), "-s", USERS["B"], "-mp", str(free_ports(4, SIPP_B, even=True)),
                  "-m", "2", "-l", "2", "-r", "1", "-rp", "1000", "-timeout", "40s", "-timeout_error",
                  "-cid_str", f"xfer%u-{salt_for_workers(workers)}", local=SIPP_B).start()
         try:

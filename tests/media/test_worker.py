@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from harness import port_block
 from rtputil import parse_rtp, party_sdp, rtp
 
 from vivait_sip.media.audio import g711
@@ -42,7 +43,7 @@ from vivait_sip.media.settings import BuiltinMediaSettings
 from vivait_sip.sip.sdp import parse_sdp
 
 LOCAL = "127.0.0.1"
-BASE_PORT = 12000 + (os.getpid() % 160) * 60  # below rtpengine_proc's 23000- and the ephemeral range (32768-)
+BASE_PORT = port_block(40)[0]
 
 
 class Phone:

@@ -88,7 +88,7 @@ class SngrepCollector:
 
     def __init__(self, tmp: Path) -> None:
         assert shutil.which("sngrep"), "sngrep is required (Debian package sngrep)"
-        self.port = free_port(socket.SOCK_DGRAM)
+        self.port = free_port()
         self.pcap = tmp / "sngrep-hep.pcap"
         self.proc = subprocess.Popen(
             ["sngrep", "-N", "-q", "-L", f"udp:127.0.0.1:{self.port}", "-O", str(self.pcap)],

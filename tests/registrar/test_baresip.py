@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import Server, free_port
+from harness import Server, free_port, free_ports
 from reg_helpers import registrations, start_server
 
 pytestmark = pytest.mark.timeout(60)
@@ -43,10 +43,10 @@ class Baresip:
         self.dir = tmp / "baresip"
         self.dir.mkdir()
         self.ctrl_port = free_port()
-        rtp = free_port(socket.SOCK_DGRAM) & ~1
+        rtp = free_ports(12, even=True)
         (self.dir / "config").write_text(
             CONFIG.format(
-                sip_port=free_port(),
+                sip_port=free_ports(2),  # and the next for TLS
                 name=tmp.name,
                 rtp=rtp,
                 rtp_end=rtp + 10,

@@ -7,7 +7,6 @@ SIPp 3.6 answers only the first challenge and only MD5: the default `registrar.a
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,7 +41,7 @@ def sipp(server: Server, tmp: Path, scenario: str, user: str, password: str) -> 
         "sipp", f"127.0.0.1:{server.sip_port('udp')}",
         "-sf", str(SCENARIOS / scenario),
         "-s", user, "-au", user, "-ap", password,
-        "-i", "127.0.0.1", "-p", str(free_port(socket.SOCK_DGRAM)),
+        "-i", "127.0.0.1", "-p", str(free_port()),
         "-m", "1", "-nostdin", "-trace_err", "-timeout", "20s", "-timeout_error",
     ]
     result = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=40, check=False)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from harness import free_port
 
 from vivait_sip import cli
 from vivait_sip.registrar.admin import add_routes, list_bindings, remove_bindings
@@ -20,12 +20,6 @@ from vivait_sip.registrar.users import UserDirectory, records_from_rows
 from vivait_sip.store import Store
 
 NOW = 1_700_000_000.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -211,7 +210,7 @@ def test_sipp_registers_against_two_workers(tmp_path: Path) -> None:
         scenario = Path(__file__).resolve().parents[2] / "bench" / "reg_auth.xml"
         run = subprocess.run(
             ["sipp", f"127.0.0.1:{srv.sip_port('udp')}", "-sf", str(scenario), "-inf", str(csv), "-i", "127.0.0.1",
-             "-p", str(free_port(socket.SOCK_DGRAM)), "-r", "200", "-m", "600", "-nostdin", "-timeout", "30s", "-timeout_error", "-trace_stat",
+             "-p", str(free_port()), "-r", "200", "-m", "600", "-nostdin", "-timeout", "30s", "-timeout_error", "-trace_stat",
              "-stf", str(tmp_path / "stat.csv")],
             capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
         )

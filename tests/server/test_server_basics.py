@@ -119,7 +119,7 @@ def test_response_without_rport_goes_to_via_port(server: Server) -> None:
 def run_sipp_options(port: int, transport: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["sipp", f"127.0.0.1:{port}", "-sf", str(SIPP_OPTIONS), "-t", transport, "-m", "30", "-r", "100",
-         "-i", "127.0.0.1", "-p", str(free_port(socket.SOCK_DGRAM)), "-nostdin", "-timeout", "20s", "-timeout_error"],
+         "-i", "127.0.0.1", "-p", str(free_port()), "-nostdin", "-timeout", "20s", "-timeout_error"],
         cwd=cwd, capture_output=True, text=True, timeout=60,
     )
 

@@ -44,7 +44,7 @@ def workers(request: pytest.FixtureRequest) -> int:
 
 @pytest.fixture
 def uas(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[str]]]:
-    port = free_port(socket.SOCK_DGRAM)
+    port = free_port()
     proc = sipp(["-sn", "uas", "-i", "127.0.0.1", "-p", str(port), "-m", str(CALLS)], tmp_path)
     time.sleep(0.3)
     yield port, proc
@@ -54,7 +54,7 @@ def uas(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[str]]]:
 
 
 def run_uac(port: int, transport: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    local = free_port(socket.SOCK_DGRAM if transport == "u1" else socket.SOCK_STREAM)
+    local = free_port()
     proc = sipp(
         [f"127.0.0.1:{port}", "-sn", "uac", "-s", "uas", "-t", transport, "-i", "127.0.0.1", "-p", str(local),
          "-m", str(CALLS), "-r", "10", "-d", "200"],
