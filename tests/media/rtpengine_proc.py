@@ -27,6 +27,8 @@ class Rtpengine:
         self.port_min, self.port_max = rtpengine_ports(next(_ranges), ports)
         self.ng_port = free_port()
         self.address = f"127.0.0.1:{self.ng_port}"
+        # where it reports the digits it sees (`--dtmf-log-dest`): `media.rtpengine.dtmf_listen`
+        self.dtmf_listen = f"127.0.0.1:{free_port()}"
         self.log = Path(tempfile.mkstemp(prefix="rtpengine-", suffix=".log")[1])
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -38,6 +40,7 @@ class Rtpengine:
                     "--interface=127.0.0.1", f"--listen-ng=127.0.0.1:{self.ng_port}", "--table=-1",
                     f"--port-min={self.port_min}", f"--port-max={self.port_max}", "--delete-delay=0",
                     "--num-threads=1", "--media-num-threads=1", "--timeout=60",
+                    f"--dtmf-log-dest={self.dtmf_listen}",
                 ],
                 stdout=out, stderr=subprocess.STDOUT,
             )

@@ -12,6 +12,7 @@ and decoded.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import socket
@@ -65,7 +66,6 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Rtpengine | None]:
     if request.param == "builtin":
         yield None
         return
-    import asyncio
 
     daemon = asyncio.run(Rtpengine().start())
     try:
@@ -78,7 +78,8 @@ def media_for(daemon: Rtpengine | None, **extra: Any) -> dict[str, Any]:
     """`media_config(**extra)`, through `daemon` when there is one."""
     if daemon is None:
         return media_config(**extra)
-    return media_config(backend="rtpengine", rtpengine={"daemons": [daemon.address]}, **extra)
+    return media_config(backend="rtpengine", rtpengine={"daemons": [daemon.address], "dtmf_listen": daemon.dtmf_listen},
+                        **extra)
 
 
 def ports_of(daemon: Rtpengine | None) -> tuple[int, int]:
@@ -445,6 +446,40 @@ def test_rfc4733_digits_from_a_phone_show_in_ctl_calls(tmp_path: Path, workers: 
         server.stop()
 
 
+def test_rfc4733_digits_through_rtpengine_show_in_ctl_calls(tmp_path: Path, workers: int, phones_for: Any) -> None:
+    """The same through real rtpengine, which reports the digits it sees to
+    `media.rtpengine.dtmf_listen` (its `--dtmf-log-dest`): A dials 901 and presses 4
+    during the announcement, then B answers; A presses 1, 2, #, B presses 9.  `ctl calls`
+    shows each party's digits, the log says `source=rfc4733`, and `ctl media` counts the
+    reports."""
+    daemon = asyncio.run(Rtpengine().start())
+    server = announcement_server(tmp_path, workers, daemon)
+    phones = phones_for(tmp_path, server)
+    try:
+        a, b = phones.add("A", A_HZ), phones.add("B", B_HZ)
+        phones.dial(a, "901")
+        a.wait_event("CALL_ESTABLISHED", 10)
+        assert a.command("sndcode", "4").get("ok")
+        b.wait_event("CALL_ESTABLISHED", 15)
+        wait_for(lambda: "digit=4 source=rfc4733" in "\n".join(server.collect_output()), 5,
+                 message="the digit pressed during the announcement")
+        time.sleep(0.5)
+        for phone, digit in ((a, "1"), (a, "2"), (a, "#"), (b, "9")):
+            assert phone.command("sndcode", digit).get("ok"), digit
+            time.sleep(0.6)
+        found = wait_for(lambda: (d := dtmf_of(server)) and d.get("caller", "").endswith("12#") and d.get("callee") == "9"
+                         and d, 5, message=f"digits in ctl calls: {dtmf_of(server)}")
+        assert found["caller"] in ("12#", "412#")  # the announcement's digit, if the call kept it
+        status = json.loads(ctl(server, "media", "--json").stdout)
+        assert status["dtmf_log"]["digits"] >= 5 and status["dtmf_log"]["foreign"] == 0, status["dtmf_log"]
+        a.command("hangup")
+        b.wait_event("CALL_CLOSED", 10)
+        wait_no_calls(server)
+    finally:
+        server.stop()
+        daemon.stop()
+
+
 def test_sip_info_digits_show_in_ctl_calls(tmp_path: Path, workers: int, phones_for: Any) -> None:
     """SIPp (user 6140) calls B and sends DTMF as SIP INFO: application/dtmf-relay 5 and #,
     application/dtmf 7.  The INFOs are relayed to B as before, and the digits are the
@@ -541,7 +576,6 @@ def transfer_media(request: pytest.FixtureRequest) -> Iterator[tuple[dict[str, A
     if request.param == "builtin":
         yield media_config(default="anchor"), None
         return
-    import asyncio
 
     daemon = asyncio.run(Rtpengine().start())
     try:

@@ -106,6 +106,16 @@ class RtpengineConfig(_Strict):
     # directory *on the daemon's machine* (NAME.wav, moh/CLASS.wav) when it is set.
     media_dir: str | None = Field(default=None, min_length=1, max_length=1024, pattern=r"^/")
     blob_max_bytes: int = Field(default=60_000, ge=1_000, le=65_000)
+    # Where the daemons' `--dtmf-log-dest` points (rtpe_dtmf): the digits they see in our
+    # calls' RTP, bound by SIP worker 0; None: only SIP INFO digits are read
+    dtmf_listen: str | None = None
+
+    @field_validator("dtmf_listen")
+    @classmethod
+    def _dtmf_listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_daemon(value)
+        return value
 
     @field_validator("daemons")
     @classmethod

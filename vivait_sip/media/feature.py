@@ -24,7 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from ..config import CoreConfig
-from ..contract import Feature, Host, StartError
+from ..contract import Feature, Host, StartError, WorkerMessage
 from ..metrics import family, single
 from .anchor import (
     AnchoredCall,
@@ -38,7 +38,9 @@ from .anchor import (
 from .cli import add_commands as add_media_commands
 from .config import MediaConfig
 from .control import MediaBackend, MediaCommand, MediaError, MediaReply
-from .ng import RtpengineBackend
+from .ng import RtpengineBackend, parse_daemon
+from .protocol import MediaDtmf
+from .rtpe_dtmf import DtmfLogListener, daemon_addresses
 
 log = logging.getLogger("vivait_sip.media")
 
@@ -112,6 +114,7 @@ class MediaFeature(Feature[MediaConfig]):
     config_key = "media"
     config_model = MediaConfig
     order = 25  # before the B2BUA (30): its backend is up when calls start
+    messages = (MediaDtmf,)  # rtpengine's digits, from worker 0 to the worker owning the call
 
     def __init__(self, host: Host) -> None:
         super().__init__(host)
@@ -124,6 +127,7 @@ class MediaFeature(Feature[MediaConfig]):
         self.start_error: str | None = None
         self._lock: asyncio.Lock | None = None
         self._listeners: list[Callable[[object], None]] = []
+        self.dtmf_log: DtmfLogListener | None = None
         self.seam = AnchoringSeam(
             _LazyBackend(self), self.policy, flags=settings.flags.to_flags(), timeout_s=settings.timeout_s,
             flags_for=flags_by_side(lambda: self.seam.flags),  # WebRTC sides get their own (anchor.webrtc_flags)
@@ -215,6 +219,7 @@ class MediaFeature(Feature[MediaConfig]):
             return backend
 
     async def start(self) -> None:
+        await self._listen_for_rtpengine_dtmf()
         await self._start()
 
     async def start_worker(self) -> None:
@@ -228,6 +233,28 @@ class MediaFeature(Feature[MediaConfig]):
             await self.ensure_backend()
         except MediaError as exc:
             raise StartError(str(exc)) from None
+
+    async def _listen_for_rtpengine_dtmf(self) -> None:
+        """Worker 0: bind `media.rtpengine.dtmf_listen`, where the daemons report digits."""
+        settings = self.settings
+        address = settings.rtpengine.dtmf_listen
+        if settings.backend != "rtpengine" or address is None:
+            return
+        host, port = parse_daemon(address)
+        try:
+            allowed = daemon_addresses(parse_daemon(daemon)[0] for daemon in settings.rtpengine.daemons)
+            self.dtmf_log = await DtmfLogListener.bind(host, port, allowed, self._route_dtmf)
+        except OSError as exc:
+            raise StartError(f"media.rtpengine.dtmf_listen: cannot listen on {address}: {exc.strerror or exc}") from None
+        log.info("event=rtpengine_dtmf_listening address=%s daemons=%s", address, ",".join(sorted(allowed)))
+
+    def _route_dtmf(self, event: MediaDtmf) -> None:
+        self.host.send_to_worker(self.host.owner_of(event.call_id), event)
+
+    def on_worker_message(self, source: int, msg: WorkerMessage) -> None:
+        if isinstance(msg, MediaDtmf):
+            for callback in self._listeners:
+                callback(msg)
 
     def _webrtc_needs_media_workers(self) -> bool:
         """WebRTC ↔ RTP calls are anchored whatever the config says (the first such call
@@ -249,6 +276,9 @@ class MediaFeature(Feature[MediaConfig]):
             log.warning("event=config_warning media: backend changes apply at the next restart")
 
     async def stop(self) -> None:
+        if self.dtmf_log is not None:
+            self.dtmf_log.close()
+            self.dtmf_log = None
         backend, self.backend = self.backend, None
         if backend is not None:
             await backend.stop()
@@ -285,6 +315,7 @@ class MediaFeature(Feature[MediaConfig]):
             "start_error": self.start_error,
             **self.seam.status(),
             "workers": 1,
+            **({"dtmf_log": dict(self.dtmf_log.counters)} if self.dtmf_log is not None else {}),
         }}
 
     def merge_status(self, mine: dict[str, object], workers: list[dict[str, object]]) -> None:
@@ -311,6 +342,11 @@ class MediaFeature(Feature[MediaConfig]):
                         ours.get("failures", 0))
         lines += family("vivait_media_backend_healthy", "gauge", "1 when the backend can take new sessions in every worker.",
                         [({"backend": backend}, bool(ours.get("healthy")))])
+        dtmf_log = ours.get("dtmf_log")
+        if isinstance(dtmf_log, dict):
+            lines += family("vivait_media_rtpengine_dtmf_reports_total", "counter",
+                            "Digit reports from rtpengine's --dtmf-log-dest: taken, unparsable, from no daemon.",
+                            [({"result": key}, dtmf_log.get(key, 0)) for key in ("digits", "bad", "foreign")])
         found = ours.get("daemons")
         daemons = [d for d in found if isinstance(d, dict)] if isinstance(found, list) else []
         if daemons:

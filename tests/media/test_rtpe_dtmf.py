@@ -1,0 +1,71 @@
+"""rtpengine's `--dtmf-log-dest` reports: the parser, and the listener's source check."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+
+import pytest
+
+from vivait_sip.media.protocol import MediaDtmf
+from vivait_sip.media.rtpe_dtmf import DtmfLogListener, daemon_addresses, parse_dtmf_log
+
+# what rtpengine 10.5 sent for event 5 (measured)
+SAMPLE = (b'{"callid":"cid1","source_tag":"ta","tags":["tb","ta"],"type":"DTMF","timestamp":1796067533,'
+          b'"source_ip":"127.0.0.1","event":5,"duration":120,"volume":10}')
+
+
+def record(**changes: object) -> bytes:
+    fields = json.loads(SAMPLE)
+    fields.update(changes)
+    return json.dumps({k: v for k, v in fields.items() if v is not None}).encode()
+
+
+def test_a_report_becomes_the_digit_of_the_party_that_sent_it() -> None:
+    assert parse_dtmf_log(SAMPLE) == MediaDtmf(call_id="cid1", tag="ta", leg="ta", digit="5", duration_ms=120, volume=10)
+    assert [parse_dtmf_log(record(event=code)).digit for code in (10, 11, 12, 15)] == ["*", "#", "A", "D"]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"not json", b"\xff\xfe", b"[1, 2]", b'"DTMF"', b"{}",
+    record(event=16), record(event=-1), record(event="5"), record(event=5.0), record(event=True),
+    record(callid=None), record(callid=""), record(callid="x" * 257), record(callid=7),
+    record(source_tag=None), record(source_tag=["ta"]), record(type="other"),
+    record(pad="x" * 5000),
+], ids=lambda d: repr(d[:30]))
+def test_anything_else_is_no_digit(data: bytes) -> None:
+    assert parse_dtmf_log(data) is None
+
+
+def test_odd_duration_and_volume_are_zeroed_not_trusted() -> None:
+    event = parse_dtmf_log(record(duration=10**9, volume=99))
+    assert event is not None and event.duration_ms == 0 and event.volume == 0
+    event = parse_dtmf_log(record(duration=None, volume="10", source_tag=""))
+    assert event is not None and (event.duration_ms, event.volume, event.tag) == (0, 0, None)
+
+
+def test_daemon_addresses_resolve_names() -> None:
+    assert daemon_addresses(["127.0.0.1", "localhost"]) >= {"127.0.0.1"}
+
+
+async def test_the_listener_takes_reports_from_the_daemons_only() -> None:
+    got: list[MediaDtmf] = []
+    listener = await DtmfLogListener.bind("127.0.0.1", 0, frozenset({"127.0.0.1"}), got.append)
+    assert listener.transport is not None
+    port = listener.transport.get_extra_info("sockname")[1]
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as daemon, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
+            stranger.bind(("127.0.0.2", 0))
+            stranger.sendto(SAMPLE, ("127.0.0.1", port))
+            daemon.sendto(b"garbage", ("127.0.0.1", port))
+            daemon.sendto(SAMPLE, ("127.0.0.1", port))
+            for _ in range(100):
+                if got:
+                    break
+                await asyncio.sleep(0.01)
+        assert [event.digit for event in got] == ["5"]
+        assert listener.counters == {"digits": 1, "bad": 1, "foreign": 1}
+    finally:
+        listener.close()
