@@ -5,10 +5,14 @@ there yet, the policy's inputs from the config, status merged over workers, metr
 
 from __future__ import annotations
 
+import asyncio
+import json
+import socket
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from harness import free_port
 from ng_fake import FakeDaemon
 from pydantic import ValidationError
 
@@ -18,6 +22,7 @@ from vivait_sip.media.cli import render
 from vivait_sip.media.control import Ice, Latching, MediaError, Replace
 from vivait_sip.media.feature import MediaFeature, load_builtin_factory, merge_media
 from vivait_sip.media.ng import RtpengineBackend
+from vivait_sip.media.protocol import MediaDtmf
 
 
 def make_config(data: dict[str, Any]) -> Any:
@@ -30,12 +35,19 @@ class FakeHost:
         self.worker_index = 0
         self.calls: dict[str, Any] = {}
         self.others: list[dict[str, object]] = []
+        self.sent: list[tuple[int, Any]] = []
 
     def on_call(self, name: str, handler: Any) -> None:
         self.calls[name] = handler
 
     async def call_workers(self, name: str, **args: Any) -> list[Any]:
         return self.others
+
+    def owner_of(self, key: str) -> int:
+        return len(key) % 2  # two workers, whatever the hash
+
+    def send_to_worker(self, worker: int, msg: Any) -> None:
+        self.sent.append((worker, msg))
 
 
 def call(rule: str | None = None, user: str | None = None, callee_user: str | None = None) -> Any:
@@ -62,6 +74,8 @@ def test_config_errors_name_their_path() -> None:
                                          "flags": {"ice": "maybe", "media_address": "nowhere", "colour": 1}}})
     joined = "\n".join(lines)
     assert "media.rtpengine.daemons" in joined and "expected HOST:PORT" in joined
+    _, lines = check_document({"media": {"rtpengine": {"daemons": ["127.0.0.1:2223"], "dtmf_listen": "nope"}}})
+    assert lines == ["media.rtpengine.dtmf_listen: 'nope': expected HOST:PORT"], lines
     assert "media.flags.ice" in joined and "media.flags.media_address" in joined and "media.flags.colour: unknown key" in joined
     with pytest.raises(ValidationError):
         make_config({"media": {"flags": {"codec": {"strip": ["PC MU"]}}}})
@@ -238,3 +252,34 @@ def test_music_on_hold_classes_must_exist() -> None:
     assert make_config({"media": {"moh": True}}).media.moh == "anchored"
     with pytest.raises(ValidationError):
         make_config({"media": {"moh": "sometimes"}})
+
+
+async def test_worker_0_reads_rtpengines_digits_and_sends_each_to_the_worker_owning_the_call() -> None:
+    port = free_port()
+    host = FakeHost({"media": {"backend": "rtpengine",
+                               "rtpengine": {"daemons": ["127.0.0.1:2223"], "dtmf_listen": f"127.0.0.1:{port}"}}})
+    feature = MediaFeature(host)  # type: ignore[arg-type]
+    heard: list[object] = []
+    feature.listen(heard.append)
+    await feature.start()
+    try:
+        report = {"callid": "abc", "source_tag": "t1", "type": "DTMF", "event": 11, "duration": 200, "volume": 8}
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as daemon:
+            daemon.sendto(json.dumps(report).encode(), ("127.0.0.1", port))
+        for _ in range(100):
+            if host.sent:
+                break
+            await asyncio.sleep(0.01)
+        [(worker, event)] = host.sent
+        assert worker == 1 and event == MediaDtmf(call_id="abc", tag="t1", leg="t1", digit="#", duration_ms=200, volume=8)
+        feature.on_worker_message(0, event)  # arriving in the owner: to the B2BUA's listener
+        assert heard == [event]
+        assert feature.status()["media"]["dtmf_log"] == {"digits": 1, "bad": 0, "foreign": 0}  # type: ignore[index]
+        metrics = "\n".join(feature.metrics(feature.status()))
+        assert 'vivait_media_rtpengine_dtmf_reports_total{result="digits"} 1' in metrics
+        busy = MediaFeature(host)  # type: ignore[arg-type]
+        with pytest.raises(StartError, match=r"media.rtpengine.dtmf_listen: cannot listen on 127.0.0.1:\d+"):
+            await busy.start()
+    finally:
+        await feature.stop()
+    assert feature.dtmf_log is None
