@@ -91,6 +91,7 @@ class Pbx:
     unowned: list[UaEvent] = field(default_factory=list)
     holds: list[tuple[str, str, bool]] = field(default_factory=list)  # hold_changed: (call, side, held)
     media_stats: dict[str, dict[str, Any]] = field(default_factory=dict)  # media_released: call -> by party
+    full_trunks: set[str] = field(default_factory=set)  # claim_trunk refuses these (at max_calls elsewhere)
     _by_request: dict[int, Call] = field(default_factory=dict)
     _by_dialog: dict[int, Call] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -128,6 +129,12 @@ class Pbx:
 
     def media_released(self, call: Call, stats: dict[str, Any]) -> None:
         self.media_stats[call.call_uuid] = stats
+
+    def claim_trunk(self, call: Call, dest: Dest) -> bool:
+        return dest.trunk not in self.full_trunks
+
+    def release_trunk(self, call: Call, dest: Dest) -> None:
+        pass
 
     def leg_started(self, call: Call, leg: OutLeg) -> None:
         self.started_legs.append(leg)

@@ -164,6 +164,29 @@ def test_503_fails_over_to_the_next_group() -> None:
     assert pbx.calls[0].legs[0].status == 503
 
 
+def test_a_trunk_filled_meanwhile_is_skipped_and_none_left_is_503() -> None:
+    """The trunk had room when the call was routed, but another call (another worker's)
+    took its last slot before this INVITE left: the next group is tried, and with no
+    trunk left the caller gets 503; no INVITE leaves on a full trunk."""
+    net = Net()
+    alice = net.add("alice")
+    pbx = Pbx(net, net.add("pbx"))
+    first, second = net.add("first"), net.add("second")
+    Callee(first)
+    Callee(second)
+    pbx.full_trunks.add("a")
+    pbx.route = lambda call: call.ring([[dest_to(first, pbx, trunk="a")], [dest_to(second, pbx, trunk="b")]])
+    alice.invite(pbx.node)
+    net.run(duration=5)
+    assert [r.status for r in finals(alice)] == [200]
+    assert received(first, "INVITE") == [] and [leg.dest.trunk for leg in pbx.calls[0].legs] == ["b"]
+    pbx.full_trunks.add("b")
+    alice.invite(pbx.node)
+    net.run(duration=5)
+    assert finals(alice)[-1].status == 503 and "no trunk available" in finals(alice)[-1].reason
+    assert received(first, "INVITE") == [] and len(received(second, "INVITE")) == 1
+
+
 def test_a_486_does_not_fail_over() -> None:
     net = Net()
     alice = net.add("alice")

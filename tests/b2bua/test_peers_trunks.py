@@ -209,6 +209,42 @@ def test_a_503_from_the_first_trunk_fails_over_to_the_second(server_tmp: Path, w
         pri2.stop()
 
 
+def test_max_calls_is_the_trunks_whichever_worker_holds_the_calls(server_tmp: Path, workers: int) -> None:
+    """`pri` has 3 channels (max_calls 3) and is the only trunk: six calls out at once
+    (SIPp, 3 s each) → three leave on it and three get 503 at once.  With two workers the
+    calls land on either by their Call-ID's hash, and the count is still the node's, not a
+    share per worker (which refused a call in the busier worker while the trunk had room,
+    and let four out when the calls split three and three); `ctl status` shows the 3."""
+    pri = gateway(server_tmp, "pri", GATEWAY, calls=3)
+    only_pri = [{"name": "outside", "match": {"number": {"regex": "0[89][0-9]{8}"}, "source": {"any_user": True}},
+                 "action": {"type": "trunk", "trunks": ["pri"], "strip": 1, "prefix": "+34"}}]
+    server = start_server(server_tmp / "srv", base_config(workers, trunks=[trunk("pri", GATEWAY, pri.port, max_calls=3)],
+                                                          dialplan=only_pri))
+    phone = sipp("phone", server_tmp, "b2b_uac_auth.xml", *user_args(server, "6140", "0912345678"),
+                 "-m", "6", "-l", "6", "-r", "50", "-d", "3000", "-timeout", "30s")
+    try:
+        phone.start(settle=0)
+        wait_for(lambda: len(pri.received("INVITE")) == 3 and len(phone.received("SIP/2.0 503")) >= 3, 10,
+                 message="three calls out, three refused")
+        assert trunk_status(server)["pri"]["calls"] == 3
+        assert pri.wait(20) == 0, pri.report()
+        phone.wait(20)  # non-zero: three of its calls failed, as they should
+        assert len(pri.received("INVITE")) == 3
+        refused = {header(m, "Call-ID"): m.split("\n", 1)[0].strip() for m in phone.received("SIP/2.0 503")}
+        assert len(refused) == 3 and all("no trunk available" in line for line in refused.values()), refused
+        wait_no_calls(server)
+        records = wait_cdrs(server, 6)
+        answered = [r for r in records if r["disposition"] == "answered"]
+        assert len(answered) == 3 and all(r["trunk"] == "pri" for r in answered)
+        assert sorted(r["legs"][0]["status"] for r in records) == [200, 200, 200, 503, 503, 503]
+        status = trunk_status(server)["pri"]
+        assert status["calls"] == 0 and status["max_calls"] == 3
+    finally:
+        server.stop()
+        pri.stop()
+        phone.stop()
+
+
 @pytest.fixture
 def server_tmp(tmp_path: Path) -> Path:
     return tmp_path

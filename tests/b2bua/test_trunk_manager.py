@@ -8,12 +8,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
 from vivait_sip.b2bua import trunks as trunks_module
 from vivait_sip.b2bua.config import TrunkConfig
+from vivait_sip.b2bua.slots import SharedSlots
 from vivait_sip.b2bua.trunks import TrunkManager, TrunkRoute
 from vivait_sip.contract import Host
 from vivait_sip.sip.auth import Credentials
@@ -341,12 +343,29 @@ async def test_an_unknown_request_outside_our_sends_is_left_to_the_call_code() -
     await manager.stop()
 
 
-async def test_with_workers_only_the_primary_registers_and_max_calls_is_shared() -> None:
-    second = FakeHost(worker_index=1, worker_count=2, is_primary=False)
-    manager, host = await started(trunk("c", max_calls=3, **{**CARRIER, "host": "10.0.0.7", "options_interval_s": 30}), host=second)
-    assert [s.method for s in host.sip.sent] == ["OPTIONS"]  # health is checked here too
-    assert [manager.acquire("c") for _ in range(3)] == [True, True, False]  # ceil(3 / 2)
-    status = state_of(manager, "c")
-    assert (status["registration"], status["registered"], status["max_calls"]) == (None, False, 2)
-    await manager.stop()
+async def test_with_workers_only_the_primary_registers_and_max_calls_is_the_nodes(tmp_path: Path) -> None:
+    config = trunk("c", max_calls=3, **{**CARRIER, "host": "10.0.0.7", "options_interval_s": 30})
+    first, _ = await started(config)
+    second, host = await started(config, host=FakeHost(worker_index=1, worker_count=2, is_primary=False))
+    shared = [SharedSlots.create(tmp_path / "slots", 2), SharedSlots(tmp_path / "slots", 1)]
+    first.use_slots(shared[0])
+    second.use_slots(shared[1])
+    try:
+        assert [s.method for s in host.sip.sent] == ["OPTIONS"]  # health is checked here too
+        # all three in worker 1, whatever the Call-IDs' hash; then none left for worker 0
+        assert [second.acquire("c") for _ in range(4)] == [True, True, True, False]
+        assert not first.acquire("c") and not first.candidates(["c"])
+        status = state_of(second, "c")
+        assert (status["registration"], status["registered"], status["max_calls"], status["calls"]) == (None, False, 3, 3)
+        assert state_of(first, "c")["calls"] == 3  # the node's count, in either worker's status
+        second.release("c")
+        assert first.acquire("c") and state_of(second, "c")["calls"] == 3
+        first.reload([])  # removed while its calls are up: they still give their slots back
+        first.release("c")
+        assert state_of(second, "c")["calls"] == 2
+    finally:
+        await first.stop()
+        await second.stop()
+        for slots in shared:
+            slots.close()
     assert [s.method for s in host.sip.sent] == ["OPTIONS"]

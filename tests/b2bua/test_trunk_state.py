@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from vivait_sip.b2bua.config import TrunkConfig
+from vivait_sip.b2bua.slots import LocalSlots
 from vivait_sip.b2bua.trunk_state import (
     DOWN,
     HOLD_DOWN_S,
@@ -328,10 +329,13 @@ def test_nothing_is_due_while_the_first_resolution_runs() -> None:
     assert state.probe_due(5.0)
 
 
-@pytest.mark.parametrize(("max_calls", "workers", "share"), [(0, 2, 0), (10, 1, 10), (10, 2, 5), (3, 2, 2), (1, 4, 1)])
-def test_max_calls_is_shared_between_workers(max_calls: int, workers: int, share: int) -> None:
-    state = TrunkState(trunk(max_calls=max_calls), now=0.0, workers=workers)
-    assert state.max_calls == share
+def test_calls_are_counted_in_the_slots_it_is_given_by_trunk_name() -> None:
+    slots = LocalSlots()
+    one, again = TrunkState(trunk(max_calls=2), 0.0, slots=slots), TrunkState(trunk(max_calls=2), 0.0, slots=slots)
+    assert one.acquire() and again.acquire() and not one.acquire()  # one trunk, one count (a reload's new state)
+    assert one.calls == again.calls == 2 and slots.total("pri") == 2
+    again.release()
+    assert one.calls == 1 and one.has_room
 
 
 def test_only_the_registering_worker_has_a_registration() -> None:

@@ -136,6 +136,12 @@ class TransferPbx:
     def media_released(self, call: Call, stats: dict[str, Any]) -> None:
         self.media_stats[call.call_uuid] = stats
 
+    def claim_trunk(self, call: Call, dest: Dest) -> bool:
+        return True
+
+    def release_trunk(self, call: Call, dest: Dest) -> None:
+        pass
+
     def leg_started(self, call: Call, leg: OutLeg) -> None:
         pass
 

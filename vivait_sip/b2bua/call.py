@@ -133,8 +133,17 @@ class CallEnv(Protocol):
         """Route the UA events of this request or dialog to `call.on_event`."""
         ...
 
+    def claim_trunk(self, call: Call, dest: Dest) -> bool:
+        """One of the node's call slots on `dest`'s trunk, before its INVITE leaves (True
+        when it has no trunk); False: the trunk is at `max_calls`."""
+        ...
+
+    def release_trunk(self, call: Call, dest: Dest) -> None:
+        """Give back a slot `claim_trunk` took for an INVITE that could not be sent."""
+        ...
+
     def leg_started(self, call: Call, leg: OutLeg) -> None:
-        """An outbound leg was placed (a trunk's call slot)."""
+        """An outbound leg was placed (its trunk slot, claimed just before, is now the leg's)."""
         ...
 
     def leg_ended(self, call: Call, leg: OutLeg) -> None:
@@ -491,6 +500,9 @@ class Call:
                 headers.append(("Content-Type", content_type))
             if max_forwards is not None:
                 headers.append(("Max-Forwards", str(max(0, max_forwards - 1))))
+            if not env.claim_trunk(self, dest):  # another call took its last slot meanwhile
+                self._note_failure(503, "Service Unavailable (no trunk available)")
+                continue
             call_id = env.new_call_id()
             try:
                 request_id = sip.send_request(
@@ -507,6 +519,7 @@ class Call:
                     auto_ack=not self.late_offer,
                 )
             except UaError:
+                env.release_trunk(self, dest)
                 self._note_failure(503, "overloaded")
                 continue
             leg = OutLeg(dest, request_id, call_id, env.now())

@@ -23,12 +23,21 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from ..config import CoreConfig
-from ..contract import Feature, Host, RequestHandler, StatelessCheck, WorkerMessage, mint_call_id
+from ..contract import (
+    Feature,
+    Host,
+    RequestHandler,
+    StartError,
+    StatelessCheck,
+    WorkerMessage,
+    mint_call_id,
+)
 from ..events import CALL_ANSWER, CALL_END, CALL_START, emit
 from ..flow.feature import MdflowFeature
 from ..media.feature import MediaFeature
@@ -59,12 +68,14 @@ from .cdr_cli import add_cdr_commands
 from .config import B2buaConfig
 from .mediawire import MediaWire, RecordError
 from .routing import Decision, Router, RouteRequest, Source, Target
+from .slots import SharedSlots
 from .transfer import MESSAGES as TRANSFER_MESSAGES
 from .transfer import TransferManager
 from .trunks import TrunkManager, inbound_identity, outgoing_identity
 
 log = logging.getLogger("vivait_sip.b2bua")
 
+TRUNK_SLOTS_FILE = "trunk-calls.slots"  # in the data directory, shared by the workers
 QUEUED_RINGING_AFTER_S = 0.05  # an admission slower than this means the call waits in a queue
 
 
@@ -147,6 +158,7 @@ class B2buaFeature(Feature[B2buaConfig]):
         self.directory = UserDirectoryView(None)
         self.router = Router(settings, self.directory)
         self.trunks = TrunkManager(list(settings.trunks), host, self.name)
+        self.slots: SharedSlots | None = None  # with several workers: trunk calls, node-wide
         self.store: Store | None = None
         self.cdr_writer: CdrWriter | None = None
         self.calls: dict[str, Call] = {}
@@ -192,11 +204,23 @@ class B2buaFeature(Feature[B2buaConfig]):
 
     async def start(self) -> None:
         self._wire()
+        if self.host.worker_count > 1:  # before the other workers exist: they open it
+            self._share_trunk_slots(lambda path: SharedSlots.create(path, self.host.worker_count))
         await self.trunks.start()
 
     async def start_worker(self) -> None:
         self._wire()
+        self._share_trunk_slots(lambda path: SharedSlots(path, self.host.worker_index))
         await self.trunks.start()
+
+    def _share_trunk_slots(self, open_slots: Callable[[Path], SharedSlots]) -> None:
+        """Trunk calls counted in a file every worker maps (slots.py): max_calls is the node's."""
+        path = self.host.data_dir / TRUNK_SLOTS_FILE
+        try:
+            self.slots = open_slots(path)
+        except (OSError, ValueError) as exc:
+            raise StartError(f"b2bua: trunk call counts in {path}: {exc}") from None
+        self.trunks.use_slots(self.slots)
 
     def _wire(self) -> None:
         host = self.host
@@ -261,6 +285,9 @@ class B2buaFeature(Feature[B2buaConfig]):
         if self._media_tasks:  # media sessions deleted before the media backend stops
             await asyncio.wait(list(self._media_tasks), timeout=2.0)
         await self.trunks.stop()
+        if self.slots is not None:
+            self.slots.close()
+            self.slots = None
         if self.store is not None:
             self.store.close()
 
@@ -528,9 +555,15 @@ class B2buaFeature(Feature[B2buaConfig]):
         if dialog_id is not None:
             self._by_dialog[dialog_id] = call
 
+    def claim_trunk(self, call: Call, dest: Dest) -> bool:
+        return dest.trunk is None or self.trunks.acquire(dest.trunk)
+
+    def release_trunk(self, call: Call, dest: Dest) -> None:
+        if dest.trunk is not None:
+            self.trunks.release(dest.trunk)
+
     def leg_started(self, call: Call, leg: OutLeg) -> None:
-        trunk = leg.dest.trunk
-        if trunk is not None and self.trunks.acquire(trunk):
+        if leg.dest.trunk is not None:  # its slot was claimed (claim_trunk): released at its end
             self._trunk_legs.add(leg.leg_id)
 
     def leg_ended(self, call: Call, leg: OutLeg) -> None:
@@ -657,6 +690,8 @@ class B2buaFeature(Feature[B2buaConfig]):
 
     def on_worker_lost(self, index: int) -> None:
         self.transfers.on_worker_lost(index)
+        if self.slots is not None:  # its trunk calls went with it
+            self.slots.forget_worker(index)
 
     def _orphan(self, event: UaEvent) -> None:
         """An event for a call already over: a 2xx that came too late is hung up; an

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 
 from .config import TrunkConfig
+from .slots import LocalSlots, Slots
 
 UNKNOWN = "unknown"  # nothing heard yet, or no OPTIONS checks: calls are placed
 UP = "up"
@@ -157,20 +158,18 @@ class TrunkState:
     ids of its requests.
 
     With several worker processes each keeps its own state: `register` is True in one
-    of them only (one binding at the far end), and `workers` splits `max_calls` into
-    per-worker shares (calls land on workers by Call-ID hash, so the shares fill evenly;
-    the sum may exceed `max_calls` by at most `workers - 1`)."""
+    of them only (one binding at the far end).  The calls in progress are counted in
+    `slots` (slots.py), which the workers share: `max_calls` is the node's."""
 
     __slots__ = (
-        "addressed", "awaiting_probe", "calls", "config", "counters", "health", "looking_up", "probe_at",
-        "probes_in_flight", "registration", "resolve_at", "workers",
+        "addressed", "awaiting_probe", "config", "counters", "health", "looking_up", "probe_at",
+        "probes_in_flight", "registration", "resolve_at", "slots",
     )
 
-    def __init__(self, config: TrunkConfig, now: float, *, workers: int = 1, register: bool = True) -> None:
+    def __init__(self, config: TrunkConfig, now: float, *, register: bool = True, slots: Slots | None = None) -> None:
         self.config = config
-        self.workers = workers
+        self.slots: Slots = slots if slots is not None else LocalSlots()
         self.health = Health(config.down_after, config.up_after, now)
-        self.calls = 0
         self.counters: dict[str, int] = {}
         self.probe_at: float | None = now if config.options_interval_s > 0 else None
         self.awaiting_probe = False  # the last OPTIONS sent has no answer yet
@@ -211,8 +210,13 @@ class TrunkState:
     # ---- calls ----------------------------------------------------------------------------
     @property
     def max_calls(self) -> int:
-        """This worker's share of `max_calls` (0: unlimited)."""
-        return -(-self.config.max_calls // self.workers)
+        """The node's limit (0: unlimited)."""
+        return self.config.max_calls
+
+    @property
+    def calls(self) -> int:
+        """Calls in progress on the trunk, every worker's."""
+        return self.slots.total(self.config.name)
 
     @property
     def has_room(self) -> bool:
@@ -224,15 +228,14 @@ class TrunkState:
         return self.health.state != DOWN and self.has_room
 
     def acquire(self) -> bool:
-        if not self.has_room:
+        if not self.slots.take(self.config.name, self.max_calls):
             self.count("calls_limit")
             return False
-        self.calls += 1
         self.count("calls_placed")
         return True
 
     def release(self) -> None:
-        self.calls = max(0, self.calls - 1)
+        self.slots.give_back(self.config.name)
 
     def call_failed(self, status: int, now: float) -> bool:
         """A call got 503, 408 or a transport failure here; True when the trunk went down."""

@@ -32,6 +32,7 @@ from ..sip.peer import Peer
 from ..sip.ua import RequestFailed, ResponseReceived, UaError, UaEvent
 from ..sip.uri import SipUri, parse_name_addr, parse_uri
 from .config import TrunkConfig
+from .slots import LocalSlots, Slots
 from .trunk_state import DOWN, TrunkState, is_ip
 
 log = logging.getLogger("vivait_sip.b2bua.trunks")
@@ -85,6 +86,7 @@ class TrunkManager:
     def __init__(self, trunks: list[TrunkConfig], host: Host, owner: str) -> None:
         self.host = host
         self.owner = owner
+        self.slots: Slots = LocalSlots()  # the feature swaps in the workers' shared file (use_slots)
         now = self._now()
         self._trunks: dict[str, _Trunk] = {t.name: _Trunk(self._state(t, now)) for t in trunks}
         self._networks = _networks(trunks)
@@ -100,7 +102,7 @@ class TrunkManager:
     def _state(self, config: TrunkConfig, now: float) -> TrunkState:
         """Every worker checks a trunk's health itself (no messages, and its failover
         sees its own failures); only the primary registers."""
-        return TrunkState(config, now, workers=self.host.worker_count, register=self.host.is_primary)
+        return TrunkState(config, now, register=self.host.is_primary, slots=self.slots)
 
     @staticmethod
     def _now() -> float:
@@ -138,7 +140,7 @@ class TrunkManager:
         """Apply a new trunk list: an unchanged trunk keeps everything; a changed one keeps
         its calls and counters, and its health and registration unless its address or
         account changed; new trunks start; removed ones are un-registered and forgotten
-        (their calls in progress just end: `release` of an unknown trunk does nothing)."""
+        (their calls in progress just end, and `release` gives their slots back)."""
         now = self._now()
         wanted = {t.name: t for t in trunks}
         for name in [n for n in self._trunks if n not in wanted]:
@@ -153,7 +155,7 @@ class TrunkManager:
                 else:
                     self._retire(current)
                     fresh = self._state(config, now)
-                    fresh.calls, fresh.counters = current.state.calls, current.state.counters
+                    fresh.counters = current.state.counters  # its calls are in the slots, by name
                     self._trunks[name] = _Trunk(fresh)
         self._networks = _networks(trunks)
         self._wake.set()
@@ -384,9 +386,14 @@ class TrunkManager:
         return trunk is not None and trunk.state.acquire()
 
     def release(self, name: str) -> None:
-        trunk = self._trunks.get(name)
-        if trunk is not None:
-            trunk.state.release()
+        """A call `acquire` counted has ended (on a trunk maybe removed since)."""
+        self.slots.give_back(name)
+
+    def use_slots(self, slots: Slots) -> None:
+        """Count calls in `slots` (the workers' shared file) from now on; before any call."""
+        self.slots = slots
+        for trunk in self._trunks.values():
+            trunk.state.slots = slots
 
     def report_failure(self, name: str, status: int) -> None:
         """A call on the trunk got 503, 408 or a transport failure: counts towards down
