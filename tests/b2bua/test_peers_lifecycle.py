@@ -6,7 +6,8 @@
 * SIGTERM with calls up: new INVITEs get 503 at once; the calls go on until
   `b2bua.drain_s`, then BYE both ways; their CDRs are written; the exit status is 0.
 * Past `b2bua.max_calls`: new INVITEs get 503 with Retry-After; the established calls
-  go on undisturbed.
+  go on undisturbed.  With two workers the four calls up all live in one worker: the
+  limit is the node's, not a share per worker.
 
 With two workers a call lives in the worker owning its Call-ID; the tests choose the
 gateway's Call-IDs (SIPp -cid_str) so that each worker gets its share.
@@ -182,8 +183,10 @@ def test_past_max_calls_new_invites_get_503_and_calls_go_on(tmp_path: Path, work
     server = start_server(tmp_path / "srv", config(workers, max_calls=4))
     try:
         uas = phone(server, tmp_path, 4)
+        # all four in the last worker: the limit is the node's, not a share per worker
+        busy = [mint_call_id(workers - 1, workers, GATEWAY) for _ in range(4)]
         callers = [gateway_call(server, tmp_path, f"gw{i}", cid, "uac", "-d", "6000")
-                   for i, cid in enumerate(call_ids(workers, 4))]  # 6 s calls; the gateway hangs up
+                   for i, cid in enumerate(busy)]  # 6 s calls; the gateway hangs up
         wait_answered(server, 4)
         refused = [raw_invite(server, cid) for cid in call_ids(workers, 6)]
         assert [status_code(r) for r in refused] == [503] * 6, [r[:200] for r in refused]

@@ -68,14 +68,15 @@ from .cdr_cli import add_cdr_commands
 from .config import B2buaConfig
 from .mediawire import MediaWire, RecordError
 from .routing import Decision, Router, RouteRequest, Source, Target
-from .slots import SharedSlots
+from .slots import LocalSlots, SharedSlots, Slots
 from .transfer import MESSAGES as TRANSFER_MESSAGES
 from .transfer import TransferManager
 from .trunks import TrunkManager, inbound_identity, outgoing_identity
 
 log = logging.getLogger("vivait_sip.b2bua")
 
-TRUNK_SLOTS_FILE = "trunk-calls.slots"  # in the data directory, shared by the workers
+CALL_SLOTS_FILE = "call-slots"  # in the data directory, shared by the workers
+NODE_SLOT = "*node"  # b2bua.max_calls's key among the trunks' (whose names have no '*')
 QUEUED_RINGING_AFTER_S = 0.05  # an admission slower than this means the call waits in a queue
 
 
@@ -158,7 +159,10 @@ class B2buaFeature(Feature[B2buaConfig]):
         self.directory = UserDirectoryView(None)
         self.router = Router(settings, self.directory)
         self.trunks = TrunkManager(list(settings.trunks), host, self.name)
-        self.slots: SharedSlots | None = None  # with several workers: trunk calls, node-wide
+        # calls in progress, node-wide (b2bua.max_calls, each trunk's): a file the workers share
+        self.slots: Slots = LocalSlots()
+        self.shared_slots: SharedSlots | None = None
+        self._slot_holders: set[str] = set()  # our calls counted under NODE_SLOT
         self.store: Store | None = None
         self.cdr_writer: CdrWriter | None = None
         self.calls: dict[str, Call] = {}
@@ -205,22 +209,23 @@ class B2buaFeature(Feature[B2buaConfig]):
     async def start(self) -> None:
         self._wire()
         if self.host.worker_count > 1:  # before the other workers exist: they open it
-            self._share_trunk_slots(lambda path: SharedSlots.create(path, self.host.worker_count))
+            self._share_slots(lambda path: SharedSlots.create(path, self.host.worker_count))
         await self.trunks.start()
 
     async def start_worker(self) -> None:
         self._wire()
-        self._share_trunk_slots(lambda path: SharedSlots(path, self.host.worker_index))
+        self._share_slots(lambda path: SharedSlots(path, self.host.worker_index))
         await self.trunks.start()
 
-    def _share_trunk_slots(self, open_slots: Callable[[Path], SharedSlots]) -> None:
-        """Trunk calls counted in a file every worker maps (slots.py): max_calls is the node's."""
-        path = self.host.data_dir / TRUNK_SLOTS_FILE
+    def _share_slots(self, open_slots: Callable[[Path], SharedSlots]) -> None:
+        """Calls counted in a file every worker maps (slots.py): max_calls are the node's."""
+        path = self.host.data_dir / CALL_SLOTS_FILE
         try:
-            self.slots = open_slots(path)
+            self.shared_slots = open_slots(path)
         except (OSError, ValueError) as exc:
-            raise StartError(f"b2bua: trunk call counts in {path}: {exc}") from None
-        self.trunks.use_slots(self.slots)
+            raise StartError(f"b2bua: call counts in {path}: {exc}") from None
+        self.slots = self.shared_slots
+        self.trunks.use_slots(self.shared_slots)
 
     def _wire(self) -> None:
         host = self.host
@@ -285,9 +290,10 @@ class B2buaFeature(Feature[B2buaConfig]):
         if self._media_tasks:  # media sessions deleted before the media backend stops
             await asyncio.wait(list(self._media_tasks), timeout=2.0)
         await self.trunks.stop()
-        if self.slots is not None:
-            self.slots.close()
-            self.slots = None
+        if self.shared_slots is not None:
+            self.slots = LocalSlots()
+            self.shared_slots.close()
+            self.shared_slots = None
         if self.store is not None:
             self.store.close()
 
@@ -333,15 +339,15 @@ class B2buaFeature(Feature[B2buaConfig]):
         call.extra["private"] = private
         call.extra["display"] = None if trunk is not None else self._display(user)
         emit(log, logging.INFO, CALL_START, "call_id=%r from=%r to=%r source=%s", req.call_id, caller, number, inc.peer.host)
-        # max_calls is the node's: each worker takes its share (calls land on workers by
-        # Call-ID hash, so the shares fill evenly), as trunks split their max_calls.
-        if self.draining or len(self.calls) >= -(-settings.max_calls // host.worker_count):
+        # max_calls is the node's, whichever worker the calls hash to (the shared slots)
+        if self.draining or not self.slots.take(NODE_SLOT, settings.max_calls):
             # Refused, but a call attempt all the same: its CDR says congestion, and why.
             call.extra["refused"] = "draining" if self.draining else "max_calls"
             reason = "Service Unavailable (shutting down)" if self.draining else "Service Unavailable (capacity)"
             call.fail(503, reason, retry_after=host.config.sip.limits.retry_after_s)
             return
         self.calls[call.call_uuid] = call
+        self._slot_holders.add(call.call_uuid)
         if "replaces" in req.headers:  # RFC 3891: it takes the place of one of our dialogs
             self.transfers.on_replaces(call)
             return
@@ -361,6 +367,8 @@ class B2buaFeature(Feature[B2buaConfig]):
     def add_call(self, call: Call) -> None:
         """A call the B2BUA made itself (a transfer's): listed, counted, drained."""
         self.calls[call.call_uuid] = call
+        if self.slots.take(NODE_SLOT, 0):  # counted, never refused: it replaces a call of ours
+            self._slot_holders.add(call.call_uuid)
         self.counters["attempts"] += 1
         emit(log, logging.INFO, CALL_START, "call_id=%r from=%r to=%r source=transfer", call.request.call_id,
              call.caller, call.callee)
@@ -592,6 +600,9 @@ class B2buaFeature(Feature[B2buaConfig]):
 
     def ended(self, call: Call) -> None:
         self.calls.pop(call.call_uuid, None)
+        if call.call_uuid in self._slot_holders:
+            self._slot_holders.discard(call.call_uuid)
+            self.slots.give_back(NODE_SLOT)
         if self.wire is not None:
             self.wire.forget(call)
         self.transfers.call_ended(call)
@@ -690,8 +701,8 @@ class B2buaFeature(Feature[B2buaConfig]):
 
     def on_worker_lost(self, index: int) -> None:
         self.transfers.on_worker_lost(index)
-        if self.slots is not None:  # its trunk calls went with it
-            self.slots.forget_worker(index)
+        if self.shared_slots is not None:  # its calls went with it
+            self.shared_slots.forget_worker(index)
 
     def _orphan(self, event: UaEvent) -> None:
         """An event for a call already over: a 2xx that came too late is hung up; an

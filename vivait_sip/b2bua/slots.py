@@ -1,4 +1,5 @@
-"""Call slots shared by the SIP workers: a trunk's `max_calls` is the node's, not each worker's.
+"""Call slots shared by the SIP workers: `max_calls` (a trunk's, the node's) is the node's,
+not each worker's.
 
 A PRI gateway has 30 channels.  Split 15 and 15 between two workers, the 16th call that
 hashes to the busier worker was refused while the trunk had room; with 30 calls up the
@@ -6,7 +7,7 @@ split is uneven more often than not.  So the counts live where every worker sees
 
 * `LocalSlots`: one process, a dict.
 * `SharedSlots`: a small file mapped by every worker (`mmap`).  A header names the keys
-  (trunk names, one column each, added on first use); below it one row of 64-bit counts
+  (trunk names and the node's, one column each, added on first use); below it one row of 64-bit counts
   per worker.  A worker writes only its own row.  `take` holds an exclusive `flock` while
   it sums the key's column and adds one to its own cell, so the last slot goes to one
   worker only; the lock is held for microseconds and only by call set-up and tear-down.
