@@ -69,3 +69,28 @@ async def test_the_listener_takes_reports_from_the_daemons_only() -> None:
         assert listener.counters == {"digits": 1, "bad": 1, "foreign": 1}
     finally:
         listener.close()
+
+
+async def test_a_flood_of_bad_and_foreign_reports_is_counted_and_the_next_digit_still_arrives() -> None:
+    got: list[MediaDtmf] = []
+    listener = await DtmfLogListener.bind("127.0.0.1", 0, frozenset({"127.0.0.1"}), got.append)
+    assert listener.transport is not None
+    port = listener.transport.get_extra_info("sockname")[1]
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as daemon, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
+            stranger.bind(("127.0.0.2", 0))
+            for n in range(2000):  # bounded; paced so the kernel's buffer keeps up
+                daemon.sendto(b"{" * (n % 5000), ("127.0.0.1", port))
+                stranger.sendto(SAMPLE, ("127.0.0.1", port))
+                if n % 100 == 99:
+                    await asyncio.sleep(0.01)
+            daemon.sendto(SAMPLE, ("127.0.0.1", port))
+            for _ in range(300):
+                if got:
+                    break
+                await asyncio.sleep(0.01)
+        assert [event.digit for event in got] == ["5"]  # no stranger's digit, nothing from the garbage
+        assert listener.counters["digits"] == 1 and listener.counters["foreign"] > 0 and listener.counters["bad"] > 0
+    finally:
+        listener.close()
