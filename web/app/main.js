@@ -332,6 +332,7 @@ function wire() {
   $("consult-btn").addEventListener("click", async () => {
     const target = $("transfer-number").value.trim();
     if (validNumber(target) || !state.transferFrom) return;
+    if (state.transferFrom.pending) await state.transferFrom.pending; // a resume still unanswered
     if (!state.transferFrom.held) await state.phone.hold(state.transferFrom);
     const before = new Set(state.phone.calls);
     await state.phone.dial(target);

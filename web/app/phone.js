@@ -10,6 +10,8 @@ export async function loadSip() {
   return SIP;
 }
 
+// sip.js resolves a hold or resume once the re-INVITE is sent; we wait for its answer (at most this long)
+const REINVITE_WAIT_MS = 10000;
 const REASONS = { 486: "busy", 600: "busy", 603: "declined", 404: "notFound", 480: "unavailable", 408: "unavailable" };
 
 export class Phone extends EventTarget {
@@ -152,6 +154,7 @@ export class Phone extends EventTarget {
     if (!call) return;
     Object.assign(call, fields);
     if ("held" in fields) call.state = fields.held ? "onHold" : "connected";
+    if ("held" in fields && call.settle) call.settle(); // the re-INVITE was answered (onCallHold)
     this.emit("calls");
   }
 
@@ -160,6 +163,7 @@ export class Phone extends EventTarget {
     const domain = this.info.sip.uri.split("@")[1];
     this.pendingTarget = target;
     const active = this.active();
+    if (active && active.pending) await active.pending; // a hold or resume still unanswered
     if (active && !active.held) await this.hold(active);
     const call = await this.sm.call(`sip:${target}@${domain}`, undefined, {
       requestDelegate: {
@@ -189,14 +193,33 @@ export class Phone extends EventTarget {
 
   async hangup(call) { await this.sm.hangup(call.session); }
 
-  async hold(call) { await this.sm.hold(call.session); this.update(call.session, { held: true }); }
+  async hold(call) { await this.reinvite(call, true); }
 
   async resume(call) {
     for (const other of this.calls) {
       if (other !== call && other.state === "connected" && !other.held) await this.hold(other);
     }
-    await this.sm.unhold(call.session);
-    this.update(call.session, { held: false });
+    await this.reinvite(call, false);
+  }
+
+  // Hold or resume, done when the re-INVITE is answered: what follows at once (a
+  // consultation's hold, a transfer) would otherwise meet sip.js's "request pending".
+  async reinvite(call, hold) {
+    if (call.pending) await call.pending;
+    if (this.sm.isHeld(call.session) !== hold) {
+      let settle = () => {};
+      call.pending = new Promise((resolve) => { settle = resolve; });
+      call.settle = settle;
+      try {
+        await this.sm[hold ? "hold" : "unhold"](call.session);
+        await Promise.race([call.pending, new Promise((resolve) => setTimeout(resolve, REINVITE_WAIT_MS))]);
+      } finally {
+        call.pending = null;
+        call.settle = null;
+        settle();
+      }
+    }
+    this.update(call.session, { held: this.sm.isHeld(call.session) });
   }
 
   toggleMute(call) {
