@@ -40,6 +40,7 @@ from .sip.peer import Peer
 from .sip.stateless import stateless_error, stateless_tag
 from .sip.transaction import TimerConfig
 from .sip.ua import (
+    OVERLOADED_REASON,
     DialogInfo,
     RequestReceived,
     SessionTimerConfig,
@@ -296,7 +297,7 @@ class SipCore:
         self.counters["overload_rejections"] += 1
         if req.method == "ACK":
             return
-        resp = make_response(req, 503, headers=[("Retry-After", str(self.retry_after_s))], to_tag=new_tag())
+        resp = make_response(req, 503, OVERLOADED_REASON, headers=[("Retry-After", str(self.retry_after_s))], to_tag=new_tag())
         self._send_raw(resp.to_bytes(), peer)
 
     def set_shedding(self, on: bool) -> None:

@@ -195,6 +195,7 @@ def test_dialog_table_full_gives_503_with_retry_after() -> None:
     net.run(duration=1)
     final = alice.of(ResponseReceived)[-1]
     assert final.request_id == second and final.response.status == 503
+    assert final.response.reason == "Service Unavailable (too many dialogs)"
     assert final.response.headers.get("retry-after") == "5"
     assert len(callee.invites) == 1
     # The caller's side is bounded too.
@@ -376,6 +377,7 @@ def test_a_full_transaction_table_answers_503_statelessly_and_refuses_to_send() 
     net.run(duration=1)
     answer = next(w.msg for w in net.delivered if w.src == "bob" and w.method == "OPTIONS")
     assert isinstance(answer, Response) and answer.status == 503
+    assert answer.reason == "Service Unavailable (overloaded)"
     assert answer.headers.get("retry-after") == "5" and answer.to.tag
     assert len(callee.invites) == 1
     with pytest.raises(UaOverloaded):

@@ -83,6 +83,9 @@ _USAGE_METHODS = frozenset(("NOTIFY", "SUBSCRIBE", "REFER"))
 #: Out-of-dialog requests that get our Contact when the TU gives none.
 _CONTACT_METHODS = frozenset(("INVITE", "SUBSCRIBE", "REFER"))
 TIMER_C_REASON = "Request Timeout (Timer C)"
+OVERLOADED_REASON = "Service Unavailable (overloaded)"
+"""Shed load: the loop lags or the transaction table is full (a trace tells it from mdflow's)."""
+TOO_MANY_DIALOGS_REASON = "Service Unavailable (too many dialogs)"
 #: RFC 4028 §4: no session interval may be shorter than this.
 MIN_SE_FLOOR = 90
 
@@ -974,7 +977,8 @@ class UserAgent:
                 self._on_stray(event.response)
             elif isinstance(event, Overloaded):
                 self.respond_stateless(
-                    event.request, event.peer, 503, headers=[("Retry-After", self.retry_after)], to_tag=new_tag()
+                    event.request, event.peer, 503, OVERLOADED_REASON, headers=[("Retry-After", self.retry_after)],
+                    to_tag=new_tag(),
                 )
                 self.overload_rejections += 1
 
@@ -1054,7 +1058,7 @@ class UserAgent:
         """Checks on a dialog-creating INVITE before the TU sees it (one without Contact,
         as RFC 2543 allowed, is accepted: see `Dialog.from_uas`)."""
         if len(self._dialogs) + self._new_invites >= self.max_dialogs:
-            self._answer(tx, request, 503, now, headers=[("Retry-After", self.retry_after)])
+            self._answer(tx, request, 503, now, reason=TOO_MANY_DIALOGS_REASON, headers=[("Retry-After", self.retry_after)])
             return False
         return self._session_acceptable(tx, request, now)
 
