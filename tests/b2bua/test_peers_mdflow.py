@@ -78,7 +78,7 @@ def flood_config(workers: int) -> dict[str, Any]:
     )
     # Load shedding is not under test here: on the loaded CI box the loop once lagged past
     # the default 250 ms and a few INVITEs got "503 ... (overloaded)" instead of mdflow's answer.
-    config["sip"]["limits"] = {"overload_lag_ms": 60000}
+    config["sip"]["limits"]["overload_lag_ms"] = 60000
     config["mdflow"] = {"tick_ms": 100, "estad_interv_seg": 10, "flows": [
         {"flujo": FLOW, "en_paso": False, "tasa_sal_seg": RATE, "dnis_max": 10, "dnis_umbral_masivo": 5,
          "to_desborda_seg": 3},
