@@ -71,7 +71,8 @@ def wait_no_calls(server: Server, timeout: float = 10.0) -> None:
 
 
 def cdrs(server: Server) -> list[dict[str, Any]]:
-    out = ctl(server, "cdr", "--format", "json", "--limit", "100000")
+    """Every CDR: `ctl cdr` alone shows today's, and a test may run across midnight."""
+    out = ctl(server, "cdr", "--since", "0", "--format", "json", "--limit", "100000")
     assert out.returncode == 0, out.stderr
     return list(json.loads(out.stdout)["calls"])
 

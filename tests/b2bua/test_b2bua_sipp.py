@@ -93,7 +93,7 @@ def test_gateway_calls_reach_the_users_phone_by_did(server: Server, tmp_path: Pa
             break
         time.sleep(0.2)
     assert calls == []
-    cdrs = json.loads(ctl(server, "cdr", "--format", "json").stdout)
+    cdrs = json.loads(ctl(server, "cdr", "--since", "0", "--format", "json").stdout)
     records = cdrs["calls"] if isinstance(cdrs, dict) else cdrs
     assert len(records) == CALLS
     for record in records:
@@ -126,7 +126,7 @@ def test_a_call_to_nobody_registered_is_480_and_recorded(server: Server, tmp_pat
         assert reply.status == 404
     finally:
         phone.close()
-    records = json.loads(ctl(server, "cdr", "--format", "json").stdout)
+    records = json.loads(ctl(server, "cdr", "--since", "0", "--format", "json").stdout)
     records = records["calls"] if isinstance(records, dict) else records
     assert sorted(r["disposition"] for r in records) == ["failed", "no_answer"]
     assert {r["user"] for r in records} == {"6140"}  # the authenticated caller
@@ -153,7 +153,7 @@ def test_a_trunk_recognised_by_its_credentials(server: Server, tmp_path: Path) -
     deadline = time.monotonic() + 5
     records: list[dict[str, object]] = []
     while time.monotonic() < deadline and not records:
-        out = json.loads(ctl(server, "cdr", "--format", "json").stdout)
+        out = json.loads(ctl(server, "cdr", "--since", "0", "--format", "json").stdout)
         records = out["calls"] if isinstance(out, dict) else out
         time.sleep(0.2)
     [record] = records

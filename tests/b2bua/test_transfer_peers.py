@@ -65,7 +65,7 @@ def calls(server: Server) -> list[dict[str, object]]:
 
 
 def cdrs(server: Server) -> list[dict[str, object]]:
-    raw = json.loads(ctl(server, "cdr", "--format", "json").stdout)
+    raw = json.loads(ctl(server, "cdr", "--since", "0", "--format", "json").stdout)
     return list(raw["calls"] if isinstance(raw, dict) else raw)
 
 

@@ -325,7 +325,7 @@ async def scenario_media(run: Run, server: Server, browser: Any, work: Path) -> 
 
 
 def cdr_records(server: Server) -> list[dict[str, Any]]:
-    return list(ctl_json_fmt(server, "cdr", "--format", "json", "--limit", "1000").get("calls", []))
+    return list(ctl_json_fmt(server, "cdr", "--since", "0", "--format", "json", "--limit", "1000").get("calls", []))
 
 
 def ctl_json_fmt(server: Server, *args: str) -> Any:
