@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -49,48 +51,48 @@ def test_daemon_addresses_resolve_names() -> None:
     assert daemon_addresses(["127.0.0.1", "localhost"]) >= {"127.0.0.1"}
 
 
-async def test_the_listener_takes_reports_from_the_daemons_only() -> None:
+@contextlib.asynccontextmanager
+async def listening() -> AsyncIterator[tuple[DtmfLogListener, list[MediaDtmf], tuple[str, int], socket.socket, socket.socket]]:
+    """A listener that trusts 127.0.0.1, what it heard, its address, a daemon's socket
+    (127.0.0.1) and a stranger's (127.0.0.2)."""
     got: list[MediaDtmf] = []
     listener = await DtmfLogListener.bind("127.0.0.1", 0, frozenset({"127.0.0.1"}), got.append)
     assert listener.transport is not None
-    port = listener.transport.get_extra_info("sockname")[1]
+    address = ("127.0.0.1", listener.transport.get_extra_info("sockname")[1])
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as daemon, \
                 socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
             stranger.bind(("127.0.0.2", 0))
-            stranger.sendto(SAMPLE, ("127.0.0.1", port))
-            daemon.sendto(b"garbage", ("127.0.0.1", port))
-            daemon.sendto(SAMPLE, ("127.0.0.1", port))
-            for _ in range(100):
-                if got:
-                    break
-                await asyncio.sleep(0.01)
-        assert [event.digit for event in got] == ["5"]
-        assert listener.counters == {"digits": 1, "bad": 1, "foreign": 1}
+            yield listener, got, address, daemon, stranger
     finally:
         listener.close()
+
+
+async def heard(got: list[MediaDtmf], timeout_s: float) -> None:
+    for _ in range(int(timeout_s * 100)):
+        if got:
+            return
+        await asyncio.sleep(0.01)
+
+
+async def test_the_listener_takes_reports_from_the_daemons_only() -> None:
+    async with listening() as (listener, got, address, daemon, stranger):
+        stranger.sendto(SAMPLE, address)
+        daemon.sendto(b"garbage", address)
+        daemon.sendto(SAMPLE, address)
+        await heard(got, 1)
+        assert [event.digit for event in got] == ["5"]
+        assert listener.counters == {"digits": 1, "bad": 1, "foreign": 1}
 
 
 async def test_a_flood_of_bad_and_foreign_reports_is_counted_and_the_next_digit_still_arrives() -> None:
-    got: list[MediaDtmf] = []
-    listener = await DtmfLogListener.bind("127.0.0.1", 0, frozenset({"127.0.0.1"}), got.append)
-    assert listener.transport is not None
-    port = listener.transport.get_extra_info("sockname")[1]
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as daemon, \
-                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
-            stranger.bind(("127.0.0.2", 0))
-            for n in range(2000):  # bounded; paced so the kernel's buffer keeps up
-                daemon.sendto(b"{" * (n % 5000), ("127.0.0.1", port))
-                stranger.sendto(SAMPLE, ("127.0.0.1", port))
-                if n % 100 == 99:
-                    await asyncio.sleep(0.01)
-            daemon.sendto(SAMPLE, ("127.0.0.1", port))
-            for _ in range(300):
-                if got:
-                    break
+    async with listening() as (listener, got, address, daemon, stranger):
+        for n in range(2000):  # bounded; paced so the kernel's buffer keeps up
+            daemon.sendto(b"{" * (n % 5000), address)
+            stranger.sendto(SAMPLE, address)
+            if n % 100 == 99:
                 await asyncio.sleep(0.01)
+        daemon.sendto(SAMPLE, address)
+        await heard(got, 3)
         assert [event.digit for event in got] == ["5"]  # no stranger's digit, nothing from the garbage
         assert listener.counters["digits"] == 1 and listener.counters["foreign"] > 0 and listener.counters["bad"] > 0
-    finally:
-        listener.close()

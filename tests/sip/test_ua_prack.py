@@ -165,6 +165,30 @@ def test_no_100rel_support_means_an_unreliable_provisional_and_require_forces_it
     assert forced.headers.get("require") == "100rel" and "rseq" in forced.headers
 
 
+def test_an_invite_without_an_offer_does_not_offer_100rel() -> None:
+    """The callee's offer in a reliable provisional would need its answer in the PRACK,
+    and the automatic PRACK carries no body: so such an INVITE supports `timer` only, and
+    the callee's provisional comes unreliable."""
+    net = Net()
+    alice = net.add("alice")
+    bob = net.add("bob")
+    callee = Callee(bob, provisional=0, status=None)
+    alice.invite(bob, headers=(), body=b"")
+    alice.invite(bob)
+    net.run(duration=0.05)
+    late, early = (w.msg for w in net.delivered if w.src == "alice" and w.method == "INVITE")
+    assert late.headers.get("supported") == "timer" and not late.body
+    assert early.headers.get("supported") == "100rel, timer"
+    for request_id in callee.invites:
+        bob.act(lambda ua, now, request_id=request_id: ua.respond(
+            request_id, 183, headers=SDP, body=SDP_ANSWER, reliable=True, now=now))
+    net.run(duration=1)
+    to_late, to_early = (w.msg for w in net.delivered if w.src == "bob" and isinstance(w.msg, Response) and w.msg.status == 183)
+    assert "rseq" not in to_late.headers and "require" not in to_late.headers
+    assert to_early.headers.get("require") == "100rel"
+    assert len(sent(net, "alice->bob PRACK")) == 1
+
+
 def test_prack_matching_nothing_gets_481() -> None:
     net = Net()
     alice, bob, callee, _request_id, ring = reliable_call(net)

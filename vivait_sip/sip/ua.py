@@ -1420,7 +1420,9 @@ class UserAgent:
         tu_headers = client.headers
         extra: list[tuple[str, str]] = []
         if method == "INVITE" and not _has(tu_headers, "supported"):
-            extra.append(("Supported", SUPPORTED))
+            # Without an offer of ours, a reliable provisional could bring the callee's offer,
+            # whose answer would have to go in the automatic PRACK, which has no body.
+            extra.append(("Supported", SUPPORTED if client.body else "timer"))
         if method == "INVITE" and not _has(tu_headers, "allow"):
             extra.append(("Allow", self._allow))
         if client.session_expires is not None and not _has(tu_headers, "session-expires"):
