@@ -1,10 +1,15 @@
-"""Real phones for B2BUA tests: headless baresip instances driven over ctrl_tcp, each
-sending its own tone (a WAV made here) and recording what it receives (the sndfile
-filter), with a Goertzel detector to tell which tone a recording holds, and when.
+"""Real phones for the tests: headless baresip 1.0 instances driven over ctrl_tcp, each
+sending its own tone (a WAV, aufile: 8 kHz mono for G.711) and recording what it receives
+(the sndfile filter, `DIR/dump-<time>-dec.wav`), with a Goertzel detector to tell which
+tone a recording holds, and when, and an RTP capture for what a recording cannot show.
 
-One `Baresip` is one registered user: `dial`, `accept`, `hangup`, `hold`, `resume`,
-`transfer`, events (`wait_event`), and its recordings (`received()`).  Everything is on
-127.0.0.1 with OS-chosen ports; every wait is bounded and baresip runs with `-t`.
+One `Baresip` is one phone: its own config directory, SIP, RTP and control ports.  The
+SIP trace (`-s`) goes to its log, so a test can read the messages the phone got.
+ctrl_tcp speaks netstring-framed JSON: commands answered by token, events
+(`CALL_INCOMING`, `CALL_RINGING`, `CALL_ESTABLISHED`, `CALL_CLOSED`, `REGISTER_OK`...)
+sent only to connections open at that moment, so the connection opens with the process
+and stays open.  Everything is on 127.0.0.1; every wait is bounded and baresip runs with
+`-t`.
 """
 
 from __future__ import annotations
@@ -16,11 +21,15 @@ import struct
 import subprocess
 import time
 import wave
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from audio import write_tone
 from harness import free_port, free_ports
 
-RATE = 8000  # PCMU/PCMA: aufile needs the codec's rate, mono
+RATE = 8000  # G.711 (PCMU/PCMA)
+LIFETIME_S = 180  # baresip quits by itself after this (-t): a safety cap
 
 CONFIG = """\
 poll_method epoll
@@ -53,20 +62,6 @@ snd_path {snd_path}
 statmode_default off
 ringback_disabled yes
 """
-
-
-def write_tone(path: Path, hz: float, seconds: float) -> Path:
-    """A -6 dBFS sine, 16-bit mono at 8 kHz."""
-    frames = bytearray()
-    amplitude = 0.5 * 32767
-    for n in range(int(RATE * seconds)):
-        frames += struct.pack("<h", int(amplitude * math.sin(2 * math.pi * hz * n / RATE)))
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(RATE)
-        out.writeframes(bytes(frames))
-    return path
 
 
 def read_samples(path: Path) -> list[int]:
@@ -102,15 +97,21 @@ def rms_dbfs(samples: list[int]) -> float:
     return 20 * math.log10(rms / 32768) if rms > 0 else -200.0
 
 
-class Baresip:
-    """One headless baresip (see the module docstring)."""
+Event = dict[str, Any]
 
-    def __init__(self, workdir: Path, name: str, tone_hz: float, *, seconds: float = 90, quit_after: int = 110,
+
+class Baresip:
+    """One phone.  `account` is baresip's account line without the answer mode, e.g.
+    `<sip:6140@127.0.0.1:5060>;auth_pass=pw;regint=60`: added over ctrl_tcp once the
+    control connection is open, since REGISTER_OK is not replayed (`register` waits for
+    it).  `seconds` is the tone's length, `quit_after` baresip's `-t`."""
+
+    def __init__(self, workdir: Path, name: str, tone_hz: float, *, account: str | None = None,
+                 auto_answer: bool = True, seconds: float = 60, quit_after: int = LIFETIME_S,
                  sip_trace: bool = True) -> None:
         self.name = name
-        self.dir = workdir / name
+        self.dir = workdir / f"baresip-{name}"
         self.dir.mkdir(parents=True)
-        self.tone_hz = tone_hz
         tone = write_tone(self.dir / "tone.wav", tone_hz, seconds)
         self.sip_port = free_ports(2)  # and the next for TLS
         self.ctrl_port = free_port()
@@ -120,8 +121,8 @@ class Baresip:
             sip_port=self.sip_port, name=name, tone=tone, rtp=rtp, rtp_end=rtp + 20, ctrl_port=self.ctrl_port,
             snd_path=self.dir,
         ))
-        (self.dir / "accounts").write_text("")
-        (self.dir / "contacts").write_text("")
+        (self.dir / "accounts").write_text("")  # added over ctrl_tcp (see above)
+        (self.dir / "contacts").write_text("")  # else baresip writes one naming public URIs
         self.log_path = self.dir / "baresip.log"
         self._log = self.log_path.open("w")
         trace = ["-s"] if sip_trace else []
@@ -134,22 +135,37 @@ class Baresip:
                 break
             except OSError:
                 if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise
-                time.sleep(0.1)
-        self.buf = b""
-        self.events: list[dict[str, object]] = []
-        self.seen: list[dict[str, object]] = []  # every event, for failure messages
-        self.token = 0
+                    self.proc.kill()
+                    self.proc.wait(5)
+                    self._log.close()
+                    raise RuntimeError(f"baresip {name} did not start:\n{self.log()}") from None
+                time.sleep(0.05)
+        self._buf = b""
+        self._token = 0
+        self.events: list[Event] = []  # every event seen, in order (for failure messages)
+        self._unread: list[Event] = []  # not yet returned by wait_event or drain
+        if account is not None:
+            mode = "auto" if auto_answer else "manual"
+            try:
+                reply = self.command("uanew", f"{account};answermode={mode}")
+                assert reply.get("ok"), reply
+            except BaseException:  # the caller has no phone to close
+                self.close()
+                raise
 
-    # ---- ctrl_tcp --------------------------------------------------------------------------
-    def _read(self, timeout: float) -> dict[str, object] | None:
+    # ---- ctrl_tcp ----------------------------------------------------------------------------
+    def _read(self, timeout: float) -> Event | None:
         deadline = time.monotonic() + timeout
         while True:
-            head, colon, rest = self.buf.partition(b":")
+            head, colon, rest = self._buf.partition(b":")
             if colon and head.isdigit() and len(rest) > int(head):
                 size = int(head)
-                msg, self.buf = rest[:size], rest[size + 1:]
-                return dict(json.loads(msg.decode("utf-8", "replace")))
+                payload, self._buf = rest[:size], rest[size + 1:]
+                msg: Event = json.loads(payload.decode("utf-8", "replace"))
+                if msg.get("event"):
+                    self.events.append(msg)
+                    self._unread.append(msg)
+                return msg
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
@@ -160,11 +176,11 @@ class Baresip:
                 return None
             if not chunk:
                 return None
-            self.buf += chunk
+            self._buf += chunk
 
-    def command(self, command: str, params: str = "", timeout: float = 5.0) -> dict[str, object]:
-        self.token += 1
-        token = str(self.token)
+    def command(self, command: str, params: str = "", timeout: float = 5.0) -> Event:
+        self._token += 1
+        token = str(self._token)
         body = json.dumps({"command": command, "params": params, "token": token}).encode()
         self.sock.sendall(str(len(body)).encode() + b":" + body + b",")
         deadline = time.monotonic() + timeout
@@ -174,48 +190,74 @@ class Baresip:
                 break
             if msg.get("response") and msg.get("token") == token:
                 return msg
-            if msg.get("event"):
-                self.events.append(msg)
-                self.seen.append(msg)
         raise AssertionError(f"{self.name}: no answer to {command!r}")
 
-    def wait_event(self, kind: str, timeout: float = 10.0) -> dict[str, object]:
-        for i, event in enumerate(self.events):
-            if event.get("type") == kind:
-                return self.events.pop(i)
+    def wait_event(self, kind: str, timeout: float = 10.0, where: Callable[[Event], bool] = lambda e: True) -> Event:
+        """The next unread event of this type (earlier unread events of other types stay)."""
         deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            msg = self._read(left)
-            if msg is None:
-                continue
-            if msg.get("event"):
-                self.seen.append(msg)
-                if msg.get("type") == kind:
-                    return msg
-                self.events.append(msg)
-        raise AssertionError(f"{self.name}: no {kind} within {timeout}s; seen {[e.get('type') for e in self.seen]}")
+        while True:
+            for i, event in enumerate(self._unread):
+                if event.get("type") == kind and where(event):
+                    del self._unread[i]
+                    return event
+            left = deadline - time.monotonic()
+            if left <= 0 or (self._read(left) is None and time.monotonic() >= deadline):
+                seen = [(e.get("type"), e.get("param")) for e in self.events]
+                raise AssertionError(f"{self.name}: no {kind} in {timeout} s; events {seen}")
 
-    def drain(self, seconds: float = 0.2) -> list[dict[str, object]]:
+    def drain(self, seconds: float = 0.2) -> list[Event]:
+        """Reads events for `seconds`, then marks every unread one read and returns them:
+        a step starts from what happens after it, or checks what happened in it."""
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
-            msg = self._read(left)
-            if msg is not None and msg.get("event"):
-                self.seen.append(msg)
-                self.events.append(msg)
-        out, self.events = self.events, []
+            self._read(left)
+        out, self._unread = self._unread, []
         return out
 
-    # ---- a user -------------------------------------------------------------------------------
-    def register(self, user: str, password: str, server_port: int, *, auto_answer: bool = True) -> None:
-        line = f"<sip:{user}@127.0.0.1:{server_port}>;auth_pass={password};regint=60"
-        if auto_answer:
-            line += ";answermode=auto"
-        self.command("uanew", line)
-        self.wait_event("REGISTER_OK", 10)
+    # ---- what it does ------------------------------------------------------------------------
+    def register(self, timeout: float = 10.0) -> None:
+        """Waits for the registration of the `account` given."""
+        self.wait_event("REGISTER_OK", timeout)
 
-    def received(self) -> list[Path]:
-        """What it recorded from the other side, one WAV per audio stream, oldest first."""
+    def dial(self, number: str) -> None:
+        reply = self.command("dial", number)
+        assert reply.get("ok"), reply
+
+    def accept(self) -> None:
+        assert self.command("accept").get("ok")
+
+    def hangup(self) -> None:
+        self.command("hangup")
+
+    # ---- what it saw -------------------------------------------------------------------------
+    def recordings(self) -> list[Path]:
+        """What it received, one WAV per audio stream (oldest first)."""
         return sorted(self.dir.glob("dump-*-dec.wav"))
+
+    def log(self) -> str:
+        """The end of its log, for failure messages."""
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def sip_received(self, start: str) -> list[str]:
+        """Messages of the SIP trace (`-s`) the phone received that start with `start`
+        (`"CANCEL"`, `"SIP/2.0 487"`), each as text, headers and all.  The trace prints
+        `#`, then `UDP src -> dst`, then the message, in colour codes."""
+        found = []
+        for block in self.log_path.read_text(errors="replace").split("\x1b[36;1m#\n")[1:]:
+            route, _, message = block.partition("\n")
+            message = message.split("\x1b[;m", 1)[0]
+            if route.endswith(f"-> 127.0.0.1:{self.sip_port}") and message.startswith(start):
+                found.append(message)
+        return found
+
+    def wait_sip_received(self, start: str, timeout: float = 5.0) -> list[str]:
+        """`sip_received`, once at least one such message is in the trace: a phone may
+        report an event before the message that follows it (baresip closes a call it
+        cancels before the 487 arrives)."""
+        deadline = time.monotonic() + timeout
+        while not (found := self.sip_received(start)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return found
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -229,9 +271,6 @@ class Baresip:
                 self.proc.wait(5)
         self.sock.close()
         self._log.close()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
 
 
 def wav_samples_size(path: Path) -> int:

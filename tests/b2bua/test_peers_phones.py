@@ -25,7 +25,6 @@ from typing import Any
 
 import pytest
 from audio import analyse
-from baresip_phone import Baresip
 from harness import Server
 from peer_env import (
     active_calls,
@@ -38,6 +37,7 @@ from peer_env import (
     wait_no_calls,
     workers,
 )
+from peer_phones import Baresip
 
 __all__ = ["workers"]  # the fixture, parametrised 1 and 2 workers
 

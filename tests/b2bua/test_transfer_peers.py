@@ -80,12 +80,15 @@ def wait_for(predicate: object, timeout: float, what: str) -> None:
 
 def phones(tmp: Path, server: Server, names: str = "ABC") -> dict[str, Baresip]:
     users = dict(zip("ABC", ("6140", "6141", "6142"), strict=True))
+    port = server.sip_port("udp")
     found: dict[str, Baresip] = {}
     try:
         for name in names:
-            phone = Baresip(tmp, name, TONES[name])
+            user = users[name]
+            account = f"<sip:{user}@127.0.0.1:{port}>;auth_pass={USERS[user]};regint=60"
+            phone = Baresip(tmp, name, TONES[name], account=account, seconds=90, quit_after=110)
             found[name] = phone
-            phone.register(users[name], USERS[users[name]], server.sip_port("udp"))
+            phone.register()
     except BaseException:
         for phone in found.values():
             phone.close()
@@ -95,7 +98,7 @@ def phones(tmp: Path, server: Server, names: str = "ABC") -> dict[str, Baresip]:
 
 def heard(phone: Baresip, hz: float, *, last_s: float = 2.0, recording: int = -1) -> float:
     """The share of tone `hz` in the last `last_s` seconds `phone` received."""
-    files = phone.received()
+    files = phone.recordings()
     assert files, f"{phone.name} recorded nothing:\n{phone.log()}"
     samples = read_growing(files[recording])
     return tone_share(samples[-int(8000 * last_s):], hz)
@@ -154,7 +157,7 @@ def test_hold_and_resume_with_baresip(server: Server, tmp_path: Path) -> None:
         b.command("hold")
         wait_for(lambda: [c["state"] for c in calls(server)] == ["on_hold"], 5, "on_hold in ctl calls")
         time.sleep(0.3)
-        a_file = a.received()[-1]
+        a_file = a.recordings()[-1]
         before = wav_samples_size(a_file)
         held_from = time.time()
         time.sleep(2.0)

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 from audio import analyse
-from baresip_phone import Baresip
 from harness import Server, port_block
 from peer_env import active_calls, base_config, ctl, start_server, wait_cdrs, wait_no_calls, workers
+from peer_phones import Baresip
 from rtpengine_proc import Rtpengine
 
 __all__ = ["workers"]

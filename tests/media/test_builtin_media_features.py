@@ -103,10 +103,11 @@ class Phones:
         self.all: dict[str, Baresip] = {}
 
     def add(self, name: str, hz: float) -> Baresip:
-        phone = Baresip(self.tmp, name, hz)
-        self.all[name] = phone
         user = USERS[name]
-        phone.register(user, f"pw-{user}", self.server.sip_port("udp"))
+        account = f"<sip:{user}@127.0.0.1:{self.server.sip_port('udp')}>;auth_pass=pw-{user};regint=60"
+        phone = Baresip(self.tmp, name, hz, account=account, seconds=90, quit_after=110)
+        self.all[name] = phone
+        phone.register()
         return phone
 
     def dial(self, phone: Baresip, number: str) -> None:
@@ -132,7 +133,7 @@ def phones_for() -> Iterator[Any]:
 
 
 def heard(phone: Baresip, hz: float, last_s: float = 1.5) -> float:
-    files = phone.received()
+    files = phone.recordings()
     assert files, f"{phone.name} recorded nothing:\n{phone.log()}"
     return tone_share(read_growing(files[-1])[-int(8000 * last_s):], hz)
 
@@ -340,7 +341,7 @@ def test_a_late_offer_caller_whose_ack_has_no_answer_is_hung_up(tmp_path: Path, 
 
 
 def analyse_tail(phone: Baresip, skip_s: float) -> Any:
-    files = phone.received()
+    files = phone.recordings()
     assert files, f"{phone.name} recorded nothing:\n{phone.log()}"
     return analyse(files[-1], skip_s=skip_s)
 

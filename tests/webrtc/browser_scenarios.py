@@ -16,19 +16,18 @@ import json
 import math
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
-import wave
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE), str(HERE.parent / "b2bua"), str(HERE.parent / "media")]
 
+from audio import write_tone  # noqa: E402
 from harness import Server, loopback_args  # noqa: E402
 from peer_phones import Baresip, read_samples, tone_share  # noqa: E402
 from playwright.async_api import Page, async_playwright, expect  # noqa: E402
@@ -49,16 +48,6 @@ FLAGS = [
 BUTTONS = [{"id": "BI_01", "label": "Retrollamada", "dial": "*43#"},
            {"id": "BI_02", "label": "Cancelar retrollamada", "dial": "*44#", "users": ["6140"]}]
 TIMEOUT_MS = 15000
-
-
-def write_tone(path: Path, hz: float, seconds: float, rate: int = 48000) -> Path:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(b"".join(struct.pack("<h", int(16383 * math.sin(2 * math.pi * hz * i / rate)))
-                               for i in range(int(rate * seconds))))
-    return path
 
 
 class Run:
@@ -260,9 +249,10 @@ async def scenario_media(run: Run, server: Server, browser: Any, work: Path) -> 
     other through rtpengine."""
     port = server.ports[("http", "https")]
     base = f"https://127.0.0.1:{port}"
-    phone = Baresip(work, "phone", 600.0, seconds=60, quit_after=100)
+    account = f"<sip:6142@127.0.0.1:{server.sip_port('udp')}>;auth_pass=pw-6142;regint=60"
+    phone = Baresip(work, "phone", 600.0, account=account, seconds=60, quit_after=100)
     try:
-        phone.register("6142", "pw-6142", server.sip_port("udp"))
+        phone.register()
         ctx = await browser.new_context(ignore_https_errors=True, viewport={"width": 460, "height": 860})
         page = await ctx.new_page()
         console: list[str] = []
@@ -286,7 +276,7 @@ async def scenario_media(run: Run, server: Server, browser: Any, work: Path) -> 
         media = ctl_json(server, "media")
         run.check("the call was anchored in rtpengine", int(media.get("anchored", 0)) >= 1, media.get("anchored"))
         await asyncio.sleep(0.5)
-        recordings = phone.received()
+        recordings = phone.recordings()
         samples = read_samples(recordings[-1]) if recordings else []
         share = tone_share(samples[4000:], 1000.0) if len(samples) > 8000 else 0.0
         run.check("baresip's recording holds the browser's 1000 Hz tone", share > 0.3,
@@ -365,14 +355,15 @@ async def scenario_builtin(run: Run, server: Server, browser: Any, work: Path, t
     port = server.ports[("http", "https")]
     base = f"https://127.0.0.1:{port}"
     udp = server.sip_port("udp")
-    phone = Baresip(work, "phone", 400.0, seconds=90, quit_after=170)
-    target = Baresip(work, "target", 700.0, seconds=90, quit_after=170)
-    hard = Baresip(work, "hard", 500.0, seconds=90, quit_after=170)
+    phone = Baresip(work, "phone", 400.0, account=f"<sip:6142@127.0.0.1:{udp}>;auth_pass=pw-6142;regint=60",
+                    seconds=90, quit_after=170)
+    target = Baresip(work, "target", 700.0, account=f"<sip:6141@127.0.0.1:{udp}>;auth_pass=pw-6141;regint=60",
+                     seconds=90, quit_after=170)
+    hard = Baresip(work, "hard", 500.0, account=f"<sip:5140@127.0.0.1:{udp}>;auth_user=6140;auth_pass=pw-6140;regint=60",
+                   auto_answer=False, seconds=90, quit_after=170)
     try:
-        phone.register("6142", "pw-6142", udp)
-        target.register("6141", "pw-6141", udp)
-        hard.command("uanew", f"<sip:5140@127.0.0.1:{udp}>;auth_user=6140;auth_pass=pw-6140;regint=60")
-        hard.wait_event("REGISTER_OK", 10)
+        for bare in (phone, target, hard):
+            bare.register()
         ctx = await browser.new_context(ignore_https_errors=True, viewport={"width": 460, "height": 860})
         page = await ctx.new_page()
         errors: list[str] = []
@@ -394,7 +385,7 @@ async def scenario_builtin(run: Run, server: Server, browser: Any, work: Path, t
         await status_is(page, "Call ended")
         phone.wait_event("CALL_CLOSED", 10)
         await asyncio.sleep(0.5)
-        recordings = phone.received()
+        recordings = phone.recordings()
         samples = read_samples(recordings[-1]) if recordings else []
         share = tone_share(samples[4000:], 1000.0) if len(samples) > 8000 else 0.0
         run.check("baresip's recording holds the browser's 1000 Hz tone (built-in bridge)", share > 0.3,
@@ -740,7 +731,7 @@ async def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     run = Run(out)
     work = Path(tempfile.mkdtemp(prefix="webfon-browser-"))
-    tone = write_tone(work / "tone-1000.wav", 1000.0, 30)
+    tone = write_tone(work / "tone-1000.wav", 1000.0, 30, rate=48000)  # Chromium's fake capture
     config = base_config(smart_buttons=BUTTONS, max_digi_llam_sal=12)
     scenarios = args.scenario or ["ui"]
     daemon: Rtpengine | None = None

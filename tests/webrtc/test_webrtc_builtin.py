@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from aiortc_ua import WebrtcUa, loopback_only
 from audio import analyse
-from baresip_phone import Baresip
 from harness import Server, loopback_args, port_block
 from peer_env import ctl, wait_cdrs, wait_no_calls
+from peer_phones import Baresip
 from webfon_helpers import Api, base_config
 
 pytestmark = pytest.mark.timeout(120)
