@@ -29,8 +29,8 @@ from harness import Server, StreamClient, UdpClient, free_port, loopback_args, o
 from obs_helpers import ctl_prefix
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "registrar"))
+from peer_phones import Baresip
 from reg_helpers import Phone, ctl
-from test_baresip import Baresip
 
 from vivait_sip.trace.hep import PROTO_UDP, decode
 from vivait_sip.workers import owner_index
@@ -186,10 +186,10 @@ def test_ctl_trace_shows_baresip_registering_and_hep_collectors_get_the_same(
     pcap = tmp_path / "trace.pcap"
     trace = Trace(server, "--user", "6140", "--method", "REGISTER", "--count", "4", "--pcap", str(pcap))
     port = server.sip_port("udp")
-    phone = Baresip(tmp_path, "")
+    account = f"<sip:6140@127.0.0.1:{port};transport=udp>;auth_pass=s3cret-6140;regint=600"
+    phone = Baresip(tmp_path, "6140", 440.0, account=account, seconds=1, quit_after=50, sip_trace=False)
     try:
-        phone.command("uanew", f"<sip:6140@127.0.0.1:{port};transport=udp>;auth_pass=s3cret-6140;regint=600")
-        phone.wait_event("REGISTER_OK")
+        phone.register()
         rc, records, errors = trace.wait()
     finally:
         trace.kill()
